@@ -1,0 +1,315 @@
+// Package dnstest runs a small authoritative DNS server on 127.0.0.1, over
+// UDP and TCP on the same port, for tests that must exercise authpipe's real
+// DNS client over real sockets. Records are added in code; owners can be
+// made to time out (no reply at all) or to answer SERVFAIL, per name or per
+// name and type, which is how conformance suites simulate DNS failures.
+//
+// Names are given raw (the octets of the name, dot-separated, any case); the
+// server escapes them for miekg/dns itself, so owners such as
+// "foo bar.example.com" work.
+package dnstest
+
+import (
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/miekg/dns"
+
+	"github.com/authpipe/authpipe/resolvercache"
+)
+
+// item is one entry in an owner's ordered list: a record, or a marker that
+// makes queries time out (see AddTimeout).
+type item struct {
+	rr      dns.RR
+	timeout bool
+}
+
+// Server is an in-process authoritative server. Its methods are safe for
+// concurrent use while it serves.
+type Server struct {
+	// Addr is "127.0.0.1:port", valid for both UDP and TCP.
+	Addr string
+
+	udp, tcp *dns.Server
+
+	mu       sync.RWMutex
+	owners   map[string][]item // key: canonical raw owner name
+	rcodes   map[string]int    // key: owner + "/" + type ("*" for any type)
+	negTTL   uint32
+	down     bool
+	Queries  atomic.Int64 // questions received, for tests that count upstream traffic
+	truncate bool
+}
+
+// Start listens on a free port on 127.0.0.1 (UDP and TCP) and serves until
+// Close.
+func Start() (*Server, error) {
+	// Find a port free for both protocols.
+	for range 20 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("dnstest: listen udp: %w", err)
+		}
+		addr := pc.LocalAddr().String()
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			pc.Close()
+			continue
+		}
+		return serve(pc, l)
+	}
+	return nil, fmt.Errorf("dnstest: no free port for UDP and TCP")
+}
+
+func serve(pc net.PacketConn, l net.Listener) (*Server, error) {
+	s := &Server{
+		Addr:   pc.LocalAddr().String(),
+		owners: map[string][]item{},
+		rcodes: map[string]int{},
+		negTTL: 300,
+	}
+	h := dns.HandlerFunc(s.handle)
+	s.udp = &dns.Server{PacketConn: pc, Handler: h}
+	s.tcp = &dns.Server{Listener: l, Handler: h}
+	started := make(chan error, 2)
+	s.udp.NotifyStartedFunc = func() { started <- nil }
+	s.tcp.NotifyStartedFunc = func() { started <- nil }
+	go func() {
+		if err := s.udp.ActivateAndServe(); err != nil {
+			started <- err
+		}
+	}()
+	go func() {
+		if err := s.tcp.ActivateAndServe(); err != nil {
+			started <- err
+		}
+	}()
+	for range 2 {
+		if err := <-started; err != nil {
+			s.Close()
+			return nil, fmt.Errorf("dnstest: serve: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Close stops both listeners.
+func (s *Server) Close() {
+	_ = s.udp.Shutdown()
+	_ = s.tcp.Shutdown()
+}
+
+// Reset removes every record, marker and forced rcode.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.owners = map[string][]item{}
+	s.rcodes = map[string]int{}
+	s.down = false
+	s.truncate = false
+}
+
+// SetDown makes the server drop every query unanswered (true) or serve
+// again (false), simulating an outage without giving up the port.
+func (s *Server) SetDown(down bool) {
+	s.mu.Lock()
+	s.down = down
+	s.mu.Unlock()
+}
+
+// SetNegativeTTL sets the SOA MINIMUM (and SOA TTL) sent with NXDOMAIN and
+// NODATA answers. Default 300.
+func (s *Server) SetNegativeTTL(ttl uint32) {
+	s.mu.Lock()
+	s.negTTL = ttl
+	s.mu.Unlock()
+}
+
+// SetTruncateUDP makes every UDP answer that has records come back empty
+// with the TC bit set, so clients must retry over TCP.
+func (s *Server) SetTruncateUDP(on bool) {
+	s.mu.Lock()
+	s.truncate = on
+	s.mu.Unlock()
+}
+
+// AddRR adds one record. Its owner name is taken from the record header,
+// which is in miekg/dns presentation form.
+func (s *Server) AddRR(rr dns.RR) {
+	owner := resolvercache.UnescapeName(rr.Header().Name)
+	s.mu.Lock()
+	s.owners[owner] = append(s.owners[owner], item{rr: rr})
+	s.mu.Unlock()
+}
+
+// AddZone parses RFC 1035 zone-file text (with $ORIGIN and $TTL as needed)
+// and adds every record in it.
+func (s *Server) AddZone(text string) error {
+	zp := dns.NewZoneParser(strings.NewReader(text), "", "")
+	for rr, ok := zp.Next(); ok; rr, ok = zp.Next() {
+		s.AddRR(rr)
+	}
+	if err := zp.Err(); err != nil {
+		return fmt.Errorf("dnstest: zone: %w", err)
+	}
+	return nil
+}
+
+// AddTimeout appends a timeout marker to owner's list. A query of type Q for
+// owner gets no reply if the marker comes before any record of type Q in the
+// list; records of type Q added before the marker are served. So a marker
+// alone makes every query for the owner time out. (These are the semantics
+// of the pyspf test suite's TIMEOUT entries.)
+func (s *Server) AddTimeout(owner string) {
+	owner = resolvercache.CanonicalName(owner)
+	s.mu.Lock()
+	s.owners[owner] = append(s.owners[owner], item{timeout: true})
+	s.mu.Unlock()
+}
+
+// SetRcode forces the response code for owner and qtype (0 = any type), for
+// example dns.RcodeServerFailure.
+func (s *Server) SetRcode(owner string, qtype uint16, rcode int) {
+	s.mu.Lock()
+	s.rcodes[rcodeKey(resolvercache.CanonicalName(owner), qtype)] = rcode
+	s.mu.Unlock()
+}
+
+func rcodeKey(owner string, qtype uint16) string {
+	if qtype == 0 {
+		return owner + "/*"
+	}
+	return owner + "/" + dns.TypeToString[qtype]
+}
+
+// Name builds a record header's owner in presentation form from a raw name.
+func Name(raw string) string { return resolvercache.EscapeName(raw) }
+
+// TXT builds a TXT record for a raw owner name and raw value, splitting the
+// value into character-strings of at most 255 octets.
+func TXT(owner, value string, ttl uint32) *dns.TXT {
+	var parts []string
+	for len(value) > 255 {
+		parts = append(parts, resolvercache.EscapeTXT(value[:255]))
+		value = value[255:]
+	}
+	parts = append(parts, resolvercache.EscapeTXT(value))
+	return &dns.TXT{Hdr: hdr(owner, dns.TypeTXT, ttl), Txt: parts}
+}
+
+// TXTStrings builds a TXT record whose character-strings are given one by one.
+func TXTStrings(owner string, ttl uint32, strs ...string) *dns.TXT {
+	parts := make([]string, len(strs))
+	for i, p := range strs {
+		parts[i] = resolvercache.EscapeTXT(p)
+	}
+	return &dns.TXT{Hdr: hdr(owner, dns.TypeTXT, ttl), Txt: parts}
+}
+
+func hdr(owner string, t uint16, ttl uint32) dns.RR_Header {
+	return dns.RR_Header{Name: Name(owner), Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
+}
+
+// Header returns a record header for a raw owner name, for building other
+// record types by hand.
+func Header(owner string, t uint16, ttl uint32) dns.RR_Header { return hdr(owner, t, ttl) }
+
+const maxCNAMEHops = 8
+
+func (s *Server) handle(w dns.ResponseWriter, req *dns.Msg) {
+	s.Queries.Add(1)
+	if len(req.Question) != 1 {
+		m := new(dns.Msg)
+		m.SetRcode(req, dns.RcodeFormatError)
+		_ = w.WriteMsg(m)
+		return
+	}
+	q := req.Question[0]
+	_, isUDP := w.RemoteAddr().(*net.UDPAddr)
+
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.down {
+		return
+	}
+	m := new(dns.Msg)
+	m.SetReply(req)
+	m.Authoritative = true
+	if opt := req.IsEdns0(); opt != nil {
+		m.SetEdns0(opt.UDPSize(), false)
+	}
+
+	name := resolvercache.UnescapeName(q.Name)
+	for hop := 0; ; hop++ {
+		if rc, ok := s.rcodes[rcodeKey(name, q.Qtype)]; ok {
+			m.Rcode = rc
+			break
+		}
+		if rc, ok := s.rcodes[rcodeKey(name, 0)]; ok {
+			m.Rcode = rc
+			break
+		}
+		items, exists := s.owners[name]
+		var found []dns.RR
+		var cname *dns.CNAME
+		for _, it := range items {
+			if it.timeout {
+				if len(found) == 0 && cname == nil {
+					return // no reply: the client times out
+				}
+				break
+			}
+			if it.rr.Header().Rrtype == q.Qtype {
+				found = append(found, it.rr)
+			} else if c, ok := it.rr.(*dns.CNAME); ok && q.Qtype != dns.TypeCNAME {
+				cname = c
+			}
+		}
+		if len(found) == 0 && cname != nil && hop < maxCNAMEHops {
+			m.Answer = append(m.Answer, cname)
+			name = resolvercache.UnescapeName(cname.Target)
+			continue
+		}
+		m.Answer = append(m.Answer, found...)
+		if len(found) == 0 {
+			if !exists && !s.hasDescendant(name) {
+				m.Rcode = dns.RcodeNameError
+			}
+			m.Ns = append(m.Ns, &dns.SOA{
+				Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: s.negTTL},
+				Ns:  "ns.dnstest.", Mbox: "hostmaster.dnstest.", Serial: 1,
+				Refresh: 3600, Retry: 600, Expire: 86400, Minttl: s.negTTL,
+			})
+		}
+		break
+	}
+	if isUDP {
+		if s.truncate && len(m.Answer) > 0 {
+			m.Answer = nil
+			m.Truncated = true
+		} else {
+			size := dns.MinMsgSize
+			if opt := req.IsEdns0(); opt != nil {
+				size = int(opt.UDPSize())
+			}
+			m.Truncate(size) // sets TC when the answer does not fit, as real servers do
+		}
+	}
+	_ = w.WriteMsg(m)
+}
+
+// hasDescendant reports whether some owner lies below name, which makes name
+// an empty non-terminal: it exists (NODATA), it is not NXDOMAIN.
+func (s *Server) hasDescendant(name string) bool {
+	suffix := "." + name
+	for owner := range s.owners {
+		if strings.HasSuffix(owner, suffix) {
+			return true
+		}
+	}
+	return false
+}
