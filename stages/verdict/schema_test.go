@@ -1,0 +1,99 @@
+package verdict
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+)
+
+const schemaPath = "../../docs/verdict.schema.json"
+
+// CompileSchema loads docs/verdict.schema.json for validation in tests.
+func compileSchema(t *testing.T) *jsonschema.Schema {
+	t.Helper()
+	c := jsonschema.NewCompiler()
+	f, err := os.Open(schemaPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	doc, err := jsonschema.UnmarshalJSON(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddResource("verdict.schema.json", doc); err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.Compile("verdict.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestSampleValidatesAgainstSchema(t *testing.T) {
+	s := compileSchema(t)
+	v := sample()
+	v.AuthenticationResults = AuthenticationResults("id", v)
+	b, _ := json.Marshal(v)
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Validate(inst); err != nil {
+		t.Errorf("sample verdict does not validate: %v\n%s", err, b)
+	}
+}
+
+// TestSchemaCoversStruct keeps the Go types and the documented schema in
+// step: every JSON field of Verdict (recursively) must be a property in the
+// schema at the same place, and the other way round.
+func TestSchemaCoversStruct(t *testing.T) {
+	raw, err := os.ReadFile(schemaPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var schema map[string]any
+	if err := json.Unmarshal(raw, &schema); err != nil {
+		t.Fatal(err)
+	}
+	compare(t, "verdict", reflect.TypeOf(Verdict{}), schema)
+}
+
+func compare(t *testing.T, path string, typ reflect.Type, node map[string]any) {
+	for typ.Kind() == reflect.Pointer || typ.Kind() == reflect.Slice {
+		typ = typ.Elem()
+		if items, ok := node["items"].(map[string]any); ok {
+			node = items
+		}
+	}
+	if typ.Kind() != reflect.Struct || typ.PkgPath() != reflect.TypeOf(Verdict{}).PkgPath() {
+		return
+	}
+	props, _ := node["properties"].(map[string]any)
+	seen := map[string]bool{}
+	for i := 0; i < typ.NumField(); i++ {
+		f := typ.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		seen[name] = true
+		sub, ok := props[name].(map[string]any)
+		if !ok {
+			t.Errorf("%s.%s: in the Go type, not in docs/verdict.schema.json", path, name)
+			continue
+		}
+		compare(t, path+"."+name, f.Type, sub)
+	}
+	for name := range props {
+		if !seen[name] {
+			t.Errorf("%s.%s: in the schema, not in the Go type", path, name)
+		}
+	}
+}
