@@ -189,13 +189,21 @@ func IsTemporary(err error) bool {
 	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
-// CanonicalName lower-cases name and strips one trailing dot. It does not
-// validate; see ValidateName.
+// CanonicalName lower-cases the ASCII letters of name and strips one
+// trailing dot. Other octets are kept as they are: DNS compares names
+// case-insensitively for ASCII only (RFC 4343 3), and raw names may hold any
+// octet, including invalid UTF-8. It does not validate; see ValidateName.
 func CanonicalName(name string) string {
 	name = strings.TrimSuffix(name, ".")
 	for i := 0; i < len(name); i++ {
 		if c := name[i]; 'A' <= c && c <= 'Z' {
-			return strings.ToLower(name)
+			b := []byte(name)
+			for j := i; j < len(b); j++ {
+				if c := b[j]; 'A' <= c && c <= 'Z' {
+					b[j] = c + 'a' - 'A'
+				}
+			}
+			return string(b)
 		}
 	}
 	return name

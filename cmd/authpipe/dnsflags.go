@@ -1,0 +1,55 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/authpipe/authpipe/resolvercache"
+)
+
+// dnsFlags are the DNS options shared by every subcommand that verifies mail.
+type dnsFlags struct {
+	server  string
+	zone    string
+	timeout time.Duration
+	budget  time.Duration
+}
+
+func (d *dnsFlags) register(f *pflag.FlagSet) {
+	f.StringVar(&d.server, "resolver", "", "send DNS queries to this `host:port` and no other (default: servers in /etc/resolv.conf)")
+	f.StringVar(&d.zone, "zone", "", "answer DNS from this RFC 1035 zone `file`, with no network at all")
+	f.DurationVar(&d.timeout, "dns-timeout", 2*time.Second, "timeout for one DNS query")
+	f.DurationVar(&d.budget, "dns-budget", 10*time.Second, "time all DNS work for one message may take; checks still waiting then report temperror")
+}
+
+// resolver builds the resolver the flags ask for.
+func (d *dnsFlags) resolver(now func() time.Time) (resolvercache.Resolver, error) {
+	if d.timeout <= 0 {
+		return nil, usagef("--dns-timeout must be positive, got %s", d.timeout)
+	}
+	if d.zone != "" {
+		if d.server != "" {
+			return nil, usagef("--zone and --resolver exclude each other")
+		}
+		z, err := resolvercache.LoadZoneFile(d.zone, resolvercache.WithZoneClock(now))
+		if err != nil {
+			return nil, fmt.Errorf("load zone: %w", err)
+		}
+		return z, nil
+	}
+	opts := []resolvercache.ClientOption{resolvercache.WithTimeout(d.timeout)}
+	if d.server != "" {
+		if _, _, err := net.SplitHostPort(d.server); err != nil {
+			return nil, usagef("--resolver: want host:port: %v", err)
+		}
+		opts = append(opts, resolvercache.WithUpstreams(d.server))
+	}
+	c, err := resolvercache.NewClient(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("dns client: %w", err)
+	}
+	return resolvercache.NewCache(c, resolvercache.WithCacheClock(now))
+}

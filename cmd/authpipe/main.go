@@ -1,0 +1,89 @@
+// Command authpipe verifies mail authentication (SPF, DKIM, ARC, DMARC) for
+// single messages, archives and Kafka streams, and builds the reports that go
+// back to domain owners. Each subcommand is a thin layer over the packages
+// that do the work; run `authpipe --help` for the list.
+//
+// Exit codes: 0 success (for verify: a verdict was produced, whatever it
+// says), 1 an I/O or runtime failure, 2 a usage error.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// usageError marks an error caused by how the command was called.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// run executes the command line args and returns the exit code. It is the
+// whole program minus os.Exit, so tests can call it.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	root := newRootCmd(stdin, stdout, stderr)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "authpipe: %v\n", err)
+	var ue usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintln(stderr, "Run 'authpipe --help' for usage.")
+		return exitUsage
+	}
+	return exitFailure
+}
+
+func newRootCmd(stdin io.Reader, stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "authpipe",
+		Short: "Mail authentication (SPF, DKIM, ARC, DMARC) at mailbox-provider scale",
+		Long: `authpipe verifies the authentication of received mail: SPF (RFC 7208),
+DKIM (RFC 6376, 8301, 8463), ARC (RFC 8617) and DMARC (RFC 9989, or RFC 7489
+as a mode), through a caching DNS resolver, and emits one JSON verdict per
+message.
+
+Exit status: 0 on success, 1 on I/O or runtime failure, 2 on a usage error.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	// Without this, cobra reports an unknown subcommand as a plain error.
+	root.Args = func(_ *cobra.Command, args []string) error {
+		if len(args) > 0 {
+			return usagef("unknown command %q", args[0])
+		}
+		return nil
+	}
+	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	root.SetIn(stdin)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(newVerifyCmd())
+	return root
+}

@@ -1,0 +1,113 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/authpipe/authpipe/stages"
+)
+
+// maxInputBytes bounds what verify reads; the engine's own message-size
+// bound (and permerror) applies below it.
+const maxInputBytes = 256 << 20
+
+func newVerifyCmd() *cobra.Command {
+	var (
+		ip, helo, mailFrom, at, authservID string
+		rcptTo                             []string
+		dns                                dnsFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "verify [flags] FILE|-",
+		Short: "Verify one message and print its JSON verdict",
+		Long: `verify reads one RFC 5322 message (CRLF or LF line endings) from FILE, or
+from standard input when FILE is "-", checks it against the SMTP envelope given
+by the flags, and prints one JSON verdict on standard output (schema:
+docs/verdict.schema.json).
+
+DNS goes to the system resolvers (/etc/resolv.conf), to the one server named by
+--resolver, or, with --zone, to a zone file and no network at all.
+
+Exit status: 0 whenever a verdict is printed, whatever it says; 1 when the
+message cannot be read; 2 on a usage error.`,
+		Example: `  authpipe verify --zone examples/example.zone --ip 192.0.2.10 \
+      --helo mail.example.com --mail-from alice@example.com examples/message.eml`,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usagef("verify takes exactly one FILE (or - for standard input), got %d", len(args))
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			env := stages.Envelope{HELO: helo, MailFrom: mailFrom, RcptTo: rcptTo}
+			if ip != "" {
+				addr, err := netip.ParseAddr(ip)
+				if err != nil {
+					return usagef("--ip: %v", err)
+				}
+				env.ClientIP = addr.Unmap()
+			}
+			now := time.Now
+			if at != "" {
+				t, err := time.Parse(time.RFC3339, at)
+				if err != nil {
+					return usagef("--at: want RFC 3339 time such as 2026-05-01T12:00:00Z: %v", err)
+				}
+				now = func() time.Time { return t }
+				env.ReceivedAt = t
+			}
+			res, err := dns.resolver(now)
+			if err != nil {
+				return err
+			}
+			raw, err := readMessage(cmd.InOrStdin(), args[0])
+			if err != nil {
+				return err
+			}
+			engine := stages.New(res, stages.WithClock(now), stages.WithAuthServID(authservID),
+				stages.WithDNSBudget(dns.budget))
+			v := engine.Verify(cmd.Context(), raw, env)
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			enc.SetIndent("", "  ")
+			if err := enc.Encode(v); err != nil {
+				return fmt.Errorf("write verdict: %w", err)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&ip, "ip", "", "SMTP client `IP` address (IPv4 or IPv6); without it SPF is not evaluated")
+	f.StringVar(&helo, "helo", "", "HELO/EHLO `name` the client gave")
+	f.StringVar(&mailFrom, "mail-from", "", "SMTP MAIL FROM `address`; empty means the null sender <>")
+	f.StringSliceVar(&rcptTo, "rcpt-to", nil, "SMTP RCPT TO `address`es (repeatable)")
+	f.StringVar(&at, "at", "", "judge the message as of this RFC 3339 `time` (signature expiry, SPF %{t}); default now")
+	f.StringVar(&authservID, "authserv-id", "authpipe", "authserv-id for the Authentication-Results header (RFC 8601)")
+	dns.register(f)
+	return cmd
+}
+
+func readMessage(stdin io.Reader, name string) ([]byte, error) {
+	var r io.Reader = stdin
+	if name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return nil, fmt.Errorf("read message: %w", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	raw, err := io.ReadAll(io.LimitReader(r, maxInputBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read message %s: %w", name, err)
+	}
+	if len(raw) > maxInputBytes {
+		return nil, fmt.Errorf("read message %s: larger than %d bytes", name, maxInputBytes)
+	}
+	return raw, nil
+}

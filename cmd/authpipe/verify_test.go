@@ -1,0 +1,160 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/authpipe/authpipe/internal/schematest"
+	"github.com/authpipe/authpipe/resolvercache/dnstest"
+	"github.com/authpipe/authpipe/stages/verdict"
+)
+
+// authpipe runs the command line in-process and returns exit code, stdout
+// and stderr.
+func authpipe(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, strings.NewReader(stdin), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func decodeVerdict(t *testing.T, out string) verdict.Verdict {
+	t.Helper()
+	schematest.Validate(t, schematest.Compile(t, "verdict.schema.json"), []byte(out))
+	var v verdict.Verdict
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("verdict is not JSON: %v\n%s", err, out)
+	}
+	return v
+}
+
+// readmeArgs are the arguments of the README's first command.
+var readmeArgs = []string{"verify", "--zone", "../../examples/example.zone", "--ip", "192.0.2.10",
+	"--helo", "mail.example.com", "--mail-from", "alice@example.com", "../../examples/message.eml"}
+
+func TestVerifyBundledExample(t *testing.T) {
+	code, out, errs := authpipe(t, "", readmeArgs...)
+	if code != exitOK {
+		t.Fatalf("exit %d, stderr: %s", code, errs)
+	}
+	v := decodeVerdict(t, out)
+	if v.SPF == nil || v.SPF.Result != "pass" || v.SPF.Domain != "example.com" {
+		t.Errorf("spf = %+v, want pass for example.com", v.SPF)
+	}
+	if !strings.HasPrefix(v.AuthenticationResults, "authpipe; spf=pass") {
+		t.Errorf("authentication_results = %q", v.AuthenticationResults)
+	}
+	if v.Envelope.ClientIP != "192.0.2.10" || v.Envelope.MailFrom != "alice@example.com" {
+		t.Errorf("envelope = %+v", v.Envelope)
+	}
+}
+
+func TestVerifyStdinAndLF(t *testing.T) {
+	raw, err := os.ReadFile("../../examples/message.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lf := strings.ReplaceAll(string(raw), "\r\n", "\n")
+	args := append(append([]string{}, readmeArgs[:len(readmeArgs)-1]...), "-")
+	code, out, errs := authpipe(t, lf, args...)
+	if code != exitOK {
+		t.Fatalf("exit %d, stderr: %s", code, errs)
+	}
+	if v := decodeVerdict(t, out); v.SPF.Result != "pass" {
+		t.Errorf("spf = %+v", v.SPF)
+	}
+}
+
+func TestVerifySPFFailAndAt(t *testing.T) {
+	args := []string{"verify", "--zone", "../../examples/example.zone", "--ip", "203.0.113.9",
+		"--mail-from", "alice@example.com", "--at", "2026-05-01T12:00:00Z", "../../examples/message.eml"}
+	code, out, errs := authpipe(t, "", args...)
+	if code != exitOK {
+		t.Fatalf("exit %d (a fail verdict still exits 0), stderr: %s", code, errs)
+	}
+	v := decodeVerdict(t, out)
+	if v.SPF.Result != "fail" {
+		t.Errorf("spf = %+v, want fail", v.SPF)
+	}
+	if want := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC); !v.EvaluatedAt.Equal(want) || !v.Envelope.ReceivedAt.Equal(want) {
+		t.Errorf("evaluated_at %v received_at %v, want %v", v.EvaluatedAt, v.Envelope.ReceivedAt, want)
+	}
+}
+
+// TestVerifyResolverFlag sends the queries over real sockets to an
+// in-process authoritative server.
+func TestVerifyResolverFlag(t *testing.T) {
+	srv, err := dnstest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	srv.AddRR(dnstest.TXT("example.org", "v=spf1 ip4:198.51.100.0/24 -all", 300))
+	code, out, errs := authpipe(t, "From: a@example.org\r\n\r\nhi\r\n", "verify", "--resolver", srv.Addr,
+		"--ip", "198.51.100.7", "--mail-from", "a@example.org", "-")
+	if code != exitOK {
+		t.Fatalf("exit %d, stderr: %s", code, errs)
+	}
+	if v := decodeVerdict(t, out); v.SPF.Result != "pass" {
+		t.Errorf("spf = %+v", v.SPF)
+	}
+	if srv.Queries.Load() == 0 {
+		t.Error("no query reached the DNS server")
+	}
+}
+
+func TestVerifyNullSenderUsesHELO(t *testing.T) {
+	code, out, errs := authpipe(t, "", "verify", "--zone", "../../examples/example.zone", "--ip", "192.0.2.10",
+		"--helo", "example.com", "../../examples/message.eml")
+	if code != exitOK {
+		t.Fatalf("exit %d, stderr: %s", code, errs)
+	}
+	v := decodeVerdict(t, out)
+	if v.SPF.Result != "pass" || v.SPF.Domain != "example.com" {
+		t.Errorf("null sender: spf = %+v, want pass for postmaster@example.com", v.SPF)
+	}
+}
+
+func TestVerifyExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"no file", []string{"verify"}, exitUsage},
+		{"two files", []string{"verify", "a", "b"}, exitUsage},
+		{"bad ip", []string{"verify", "--ip", "300.1.1.1", "-"}, exitUsage},
+		{"bad at", []string{"verify", "--at", "yesterday", "-"}, exitUsage},
+		{"unknown flag", []string{"verify", "--nope", "-"}, exitUsage},
+		{"zone and resolver", []string{"verify", "--zone", "x", "--resolver", "127.0.0.1:53", "-"}, exitUsage},
+		{"resolver without port", []string{"verify", "--resolver", "127.0.0.1", "-"}, exitUsage},
+		{"unknown command", []string{"frobnicate"}, exitUsage},
+		{"missing file", []string{"verify", "--zone", "../../examples/example.zone", "/nonexistent/message.eml"}, exitFailure},
+		{"missing zone", []string{"verify", "--zone", "/nonexistent.zone", "-"}, exitFailure},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, out, errs := authpipe(t, "", tc.args...)
+			if code != tc.want {
+				t.Errorf("exit %d, want %d; stderr: %s", code, tc.want, errs)
+			}
+			if out != "" {
+				t.Errorf("stdout should be empty on error, got %q", out)
+			}
+			if errs == "" {
+				t.Error("stderr should explain the error")
+			}
+		})
+	}
+}
+
+func TestHelp(t *testing.T) {
+	code, out, _ := authpipe(t, "", "verify", "--help")
+	if code != exitOK || !strings.Contains(out, "--zone") || !strings.Contains(out, "Exit status") {
+		t.Errorf("verify --help: exit %d, output %q", code, out)
+	}
+}

@@ -1,0 +1,395 @@
+package resolvercache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/dgraph-io/ristretto/v2"
+	"golang.org/x/sync/singleflight"
+)
+
+// Cache defaults. Each can be changed with a CacheOption.
+const (
+	DefaultCacheBytes     = 64 << 20 // WithMaxBytes
+	DefaultMinTTL         = 30 * time.Second
+	DefaultMaxTTL         = time.Hour
+	DefaultMinNegativeTTL = 30 * time.Second
+	DefaultMaxNegativeTTL = 15 * time.Minute
+	DefaultErrorTTL       = 2 * time.Second
+	MaxErrorTTL           = 30 * time.Second
+	DefaultFillTimeout    = 30 * time.Second
+
+	// entryOverhead approximates the bytes of one entry besides its strings
+	// and slices: the entry, the Answer, ristretto's item and map slots.
+	entryOverhead = 320
+	minCacheBytes = 16 << 10
+)
+
+// Cache is a byte-bounded cache in front of any Resolver, on
+// github.com/dgraph-io/ristretto/v2 (TinyLFU admission, sampled LFU
+// eviction). It implements Resolver.
+//
+//   - Answers with records are kept for their TTL clamped to [MinTTL, MaxTTL]
+//     (default 30s to 1h).
+//   - NXDOMAIN and NODATA answers are kept for their negative TTL (RFC 2308
+//     5: min of SOA TTL and SOA MINIMUM, as computed by the backend) clamped
+//     to [MinNegativeTTL, MaxNegativeTTL] (default 30s to 15m).
+//   - Errors other than KindCanceled and KindBadName (SERVFAIL, timeouts,
+//     network errors, malformed replies, CNAME loops) are kept for ErrorTTL
+//     (default 2s, at most 30s; RFC 2308 7 allows up to 5 minutes), so a
+//     failing domain is not hammered by every message naming it.
+//
+// The expiry is stored with the entry and checked against the cache's clock
+// on every hit; ristretto's own TTL only collects garbage. A hit returns the
+// shared *Answer stored at insert: when the TTL was clamped it is a copy
+// made once with the clamped TTL, so Remaining(now) counts down correctly.
+//
+// Identical concurrent misses (same canonical name and type) share one
+// upstream lookup (golang.org/x/sync/singleflight). That lookup runs with
+// the first caller's context values but not its cancellation, bounded by
+// the fill timeout (default 30s); every waiter still returns as soon as its
+// own context ends.
+//
+// Ristretto inserts asynchronously and may drop or refuse an insert; the
+// cache is then merely colder, never wrong. The cost of an entry is its
+// approximate size in bytes and the total is bounded by WithMaxBytes
+// (default 64 MiB).
+type Cache struct {
+	up      Resolver
+	rc      *ristretto.Cache[uint64, *entry]
+	sf      singleflight.Group
+	clock   func() time.Time
+	metrics *Metrics
+
+	minTTL, maxTTL       time.Duration
+	minNegTTL, maxNegTTL time.Duration
+	errTTL               time.Duration
+	fillTimeout          time.Duration
+
+	joined atomic.Int64 // misses that have joined a flight; for tests
+}
+
+// entry is one cached outcome. name and qtype guard against 64-bit hash
+// collisions.
+type entry struct {
+	name    string
+	qtype   uint16
+	ans     *Answer
+	err     error
+	expires time.Time
+}
+
+// CacheOption configures a Cache.
+type CacheOption func(*cacheConfig) error
+
+type cacheConfig struct {
+	maxBytes             int64
+	minTTL, maxTTL       time.Duration
+	minNegTTL, maxNegTTL time.Duration
+	errTTL               time.Duration
+	fillTimeout          time.Duration
+	clock                func() time.Time
+	metrics              *Metrics
+}
+
+// WithMaxBytes bounds the approximate bytes the cache holds (default 64 MiB,
+// at least 16 KiB).
+func WithMaxBytes(n int64) CacheOption {
+	return func(c *cacheConfig) error {
+		if n < minCacheBytes {
+			return fmt.Errorf("WithMaxBytes: %d is under %d", n, minCacheBytes)
+		}
+		c.maxBytes = n
+		return nil
+	}
+}
+
+// WithTTLBounds clamps the TTL of answers with records (default 30s, 1h).
+func WithTTLBounds(lo, hi time.Duration) CacheOption {
+	return func(c *cacheConfig) error {
+		if lo < 0 || hi < lo {
+			return fmt.Errorf("WithTTLBounds: bad range [%v, %v]", lo, hi)
+		}
+		c.minTTL, c.maxTTL = lo, hi
+		return nil
+	}
+}
+
+// WithNegativeTTLBounds clamps the TTL of NXDOMAIN and NODATA answers
+// (default 30s, 15m).
+func WithNegativeTTLBounds(lo, hi time.Duration) CacheOption {
+	return func(c *cacheConfig) error {
+		if lo < 0 || hi < lo {
+			return fmt.Errorf("WithNegativeTTLBounds: bad range [%v, %v]", lo, hi)
+		}
+		c.minNegTTL, c.maxNegTTL = lo, hi
+		return nil
+	}
+}
+
+// WithErrorTTL sets how long failures are cached (default 2s, at most 30s,
+// 0 disables).
+func WithErrorTTL(d time.Duration) CacheOption {
+	return func(c *cacheConfig) error {
+		if d < 0 || d > MaxErrorTTL {
+			return fmt.Errorf("WithErrorTTL: %v is outside [0, %v]", d, MaxErrorTTL)
+		}
+		c.errTTL = d
+		return nil
+	}
+}
+
+// WithFillTimeout bounds the shared upstream lookup of a miss (default 30s).
+func WithFillTimeout(d time.Duration) CacheOption {
+	return func(c *cacheConfig) error {
+		if d <= 0 {
+			return fmt.Errorf("WithFillTimeout: %v is not positive", d)
+		}
+		c.fillTimeout = d
+		return nil
+	}
+}
+
+// WithCacheClock sets the clock used for expiry (default time.Now).
+func WithCacheClock(now func() time.Time) CacheOption {
+	return func(c *cacheConfig) error {
+		if now == nil {
+			return errors.New("WithCacheClock: nil clock")
+		}
+		c.clock = now
+		return nil
+	}
+}
+
+// WithCacheMetrics makes the cache count hits, misses, shared misses,
+// evictions and its cost.
+func WithCacheMetrics(m *Metrics) CacheOption {
+	return func(c *cacheConfig) error { c.metrics = m; return nil }
+}
+
+// NewCache builds a Cache in front of upstream.
+func NewCache(upstream Resolver, opts ...CacheOption) (*Cache, error) {
+	if upstream == nil {
+		return nil, errors.New("resolvercache: NewCache: nil upstream")
+	}
+	cfg := cacheConfig{
+		maxBytes:    DefaultCacheBytes,
+		minTTL:      DefaultMinTTL,
+		maxTTL:      DefaultMaxTTL,
+		minNegTTL:   DefaultMinNegativeTTL,
+		maxNegTTL:   DefaultMaxNegativeTTL,
+		errTTL:      DefaultErrorTTL,
+		fillTimeout: DefaultFillTimeout,
+		clock:       time.Now,
+	}
+	for _, o := range opts {
+		if err := o(&cfg); err != nil {
+			return nil, fmt.Errorf("resolvercache: %w", err)
+		}
+	}
+	c := &Cache{
+		up:          upstream,
+		clock:       cfg.clock,
+		metrics:     cfg.metrics,
+		minTTL:      cfg.minTTL,
+		maxTTL:      cfg.maxTTL,
+		minNegTTL:   cfg.minNegTTL,
+		maxNegTTL:   cfg.maxNegTTL,
+		errTTL:      cfg.errTTL,
+		fillTimeout: cfg.fillTimeout,
+	}
+	// Ristretto wants about ten counters per item it may hold; entries are
+	// a few hundred bytes, so one counter per 32 bytes of budget.
+	rc, err := ristretto.NewCache(&ristretto.Config[uint64, *entry]{
+		NumCounters:        max(cfg.maxBytes/32, 1024),
+		MaxCost:            cfg.maxBytes,
+		BufferItems:        64,
+		IgnoreInternalCost: true,
+		Metrics:            cfg.metrics != nil,
+		OnEvict:            func(*ristretto.Item[*entry]) { cfg.metrics.cacheEvicted() },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("resolvercache: ristretto: %w", err)
+	}
+	c.rc = rc
+	return c, nil
+}
+
+// Wait blocks until pending inserts are applied (for tests).
+func (c *Cache) Wait() { c.rc.Wait() }
+
+// Close stops the cache's background goroutines. Lookups after Close go
+// straight to the upstream.
+func (c *Cache) Close() { c.rc.Close() }
+
+// Cost returns the approximate bytes held, when the cache has metrics
+// (WithCacheMetrics), else -1.
+func (c *Cache) Cost() int64 {
+	if c.rc.Metrics == nil {
+		return -1
+	}
+	return int64(c.rc.Metrics.CostAdded() - c.rc.Metrics.CostEvicted())
+}
+
+// maxKey is the longest canonical name plus two octets of type.
+const maxKey = 253 + 2
+
+// cacheKey writes the canonical form of name (lower case, no trailing dot)
+// and the type into buf and returns its length and hash. ok is false for a
+// name too long to be valid.
+func cacheKey(buf *[maxKey]byte, name string, qtype uint16) (n int, h uint64, ok bool) {
+	if len(name) > 0 && name[len(name)-1] == '.' {
+		name = name[:len(name)-1]
+	}
+	if len(name) > 253 {
+		return 0, 0, false
+	}
+	for i := 0; i < len(name); i++ {
+		ch := name[i]
+		if 'A' <= ch && ch <= 'Z' {
+			ch += 'a' - 'A'
+		}
+		buf[i] = ch
+	}
+	n = len(name)
+	buf[n] = byte(qtype >> 8)
+	buf[n+1] = byte(qtype)
+	return n, xxhash.Sum64(buf[:n+2]), true
+}
+
+// Lookup implements Resolver.
+func (c *Cache) Lookup(ctx context.Context, name string, qtype uint16) (*Answer, error) {
+	var buf [maxKey]byte
+	n, h, ok := cacheKey(&buf, name, qtype)
+	if !ok {
+		ans, err := c.up.Lookup(ctx, name, qtype)
+		c.metrics.lookup("cache", err)
+		return ans, err
+	}
+	if e, found := c.rc.Get(h); found && e.qtype == qtype && e.name == string(buf[:n]) &&
+		c.clock().Before(e.expires) {
+		c.metrics.cacheHit()
+		c.metrics.lookup("cache", e.err)
+		return e.ans, e.err
+	}
+	ans, err := c.miss(ctx, string(buf[:n]), qtype, h, string(buf[:n+2]))
+	c.metrics.lookup("cache", err)
+	return ans, err
+}
+
+type fillResult struct {
+	ans *Answer
+	err error
+}
+
+func (c *Cache) miss(ctx context.Context, canon string, qtype uint16, h uint64, key string) (*Answer, error) {
+	if err := ctx.Err(); err != nil {
+		c.metrics.cacheMiss(false)
+		return nil, &Error{Name: canon, Type: qtype, Kind: KindCanceled, Err: err}
+	}
+	ch := c.sf.DoChan(key, func() (any, error) {
+		return c.fill(ctx, canon, qtype, h), nil
+	})
+	c.joined.Add(1)
+	select {
+	case r := <-ch:
+		c.metrics.cacheMiss(r.Shared)
+		fr := r.Val.(fillResult)
+		return fr.ans, fr.err
+	case <-ctx.Done():
+		c.metrics.cacheMiss(false)
+		return nil, &Error{Name: canon, Type: qtype, Kind: KindCanceled, Err: ctx.Err()}
+	}
+}
+
+// fill asks the upstream and stores the outcome.
+func (c *Cache) fill(ctx context.Context, canon string, qtype uint16, h uint64) fillResult {
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.fillTimeout)
+	defer cancel()
+	ans, err := c.up.Lookup(fctx, canon, qtype)
+	if err == nil && ans == nil {
+		err = &Error{Name: canon, Type: qtype, Kind: KindMalformed, Err: errors.New("upstream returned no answer")}
+	}
+	now := c.clock()
+	e := &entry{name: canon, qtype: qtype}
+	var ttl time.Duration
+	if err != nil {
+		var re *Error
+		if !errors.As(err, &re) {
+			return fillResult{err: err}
+		}
+		switch re.Kind {
+		case KindCanceled:
+			if fctx.Err() != nil && ctx.Err() == nil {
+				// Our fill timeout, not the caller's context.
+				err = &Error{Name: canon, Type: qtype, Kind: KindTimeout, Err: fmt.Errorf("cache fill: %w", re)}
+			}
+			return fillResult{err: err}
+		case KindBadName:
+			return fillResult{err: err}
+		}
+		if c.errTTL <= 0 {
+			return fillResult{err: err}
+		}
+		ttl = c.errTTL
+		e.err = err
+		e.expires = now.Add(ttl)
+	} else {
+		lo, hi := c.minTTL, c.maxTTL
+		if ans.Empty() {
+			lo, hi = c.minNegTTL, c.maxNegTTL
+		}
+		d := time.Duration(ans.TTL) * time.Second
+		if clamped := min(max(d, lo), hi); clamped != d {
+			cp := *ans
+			cp.TTL = uint32(clamped / time.Second)
+			ans = &cp
+			d = time.Duration(cp.TTL) * time.Second
+		}
+		e.ans = ans
+		e.expires = ans.Received.Add(d)
+		ttl = e.expires.Sub(now)
+		if ttl <= 0 {
+			return fillResult{ans: ans}
+		}
+	}
+	c.rc.SetWithTTL(h, e, entryCost(e), ttl)
+	if c.metrics != nil {
+		c.metrics.setCacheCost(float64(c.Cost()))
+	}
+	return fillResult{ans: e.ans, err: e.err}
+}
+
+// entryCost approximates the bytes an entry keeps alive.
+func entryCost(e *entry) int64 {
+	n := entryOverhead + len(e.name)
+	if e.err != nil {
+		return int64(n + len(e.err.Error()))
+	}
+	a := e.ans
+	n += len(a.Name)
+	for _, s := range a.CNAMEs {
+		n += 16 + len(s)
+	}
+	for _, s := range a.TXT {
+		n += 16 + len(s)
+	}
+	for _, s := range a.Names {
+		n += 16 + len(s)
+	}
+	for _, m := range a.MX {
+		n += 24 + len(m.Host)
+	}
+	n += 24 * len(a.IPs)
+	return int64(n)
+}
+
+// Compile-time checks that every backend is a Resolver.
+var (
+	_ Resolver = (*Client)(nil)
+	_ Resolver = (*Cache)(nil)
+)

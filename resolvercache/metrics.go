@@ -1,0 +1,165 @@
+package resolvercache
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics holds the Prometheus collectors of the DNS layer. One Metrics may
+// be shared by a Client, a Cache and a Zone; each counts what it sees. A nil
+// *Metrics is valid and records nothing.
+//
+// Collectors (all prefixed authpipe_dns_):
+//
+//	lookups_total{resolver}          Lookup calls, resolver = client|cache|zone
+//	errors_total{resolver,kind}      Lookups that returned an *Error, kind = ErrorKind.String()
+//	queries_total{proto}             wire queries sent upstream, proto = udp|tcp
+//	upstream_duration_seconds{proto} time from send to a usable reply or failure, per wire query
+//	cache_hits_total                 lookups answered from the cache (answers and cached errors)
+//	cache_misses_total               lookups that had to go upstream (or join an in-flight query)
+//	cache_shared_total               misses that joined another caller's in-flight query
+//	cache_cost_bytes                 approximate bytes held by the cache (updated on insert)
+//	cache_evictions_total            entries evicted or expired by the cache
+type Metrics struct {
+	lookupsClient, lookupsCache, lookupsZone prometheus.Counter
+	errors                                   *prometheus.CounterVec
+	queriesUDP, queriesTCP                   prometheus.Counter
+	durUDP, durTCP                           prometheus.Observer
+	hits, misses, shared                     prometheus.Counter
+	cacheCost                                prometheus.Gauge
+	evictions                                prometheus.Counter
+}
+
+// NewMetrics creates the collectors and registers them with reg. A nil reg
+// leaves them unregistered (useful in tests). It never touches the global
+// default registry.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	lookups := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "authpipe", Subsystem: "dns", Name: "lookups_total",
+		Help: "DNS Lookup calls by resolver (client, cache, zone).",
+	}, []string{"resolver"})
+	errs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "authpipe", Subsystem: "dns", Name: "errors_total",
+		Help: "DNS lookups that failed, by resolver and error kind.",
+	}, []string{"resolver", "kind"})
+	queries := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "authpipe", Subsystem: "dns", Name: "queries_total",
+		Help: "Wire queries sent to upstream servers, by transport.",
+	}, []string{"proto"})
+	dur := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "authpipe", Subsystem: "dns", Name: "upstream_duration_seconds",
+		Help:    "Time per wire query to an upstream server, by transport.",
+		Buckets: []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5},
+	}, []string{"proto"})
+	hits := prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "authpipe", Subsystem: "dns", Name: "cache_hits_total",
+		Help: "Lookups answered from the DNS cache.",
+	})
+	misses := prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "authpipe", Subsystem: "dns", Name: "cache_misses_total",
+		Help: "Lookups the DNS cache could not answer.",
+	})
+	shared := prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "authpipe", Subsystem: "dns", Name: "cache_shared_total",
+		Help: "Cache misses that joined an identical in-flight upstream query.",
+	})
+	cost := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "authpipe", Subsystem: "dns", Name: "cache_cost_bytes",
+		Help: "Approximate bytes held by the DNS cache.",
+	})
+	evictions := prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "authpipe", Subsystem: "dns", Name: "cache_evictions_total",
+		Help: "DNS cache entries evicted or expired.",
+	})
+	if reg != nil {
+		for _, c := range []prometheus.Collector{lookups, errs, queries, dur, hits, misses, shared, cost, evictions} {
+			if err := reg.Register(c); err != nil {
+				var are prometheus.AlreadyRegisteredError
+				if errors.As(err, &are) {
+					return nil, fmt.Errorf("resolvercache: metrics already registered: %w", err)
+				}
+				return nil, fmt.Errorf("resolvercache: register metrics: %w", err)
+			}
+		}
+	}
+	return &Metrics{
+		lookupsClient: lookups.WithLabelValues("client"),
+		lookupsCache:  lookups.WithLabelValues("cache"),
+		lookupsZone:   lookups.WithLabelValues("zone"),
+		errors:        errs,
+		queriesUDP:    queries.WithLabelValues("udp"),
+		queriesTCP:    queries.WithLabelValues("tcp"),
+		durUDP:        dur.WithLabelValues("udp"),
+		durTCP:        dur.WithLabelValues("tcp"),
+		hits:          hits,
+		misses:        misses,
+		shared:        shared,
+		cacheCost:     cost,
+		evictions:     evictions,
+	}, nil
+}
+
+func (m *Metrics) cacheHit() {
+	if m != nil {
+		m.hits.Inc()
+	}
+}
+
+func (m *Metrics) cacheMiss(shared bool) {
+	if m != nil {
+		m.misses.Inc()
+		if shared {
+			m.shared.Inc()
+		}
+	}
+}
+
+func (m *Metrics) cacheEvicted() {
+	if m != nil {
+		m.evictions.Inc()
+	}
+}
+
+func (m *Metrics) setCacheCost(bytes float64) {
+	if m != nil {
+		m.cacheCost.Set(bytes)
+	}
+}
+
+// lookup counts one Lookup by resolver and, if err is an *Error, its kind.
+func (m *Metrics) lookup(resolver string, err error) {
+	if m == nil {
+		return
+	}
+	switch resolver {
+	case "client":
+		m.lookupsClient.Inc()
+	case "cache":
+		m.lookupsCache.Inc()
+	case "zone":
+		m.lookupsZone.Inc()
+	}
+	if err != nil {
+		kind := "other"
+		var e *Error
+		if errors.As(err, &e) {
+			kind = e.Kind.String()
+		}
+		m.errors.WithLabelValues(resolver, kind).Inc()
+	}
+}
+
+func (m *Metrics) query(tcp bool, seconds float64) {
+	if m == nil {
+		return
+	}
+	if tcp {
+		m.queriesTCP.Inc()
+		m.durTCP.Observe(seconds)
+		return
+	}
+	m.queriesUDP.Inc()
+	m.durUDP.Observe(seconds)
+}
