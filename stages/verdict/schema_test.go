@@ -1,60 +1,28 @@
 package verdict
 
 import (
-	"bytes"
 	"encoding/json"
 	"os"
 	"reflect"
 	"strings"
 	"testing"
 
-	"github.com/santhosh-tekuri/jsonschema/v6"
+	"github.com/authpipe/authpipe/internal/schematest"
 )
 
-const schemaPath = "../../docs/verdict.schema.json"
-
-// CompileSchema loads docs/verdict.schema.json for validation in tests.
-func compileSchema(t *testing.T) *jsonschema.Schema {
-	t.Helper()
-	c := jsonschema.NewCompiler()
-	f, err := os.Open(schemaPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	doc, err := jsonschema.UnmarshalJSON(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.AddResource("verdict.schema.json", doc); err != nil {
-		t.Fatal(err)
-	}
-	s, err := c.Compile("verdict.schema.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
 func TestSampleValidatesAgainstSchema(t *testing.T) {
-	s := compileSchema(t)
+	s := schematest.Compile(t, "verdict.schema.json")
 	v := sample()
 	v.AuthenticationResults = AuthenticationResults("id", v)
 	b, _ := json.Marshal(v)
-	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Validate(inst); err != nil {
-		t.Errorf("sample verdict does not validate: %v\n%s", err, b)
-	}
+	schematest.Validate(t, s, b)
 }
 
 // TestSchemaCoversStruct keeps the Go types and the documented schema in
 // step: every JSON field of Verdict (recursively) must be a property in the
 // schema at the same place, and the other way round.
 func TestSchemaCoversStruct(t *testing.T) {
-	raw, err := os.ReadFile(schemaPath)
+	raw, err := os.ReadFile(schematest.DocsPath("verdict.schema.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
