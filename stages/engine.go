@@ -1,7 +1,7 @@
-// Package stages runs authpipe's verification of one message: parse it once,
-// check SPF (RFC 7208), DKIM (RFC 6376, 8301, 8463) and ARC (RFC 8617)
-// concurrently, then DMARC (RFC 9989, or RFC 7489 as a mode), and return a
-// verdict.Verdict with its Authentication-Results (RFC 8601).
+// Package stages runs authpipe's verification of one message: parse it once
+// (RFC 5322), check SPF (RFC 7208), DKIM (RFC 6376, 8301, 8463) and ARC
+// (RFC 8617) concurrently, then DMARC (RFC 9989, or RFC 7489 as a mode), and
+// return a verdict.Verdict with its Authentication-Results (RFC 8601).
 //
 // The engine is pure in the sense the pipeline relies on: given the message
 // bytes, the SMTP envelope, a resolver and a clock it returns a verdict. It
@@ -11,10 +11,17 @@ package stages
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/authpipe/authpipe/resolvercache"
+	"github.com/authpipe/authpipe/stages/arc"
+	"github.com/authpipe/authpipe/stages/dkim"
+	"github.com/authpipe/authpipe/stages/dmarc"
+	"github.com/authpipe/authpipe/stages/message"
 	"github.com/authpipe/authpipe/stages/spf"
 	"github.com/authpipe/authpipe/stages/verdict"
 )
@@ -33,20 +40,24 @@ type Envelope struct {
 }
 
 // Engine verifies messages. It is safe for concurrent use; one Engine
-// serves a whole worker pool.
+// serves a whole worker pool, and its DKIM key cache is shared by all.
 type Engine struct {
-	resolver   resolvercache.Resolver
 	now        func() time.Time
 	authservID string
 	dnsBudget  time.Duration
+	limits     message.Limits
 	spf        spf.Checker
+	dkim       dkim.Verifier
+	arc        arc.Validator
+	dmarc      dmarc.Evaluator
 }
 
 // Option configures an Engine.
 type Option func(*Engine)
 
-// WithClock sets the clock checks are judged against (signature expiry,
-// SPF's %{t}). Re-scoring archived mail passes the arrival time.
+// WithClock sets the clock checks are judged against (DKIM x= and t=, SPF's
+// %{t}). Re-scoring archived mail passes the arrival time. Caches keep
+// using the wall clock.
 func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = now } }
 
 // WithAuthServID sets the authserv-id of Authentication-Results (RFC 8601
@@ -58,6 +69,11 @@ func WithAuthServID(id string) Option { return func(e *Engine) { e.authservID = 
 // temperror.
 func WithDNSBudget(d time.Duration) Option { return func(e *Engine) { e.dnsBudget = d } }
 
+// WithMessageLimits bounds message size, header count and header field
+// size (defaults in package message: 64 MiB, 1000, 64 KiB). A message over a
+// bound gets a verdict with permerror results, not a crash.
+func WithMessageLimits(l message.Limits) Option { return func(e *Engine) { e.limits = l } }
+
 // WithSPFLimits sets the RFC 7208 4.6.4 limits: DNS-querying terms
 // (default 10) and void lookups (default 2).
 func WithSPFLimits(lookups, voids int) Option {
@@ -67,10 +83,52 @@ func WithSPFLimits(lookups, voids int) Option {
 	}
 }
 
-// New returns an Engine that resolves through res.
+// DKIMPolicy is the local DKIM policy; zero fields take the defaults of
+// dkim.Verifier (5 signatures, no rsa-sha1, l= rejected, From stack check).
+type DKIMPolicy struct {
+	MaxSignatures int
+	AllowSHA1     bool
+	// BodyLength is "reject" or "honour" for signatures with l=.
+	BodyLength string
+	// HeaderStack names the fields whose unsigned extra instances turn a
+	// passing signature into policy; nil means From only.
+	HeaderStack []string
+}
+
+// WithDKIMPolicy sets the DKIM policy.
+func WithDKIMPolicy(p DKIMPolicy) Option {
+	return func(e *Engine) {
+		e.dkim.MaxSignatures = p.MaxSignatures
+		e.dkim.AllowSHA1 = p.AllowSHA1
+		e.dkim.BodyLength = p.BodyLength
+		if p.HeaderStack != nil {
+			e.dkim.HeaderStack = make(map[string]bool, len(p.HeaderStack))
+			for _, h := range p.HeaderStack {
+				e.dkim.HeaderStack[h] = true
+			}
+		}
+		e.arc.AllowSHA1 = p.AllowSHA1
+	}
+}
+
+// WithARCMaxSets bounds the ARC chain length (default 50, RFC 8617 4.2.1).
+func WithARCMaxSets(n int) Option { return func(e *Engine) { e.arc.MaxSets = n } }
+
+// WithDMARC selects the DMARC mode (dmarc.ModeRFC9989 by default, or
+// dmarc.ModeRFC7489), the local overrides and, for RFC 7489 pct sampling,
+// the random source (nil: math/rand/v2).
+func WithDMARC(mode dmarc.Mode, overrides dmarc.Overrides, random func() float64) Option {
+	return func(e *Engine) {
+		e.dmarc.Mode = mode
+		e.dmarc.Overrides = overrides
+		e.dmarc.Rand = random
+	}
+}
+
+// New returns an Engine that resolves through res (normally a
+// resolvercache.Cache).
 func New(res resolvercache.Resolver, opts ...Option) *Engine {
 	e := &Engine{
-		resolver:   res,
 		now:        time.Now,
 		authservID: "authpipe",
 		dnsBudget:  10 * time.Second,
@@ -78,9 +136,15 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 	for _, o := range opts {
 		o(e)
 	}
+	keys := &dkim.KeyFetcher{Resolver: res}
 	e.spf.Resolver = res
 	e.spf.Hostname = e.authservID
 	e.spf.Now = e.now
+	e.dkim.Keys = keys
+	e.dkim.Now = e.now
+	e.arc.Keys = keys
+	e.arc.Now = e.now
+	e.dmarc.Resolver = res
 	return e
 }
 
@@ -89,10 +153,9 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.Verdict {
 	ctx, cancel := context.WithTimeout(ctx, e.dnsBudget)
 	defer cancel()
-	now := e.now()
 	v := &verdict.Verdict{
 		Version:     verdict.SchemaVersion,
-		EvaluatedAt: now.UTC(),
+		EvaluatedAt: e.now().UTC(),
 		Envelope: verdict.Envelope{
 			HELO:       env.HELO,
 			MailFrom:   env.MailFrom,
@@ -103,9 +166,63 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	if env.ClientIP.IsValid() {
 		v.Envelope.ClientIP = env.ClientIP.String()
 	}
-	v.SPF = e.checkSPF(ctx, env)
+
+	msg, perr := message.Parse(raw, e.limits)
+	if perr != nil {
+		v.Message = &verdict.MessageProblem{Error: perr.Error()}
+		var pe *message.ParseError
+		if errors.As(perr, &pe) {
+			v.Message.Kind = pe.Kind
+		}
+		// SPF needs only the envelope; everything else needs the message.
+		v.SPF = e.checkSPF(ctx, env)
+		v.DMARC = &verdict.DMARC{Result: dmarc.ResultPermError, Disposition: "none",
+			Mode: e.dmarcMode(), Error: "dmarc: message not evaluated: " + perr.Error()}
+		v.AuthenticationResults = verdict.AuthenticationResults(e.authservID, v)
+		return v
+	}
+	if ids := msg.FieldsByKey("message-id"); len(ids) > 0 {
+		v.MessageID = strings.TrimSpace(string(ids[0].Value))
+	}
+	for _, a := range msg.From {
+		v.HeaderFrom = append(v.HeaderFrom, a.Domain)
+	}
+
+	// SPF, DKIM and ARC are independent; run them side by side so the
+	// message waits for the slowest DNS chain, not the sum of them. DKIM
+	// stays on this goroutine: its RSA path is stack-hungry, and a fresh
+	// goroutine would pay for growing its stack on every message. ARC gets
+	// a goroutine only when there is a chain to validate.
+	var (
+		wg      sync.WaitGroup
+		spfRes  *verdict.SPF
+		dkimRes []dkim.Result
+		arcRes  arc.Result
+	)
+	wg.Add(1)
+	go func() { defer wg.Done(); spfRes = e.checkSPF(ctx, env) }()
+	if len(msg.FieldsByKey("arc-seal")) > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); arcRes = e.arc.Validate(ctx, msg) }()
+	} else {
+		arcRes = e.arc.Validate(ctx, msg) // no chain: returns none without DNS
+	}
+	dkimRes = e.dkim.Verify(ctx, msg)
+	wg.Wait()
+
+	v.SPF = spfRes
+	v.DKIM = dkimVerdicts(dkimRes)
+	v.ARC = arcVerdict(arcRes)
+	v.DMARC = e.checkDMARC(ctx, env, v, dkimRes, arcRes)
 	v.AuthenticationResults = verdict.AuthenticationResults(e.authservID, v)
 	return v
+}
+
+func (e *Engine) dmarcMode() string {
+	if e.dmarc.Mode == "" {
+		return string(dmarc.ModeRFC9989)
+	}
+	return string(e.dmarc.Mode)
 }
 
 func (e *Engine) checkSPF(ctx context.Context, env Envelope) *verdict.SPF {
@@ -124,4 +241,84 @@ func (e *Engine) checkSPF(ctx context.Context, env Envelope) *verdict.SPF {
 		Explanation: o.Explanation,
 		Error:       o.Err,
 	}
+}
+
+func dkimVerdicts(rs []dkim.Result) []verdict.DKIM {
+	if len(rs) == 0 {
+		return nil
+	}
+	out := make([]verdict.DKIM, len(rs))
+	for i, r := range rs {
+		d := verdict.DKIM{
+			Result:      string(r.Result),
+			Domain:      r.Domain,
+			Selector:    r.Selector,
+			Algorithm:   r.Algorithm,
+			KeyBits:     r.KeyBits,
+			Identity:    r.Identity,
+			HeaderB:     r.BHeader,
+			Reason:      r.Reason,
+			PartialBody: r.PartialBody,
+			Testing:     r.Testing,
+		}
+		for _, f := range r.UnsignedStack {
+			d.UnsignedDuplicates = append(d.UnsignedDuplicates, f.Field)
+		}
+		out[i] = d
+	}
+	return out
+}
+
+func arcVerdict(r arc.Result) *verdict.ARC {
+	a := &verdict.ARC{Result: r.Result, Reason: r.Reason, Instances: r.Instances, OldestPass: r.OldestPass}
+	for _, s := range r.Sets {
+		a.Sets = append(a.Sets, verdict.ARCSet{
+			Instance: s.Instance, Sealer: s.Sealer, Selector: s.Selector,
+			CV: s.CV, SealValid: s.SealValid, AuthResults: s.AuthResults,
+		})
+	}
+	return a
+}
+
+func (e *Engine) checkDMARC(ctx context.Context, env Envelope, v *verdict.Verdict, dk []dkim.Result, ar arc.Result) *verdict.DMARC {
+	in := dmarc.Input{
+		FromDomains: v.HeaderFrom,
+		ClientIP:    env.ClientIP,
+		ARC:         dmarc.ARCInput{Result: ar.Result},
+	}
+	if s := v.SPF; s != nil {
+		// DMARC uses the MAIL FROM identity only (RFC 9989 4.4.2); a null
+		// sender was checked as postmaster@HELO, which still counts as
+		// the MAIL FROM identity (RFC 7208 2.4).
+		in.SPF = dmarc.SPFResult{Result: s.Result, Domain: s.Domain, Scope: "mfrom"}
+	}
+	for _, r := range dk {
+		in.DKIM = append(in.DKIM, dmarc.DKIMResult{Result: string(r.Result), Domain: r.Domain, Selector: r.Selector})
+	}
+	for _, s := range ar.Sets {
+		in.ARC.Sets = append(in.ARC.Sets, dmarc.ARCSet{Instance: s.Instance, Sealer: s.Sealer, AuthResults: s.AuthResults})
+	}
+	r := e.dmarc.Evaluate(ctx, in)
+	d := &verdict.DMARC{
+		Result:            r.Result,
+		PolicyDomain:      r.PolicyDomain,
+		AuthorDomain:      r.AuthorDomain,
+		OrgDomain:         r.OrgDomain,
+		DiscoveryMethod:   r.DiscoveryMethod,
+		Mode:              e.dmarcMode(),
+		SPFAligned:        r.SPFAligned,
+		DKIMAligned:       r.DKIMAligned,
+		AlignedDKIMDomain: r.AlignedDKIMDomain,
+		AppliedPolicy:     r.AppliedPolicy,
+		Disposition:       r.Disposition,
+		Error:             r.Err,
+	}
+	if p := r.Policy; p != nil {
+		d.Policy = &verdict.Policy{Domain: p.Domain, P: p.P, SP: p.SP, NP: p.NP, ADKIM: p.ADKIM, ASPF: p.ASPF,
+			Testing: p.Testing, PSD: p.PSD, Pct: p.Pct, FO: p.FO, RUA: p.RUA, RUF: p.RUF}
+	}
+	for _, rs := range r.Reasons {
+		d.Reasons = append(d.Reasons, verdict.Reason{Type: rs.Type, Comment: rs.Comment})
+	}
+	return d
 }

@@ -25,8 +25,10 @@ func (d *dnsFlags) register(f *pflag.FlagSet) {
 	f.DurationVar(&d.budget, "dns-budget", 10*time.Second, "time all DNS work for one message may take; checks still waiting then report temperror")
 }
 
-// resolver builds the resolver the flags ask for.
-func (d *dnsFlags) resolver(now func() time.Time) (resolvercache.Resolver, error) {
+// resolver builds the resolver the flags ask for. Caches run on the wall
+// clock: --at changes what messages are judged against, not how long DNS
+// answers stay fresh.
+func (d *dnsFlags) resolver() (resolvercache.Resolver, error) {
 	if d.timeout <= 0 {
 		return nil, usagef("--dns-timeout must be positive, got %s", d.timeout)
 	}
@@ -34,7 +36,7 @@ func (d *dnsFlags) resolver(now func() time.Time) (resolvercache.Resolver, error
 		if d.server != "" {
 			return nil, usagef("--zone and --resolver exclude each other")
 		}
-		z, err := resolvercache.LoadZoneFile(d.zone, resolvercache.WithZoneClock(now))
+		z, err := resolvercache.LoadZoneFile(d.zone)
 		if err != nil {
 			return nil, fmt.Errorf("load zone: %w", err)
 		}
@@ -51,5 +53,5 @@ func (d *dnsFlags) resolver(now func() time.Time) (resolvercache.Resolver, error
 	if err != nil {
 		return nil, fmt.Errorf("dns client: %w", err)
 	}
-	return resolvercache.NewCache(c, resolvercache.WithCacheClock(now))
+	return resolvercache.NewCache(c)
 }

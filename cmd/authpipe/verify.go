@@ -62,7 +62,7 @@ message cannot be read; 2 on a usage error.`,
 				now = func() time.Time { return t }
 				env.ReceivedAt = t
 			}
-			res, err := dns.resolver(now)
+			res, err := dns.resolver()
 			if err != nil {
 				return err
 			}
@@ -75,6 +75,7 @@ message cannot be read; 2 on a usage error.`,
 			v := engine.Verify(cmd.Context(), raw, env)
 			enc := json.NewEncoder(cmd.OutOrStdout())
 			enc.SetIndent("", "  ")
+			enc.SetEscapeHTML(false) // Message-IDs and addresses keep their < and >
 			if err := enc.Encode(v); err != nil {
 				return fmt.Errorf("write verdict: %w", err)
 			}

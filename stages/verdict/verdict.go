@@ -133,7 +133,8 @@ type DMARC struct {
 	DKIMAligned     bool    `json:"dkim_aligned"`
 	// AlignedDKIMDomain is the d= of the signature that gave alignment.
 	AlignedDKIMDomain string `json:"aligned_dkim_domain,omitempty"`
-	// AppliedPolicy is the policy that applied: the value of p, sp or np.
+	// AppliedPolicy names the policy tag that applied: "p", "sp" or "np"
+	// (RFC 9989 4.7).
 	AppliedPolicy string `json:"applied_policy,omitempty"`
 	// Disposition is what the receiver applies: none, quarantine, reject.
 	Disposition string   `json:"disposition"`
@@ -207,8 +208,8 @@ func AuthenticationResults(authservID string, v *Verdict) string {
 			from = v.HeaderFrom[0]
 		}
 		params := map[string]string{"header.from": from, "reason": reasonToken(d.Error)}
-		if d.Policy != nil {
-			params["policy.dmarc"] = d.AppliedPolicy
+		if v := d.appliedPolicyValue(); v != "" {
+			params["policy.dmarc"] = v
 		}
 		results = append(results, &authres.GenericResult{Method: "dmarc", Value: authres.ResultValue(d.Result), Params: params})
 	}
@@ -246,4 +247,21 @@ func reasonToken(s string) string {
 		}
 	}
 	return strings.TrimRight(b.String(), "-")
+}
+
+// appliedPolicyValue returns the value (none, quarantine, reject) of the
+// policy tag that applied, or "" when no policy applied.
+func (d *DMARC) appliedPolicyValue() string {
+	if d.Policy == nil {
+		return ""
+	}
+	switch d.AppliedPolicy {
+	case "p":
+		return d.Policy.P
+	case "sp":
+		return d.Policy.SP
+	case "np":
+		return d.Policy.NP
+	}
+	return ""
 }

@@ -21,7 +21,7 @@ func sample() *Verdict {
 			{Result: "fail", Domain: "other.example", Selector: "k", Algorithm: "ed25519-sha256", Reason: "body hash did not verify"},
 		},
 		ARC:   &ARC{Result: "pass", Instances: 2, OldestPass: 1},
-		DMARC: &DMARC{Result: "pass", PolicyDomain: "example.com", AuthorDomain: "example.com", Disposition: "none", AppliedPolicy: "reject", Policy: &Policy{Domain: "example.com", P: "reject", ADKIM: "r", ASPF: "r"}},
+		DMARC: &DMARC{Result: "pass", PolicyDomain: "example.com", AuthorDomain: "example.com", Disposition: "none", AppliedPolicy: "p", Policy: &Policy{Domain: "example.com", P: "reject", ADKIM: "r", ASPF: "r"}},
 	}
 }
 
@@ -53,6 +53,9 @@ func TestAuthenticationResultsParsesBack(t *testing.T) {
 	dm, ok := results[4].(*authres.DMARCResult)
 	if !ok || dm.Value != authres.ResultPass || dm.From != "example.com" {
 		t.Errorf("dmarc result = %#v", results[4])
+	}
+	if !strings.Contains(ar, "policy.dmarc=reject") {
+		t.Errorf("applied policy value missing from %q", ar)
 	}
 	if strings.Contains(ar, " ;") || strings.HasSuffix(ar, " ") {
 		t.Errorf("stray spaces in %q", ar)

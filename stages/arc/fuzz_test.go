@@ -1,0 +1,67 @@
+package arc
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/authpipe/authpipe/stages/message"
+)
+
+// FuzzValidate feeds mutated messages (seeded with sealed chains and, when
+// the corpus is present, suite messages) to Validate and Seal: they must
+// not panic, and results must be one of the three statuses with the
+// invariants of Result.
+func FuzzValidate(f *testing.F) {
+	v := newTestValidator(f, testRecords(edKey))
+	f.Add([]byte(baseMessage))
+	for hops := 1; hops <= 3; hops++ {
+		f.Add(sealChain(f, v, edKey, []byte(baseMessage), hops))
+	}
+	f.Add([]byte(chainHeaders(3) + "\r\nbody\r\n"))
+	f.Add([]byte("ARC-Seal: i=1;;\r\nARC-Authentication-Results: i=1\r\n\r\n"))
+	if scs := loadValidationSuiteIfPresent(); scs != nil {
+		n := 0
+		for _, sc := range scs {
+			for _, c := range sc.Cases {
+				if n%9 == 0 {
+					f.Add([]byte(c.Message))
+				}
+				n++
+			}
+		}
+	}
+	sealer := &Sealer{Domain: "list.example.org", Selector: "s1", Key: edKey, AuthServID: "x", Now: suiteClock}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		m, err := message.Parse(raw, message.Limits{MaxSize: 1 << 20})
+		if err != nil {
+			return
+		}
+		r := v.Validate(context.Background(), m)
+		switch r.Result {
+		case ResultNone:
+			if r.Instances != 0 || len(r.Sets) != 0 {
+				t.Fatalf("none with sets: %+v", r)
+			}
+		case ResultPass:
+			if r.Instances == 0 || len(r.Sets) != r.Instances || r.Reason != "" {
+				t.Fatalf("inconsistent pass: %+v", r)
+			}
+			for _, s := range r.Sets {
+				if !s.SealValid {
+					t.Fatalf("pass with an invalid seal: %+v", r)
+				}
+			}
+		case ResultFail:
+			if r.Reason == "" {
+				t.Fatalf("fail without reason: %+v", r)
+			}
+		default:
+			t.Fatalf("unknown result %q", r.Result)
+		}
+		set, err := sealer.Seal(m, r, "")
+		if err == nil && !strings.HasPrefix(set.AS, "ARC-Seal: ") {
+			t.Fatalf("bad seal %q", set.AS)
+		}
+	})
+}

@@ -1,0 +1,384 @@
+package dkim
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/authpipe/authpipe/resolvercache"
+)
+
+// PublicKey is a parsed DKIM key record (RFC 6376 3.6.1, RFC 8463 4).
+// Keys returned by a [KeyFetcher] are shared between callers and must not be
+// modified.
+type PublicKey struct {
+	// Algorithm is the k= key type: "rsa" (the default) or "ed25519".
+	Algorithm string
+	// RSA is set for RSA keys.
+	RSA *rsa.PublicKey
+	// Ed25519 is set for Ed25519 keys.
+	Ed25519 ed25519.PublicKey
+	// Bits is the RSA modulus size, or 256 for Ed25519.
+	Bits int
+	// HashAlgs is the h= list of acceptable hash algorithms; nil means all.
+	HashAlgs []string
+	// ServiceTypes is the s= list; nil means "*" (all).
+	ServiceTypes []string
+	// Flags is the t= list ("y" testing, "s" strict identity); unknown
+	// flags are kept and ignored.
+	Flags []string
+	// Revoked is true when p= is empty (RFC 6376 3.6.1: the key has been
+	// revoked); the other key fields are then unset.
+	Revoked bool
+	// Expires is when the cached copy of this key stops being valid (the
+	// DNS answer's remaining TTL at fetch time). Zero for keys not from a
+	// fetcher.
+	Expires time.Time
+}
+
+// HasFlag reports whether the key's t= tag lists flag.
+func (k *PublicKey) HasFlag(flag string) bool {
+	for _, f := range k.Flags {
+		if f == flag {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowsHash reports whether the key's h= tag admits the hash algorithm
+// ("sha256", "sha1").
+func (k *PublicKey) AllowsHash(alg string) bool {
+	if k.HashAlgs == nil {
+		return true
+	}
+	for _, h := range k.HashAlgs {
+		if h == alg {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowsEmail reports whether the key's s= tag admits e-mail ("email" or
+// "*").
+func (k *PublicKey) AllowsEmail() bool {
+	if k.ServiceTypes == nil {
+		return true
+	}
+	for _, s := range k.ServiceTypes {
+		if s == "*" || s == "email" {
+			return true
+		}
+	}
+	return false
+}
+
+// KeyError is the error returned by [KeyFetcher.Fetch] and
+// [ParseKeyRecord]. Temporary errors (DNS timeouts, SERVFAIL) make the
+// signature TEMPFAIL; the others (no key, malformed key) PERMFAIL
+// (RFC 6376 6.1.2).
+type KeyError struct {
+	Domain, Selector string
+	// Temp is true for temporary failures.
+	Temp bool
+	// Reason is a short description such as "no key for signature" or
+	// "key syntax error".
+	Reason string
+	Err    error
+}
+
+func (e *KeyError) Error() string {
+	var b strings.Builder
+	b.WriteString("dkim: key")
+	if e.Selector != "" || e.Domain != "" {
+		b.WriteString(" " + e.Selector + "._domainkey." + e.Domain)
+	}
+	b.WriteString(": " + e.Reason)
+	if e.Err != nil {
+		b.WriteString(": " + e.Err.Error())
+	}
+	return b.String()
+}
+
+func (e *KeyError) Unwrap() error { return e.Err }
+
+// Temporary reports whether trying again later may succeed.
+func (e *KeyError) Temporary() bool { return e.Temp }
+
+// IsTemporary reports whether err is a temporary *KeyError.
+func IsTemporary(err error) bool {
+	var ke *KeyError
+	return errors.As(err, &ke) && ke.Temp
+}
+
+// maxKeyRecord bounds the size of a key record accepted for parsing.
+const maxKeyRecord = 16 << 10
+
+// ParseKeyRecord parses a DKIM key record (RFC 6376 3.6.1): v= (must be
+// "DKIM1" and first when present), k= ("rsa" or "ed25519", RFC 8463 4), h=,
+// s=, t=, n= and p=. An RSA p= may be a SubjectPublicKeyInfo or a bare
+// PKCS#1 RSAPublicKey (RFC 6376 erratum 3017); an Ed25519 p= is the raw
+// 32-octet key. An empty p= yields a key with Revoked set and no error.
+// Unknown tags are ignored. Errors are *[KeyError] with Temp false.
+func ParseKeyRecord(rec string) (*PublicKey, error) {
+	bad := func(reason string, err error) (*PublicKey, error) {
+		return nil, &KeyError{Reason: reason, Err: err}
+	}
+	if len(rec) > maxKeyRecord {
+		return bad("key syntax error", fmt.Errorf("record of %d octets", len(rec)))
+	}
+	var k, h, s, t, p string
+	var hasP, hasH, hasS, hasT bool
+	var seen [maxTags]string
+	it := tagIter{s: rec}
+	for n := 0; ; n++ {
+		name, value, ok, err := it.next()
+		if err != nil {
+			return bad("key syntax error", err)
+		}
+		if !ok {
+			break
+		}
+		if n >= maxTags {
+			return bad("key syntax error", errors.New("too many tags"))
+		}
+		for _, prev := range seen[:n] {
+			if prev == name {
+				return bad("key syntax error", fmt.Errorf("duplicate tag %q", name))
+			}
+		}
+		seen[n] = name
+		switch name {
+		case "v":
+			if n != 0 {
+				return bad("key syntax error", errors.New("v= is not the first tag"))
+			}
+			if value != "DKIM1" {
+				return bad("incompatible key version", fmt.Errorf("v=%s", value))
+			}
+		case "k":
+			k = value
+		case "h":
+			h, hasH = value, true
+		case "s":
+			s, hasS = value, true
+		case "t":
+			t, hasT = value, true
+		case "p":
+			p, hasP = value, true
+		}
+	}
+	if !hasP {
+		return bad("key syntax error", errors.New("no p= tag"))
+	}
+	key := &PublicKey{Algorithm: "rsa"}
+	if k != "" {
+		key.Algorithm = k
+	}
+	if hasH {
+		key.HashAlgs = splitColonList(h)
+	}
+	if hasS {
+		key.ServiceTypes = splitColonList(s)
+	}
+	if hasT {
+		key.Flags = splitColonList(t)
+	}
+	if trimFWS(p) == "" {
+		key.Revoked = true
+		return key, nil
+	}
+	der, err := appendBase64(make([]byte, 0, len(p)*3/4), p)
+	if err != nil {
+		return bad("key syntax error", fmt.Errorf("p=: %w", err))
+	}
+	switch key.Algorithm {
+	case "rsa":
+		pub, err := x509.ParsePKIXPublicKey(der)
+		if err != nil {
+			pk, err2 := x509.ParsePKCS1PublicKey(der)
+			if err2 != nil {
+				return bad("key syntax error", err)
+			}
+			pub = pk
+		}
+		rk, ok := pub.(*rsa.PublicKey)
+		if !ok {
+			return bad("key syntax error", fmt.Errorf("k=rsa but p= holds a %T", pub))
+		}
+		key.RSA = rk
+		key.Bits = rk.N.BitLen()
+	case "ed25519":
+		if len(der) != ed25519.PublicKeySize {
+			return bad("key syntax error", fmt.Errorf("ed25519 key of %d octets", len(der)))
+		}
+		key.Ed25519 = ed25519.PublicKey(der)
+		key.Bits = 256
+	default:
+		return bad("unsupported key type", fmt.Errorf("k=%s", key.Algorithm))
+	}
+	return key, nil
+}
+
+// splitColonList splits a colon-separated tag value, trimming FWS around
+// each element and dropping empty ones.
+func splitColonList(v string) []string {
+	out := make([]string, 0, strings.Count(v, ":")+1)
+	for v != "" {
+		el, rest, _ := strings.Cut(v, ":")
+		if el = trimFWS(el); el != "" {
+			out = append(out, el)
+		}
+		v = rest
+	}
+	return out
+}
+
+// DefaultKeyCacheEntries is the default bound on a KeyFetcher's cache.
+const DefaultKeyCacheEntries = 10000
+
+// typeTXT is the DNS TXT record type (RFC 1035 3.2.2).
+const typeTXT uint16 = 16
+
+// KeyFetcher looks up DKIM keys in DNS (RFC 6376 3.6.2: TXT at
+// selector._domainkey.domain) and caches the parsed result by (selector,
+// domain) for the remaining TTL of the DNS answer, so each key is parsed
+// once per TTL, not once per message. Permanent failures (no key, bad
+// record) are cached the same way; temporary ones are not. The cache holds
+// at most MaxEntries keys (default 10000); when full, expired entries are
+// dropped first, then arbitrary ones.
+//
+// A KeyFetcher is safe for concurrent use. The zero value is not usable:
+// Resolver must be set.
+type KeyFetcher struct {
+	Resolver resolvercache.Resolver
+	// Now is the clock used for cache expiry (wall clock, not the
+	// message's verification time). Default time.Now.
+	Now func() time.Time
+	// MaxEntries bounds the cache; 0 means DefaultKeyCacheEntries, negative
+	// disables caching.
+	MaxEntries int
+
+	mu      sync.Mutex
+	entries map[keyID]keyEntry
+}
+
+type keyID struct{ selector, domain string }
+
+type keyEntry struct {
+	key     *PublicKey
+	err     error
+	expires time.Time
+}
+
+// Fetch returns the key for selector and domain. Errors are *[KeyError];
+// use its Temporary method (or [IsTemporary]) to tell DNS failures from
+// missing or malformed keys. When several TXT records exist the first one
+// that parses as a DKIM key is used (RFC 6376 3.6.2.2 leaves this
+// undefined).
+func (k *KeyFetcher) Fetch(ctx context.Context, domain, selector string) (*PublicKey, error) {
+	now := time.Now
+	if k.Now != nil {
+		now = k.Now
+	}
+	id := keyID{selector, domain}
+	if k.MaxEntries >= 0 {
+		k.mu.Lock()
+		e, ok := k.entries[id]
+		k.mu.Unlock()
+		if ok && now().Before(e.expires) {
+			return e.key, e.err
+		}
+	}
+	key, err, ttl := k.lookup(ctx, domain, selector, now)
+	if ttl > 0 && k.MaxEntries >= 0 && (err == nil || !IsTemporary(err)) {
+		exp := now().Add(ttl)
+		if key != nil {
+			key.Expires = exp
+		}
+		k.store(id, keyEntry{key: key, err: err, expires: exp}, now())
+	}
+	return key, err
+}
+
+func (k *KeyFetcher) store(id keyID, e keyEntry, now time.Time) {
+	max := k.MaxEntries
+	if max == 0 {
+		max = DefaultKeyCacheEntries
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.entries == nil {
+		k.entries = make(map[keyID]keyEntry)
+	}
+	if _, ok := k.entries[id]; !ok && len(k.entries) >= max {
+		for kid, old := range k.entries {
+			if !now.Before(old.expires) {
+				delete(k.entries, kid)
+			}
+		}
+		for kid := range k.entries {
+			if len(k.entries) < max {
+				break
+			}
+			delete(k.entries, kid)
+		}
+	}
+	k.entries[id] = e
+}
+
+// Len returns the number of cached entries.
+func (k *KeyFetcher) Len() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.entries)
+}
+
+func (k *KeyFetcher) lookup(ctx context.Context, domain, selector string, now func() time.Time) (*PublicKey, error, time.Duration) {
+	fail := func(temp bool, reason string, err error) (*PublicKey, error, time.Duration) {
+		return nil, &KeyError{Domain: domain, Selector: selector, Temp: temp, Reason: reason, Err: err}, 0
+	}
+	if k.Resolver == nil {
+		return fail(true, "key unavailable", errors.New("no resolver configured"))
+	}
+	name := selector + "._domainkey." + domain
+	if err := resolvercache.ValidateName(name); err != nil {
+		return fail(false, "invalid key name", err)
+	}
+	ans, err := k.Resolver.Lookup(ctx, name, typeTXT)
+	if err != nil {
+		if resolvercache.IsTemporary(err) {
+			return fail(true, "key unavailable", err)
+		}
+		return fail(false, "no key for signature", err)
+	}
+	ttl := ans.Remaining(now())
+	if len(ans.TXT) == 0 {
+		what := "no key for signature"
+		if ans.NXDomain() {
+			what = "no key for signature (NXDOMAIN)"
+		}
+		_, e, _ := fail(false, what, nil)
+		return nil, e, ttl
+	}
+	var firstErr error
+	for _, txt := range ans.TXT {
+		key, err := ParseKeyRecord(txt)
+		if err == nil {
+			return key, nil, ttl
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	ke := firstErr.(*KeyError)
+	ke.Domain, ke.Selector = domain, selector
+	return nil, ke, ttl
+}
