@@ -46,6 +46,15 @@ func TestVerifyBundledExample(t *testing.T) {
 	if v.SPF == nil || v.SPF.Result != "pass" || v.SPF.Domain != "example.com" {
 		t.Errorf("spf = %+v, want pass for example.com", v.SPF)
 	}
+	if len(v.DKIM) != 2 || v.DKIM[0].Result != "pass" || v.DKIM[1].Result != "pass" {
+		t.Errorf("dkim = %+v, want two passing signatures (rsa2026, ed2026)", v.DKIM)
+	}
+	if v.ARC == nil || v.ARC.Result != "none" {
+		t.Errorf("arc = %+v, want none", v.ARC)
+	}
+	if d := v.DMARC; d == nil || d.Result != "pass" || d.PolicyDomain != "example.com" || d.Disposition != "none" {
+		t.Errorf("dmarc = %+v, want pass for example.com", d)
+	}
 	if !strings.HasPrefix(v.AuthenticationResults, "authpipe; spf=pass") {
 		t.Errorf("authentication_results = %q", v.AuthenticationResults)
 	}
@@ -80,6 +89,13 @@ func TestVerifySPFFailAndAt(t *testing.T) {
 	v := decodeVerdict(t, out)
 	if v.SPF.Result != "fail" {
 		t.Errorf("spf = %+v, want fail", v.SPF)
+	}
+	// Judged as of May 2026 the signatures (t= November 2026) lie in the
+	// future: archived mail is re-scored as of its arrival.
+	for _, d := range v.DKIM {
+		if d.Result == "pass" {
+			t.Errorf("dkim %s passed although its t= is after --at", d.Selector)
+		}
 	}
 	if want := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC); !v.EvaluatedAt.Equal(want) || !v.Envelope.ReceivedAt.Equal(want) {
 		t.Errorf("evaluated_at %v received_at %v, want %v", v.EvaluatedAt, v.Envelope.ReceivedAt, want)
