@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/authpipe/authpipe/stages"
+	"github.com/authpipe/authpipe/stages/dmarc"
 )
 
 // maxInputBytes bounds what verify reads; the engine's own message-size
@@ -20,6 +21,7 @@ const maxInputBytes = 256 << 20
 func newVerifyCmd() *cobra.Command {
 	var (
 		ip, helo, mailFrom, at, authservID string
+		dmarcMode                          string
 		rcptTo                             []string
 		dns                                dnsFlags
 	)
@@ -62,6 +64,10 @@ message cannot be read; 2 on a usage error.`,
 				now = func() time.Time { return t }
 				env.ReceivedAt = t
 			}
+			mode := dmarc.Mode(dmarcMode)
+			if mode != dmarc.ModeRFC9989 && mode != dmarc.ModeRFC7489 {
+				return usagef("--dmarc-mode: want rfc9989 or rfc7489, got %q", dmarcMode)
+			}
 			res, err := dns.resolver()
 			if err != nil {
 				return err
@@ -71,7 +77,7 @@ message cannot be read; 2 on a usage error.`,
 				return err
 			}
 			engine := stages.New(res, stages.WithClock(now), stages.WithAuthServID(authservID),
-				stages.WithDNSBudget(dns.budget))
+				stages.WithDNSBudget(dns.budget), stages.WithDMARC(mode, dmarc.Overrides{}, nil))
 			v := engine.Verify(cmd.Context(), raw, env)
 			enc := json.NewEncoder(cmd.OutOrStdout())
 			enc.SetIndent("", "  ")
@@ -89,6 +95,7 @@ message cannot be read; 2 on a usage error.`,
 	f.StringSliceVar(&rcptTo, "rcpt-to", nil, "SMTP RCPT TO `address`es (repeatable)")
 	f.StringVar(&at, "at", "", "judge the message as of this RFC 3339 `time` (signature expiry, SPF %{t}); default now")
 	f.StringVar(&authservID, "authserv-id", "authpipe", "authserv-id for the Authentication-Results header (RFC 8601)")
+	f.StringVar(&dmarcMode, "dmarc-mode", string(dmarc.ModeRFC9989), "DMARC rules: rfc9989 (tree walk, np, psd) or rfc7489 (public suffix list, pct)")
 	dns.register(f)
 	return cmd
 }

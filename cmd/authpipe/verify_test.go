@@ -150,6 +150,7 @@ func TestVerifyExitCodes(t *testing.T) {
 		{"zone and resolver", []string{"verify", "--zone", "x", "--resolver", "127.0.0.1:53", "-"}, exitUsage},
 		{"resolver without port", []string{"verify", "--resolver", "127.0.0.1", "-"}, exitUsage},
 		{"unknown command", []string{"frobnicate"}, exitUsage},
+		{"bad dmarc mode", []string{"verify", "--dmarc-mode", "rfc1234", "-"}, exitUsage},
 		{"missing file", []string{"verify", "--zone", "../../examples/example.zone", "/nonexistent/message.eml"}, exitFailure},
 		{"missing zone", []string{"verify", "--zone", "/nonexistent.zone", "-"}, exitFailure},
 	} {
@@ -172,5 +173,17 @@ func TestHelp(t *testing.T) {
 	code, out, _ := authpipe(t, "", "verify", "--help")
 	if code != exitOK || !strings.Contains(out, "--zone") || !strings.Contains(out, "Exit status") {
 		t.Errorf("verify --help: exit %d, output %q", code, out)
+	}
+}
+
+func TestVerifyDMARCModeRFC7489(t *testing.T) {
+	args := append([]string{"verify", "--dmarc-mode", "rfc7489"}, readmeArgs[1:]...)
+	code, out, errs := authpipe(t, "", args...)
+	if code != exitOK {
+		t.Fatalf("exit %d, stderr: %s", code, errs)
+	}
+	v := decodeVerdict(t, out)
+	if v.DMARC.Mode != "rfc7489" || v.DMARC.DiscoveryMethod != "psl" || v.DMARC.Result != "pass" {
+		t.Errorf("dmarc = %+v", v.DMARC)
 	}
 }
