@@ -291,13 +291,15 @@ func (c *Cache) miss(ctx context.Context, canon string, qtype uint16, h uint64, 
 		c.metrics.cacheMiss(false)
 		return nil, &Error{Name: canon, Type: qtype, Kind: KindCanceled, Err: err}
 	}
+	leader := false // set only if this caller's function runs the lookup
 	ch := c.sf.DoChan(key, func() (any, error) {
+		leader = true
 		return c.fill(ctx, canon, qtype, h), nil
 	})
 	c.joined.Add(1)
 	select {
 	case r := <-ch:
-		c.metrics.cacheMiss(r.Shared)
+		c.metrics.cacheMiss(!leader)
 		fr := r.Val.(fillResult)
 		return fr.ans, fr.err
 	case <-ctx.Done():
@@ -344,9 +346,13 @@ func (c *Cache) fill(ctx context.Context, canon string, qtype uint16, h uint64) 
 			lo, hi = c.minNegTTL, c.maxNegTTL
 		}
 		d := time.Duration(ans.TTL) * time.Second
-		if clamped := min(max(d, lo), hi); clamped != d {
+		if clamped := min(max(d, lo), hi); clamped != d || ans.Received.IsZero() {
+			// One copy at insert; every hit then shares it.
 			cp := *ans
 			cp.TTL = uint32(clamped / time.Second)
+			if cp.Received.IsZero() {
+				cp.Received = now
+			}
 			ans = &cp
 			d = time.Duration(cp.TTL) * time.Second
 		}

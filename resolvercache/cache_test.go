@@ -25,8 +25,8 @@ func newFakeClock() *fakeClock {
 	return c
 }
 
-func (c *fakeClock) Now() time.Time            { return time.Unix(0, c.ns.Load()).UTC() }
-func (c *fakeClock) Advance(d time.Duration)   { c.ns.Add(int64(d)) }
+func (c *fakeClock) Now() time.Time                        { return time.Unix(0, c.ns.Load()).UTC() }
+func (c *fakeClock) Advance(d time.Duration)               { c.ns.Add(int64(d)) }
 func (c *fakeClock) clientOpt() resolvercache.ClientOption { return resolvercache.WithClock(c.Now) }
 
 // cacheFixture is a dnstest server, a client and a cache sharing a clock.
@@ -421,5 +421,66 @@ func TestCacheOptionsValidation(t *testing.T) {
 	}
 	if _, err := resolvercache.NewCache(nil); err == nil {
 		t.Error("nil upstream accepted")
+	}
+}
+
+func TestCacheAnswerWithoutReceived(t *testing.T) {
+	clk := newFakeClock()
+	up := &fakeResolver{fn: func(ctx context.Context, name string, qtype uint16) (*resolvercache.Answer, error) {
+		return &resolvercache.Answer{Name: name, Type: qtype, TXT: []string{"x"}, TTL: 100}, nil
+	}}
+	c, err := resolvercache.NewCache(up, resolvercache.WithCacheClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a, _ := c.Lookup(context.Background(), "r.example.com", dns.TypeTXT)
+	c.Wait()
+	if a.Received.IsZero() || a.Remaining(clk.Now()) != 100*time.Second {
+		t.Errorf("Received not stamped: %+v", a)
+	}
+	clk.Advance(99 * time.Second)
+	if b, _ := c.Lookup(context.Background(), "r.example.com", dns.TypeTXT); b != a || up.calls.Load() != 1 {
+		t.Errorf("not cached")
+	}
+}
+
+func TestCacheFillTimeoutAndErrorTTL(t *testing.T) {
+	up := &fakeResolver{fn: func(ctx context.Context, name string, qtype uint16) (*resolvercache.Answer, error) {
+		<-ctx.Done() // an upstream that only gives up when told to
+		return nil, &resolvercache.Error{Name: name, Type: qtype, Kind: resolvercache.KindCanceled, Err: ctx.Err()}
+	}}
+	c, err := resolvercache.NewCache(up, resolvercache.WithFillTimeout(20*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for range 2 {
+		_, err := c.Lookup(context.Background(), "stuck.example.com", dns.TypeTXT)
+		c.Wait()
+		if kindOf(err) != resolvercache.KindTimeout {
+			t.Fatalf("err = %v, want timeout", err)
+		}
+	}
+	if n := up.calls.Load(); n != 2 {
+		t.Errorf("%d calls: a fill timeout must not be cached", n)
+	}
+
+	clk := newFakeClock()
+	sf := &fakeResolver{fn: func(ctx context.Context, name string, qtype uint16) (*resolvercache.Answer, error) {
+		return nil, &resolvercache.Error{Name: name, Type: qtype, Kind: resolvercache.KindServFail, Rcode: dns.RcodeServerFailure}
+	}}
+	c2, err := resolvercache.NewCache(sf, resolvercache.WithErrorTTL(10*time.Second), resolvercache.WithCacheClock(clk.Now))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	for _, step := range []time.Duration{0, 9 * time.Second, time.Second} {
+		clk.Advance(step)
+		_, _ = c2.Lookup(context.Background(), "sf.example.com", dns.TypeTXT)
+		c2.Wait()
+	}
+	if n := sf.calls.Load(); n != 2 {
+		t.Errorf("%d calls, want 2 (error cached 10s)", n)
 	}
 }

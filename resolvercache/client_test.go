@@ -113,8 +113,8 @@ func TestClientRecordTypes(t *testing.T) {
 
 func TestClientTXTJoinedAndRaw(t *testing.T) {
 	s := startServer(t)
-	long := strings.Repeat("0123456789", 60) // 600 octets: three character-strings
-	huge := strings.Repeat("abcdefghij", 200)  // 2000 octets: over the UDP size, TC then TCP
+	long := strings.Repeat("0123456789", 60)  // 600 octets: three character-strings
+	huge := strings.Repeat("abcdefghij", 200) // 2000 octets: over the UDP size, TC then TCP
 	odd := "v=DKIM1; p=\x00\x01\xef\xbb\xbf\xff \"quoted\" back\\slash; \\065 é"
 	s.AddRR(dnstest.TXT("long.example.com", long, 300))
 	s.AddRR(dnstest.TXT("huge.example.com", huge, 300))

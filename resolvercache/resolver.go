@@ -8,6 +8,37 @@
 // against that one-method interface, so the same code runs against a live
 // upstream, the cache, or a zone file with no network at all.
 //
+// The parts:
+//
+//   - [Client] (client.go, parse.go) is a stub resolver asking recursive
+//     upstreams (from /etc/resolv.conf or [WithUpstreams]). Queries carry RD,
+//     AD (RFC 6840 5.7) and an EDNS0 OPT record advertising [UDPSize] octets
+//     (RFC 6891 6.2.5); a truncated UDP reply (TC, RFC 1035 4.1.1) is asked
+//     again over TCP with a two-octet length prefix (RFC 1035 4.2.2, RFC 7766
+//     5, 8). Replies must match the query's ID, question and QR bit; RCODEs
+//     other than NOERROR and NXDOMAIN are errors. CNAME chains are followed
+//     (RFC 1034 3.6.2, 4.3.2), asking the target again when the server did
+//     not, bounded by [WithMaxCNAMEHops]. TTLs are the minimum over the
+//     records used; NXDOMAIN and NODATA get min(SOA TTL, SOA MINIMUM) from
+//     the authority section (RFC 2308 3, 5). Bounds: per-query timeout,
+//     retries, hops, UDPSize-octet UDP replies, 65535-octet TCP replies.
+//   - [Cache] (cache.go) sits in front of any Resolver: ristretto with a
+//     byte budget, TTLs clamped per kind of answer, negative caching (RFC
+//     2308 5), short caching of failures (RFC 2308 7), and one upstream
+//     lookup for identical concurrent misses.
+//   - [Zone] (zone.go) answers from zone-file data (RFC 1035 5) with the
+//     same Answer semantics, including empty non-terminals (RFC 8020) and
+//     wildcards (RFC 4592), for offline verification.
+//   - [Metrics] (metrics.go) are the Prometheus collectors, registered on a
+//     caller-supplied registry.
+//   - escape.go converts between raw names and TXT octets (what the checks
+//     see) and miekg/dns presentation form (RFC 1035 5.1 escapes).
+//   - Package dnstest is an in-process authoritative server for tests.
+//
+// Names given to Lookup are raw octets, dot-separated, in any case (RFC 4343:
+// ASCII case-insensitive), with or without the trailing dot; they are checked
+// against the RFC 1035 2.3.4 size limits before anything is sent.
+//
 // This package imports nothing else from authpipe.
 package resolvercache
 
