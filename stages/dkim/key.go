@@ -40,6 +40,8 @@ type PublicKey struct {
 	// DNS answer's remaining TTL at fetch time). Zero for keys not from a
 	// fetcher.
 	Expires time.Time
+
+	rsaCtx *rsaCtx // precomputed verification constants, set by ParseKeyRecord
 }
 
 // HasFlag reports whether the key's t= tag lists flag.
@@ -215,6 +217,9 @@ func ParseKeyRecord(rec string) (*PublicKey, error) {
 		}
 		key.RSA = rk
 		key.Bits = rk.N.BitLen()
+		if key.Bits <= 16384 {
+			key.rsaCtx = newRSACtx(rk)
+		}
 	case "ed25519":
 		if len(der) != ed25519.PublicKeySize {
 			return bad("key syntax error", fmt.Errorf("ed25519 key of %d octets", len(der)))

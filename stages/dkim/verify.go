@@ -80,8 +80,9 @@ type Result struct {
 	// KeyBits is the size of the key used: the RSA modulus in bits, 256 for
 	// Ed25519; 0 when no key was obtained.
 	KeyBits int `json:"key_bits,omitempty"`
-	// Identity is the i= tag (the AUID) as written; empty when absent, in
-	// which case the AUID is "@" followed by Domain (RFC 6376 3.5).
+	// Identity is the i= tag (the AUID), quoted-printable decoded
+	// (RFC 6376 2.11); empty when absent, in which case the AUID is "@"
+	// followed by Domain (RFC 6376 3.5).
 	Identity string `json:"identity,omitempty"`
 	// BHeader is the shortest prefix of the b= value, at least 8
 	// characters, that tells this signature from the others in the message
@@ -112,6 +113,11 @@ type Result struct {
 	// evaluated (Result is policy).
 	Skipped bool `json:"skipped,omitempty"`
 }
+
+// MaxSignedHeaders bounds the entries of one h= tag (real signatures,
+// oversigning included, list a few dozen); more is a permerror, which keeps
+// header selection (quadratic in the list) cheap.
+const MaxSignedHeaders = 512
 
 // Default verifier bounds.
 const (
@@ -158,9 +164,15 @@ type Verifier struct {
 
 var defaultStack = map[string]bool{"from": true}
 
-// Verify evaluates every DKIM-Signature field of m, topmost first, and
-// returns one Result per field (nil when there is none).
+// Verify evaluates the DKIM-Signature fields of m, topmost first, and
+// returns one Result per field (nil when there is none or m is nil). At
+// most MaxSignatures are verified (each costing at most one key lookup);
+// the others are only described. The number of fields is bounded by the
+// message parser's limits.
 func (v *Verifier) Verify(ctx context.Context, m *message.Message) []Result {
+	if m == nil {
+		return nil
+	}
 	n := 0
 	for i := range m.Fields {
 		if m.Fields[i].Key == "dkim-signature" {
@@ -424,6 +436,10 @@ func (st *verifyState) verifyOne(ctx context.Context, r *Result, fi int) string 
 		permErr(r, "invalid s=%q", sig.s)
 		return sig.b
 	}
+	if n := strings.Count(sig.h, ":") + 1; n > MaxSignedHeaders {
+		permErr(r, "h= lists %d fields, over the limit of %d", n, MaxSignedHeaders)
+		return sig.b
+	}
 	if !listHas(sig.h, "from") {
 		permErr(r, "From field not signed (h= lacks from)")
 		return sig.b
@@ -431,13 +447,14 @@ func (st *verifyState) verifyOne(ctx context.Context, r *Result, fi int) string 
 	// AUID (i=) must be d= or a subdomain of it (RFC 6376 3.5).
 	auidDomain := r.Domain
 	if sig.has&hasI != 0 {
-		at := strings.LastIndexByte(sig.i, '@')
-		if at < 0 {
+		auid, ok := decodeQP(sig.i)
+		at := strings.LastIndexByte(auid, '@')
+		if !ok || at < 0 {
 			permErr(r, "malformed i=%q", sig.i)
 			return sig.b
 		}
-		r.Identity = sig.i
-		auidDomain = lowerASCII(sig.i[at+1:])
+		r.Identity = auid
+		auidDomain = lowerASCII(auid[at+1:])
 		if auidDomain != r.Domain && !strings.HasSuffix(auidDomain, "."+r.Domain) {
 			permErr(r, "i= domain %q is not within d=%s", auidDomain, r.Domain)
 			return sig.b
@@ -583,6 +600,9 @@ func (st *verifyState) verifyOne(ctx context.Context, r *Result, fi int) string 
 	digest := hh.Sum(st.digest[:0])
 	if err := VerifySignature(key, sig.a, digest, sigBytes); err != nil {
 		r.Result, r.Reason = Fail, "signature did not verify"
+		if !errors.Is(err, rsa.ErrVerification) && !errors.Is(err, errEd25519) {
+			r.Reason += ": " + err.Error()
+		}
 		return sig.b
 	}
 	r.Result = Pass
@@ -606,6 +626,45 @@ func (st *verifyState) verifyOne(ctx context.Context, r *Result, fi int) string 
 		r.Reason = "key in testing mode (t=y)"
 	}
 	return sig.b
+}
+
+var errEd25519 = errors.New("dkim: ed25519 signature did not verify")
+
+// decodeQP decodes dkim-quoted-printable (RFC 6376 2.11), used by i=:
+// "=XX" is the octet with hex value XX; FWS is removed. The input is
+// returned as is (no allocation) when it has neither.
+func decodeQP(s string) (string, bool) {
+	if !strings.ContainsAny(s, "= \t\r\n") {
+		return s, true
+	}
+	out := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case isFWSByte(c):
+		case c == '=':
+			if i+2 >= len(s) || unhex(s[i+1]) < 0 || unhex(s[i+2]) < 0 {
+				return "", false
+			}
+			out = append(out, byte(unhex(s[i+1])<<4|unhex(s[i+2])))
+			i += 2
+		default:
+			out = append(out, c)
+		}
+	}
+	return string(out), true
+}
+
+func unhex(c byte) int {
+	switch {
+	case '0' <= c && c <= '9':
+		return int(c - '0')
+	case 'A' <= c && c <= 'F':
+		return int(c-'A') + 10
+	case 'a' <= c && c <= 'f':
+		return int(c-'a') + 10
+	}
+	return -1
 }
 
 func parseCanon(s string) (Canonicalization, bool) {
@@ -807,15 +866,32 @@ func (st *verifyState) hasher(h crypto.Hash) hash.Hash {
 	return st.sha256
 }
 
-// hashHeaders writes the signed header fields selected by h= (bottom-most
-// unused instance first, RFC 6376 5.4.2) and the signature field itself with
-// b= emptied and no final CRLF (3.7) to hh.
+// hashHeaders hashes the header part of the signature in field sigField
+// (see HashHeaders), reusing the state's buffer.
 func (st *verifyState) hashHeaders(hh hash.Hash, sigField int, h string, c Canonicalization) {
-	fields := st.m.Fields
-	buf := st.buf[:0]
+	buf := st.buf
 	if buf == nil {
 		buf = st.hdrBuf[:0]
 	}
+	st.buf = appendHeaderHash(hh, buf, st.m.Fields, h, c, st.m.Fields[sigField].Raw)
+}
+
+// HashHeaders writes to hh the header input of a DKIM-style signature
+// (RFC 6376 3.7): the fields named by the colon-separated list h, each
+// name taking the bottom-most instance not yet used (5.4.2; names with no
+// instance left contribute nothing), canonicalised with c, followed by the
+// signature field sigRaw (a raw field ending in CRLF) with its b= value
+// emptied and without its final CRLF. ARC-Message-Signature (RFC 8617
+// 4.1.2) uses the same procedure.
+func HashHeaders(hh hash.Hash, fields []message.Field, h string, c Canonicalization, sigRaw []byte) {
+	var buf [1024]byte
+	appendHeaderHash(hh, buf[:0], fields, h, c, sigRaw)
+}
+
+// appendHeaderHash implements HashHeaders with buf as scratch space and
+// returns the (possibly grown) buffer for reuse.
+func appendHeaderHash(hh hash.Hash, buf []byte, fields []message.Field, h string, c Canonicalization, sigRaw []byte) []byte {
+	buf = buf[:0]
 	for pos := 0; pos <= len(h); {
 		end := strings.IndexByte(h[pos:], ':')
 		if end < 0 {
@@ -849,8 +925,7 @@ func (st *verifyState) hashHeaders(hh hash.Hash, sigField int, h string, c Canon
 			break
 		}
 	}
-	raw := fields[sigField].Raw
-	buf = appendStripped(buf[:0], raw)
+	buf = appendStripped(buf[:0], sigRaw)
 	n := len(buf)
 	buf = CanonicalizeHeader(buf, buf[:n], c)
 	out := buf[n:]
@@ -858,7 +933,7 @@ func (st *verifyState) hashHeaders(hh hash.Hash, sigField int, h string, c Canon
 		out = out[:len(out)-2]
 	}
 	hh.Write(out)
-	st.buf = buf
+	return buf
 }
 
 // VerifySignature checks sig over digest (the header hash of RFC 6376 3.7)
@@ -879,21 +954,29 @@ func VerifySignature(key *PublicKey, algorithm string, digest []byte, sig []byte
 		if algorithm == "rsa-sha1" {
 			h = crypto.SHA1
 		}
-		if err := rsa.VerifyPKCS1v15(key.RSA, h, digest, sig); err != nil {
-			return fmt.Errorf("dkim: %w", err)
+		c := key.rsaCtx
+		if c == nil || c.n != key.RSA.N || c.e != key.RSA.E {
+			if key.RSA.N.Sign() <= 0 || key.RSA.N.BitLen() > 16384 {
+				return errors.New("dkim: unusable RSA modulus")
+			}
+			c = newRSACtx(key.RSA)
 		}
-		return nil
+		return c.verifyPKCS1v15(h, digest, sig)
 	case "ed25519-sha256":
 		if key.Algorithm != "ed25519" || len(key.Ed25519) != ed25519.PublicKeySize {
 			return fmt.Errorf("dkim: %s signature with a %s key", algorithm, key.Algorithm)
 		}
 		if !ed25519.Verify(key.Ed25519, digest, sig) {
-			return errors.New("dkim: ed25519 signature did not verify")
+			return errEd25519
 		}
 		return nil
 	}
 	return fmt.Errorf("dkim: unsupported algorithm %q", algorithm)
 }
+
+// maxBHeaderPeers bounds how many other signatures each header.b prefix
+// is made unique against.
+const maxBHeaderPeers = 64
 
 // setBHeaders fills BHeader: the shortest prefix (at least 8 characters)
 // of each b= value, FWS removed, that no other signature shares (RFC 6008).
@@ -906,6 +989,9 @@ func setBHeaders(results []Result, bvals []string) {
 		}
 		n := min(8, total)
 		for j := range bvals {
+			if j >= maxBHeaderPeers {
+				break // bound the O(n²) comparison for messages with many signatures
+			}
 			if j == i || bvals[j] == "" {
 				continue
 			}

@@ -365,6 +365,13 @@ func TestMaxSignatures(t *testing.T) {
 		}
 		seen[x.BHeader] = true
 	}
+	// Identical signatures get the whole b= value as header.b.
+	dup := goSign(t, baseMsg, false, "relaxed", "relaxed")
+	f := dup[:bytes.Index(dup, []byte("\r\nFrom: "))+2]
+	res2 := verifyRaw(t, v, append(append([]byte(nil), f...), dup...))
+	if len(res2) != 2 || res2[0].BHeader != res2[1].BHeader || len(res2[0].BHeader) < 300 {
+		t.Errorf("identical signatures: %q", res2[0].BHeader)
+	}
 	v.MaxSignatures = 2
 	res = verifyRaw(t, v, signed)
 	if res[1].Skipped || !res[2].Skipped {
@@ -518,3 +525,70 @@ func FuzzBase64(f *testing.F) {
 
 // Keep message imported for helpers used in other files.
 var _ = message.Limits{}
+
+func TestSignedHeadersBound(t *testing.T) {
+	v, _ := testEnv(t)
+	h := "from" + strings.Repeat(":x", MaxSignedHeaders)
+	wantOne(t, verifyRaw(t, v, ownSign(t, baseMsg, ownSig{h: h, l: -1})), PermError, "over the limit")
+	h = "from" + strings.Repeat(":x", MaxSignedHeaders-1)
+	wantOne(t, verifyRaw(t, v, ownSign(t, baseMsg, ownSig{h: h, l: -1})), Pass, "")
+}
+
+func TestConcurrentVerify(t *testing.T) {
+	v, r := testEnv(t)
+	msgs := [][]byte{
+		goSign(t, baseMsg, false, "relaxed", "simple"),
+		goSign(t, baseMsg, true, "simple", "relaxed"),
+		append([]byte("From: x@y.test\r\n"), goSign(t, baseMsg, false, "relaxed", "relaxed")...),
+	}
+	want := []Status{Pass, Pass, Policy}
+	done := make(chan error)
+	for g := 0; g < 8; g++ {
+		go func(g int) {
+			for i := 0; i < 30; i++ {
+				k := (g + i) % len(msgs)
+				m, err := message.Parse(msgs[k], message.Limits{})
+				if err != nil {
+					done <- err
+					return
+				}
+				res := v.Verify(context.Background(), m)
+				if len(res) != 1 || res[0].Result != want[k] {
+					done <- fmt.Errorf("message %d: %+v", k, res)
+					return
+				}
+			}
+			done <- nil
+		}(g)
+	}
+	for g := 0; g < 8; g++ {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := r.lookups.Load(); n > 16 {
+		t.Errorf("%d lookups for 2 keys", n)
+	}
+}
+
+func TestHashHeadersExported(t *testing.T) {
+	signed := goSign(t, baseMsg, false, "relaxed", "relaxed")
+	m, err := message.Parse(signed, message.Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tags, _ := ParseTagList(string(m.Fields[0].Value))
+	a, b := sha256.New(), sha256.New()
+	HashHeaders(a, m.Fields, tags["h"], Relaxed, m.Fields[0].Raw)
+	st := verifyState{m: m}
+	st.hashHeaders(b, 0, tags["h"], Relaxed)
+	if !bytes.Equal(a.Sum(nil), b.Sum(nil)) {
+		t.Fatal("HashHeaders differs from the verifier")
+	}
+	testKeys(t)
+	k, _ := ParseKeyRecord(rsaKeyText)
+	sig, _ := appendBase64(nil, tags["b"])
+	if err := VerifySignature(k, "rsa-sha256", a.Sum(nil), sig); err != nil {
+		t.Fatal(err)
+	}
+}

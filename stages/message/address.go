@@ -59,11 +59,11 @@ func ParseAddressList(v []byte) ([]Address, error) {
 			p.i++
 			continue
 		}
-		addrs, err := p.address()
+		var err error
+		out, err = p.address(out)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, addrs...)
 		if len(out) > maxAddresses {
 			return nil, fmt.Errorf("more than %d mailboxes", maxAddresses)
 		}
@@ -178,8 +178,8 @@ func (p *addrParser) word(dst []byte) (_ []byte, quoted bool, err error) {
 	return append(dst, p.s[start:p.i]...), false, nil
 }
 
-// address parses one mailbox or group.
-func (p *addrParser) address() ([]Address, error) {
+// address parses one mailbox or group and appends its mailboxes to out.
+func (p *addrParser) address(out []Address) ([]Address, error) {
 	start := p.i
 	// Scan a phrase (display name or local part) up to a special.
 	words := 0
@@ -199,13 +199,13 @@ func (p *addrParser) address() ([]Address, error) {
 			if err != nil {
 				return nil, err
 			}
-			return []Address{a}, nil
+			return append(out, a), nil
 		case c == ':':
 			if words == 0 {
 				return nil, errors.New("group without display name")
 			}
 			p.i++
-			return p.groupList()
+			return p.groupList(out)
 		case c == '@':
 			if words == 0 {
 				return nil, errors.New("empty local part")
@@ -215,7 +215,7 @@ func (p *addrParser) address() ([]Address, error) {
 			if err != nil {
 				return nil, err
 			}
-			return []Address{a}, nil
+			return append(out, a), nil
 		case c == '.':
 			p.i++
 			words++
@@ -231,8 +231,7 @@ func (p *addrParser) address() ([]Address, error) {
 	}
 }
 
-func (p *addrParser) groupList() ([]Address, error) {
-	var out []Address
+func (p *addrParser) groupList(out []Address) ([]Address, error) {
 	for {
 		p.skipCFWS()
 		if p.err != nil {
@@ -249,11 +248,11 @@ func (p *addrParser) groupList() ([]Address, error) {
 			p.i++
 			continue
 		}
-		a, err := p.address()
+		var err error
+		out, err = p.address(out)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, a...)
 		if len(out) > maxAddresses {
 			return nil, fmt.Errorf("more than %d mailboxes", maxAddresses)
 		}
