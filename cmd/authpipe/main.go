@@ -85,5 +85,7 @@ Exit status: 0 on success, 1 on I/O or runtime failure, 2 on a usage error.`,
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newVerifyCmd())
+	root.AddCommand(newRunCmd(), newProduceCmd(), newTailCmd(), newDemoCmd())
+	root.AddCommand(newReportCmd())
 	return root
 }

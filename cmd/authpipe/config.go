@@ -1,0 +1,183 @@
+package main
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+
+	"github.com/knadh/koanf/parsers/yaml"
+	"github.com/knadh/koanf/providers/env/v2"
+	"github.com/knadh/koanf/providers/file"
+	"github.com/knadh/koanf/v2"
+	"github.com/spf13/pflag"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
+)
+
+// envPrefix starts every environment variable that sets an option:
+// AUTHPIPE_MAX_IN_FLIGHT sets --max-in-flight.
+const envPrefix = "AUTHPIPE_"
+
+// applyConfig fills the flags of fs that were not given on the command
+// line from, in increasing precedence, the YAML file at path (if not "")
+// and AUTHPIPE_* environment variables (environ, as os.Environ returns).
+// Keys are flag names: `max-in-flight: 512` in YAML, AUTHPIPE_MAX_IN_FLIGHT
+// in the environment. Lists are YAML sequences or comma-separated strings.
+// A key that names no flag is an error, so typos do not pass silently.
+// Flags given on the command line win over both.
+func applyConfig(fs *pflag.FlagSet, path string, environ []string) error {
+	k := koanf.New("\x00") // keys are flat; no nesting delimiter
+	if path != "" {
+		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
+			return usagef("--config %s: %v", path, err)
+		}
+	}
+	fromEnv := map[string]string{}
+	err := k.Load(env.Provider("\x00", env.Opt{
+		Prefix:      envPrefix,
+		EnvironFunc: func() []string { return environ },
+		TransformFunc: func(key, v string) (string, any) {
+			name := strings.ReplaceAll(strings.ToLower(strings.TrimPrefix(key, envPrefix)), "_", "-")
+			fromEnv[name] = key
+			return name, v
+		},
+	}), nil)
+	if err != nil {
+		return fmt.Errorf("environment: %w", err)
+	}
+	keys := k.Keys()
+	sort.Strings(keys)
+	for _, key := range keys {
+		f := fs.Lookup(key)
+		where := "config file"
+		if ev, ok := fromEnv[key]; ok {
+			where = "environment variable " + ev
+		}
+		if f == nil || key == "config" {
+			if _, ok := fromEnv[key]; ok {
+				continue // other AUTHPIPE_ variables are not ours to judge
+			}
+			return usagef("%s: unknown option %q", where, key)
+		}
+		if f.Changed {
+			continue
+		}
+		val, err := flagValue(k.Get(key))
+		if err != nil {
+			return usagef("%s: option %s: %v", where, key, err)
+		}
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			var items []string
+			if val != "" {
+				items = strings.Split(val, ",")
+			}
+			err = sv.Replace(items)
+		} else {
+			err = f.Value.Set(val)
+		}
+		if err != nil {
+			return usagef("%s: option %s: %v", where, key, err)
+		}
+	}
+	return nil
+}
+
+func flagValue(v any) (string, error) {
+	switch x := v.(type) {
+	case nil:
+		return "", nil
+	case string:
+		return x, nil
+	case []any:
+		parts := make([]string, len(x))
+		for i, e := range x {
+			s, err := flagValue(e)
+			if err != nil {
+				return "", err
+			}
+			parts[i] = s
+		}
+		return strings.Join(parts, ","), nil
+	case map[string]any:
+		return "", fmt.Errorf("nested maps are not options (keys are flag names)")
+	default:
+		return fmt.Sprint(x), nil
+	}
+}
+
+// kafkaFlags are the options for reaching a Kafka cluster, shared by run,
+// produce and tail.
+type kafkaFlags struct {
+	brokers       []string
+	tls           bool
+	tlsCA         string
+	tlsCert       string
+	tlsKey        string
+	tlsServerName string
+	saslMechanism string
+	saslUser      string
+	saslPassword  string
+}
+
+func (k *kafkaFlags) register(f *pflag.FlagSet, brokersHelp string) {
+	f.StringSliceVar(&k.brokers, "brokers", nil, brokersHelp)
+	f.BoolVar(&k.tls, "tls", false, "connect to the brokers with TLS")
+	f.StringVar(&k.tlsCA, "tls-ca", "", "PEM `file` of CAs to trust for the brokers (default: system roots); implies --tls")
+	f.StringVar(&k.tlsCert, "tls-cert", "", "PEM client certificate `file` for mutual TLS; implies --tls")
+	f.StringVar(&k.tlsKey, "tls-key", "", "PEM private key `file` of --tls-cert")
+	f.StringVar(&k.tlsServerName, "tls-server-name", "", "expected broker certificate `name` (default: the host dialled)")
+	f.StringVar(&k.saslMechanism, "sasl-mechanism", "", "SASL `mechanism`: plain, scram-sha-256 or scram-sha-512 (default: no SASL)")
+	f.StringVar(&k.saslUser, "sasl-user", "", "SASL user `name`")
+	f.StringVar(&k.saslPassword, "sasl-password", "", "SASL `password` (prefer the AUTHPIPE_SASL_PASSWORD environment variable)")
+}
+
+// opts returns the franz-go options for TLS and SASL.
+func (k *kafkaFlags) opts() ([]kgo.Opt, error) {
+	var opts []kgo.Opt
+	if k.tls || k.tlsCA != "" || k.tlsCert != "" {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: k.tlsServerName}
+		if k.tlsCA != "" {
+			pem, err := os.ReadFile(k.tlsCA)
+			if err != nil {
+				return nil, fmt.Errorf("--tls-ca: %w", err)
+			}
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM(pem) {
+				return nil, usagef("--tls-ca %s: no PEM certificates", k.tlsCA)
+			}
+			tc.RootCAs = pool
+		}
+		if k.tlsCert != "" || k.tlsKey != "" {
+			cert, err := tls.LoadX509KeyPair(k.tlsCert, k.tlsKey)
+			if err != nil {
+				return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		opts = append(opts, kgo.DialTLSConfig(tc))
+	}
+	switch strings.ToLower(k.saslMechanism) {
+	case "":
+	case "plain":
+		opts = append(opts, kgo.SASL(plain.Auth{User: k.saslUser, Pass: k.saslPassword}.AsMechanism()))
+	case "scram-sha-256":
+		opts = append(opts, kgo.SASL(scram.Auth{User: k.saslUser, Pass: k.saslPassword}.AsSha256Mechanism()))
+	case "scram-sha-512":
+		opts = append(opts, kgo.SASL(scram.Auth{User: k.saslUser, Pass: k.saslPassword}.AsSha512Mechanism()))
+	default:
+		return nil, usagef("--sasl-mechanism %q: want plain, scram-sha-256 or scram-sha-512", k.saslMechanism)
+	}
+	return opts, nil
+}
+
+// seeds returns the brokers, or def when none were given.
+func (k *kafkaFlags) seeds(def string) []string {
+	if len(k.brokers) == 0 {
+		return []string{def}
+	}
+	return k.brokers
+}

@@ -1,0 +1,295 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/authpipe/authpipe/pipeline"
+	"github.com/authpipe/authpipe/stages"
+)
+
+// envelopeLine is one line of a --envelopes JSON-lines file.
+type envelopeLine struct {
+	// Path names the message file, relative to the envelopes file; Raw
+	// holds the message itself instead.
+	Path       string   `json:"path,omitempty"`
+	Raw        string   `json:"raw,omitempty"`
+	ClientIP   string   `json:"client_ip,omitempty"`
+	HELO       string   `json:"helo,omitempty"`
+	MailFrom   string   `json:"mail_from,omitempty"`
+	RcptTo     []string `json:"rcpt_to,omitempty"`
+	ReceivedAt string   `json:"received_at,omitempty"`
+	QueueID    string   `json:"queue_id,omitempty"`
+	Key        string   `json:"key,omitempty"`
+}
+
+type produceFlags struct {
+	kafka      kafkaFlags
+	topic      string
+	envelopes  string
+	ip, helo   string
+	mailFrom   string
+	rcptTo     []string
+	receivedAt string
+	maxBytes   int
+}
+
+func newProduceCmd() *cobra.Command {
+	pf := &produceFlags{}
+	cmd := &cobra.Command{
+		Use:   "produce [flags] PATH...",
+		Short: "Feed messages (.eml files, directories, mbox files) into mail.raw",
+		Long: `produce writes messages to the raw-mail topic with the SMTP envelope in the
+record headers (smtp.client-ip, smtp.helo, smtp.mail-from, smtp.rcpt-to,
+smtp.received-at, mta.queue-id), as an MTA integration would.
+
+Each PATH is a message file, a directory (read recursively; dot files are
+skipped, so Maildirs work) or an mbox file (recognised by its first line,
+"From "; mboxrd quoting is undone). All of them get the envelope given by the
+flags. With --envelopes, a JSON-lines file gives one message per line with its
+own envelope:
+
+  {"path": "msg1.eml", "client_ip": "192.0.2.10", "helo": "mail.example.com",
+   "mail_from": "alice@example.com", "rcpt_to": ["bob@example.net"],
+   "received_at": "2026-05-01T12:00:00Z", "queue_id": "4Xyz"}
+
+("raw" may hold the message instead of "path"; paths are relative to the
+envelopes file.) The record key is the queue id, else the file name.`,
+		Example: `  authpipe produce --ip 192.0.2.10 --helo mail.example.com \
+      --mail-from alice@example.com examples/message.eml
+  authpipe produce --envelopes corpus/envelopes.jsonl`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := applyConfig(cmd.Flags(), "", os.Environ()); err != nil {
+				return err
+			}
+			if len(args) == 0 && pf.envelopes == "" {
+				return usagef("produce needs a PATH or --envelopes")
+			}
+			return produce(cmd.Context(), pf, args, cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	pf.kafka.register(f, "Kafka seed `brokers` host:port,... (default 127.0.0.1:9092, the embedded broker)")
+	f.StringVar(&pf.topic, "topic", "mail.raw", "`topic` to write to")
+	f.StringVar(&pf.envelopes, "envelopes", "", "JSON-lines `file` of messages with their envelopes")
+	f.StringVar(&pf.ip, "ip", "", "SMTP client `IP` for PATH messages")
+	f.StringVar(&pf.helo, "helo", "", "HELO `name` for PATH messages")
+	f.StringVar(&pf.mailFrom, "mail-from", "", "MAIL FROM `address` for PATH messages (empty: null sender)")
+	f.StringSliceVar(&pf.rcptTo, "rcpt-to", nil, "RCPT TO `address`es for PATH messages")
+	f.StringVar(&pf.receivedAt, "received-at", "", "arrival `time`, RFC 3339 (default: now)")
+	f.IntVar(&pf.maxBytes, "max-message-bytes", 64<<20, "largest message read, in `bytes`")
+	return cmd
+}
+
+type producer struct {
+	cl     *kgo.Client
+	topic  string
+	n      atomic.Int64
+	mu     sync.Mutex
+	errOne error
+}
+
+func (p *producer) send(ctx context.Context, key string, raw []byte, env stages.Envelope, queueID string) {
+	r := &kgo.Record{Topic: p.topic, Key: []byte(key), Value: raw, Headers: pipeline.EnvelopeHeaders(env, queueID)}
+	p.cl.Produce(ctx, r, func(_ *kgo.Record, err error) {
+		if err != nil {
+			p.mu.Lock()
+			if p.errOne == nil {
+				p.errOne = fmt.Errorf("produce %s: %w", key, err)
+			}
+			p.mu.Unlock()
+			return
+		}
+		p.n.Add(1)
+	})
+}
+
+func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Writer) error {
+	env := stages.Envelope{HELO: pf.helo, MailFrom: pf.mailFrom, RcptTo: pf.rcptTo, ReceivedAt: time.Now().UTC()}
+	if pf.ip != "" {
+		ip, err := netip.ParseAddr(pf.ip)
+		if err != nil {
+			return usagef("--ip: %v", err)
+		}
+		env.ClientIP = ip.Unmap()
+	}
+	if pf.receivedAt != "" {
+		t, err := time.Parse(time.RFC3339, pf.receivedAt)
+		if err != nil {
+			return usagef("--received-at: want RFC 3339: %v", err)
+		}
+		env.ReceivedAt = t
+	}
+	kopts, err := pf.kafka.opts()
+	if err != nil {
+		return err
+	}
+	brokers := pf.kafka.seeds("127.0.0.1:9092")
+	cl, err := kgo.NewClient(append(kopts, kgo.SeedBrokers(brokers...),
+		kgo.ProducerBatchMaxBytes(int32(min(pf.maxBytes+1<<20, 1<<30))),
+		kgo.MaxBufferedBytes(256<<20))...)
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer cl.Close()
+	p := &producer{cl: cl, topic: pf.topic}
+
+	for _, path := range paths {
+		if err := producePath(ctx, p, path, env, pf.maxBytes); err != nil {
+			return err
+		}
+	}
+	if pf.envelopes != "" {
+		if err := produceEnvelopes(ctx, p, pf.envelopes, pf.maxBytes); err != nil {
+			return err
+		}
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	if p.errOne != nil {
+		return p.errOne
+	}
+	fmt.Fprintf(stderr, "produced %d messages to %s on %s\n", p.n.Load(), pf.topic, strings.Join(brokers, ","))
+	return nil
+}
+
+func producePath(ctx context.Context, p *producer, path string, env stages.Envelope, maxBytes int) error {
+	return filepath.WalkDir(path, func(name string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("read %s: %w", name, err)
+		}
+		if name != path && strings.HasPrefix(d.Name(), ".") {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() || !d.Type().IsRegular() {
+			return nil
+		}
+		return produceFile(ctx, p, name, env, maxBytes)
+	})
+}
+
+func produceFile(ctx context.Context, p *producer, name string, env stages.Envelope, maxBytes int) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return fmt.Errorf("read message: %w", err)
+	}
+	defer f.Close()
+	br := bufio.NewReader(f)
+	head, _ := br.Peek(5)
+	base := filepath.Base(name)
+	if bytes.Equal(head, []byte("From ")) {
+		mr := pipeline.NewMboxReader(br, maxBytes)
+		for i := 1; ; i++ {
+			msg, _, err := mr.Next()
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+			p.send(ctx, base+"#"+strconv.Itoa(i), msg, env, "")
+		}
+	}
+	raw, err := io.ReadAll(io.LimitReader(br, int64(maxBytes)+1))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", name, err)
+	}
+	if len(raw) > maxBytes {
+		return fmt.Errorf("read %s: larger than %d bytes", name, maxBytes)
+	}
+	p.send(ctx, base, raw, env, "")
+	return nil
+}
+
+func produceEnvelopes(ctx context.Context, p *producer, name string, maxBytes int) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return fmt.Errorf("--envelopes: %w", err)
+	}
+	defer f.Close()
+	dir := filepath.Dir(name)
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), maxBytes*2+1<<20)
+	for ln := 1; sc.Scan(); ln++ {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 || line[0] == '#' {
+			continue
+		}
+		var e envelopeLine
+		dec := json.NewDecoder(bytes.NewReader(line))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&e); err != nil {
+			return fmt.Errorf("%s:%d: %w", name, ln, err)
+		}
+		env := stages.Envelope{HELO: e.HELO, MailFrom: e.MailFrom, RcptTo: e.RcptTo, ReceivedAt: time.Now().UTC()}
+		if e.ClientIP != "" {
+			ip, err := netip.ParseAddr(e.ClientIP)
+			if err != nil {
+				return fmt.Errorf("%s:%d: client_ip: %w", name, ln, err)
+			}
+			env.ClientIP = ip.Unmap()
+		}
+		if e.ReceivedAt != "" {
+			t, err := time.Parse(time.RFC3339, e.ReceivedAt)
+			if err != nil {
+				return fmt.Errorf("%s:%d: received_at: %w", name, ln, err)
+			}
+			env.ReceivedAt = t
+		}
+		raw := []byte(e.Raw)
+		key := e.Key
+		switch {
+		case e.Path != "" && e.Raw != "":
+			return fmt.Errorf("%s:%d: give path or raw, not both", name, ln)
+		case e.Path != "":
+			p := e.Path
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(dir, p)
+			}
+			raw, err = os.ReadFile(p)
+			if err != nil {
+				return fmt.Errorf("%s:%d: %w", name, ln, err)
+			}
+			if key == "" {
+				key = filepath.Base(p)
+			}
+		case e.Raw == "":
+			return fmt.Errorf("%s:%d: no path and no raw message", name, ln)
+		}
+		if len(raw) > maxBytes {
+			return fmt.Errorf("%s:%d: message larger than %d bytes", name, ln, maxBytes)
+		}
+		if e.QueueID != "" {
+			key = e.QueueID
+		}
+		if key == "" {
+			key = fmt.Sprintf("%s:%d", filepath.Base(name), ln)
+		}
+		p.send(ctx, key, raw, env, e.QueueID)
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}

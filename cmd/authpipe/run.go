@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kprom"
+	"github.com/twmb/franz-go/plugin/kslog"
+
+	"github.com/authpipe/authpipe/pipeline"
+	"github.com/authpipe/authpipe/stages"
+)
+
+// runFlags are the options of `authpipe run`; docs/configuration.md lists
+// them all with their defaults.
+type runFlags struct {
+	config       string
+	kafka        kafkaFlags
+	dns          dnsFlags
+	listen       string
+	dataDir      string
+	httpAddr     string
+	logLevel     string
+	logFormat    string
+	authservID   string
+	perCore      int
+	delivery     string
+	kafkaLogLvl  string
+	createTopics bool
+	cfg          pipeline.Config
+}
+
+func newRunCmd() *cobra.Command {
+	rf := &runFlags{}
+	cmd := &cobra.Command{
+		Use:   "run [flags]",
+		Short: "Run the verification pipeline: mail.raw in, mail.verdicts out",
+		Long: `run consumes raw messages from Kafka (topic mail.raw, group authpipe-verify),
+verifies each one and produces its JSON verdict to mail.verdicts; records that
+cannot be decoded go to mail.raw.dlq with an authpipe.error header. By default
+it does so exactly once, in Kafka transactions.
+
+Without --brokers it starts an embedded single-node broker on --listen
+(127.0.0.1:9092), persisted under --data-dir, which any Kafka client can
+produce to (see 'authpipe produce'). With --brokers it joins that cluster;
+more instances with the same group share the partitions.
+
+Options come from flags, then AUTHPIPE_* environment variables (AUTHPIPE_MAX_IN_FLIGHT
+sets --max-in-flight), then the YAML --config file (keys are flag names), then
+the defaults; docs/configuration.md lists them all.
+
+/metrics (Prometheus), /healthz and /readyz are served on --http-addr.
+SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
+--shutdown-grace), commits, and exits 0.`,
+		Example: `  authpipe run                                   # embedded broker, system DNS
+  authpipe run --brokers kafka1:9092,kafka2:9092 --config /etc/authpipe.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyConfig(cmd.Flags(), rf.config, os.Environ()); err != nil {
+				return err
+			}
+			return runPipeline(cmd.Context(), rf, cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	d := pipeline.Defaults()
+	f.StringVar(&rf.config, "config", "", "YAML configuration `file` (keys are flag names)")
+	rf.kafka.register(f, "Kafka seed `brokers` host:port,...; none starts the embedded broker")
+	rf.dns.register(f)
+	f.StringVar(&rf.listen, "listen", "127.0.0.1:9092", "embedded broker listen `address` (without --brokers)")
+	f.StringVar(&rf.dataDir, "data-dir", "./authpipe-data", "`directory` where the embedded broker keeps topics and offsets")
+	f.StringVar(&rf.httpAddr, "http-addr", "127.0.0.1:9464", "`address` for /metrics, /healthz, /readyz (empty: no HTTP server)")
+	f.StringVar(&rf.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
+	f.StringVar(&rf.logFormat, "log-format", "text", "log `format`: text or json")
+	f.StringVar(&rf.kafkaLogLvl, "kafka-log-level", "warn", "`level` of the Kafka client's own log lines")
+	f.StringVar(&rf.authservID, "authserv-id", "authpipe", "authserv-id for Authentication-Results (RFC 8601)")
+	f.StringVar(&rf.cfg.InputTopic, "input-topic", d.InputTopic, "`topic` of raw messages")
+	f.StringVar(&rf.cfg.VerdictTopic, "verdict-topic", d.VerdictTopic, "`topic` for JSON verdicts")
+	f.StringVar(&rf.cfg.DLQTopic, "dlq-topic", d.DLQTopic, "dead-letter `topic` for undecodable records")
+	f.StringVar(&rf.cfg.Group, "group", d.Group, "consumer `group`")
+	f.Int32Var(&rf.cfg.Partitions, "partitions", d.Partitions, "partition `count` for topics created at start")
+	f.Int16Var(&rf.cfg.ReplicationFactor, "replication-factor", d.ReplicationFactor, "replication `factor` for created topics (-1: broker default)")
+	f.BoolVar(&rf.createTopics, "create-topics", true, "create missing topics at start")
+	f.StringVar(&rf.delivery, "delivery", string(d.Delivery), "`guarantee`: exactly-once (transactions) or at-least-once (faster, may duplicate after a crash)")
+	f.StringVar(&rf.cfg.TransactionalID, "transactional-id", "", "transactional `id`, stable per instance and unique among instances (default authpipe-verify-HOSTNAME)")
+	f.IntVar(&rf.perCore, "max-in-flight-per-core", 256, "messages verified at once per CPU (DNS latency, not CPU, dominates)")
+	f.IntVar(&rf.cfg.MaxInFlight, "max-in-flight", 0, "messages verified at once; overrides --max-in-flight-per-core when > 0")
+	f.Int64Var(&rf.cfg.MaxInFlightBytes, "max-in-flight-bytes", d.MaxInFlightBytes, "`bytes` of messages verified at once")
+	f.IntVar(&rf.cfg.MaxMessageBytes, "max-message-bytes", d.MaxMessageBytes, "largest message verified, in `bytes`; larger go to the DLQ")
+	f.DurationVar(&rf.cfg.BatchInterval, "batch-interval", d.BatchInterval, "how long a batch (transaction) takes new records before it commits")
+	f.IntVar(&rf.cfg.BatchMaxRecords, "batch-max-records", 0, "records after which a batch commits early (default 16 × max-in-flight)")
+	f.DurationVar(&rf.cfg.ShutdownGrace, "shutdown-grace", d.ShutdownGrace, "time in-flight messages get to finish at shutdown")
+	f.IntVar(&rf.cfg.RetryTemperror, "retry-temperror", 0, "re-verify a message with a temperror up to this many `times` before emitting its verdict")
+	f.DurationVar(&rf.cfg.RetryDelay, "retry-delay", d.RetryDelay, "wait before such a retry")
+	f.DurationVar(&rf.cfg.SessionTimeout, "session-timeout", d.SessionTimeout, "consumer group session timeout")
+	f.DurationVar(&rf.cfg.RebalanceTimeout, "rebalance-timeout", d.RebalanceTimeout, "consumer group rebalance timeout")
+	f.DurationVar(&rf.cfg.TransactionTimeout, "transaction-timeout", d.TransactionTimeout, "broker-side transaction timeout")
+	return cmd
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("log level %q: want debug, info, warn or error", level)
+	}
+	o := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	}
+	return nil, usagef("--log-format %q: want text or json", format)
+}
+
+func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
+	log, err := newLogger(stderr, rf.logLevel, rf.logFormat)
+	if err != nil {
+		return err
+	}
+	kLog, err := newLogger(stderr, rf.kafkaLogLvl, rf.logFormat)
+	if err != nil {
+		return err
+	}
+	cfg := rf.cfg
+	cfg.Delivery = pipeline.Delivery(rf.delivery)
+	cfg.SkipCreateTopics = !rf.createTopics
+	if cfg.MaxInFlight == 0 {
+		if rf.perCore <= 0 {
+			return usagef("--max-in-flight-per-core must be positive")
+		}
+		cfg.MaxInFlight = rf.perCore * runtime.GOMAXPROCS(0)
+	}
+	kopts, err := rf.kafka.opts()
+	if err != nil {
+		return err
+	}
+	res, err := rf.dns.resolver()
+	if err != nil {
+		return err
+	}
+	engine := stages.New(res, stages.WithAuthServID(rf.authservID), stages.WithDNSBudget(rf.dns.budget))
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := pipeline.NewMetrics(reg)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	kopts = append(kopts,
+		kgo.WithHooks(kprom.NewMetrics("authpipe_kafka", kprom.Registerer(reg), kprom.Gatherer(reg))),
+		kgo.WithLogger(kslog.New(kLog.With("component", "kafka"))))
+
+	if len(rf.kafka.brokers) == 0 {
+		b, err := pipeline.StartBroker(pipeline.BrokerConfig{
+			Addr: rf.listen, DataDir: rf.dataDir, MaxMessageBytes: cfg.MaxMessageBytes + 1<<20,
+		})
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		addr := strings.Join(b.Addrs(), ",")
+		cfg.Brokers = b.Addrs()
+		if cfg.ReplicationFactor > 1 {
+			cfg.ReplicationFactor = -1
+		}
+		log.Info("embedded Kafka broker started; produce mail to it with: authpipe produce --brokers "+addr+" FILE.eml|DIR|MBOX "+
+			"(or any Kafka client: topic "+cfg.InputTopic+", envelope in smtp.* record headers)",
+			"addr", addr, "data_dir", rf.dataDir)
+	} else {
+		cfg.Brokers = rf.kafka.brokers
+	}
+
+	p, err := pipeline.New(cfg, engine, pipeline.WithLogger(log), pipeline.WithMetrics(metrics), pipeline.WithKafkaOpts(kopts...))
+	if err != nil {
+		return usageError{err}
+	}
+	if rf.httpAddr != "" {
+		srv, err := serveHTTP(rf.httpAddr, reg, p.Ready)
+		if err != nil {
+			return err
+		}
+		log.Info("HTTP listening", "addr", srv.Addr, "paths", "/metrics /healthz /readyz")
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+		}()
+	}
+	return p.Run(ctx)
+}
+
+// serveHTTP serves /metrics from reg, /healthz (the process is up) and
+// /readyz (ready() is true) on addr.
+func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool) (*http.Server, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--http-addr: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ready\n")
+	})
+	srv := &http.Server{Addr: l.Addr().String(), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			fmt.Fprintln(os.Stderr, "authpipe: http:", err)
+		}
+	}()
+	return srv, nil
+}

@@ -1,0 +1,260 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/authpipe/authpipe/internal/schematest"
+	"github.com/authpipe/authpipe/pipeline"
+	"github.com/authpipe/authpipe/stages/verdict"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startRun runs `authpipe run args...` in-process until the returned stop
+// is called; stop returns the exit code. It waits for /readyz.
+func startRun(t *testing.T, httpAddr string, args ...string) (stop func() int, logs *syncBuffer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	logs = &syncBuffer{}
+	done := make(chan int, 1)
+	args = append([]string{"run", "--http-addr", httpAddr}, args...)
+	go func() { done <- run(ctx, args, strings.NewReader(""), io.Discard, logs) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("run exited with %d:\n%s", code, logs)
+		default:
+		}
+		if time.Now().After(deadline) {
+			cancel()
+			t.Fatalf("run not ready after 20s:\n%s", logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return func() int {
+		cancel()
+		select {
+		case code := <-done:
+			return code
+		case <-time.After(30 * time.Second):
+			t.Fatalf("run did not stop within 30s:\n%s", logs)
+			return -1
+		}
+	}, logs
+}
+
+func cli(t *testing.T, timeout time.Duration, args ...string) (int, string, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var out, errb bytes.Buffer
+	code := run(ctx, args, strings.NewReader(""), &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+// TestRunEmbeddedProduceTail is the quick start end to end: `run` with the
+// embedded broker, `produce` of a file, an mbox and a JSON-lines envelope
+// file, `tail` of the verdicts; then a restart on the same data directory
+// keeps the topics and committed offsets (nothing is verified twice).
+func TestRunEmbeddedProduceTail(t *testing.T) {
+	addr, httpAddr, dataDir := freeAddr(t), freeAddr(t), t.TempDir()
+	zone := "../../examples/example.zone"
+	runArgs := []string{"--listen", addr, "--data-dir", dataDir, "--zone", zone, "--batch-interval", "50ms"}
+	stop, logs := startRun(t, httpAddr, runArgs...)
+	if !strings.Contains(logs.String(), "authpipe produce --brokers "+addr) {
+		t.Errorf("no how-to-produce log line:\n%s", logs)
+	}
+
+	eml, err := os.ReadFile("../../examples/message.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	mbox := filepath.Join(dir, "archive.mbox")
+	mboxBody := "From alice@example.com Fri May  1 12:00:00 2026\n" + string(eml) + "\nFrom alice@example.com Fri May  1 12:00:01 2026\n" + string(eml)
+	if err := os.WriteFile(mbox, []byte(mboxBody), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := json.Marshal(string(eml))
+	jsonl := filepath.Join(dir, "env.jsonl")
+	abs, err := filepath.Abs("../../examples/message.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := fmt.Sprintf(`{"path": %q, "client_ip": "192.0.2.10", "helo": "mail.example.com", "mail_from": "alice@example.com", "rcpt_to": ["bob@example.net"], "received_at": "2026-05-01T12:00:00Z", "queue_id": "Q1"}
+{"raw": %s, "client_ip": "198.51.100.1", "mail_from": "alice@example.com", "key": "K2"}
+`, abs, raw)
+	if err := os.WriteFile(jsonl, []byte(lines), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", addr, "--ip", "192.0.2.10", "--helo", "mail.example.com",
+		"--mail-from", "alice@example.com", "--rcpt-to", "bob@example.net", "--received-at", "2026-05-01T12:00:00Z",
+		"../../examples/message.eml", mbox, "--envelopes", jsonl)
+	if code != 0 || !strings.Contains(stderr, "produced 5 messages") {
+		t.Fatalf("produce: %d %s", code, stderr)
+	}
+
+	code, out, stderr := cli(t, 30*time.Second, "tail", "--brokers", addr, "--from-beginning", "--count", "5", "--format", "json")
+	if code != 0 {
+		t.Fatalf("tail: %d %s", code, stderr)
+	}
+	schema := schematest.Compile(t, "verdict.schema.json")
+	keys := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		schematest.Validate(t, schema, []byte(line))
+		var v verdict.Verdict
+		if err := json.Unmarshal([]byte(line), &v); err != nil {
+			t.Fatal(err)
+		}
+		keys[v.Key] = v.SPF.Result + "/" + v.DMARC.Result
+	}
+	want := map[string]string{"message.eml": "pass/pass", "archive.mbox#1": "pass/pass", "archive.mbox#2": "pass/pass", "Q1": "pass/pass", "K2": "fail/pass"}
+	for k, w := range want {
+		if keys[k] != w {
+			t.Errorf("verdict %s: spf/dmarc %q, want %q (all: %v)", k, keys[k], w, keys)
+		}
+	}
+	code, out, _ = cli(t, 30*time.Second, "tail", "--brokers", addr, "--from-beginning", "--count", "1")
+	if code != 0 || !strings.Contains(out, "spf=pass") || !strings.Contains(out, "dmarc=pass") {
+		t.Errorf("tail pretty: %d %q", code, out)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("run exit %d:\n%s", code, logs)
+	}
+
+	// Restart on the same data directory.
+	stop, logs = startRun(t, httpAddr, runArgs...)
+	if code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", addr, "--ip", "192.0.2.10", "--mail-from", "alice@example.com", "../../examples/message.eml"); code != 0 {
+		t.Fatalf("produce: %s", stderr)
+	}
+	if code, out, _ := cli(t, 30*time.Second, "tail", "--brokers", addr, "--from-beginning", "--count", "6", "--format", "json"); code != 0 || strings.Count(out, "\n") != 6 {
+		t.Fatalf("tail after restart: %d, %d lines", code, strings.Count(out, "\n"))
+	}
+	time.Sleep(300 * time.Millisecond)
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), `authpipe_pipeline_messages_total{check="spf",result="pass"} 1`) {
+		t.Errorf("after restart the pipeline should verify only the new message; metrics:\n%s", grepLines(string(metrics), "authpipe_pipeline_messages_total"))
+	}
+	if !strings.Contains(string(metrics), "authpipe_kafka_") {
+		t.Error("no kprom metrics")
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("run exit %d:\n%s", code, logs)
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestRunExternalBrokerDLQ joins a broker given by --brokers and checks an
+// undecodable record reaches the DLQ.
+func TestRunExternalBrokerDLQ(t *testing.T) {
+	b, err := pipeline.StartBroker(pipeline.BrokerConfig{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	brokers := strings.Join(b.Addrs(), ",")
+	t.Setenv("AUTHPIPE_PARTITIONS", "3")
+	stop, logs := startRun(t, freeAddr(t), "--brokers", brokers, "--zone", "../../examples/example.zone", "--batch-interval", "50ms",
+		"--delivery", "at-least-once", "--log-format", "json")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(b.Addrs()...), kgo.ConsumeTopics("mail.raw.dlq"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.ProduceSync(context.Background(), &kgo.Record{Topic: "mail.raw", Key: []byte("bad"), Value: []byte("hello")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	fs := cl.PollFetches(ctx)
+	recs := fs.Records()
+	if len(recs) != 1 || string(recs[0].Key) != "bad" || len(recs[0].Headers) != 1 || recs[0].Headers[0].Key != "authpipe.error" {
+		t.Fatalf("DLQ: %v %v", recs, fs.Errors())
+	}
+	parts, err := kgoPartitions(b.Addrs(), "mail.verdicts")
+	if err != nil || parts != 3 {
+		t.Errorf("mail.verdicts partitions %d (%v), want 3 from AUTHPIPE_PARTITIONS", parts, err)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("run exit %d:\n%s", code, logs)
+	}
+}
+
+func kgoPartitions(brokers []string, topic string) (int, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		return 0, err
+	}
+	defer cl.Close()
+	req := kmsg.NewPtrMetadataRequest()
+	rt := kmsg.NewMetadataRequestTopic()
+	rt.Topic = kmsg.StringPtr(topic)
+	req.Topics = append(req.Topics, rt)
+	resp, err := req.RequestWith(context.Background(), cl)
+	if err != nil {
+		return 0, err
+	}
+	return len(resp.Topics[0].Partitions), nil
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/authpipe/authpipe/stages/verdict"
+)
+
+type tailFlags struct {
+	kafka  kafkaFlags
+	topic  string
+	format string
+	start  bool
+	count  int
+}
+
+func newTailCmd() *cobra.Command {
+	tf := &tailFlags{}
+	cmd := &cobra.Command{
+		Use:   "tail [flags]",
+		Short: "Follow mail.verdicts and print verdicts as they commit",
+		Long: `tail follows the verdict topic (read_committed: only verdicts of committed
+transactions) and prints each verdict: one summary line per message (--format
+pretty) or the JSON verdict as published (--format json, one per line).
+It reads new verdicts only, unless --from-beginning; it stops after --count
+verdicts, or on SIGINT/SIGTERM.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyConfig(cmd.Flags(), "", os.Environ()); err != nil {
+				return err
+			}
+			if tf.format != "pretty" && tf.format != "json" {
+				return usagef("--format %q: want pretty or json", tf.format)
+			}
+			return tail(cmd.Context(), tf, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	tf.kafka.register(f, "Kafka seed `brokers` host:port,... (default 127.0.0.1:9092, the embedded broker)")
+	f.StringVar(&tf.topic, "topic", "mail.verdicts", "verdict `topic` to follow")
+	f.StringVar(&tf.format, "format", "pretty", "output `format`: pretty or json")
+	f.BoolVar(&tf.start, "from-beginning", false, "start at the oldest verdict instead of the newest")
+	f.IntVar(&tf.count, "count", 0, "exit after this many verdicts (0: follow until interrupted)")
+	return cmd
+}
+
+func tail(ctx context.Context, tf *tailFlags, out io.Writer) error {
+	kopts, err := tf.kafka.opts()
+	if err != nil {
+		return err
+	}
+	offset := kgo.NewOffset().AtEnd()
+	if tf.start {
+		offset = kgo.NewOffset().AtStart()
+	}
+	cl, err := kgo.NewClient(append(kopts, kgo.SeedBrokers(tf.kafka.seeds("127.0.0.1:9092")...),
+		kgo.ConsumeTopics(tf.topic), kgo.ConsumeResetOffset(offset),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer cl.Close()
+	n := 0
+	for {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil || fs.IsClientClosed() {
+			return nil
+		}
+		var ferr error
+		fs.EachError(func(t string, p int32, err error) {
+			ferr = fmt.Errorf("fetch %s/%d: %w", t, p, err)
+		})
+		if ferr != nil {
+			return ferr
+		}
+		for _, r := range fs.Records() {
+			if tf.format == "json" {
+				fmt.Fprintf(out, "%s\n", r.Value)
+			} else {
+				fmt.Fprintln(out, prettyVerdict(r))
+			}
+			n++
+			if tf.count > 0 && n >= tf.count {
+				return nil
+			}
+		}
+	}
+}
+
+// prettyVerdict renders one line: time, key, client IP, From domain and the
+// result of every check.
+func prettyVerdict(r *kgo.Record) string {
+	var v verdict.Verdict
+	if err := json.Unmarshal(r.Value, &v); err != nil {
+		return fmt.Sprintf("%s key=%q undecodable verdict: %v", r.Timestamp.UTC().Format("15:04:05"), r.Key, err)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %-16s ip=%-15s from=%s", r.Timestamp.UTC().Format("2006-01-02T15:04:05Z"), string(r.Key),
+		orDash(v.Envelope.ClientIP), orDash(strings.Join(v.HeaderFrom, ",")))
+	if v.SPF != nil {
+		fmt.Fprintf(&b, " spf=%s", v.SPF.Result)
+	}
+	for _, d := range v.DKIM {
+		fmt.Fprintf(&b, " dkim=%s(%s)", d.Result, d.Domain)
+	}
+	if v.ARC != nil {
+		fmt.Fprintf(&b, " arc=%s", v.ARC.Result)
+	}
+	if v.DMARC != nil {
+		fmt.Fprintf(&b, " dmarc=%s disposition=%s", v.DMARC.Result, v.DMARC.Disposition)
+	}
+	if v.Message != nil {
+		fmt.Fprintf(&b, " message-problem=%s", v.Message.Kind)
+	}
+	return b.String()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

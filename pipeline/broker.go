@@ -1,0 +1,79 @@
+package pipeline
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// BrokerConfig configures the embedded broker.
+type BrokerConfig struct {
+	// Addr is the listen address (default 127.0.0.1:9092). Port 0 picks a
+	// free port.
+	Addr string
+	// DataDir persists topics, records and committed offsets across
+	// restarts; "" keeps everything in memory.
+	DataDir string
+	// MaxMessageBytes is the broker's message.max.bytes (default 65 MiB,
+	// above the pipeline's 64 MiB message cap; kfake's own default is 1 MiB).
+	MaxMessageBytes int
+	// MinSessionTimeout lowers the smallest group session timeout the
+	// broker accepts (default 6s as in Kafka); tests use less.
+	MinSessionTimeout time.Duration
+}
+
+// Broker is an embedded single-node Kafka-compatible broker (franz-go's
+// kfake): real Kafka protocol on TCP, consumer groups, transactions,
+// persistence. It has no replication; use it for one-host deployments,
+// demos and tests, and a real cluster (--brokers) otherwise.
+type Broker struct {
+	c *kfake.Cluster
+}
+
+// StartBroker starts an embedded broker.
+func StartBroker(cfg BrokerConfig) (*Broker, error) {
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:9092"
+	}
+	if cfg.MaxMessageBytes == 0 {
+		cfg.MaxMessageBytes = 65 << 20
+	}
+	host, portStr, err := net.SplitHostPort(cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("embedded broker: address %q: %w", cfg.Addr, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("embedded broker: port %q: %w", portStr, err)
+	}
+	mmb := strconv.Itoa(cfg.MaxMessageBytes)
+	opts := []kfake.Opt{
+		kfake.NumBrokers(1),
+		kfake.Ports(port),
+		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
+			return net.Listen(network, net.JoinHostPort(host, strconv.Itoa(port)))
+		}),
+		kfake.BrokerConfigs(map[string]string{"message.max.bytes": mmb}),
+		kfake.ClusterID("authpipe-embedded"),
+	}
+	if cfg.DataDir != "" {
+		opts = append(opts, kfake.DataDir(cfg.DataDir))
+	}
+	if cfg.MinSessionTimeout > 0 {
+		opts = append(opts, kfake.GroupMinSessionTimeout(cfg.MinSessionTimeout))
+	}
+	c, err := kfake.NewCluster(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("embedded broker: %w", err)
+	}
+	return &Broker{c: c}, nil
+}
+
+// Addrs returns the broker's listen addresses (host:port).
+func (b *Broker) Addrs() []string { return b.c.ListenAddrs() }
+
+// Close stops the broker, flushing its data directory.
+func (b *Broker) Close() { b.c.Close() }

@@ -1,0 +1,183 @@
+package pipeline
+
+import (
+	"fmt"
+	"runtime"
+	"time"
+)
+
+// Delivery is the delivery guarantee of a Pipeline.
+type Delivery string
+
+const (
+	// ExactlyOnce consumes and produces inside Kafka transactions
+	// (KIP-98, KIP-447): the verdicts of a batch and the batch's input
+	// offsets commit together or not at all. A read_committed consumer of
+	// mail.verdicts sees each verdict once, across crashes and rebalances.
+	// It costs a transaction per batch (a few broker round trips) and
+	// consumers of mail.verdicts must use read_committed.
+	ExactlyOnce Delivery = "exactly-once"
+	// AtLeastOnce produces verdicts idempotently, waits until they are
+	// acknowledged, then commits the input offsets. After a crash the
+	// unfinished batch is verified again, so a verdict may appear twice
+	// (same key, same content up to evaluated_at); none is lost. Faster:
+	// no transaction markers, and consumers need not use read_committed.
+	AtLeastOnce Delivery = "at-least-once"
+)
+
+// Config configures a Pipeline. The zero value of every field means its
+// default (see Defaults); docs/configuration.md documents each one.
+type Config struct {
+	// Brokers are the seed brokers, host:port.
+	Brokers []string
+	// InputTopic is the topic of raw messages (default mail.raw).
+	InputTopic string
+	// VerdictTopic receives one JSON verdict per message (default mail.verdicts).
+	VerdictTopic string
+	// DLQTopic receives records that cannot be decoded (default mail.raw.dlq).
+	DLQTopic string
+	// Group is the consumer group (default authpipe-verify).
+	Group string
+	// Partitions is the partition count used when a missing topic is
+	// created (default 12). Existing topics are left as they are.
+	Partitions int32
+	// ReplicationFactor for created topics; -1 = broker default (default -1).
+	ReplicationFactor int16
+	// SkipCreateTopics turns off the creation of missing topics at start
+	// (kadm CreateTopics; existing topics are never changed).
+	SkipCreateTopics bool
+
+	// Delivery is ExactlyOnce (default) or AtLeastOnce.
+	Delivery Delivery
+	// TransactionalID identifies this instance's transactional producer.
+	// It must be stable across restarts of one instance (so a restart fences
+	// and aborts the crashed instance's open transaction at once) and
+	// distinct between instances. Default "authpipe-verify-" + hostname.
+	TransactionalID string
+
+	// MaxInFlight bounds messages being verified at once (default 256 per
+	// CPU). DNS latency, not CPU, dominates verification, so many messages
+	// per core keep the CPUs busy.
+	MaxInFlight int
+	// MaxInFlightBytes bounds the bytes of messages being verified at once
+	// (default 256 MiB). A single larger message is still admitted when
+	// nothing else is in flight.
+	MaxInFlightBytes int64
+	// MaxMessageBytes is the largest message verified; larger records go
+	// to the DLQ as too-large (default 64 MiB).
+	MaxMessageBytes int
+	// BatchInterval is how long one batch (one transaction, or one offset
+	// commit) keeps taking new records before it drains and commits
+	// (default 250ms).
+	BatchInterval time.Duration
+	// BatchMaxRecords ends a batch early after this many records (default
+	// 16 × MaxInFlight).
+	BatchMaxRecords int
+	// ShutdownGrace is how long in-flight messages may take to finish after
+	// the context is cancelled; after it their batch is aborted (exactly
+	// once) or left uncommitted (at least once), to be redone by the next
+	// owner (default 15s).
+	ShutdownGrace time.Duration
+	// RetryTemperror re-verifies a message whose verdict holds a temperror,
+	// after RetryDelay, up to this many times before emitting it (default 0).
+	RetryTemperror int
+	// RetryDelay is the wait before such a retry (default 2s).
+	RetryDelay time.Duration
+	// SessionTimeout is the group session timeout (default 45s).
+	SessionTimeout time.Duration
+	// RebalanceTimeout is the group rebalance timeout (default 60s).
+	RebalanceTimeout time.Duration
+	// TransactionTimeout is the broker-side transaction timeout (default 60s).
+	TransactionTimeout time.Duration
+}
+
+// Defaults returns the default configuration.
+func Defaults() Config {
+	return Config{
+		Brokers:            []string{"127.0.0.1:9092"},
+		InputTopic:         "mail.raw",
+		VerdictTopic:       "mail.verdicts",
+		DLQTopic:           "mail.raw.dlq",
+		Group:              "authpipe-verify",
+		Partitions:         12,
+		ReplicationFactor:  -1,
+		Delivery:           ExactlyOnce,
+		MaxInFlight:        256 * runtime.GOMAXPROCS(0),
+		MaxInFlightBytes:   256 << 20,
+		MaxMessageBytes:    64 << 20,
+		BatchInterval:      250 * time.Millisecond,
+		ShutdownGrace:      15 * time.Second,
+		RetryDelay:         2 * time.Second,
+		SessionTimeout:     45 * time.Second,
+		RebalanceTimeout:   60 * time.Second,
+		TransactionTimeout: 60 * time.Second,
+	}
+}
+
+// withDefaults fills zero fields from Defaults and checks the rest.
+func (c Config) withDefaults(hostname string) (Config, error) {
+	d := Defaults()
+	if len(c.Brokers) == 0 {
+		c.Brokers = d.Brokers
+	}
+	str := func(p *string, def string) {
+		if *p == "" {
+			*p = def
+		}
+	}
+	str(&c.InputTopic, d.InputTopic)
+	str(&c.VerdictTopic, d.VerdictTopic)
+	str(&c.DLQTopic, d.DLQTopic)
+	str(&c.Group, d.Group)
+	str((*string)(&c.Delivery), string(d.Delivery))
+	str(&c.TransactionalID, "authpipe-verify-"+hostname)
+	if c.Partitions == 0 {
+		c.Partitions = d.Partitions
+	}
+	if c.ReplicationFactor == 0 {
+		c.ReplicationFactor = d.ReplicationFactor
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = d.MaxInFlight
+	}
+	if c.MaxInFlightBytes == 0 {
+		c.MaxInFlightBytes = d.MaxInFlightBytes
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = d.MaxMessageBytes
+	}
+	if c.BatchInterval == 0 {
+		c.BatchInterval = d.BatchInterval
+	}
+	if c.BatchMaxRecords == 0 {
+		c.BatchMaxRecords = 16 * c.MaxInFlight
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = d.ShutdownGrace
+	}
+	if c.RetryDelay == 0 {
+		c.RetryDelay = d.RetryDelay
+	}
+	if c.SessionTimeout == 0 {
+		c.SessionTimeout = d.SessionTimeout
+	}
+	if c.RebalanceTimeout == 0 {
+		c.RebalanceTimeout = d.RebalanceTimeout
+	}
+	if c.TransactionTimeout == 0 {
+		c.TransactionTimeout = d.TransactionTimeout
+	}
+	switch {
+	case c.Delivery != ExactlyOnce && c.Delivery != AtLeastOnce:
+		return c, fmt.Errorf("pipeline: delivery %q: want %q or %q", c.Delivery, ExactlyOnce, AtLeastOnce)
+	case c.MaxInFlight < 0 || c.MaxInFlightBytes < 0 || c.MaxMessageBytes < 0 || c.BatchMaxRecords < 0:
+		return c, fmt.Errorf("pipeline: in-flight and size bounds must be positive")
+	case c.Partitions < 0:
+		return c, fmt.Errorf("pipeline: partitions must be positive, got %d", c.Partitions)
+	case c.RetryTemperror < 0:
+		return c, fmt.Errorf("pipeline: retry count must not be negative")
+	case c.InputTopic == c.VerdictTopic || c.InputTopic == c.DLQTopic:
+		return c, fmt.Errorf("pipeline: input topic %q must differ from the output topics", c.InputTopic)
+	}
+	return c, nil
+}

@@ -1,0 +1,155 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// stream is the Kafka side of a batch: the source of records and the sink
+// of results, tied together because a batch's outputs and its input offsets
+// commit as one unit. txnStream does it with a transaction (exactly once),
+// aloStream with produce-then-commit (at least once).
+type stream interface {
+	poll(ctx context.Context, max int) kgo.Fetches
+	begin() error
+	produce(ctx context.Context, r *kgo.Record, promise func(*kgo.Record, error))
+	// end finishes the batch: commit=true commits outputs and input offsets
+	// (reporting whether it did), false discards the batch so its records
+	// are consumed again.
+	end(ctx context.Context, commit bool) (committed bool, err error)
+	// idle is called after a poll that returned nothing.
+	idle()
+	client() *kgo.Client
+	close()
+}
+
+type txnStream struct{ s *kgo.GroupTransactSession }
+
+func (t *txnStream) poll(ctx context.Context, max int) kgo.Fetches {
+	return t.s.PollRecords(ctx, max)
+}
+func (t *txnStream) begin() error { return t.s.Begin() }
+func (t *txnStream) produce(ctx context.Context, r *kgo.Record, p func(*kgo.Record, error)) {
+	t.s.Produce(ctx, r, p)
+}
+func (t *txnStream) end(ctx context.Context, commit bool) (bool, error) {
+	return t.s.End(ctx, kgo.TransactionEndTry(commit))
+}
+func (t *txnStream) idle()               {}
+func (t *txnStream) client() *kgo.Client { return t.s.Client() }
+func (t *txnStream) close()              { t.s.Close() }
+
+type aloStream struct{ cl *kgo.Client }
+
+func (a *aloStream) poll(ctx context.Context, max int) kgo.Fetches {
+	return a.cl.PollRecords(ctx, max)
+}
+func (a *aloStream) begin() error { return nil }
+func (a *aloStream) produce(ctx context.Context, r *kgo.Record, p func(*kgo.Record, error)) {
+	a.cl.Produce(ctx, r, p)
+}
+
+func (a *aloStream) end(ctx context.Context, commit bool) (bool, error) {
+	defer a.cl.AllowRebalance()
+	if err := a.cl.Flush(ctx); err != nil {
+		return false, fmt.Errorf("flush: %w", err)
+	}
+	if !commit {
+		// Rewind to the committed offsets so the batch is redone.
+		a.cl.SetOffsets(a.cl.CommittedOffsets())
+		return false, nil
+	}
+	if err := a.cl.CommitUncommittedOffsets(ctx); err != nil {
+		return false, fmt.Errorf("commit offsets: %w", err)
+	}
+	return true, nil
+}
+func (a *aloStream) idle()               { a.cl.AllowRebalance() }
+func (a *aloStream) client() *kgo.Client { return a.cl }
+func (a *aloStream) close()              { a.cl.Close() }
+
+// kafkaOpts returns the client options shared by the source and the sink.
+func (p *Pipeline) kafkaOpts() []kgo.Opt {
+	c := p.cfg
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(c.Brokers...),
+		kgo.ConsumerGroup(c.Group),
+		kgo.ConsumeTopics(c.InputTopic),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.SessionTimeout(c.SessionTimeout),
+		kgo.RebalanceTimeout(c.RebalanceTimeout),
+		kgo.DisableAutoCommit(),
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
+		// Bounded buffering: at most one fetch per broker waits in the
+		// client, each at most fetchMaxBytes (plus one oversized batch).
+		kgo.FetchMaxBytes(fetchMaxBytes),
+		kgo.BrokerMaxReadBytes(int32(min(int64(fetchMaxBytes)+2*int64(c.MaxMessageBytes)+(1<<20), 1<<30))),
+		kgo.ProducerBatchMaxBytes(int32(min(int64(c.MaxMessageBytes)+(1<<20), 1<<30))),
+		kgo.MaxBufferedBytes(int(min(c.MaxInFlightBytes+int64(c.MaxMessageBytes), 1<<31))),
+	}
+	if p.cfg.Delivery == ExactlyOnce {
+		opts = append(opts,
+			kgo.TransactionalID(c.TransactionalID),
+			kgo.TransactionTimeout(c.TransactionTimeout),
+			kgo.RequireStableFetchOffsets(),
+		)
+	} else {
+		opts = append(opts, kgo.BlockRebalanceOnPoll())
+	}
+	return append(opts, p.kopts...)
+}
+
+const fetchMaxBytes = 16 << 20
+
+func (p *Pipeline) openStream() (stream, error) {
+	if p.cfg.Delivery == ExactlyOnce {
+		s, err := kgo.NewGroupTransactSession(p.kafkaOpts()...)
+		if err != nil {
+			return nil, fmt.Errorf("pipeline: kafka transactional session: %w", err)
+		}
+		return &txnStream{s}, nil
+	}
+	cl, err := kgo.NewClient(p.kafkaOpts()...)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: kafka client: %w", err)
+	}
+	return &aloStream{cl}, nil
+}
+
+// EnsureTopics creates whichever of topics do not exist, with partitions
+// partitions, replication factor rf (-1 = broker default) and topic configs
+// cfg. Existing topics are left alone.
+func EnsureTopics(ctx context.Context, cl *kgo.Client, partitions int32, rf int16, cfg map[string]*string, topics ...string) error {
+	adm := kadm.NewClient(cl)
+	resp, err := adm.CreateTopics(ctx, partitions, rf, cfg, topics...)
+	if err != nil {
+		return fmt.Errorf("create topics: %w", err)
+	}
+	for _, r := range resp.Sorted() {
+		if r.Err != nil && !errors.Is(r.Err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("create topic %s: %w", r.Topic, r.Err)
+		}
+	}
+	return nil
+}
+
+func (p *Pipeline) ensureTopics(ctx context.Context) error {
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(p.cfg.Brokers...)}, p.kopts...)...)
+	if err != nil {
+		return fmt.Errorf("pipeline: kafka admin client: %w", err)
+	}
+	defer cl.Close()
+	maxBytes := strconv.Itoa(p.cfg.MaxMessageBytes + 1<<20)
+	cfg := map[string]*string{"max.message.bytes": &maxBytes}
+	if err := EnsureTopics(ctx, cl, p.cfg.Partitions, p.cfg.ReplicationFactor, cfg,
+		p.cfg.InputTopic, p.cfg.VerdictTopic, p.cfg.DLQTopic); err != nil {
+		return fmt.Errorf("pipeline: %w", err)
+	}
+	return nil
+}

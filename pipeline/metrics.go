@@ -1,0 +1,105 @@
+package pipeline
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/authpipe/authpipe/stages/verdict"
+)
+
+// Metrics are the pipeline's Prometheus collectors. They are registered on
+// the registry given to NewMetrics; there are no package-level collectors.
+type Metrics struct {
+	verdicts   *prometheus.CounterVec
+	dlq        *prometheus.CounterVec
+	inFlight   prometheus.Gauge
+	inFlightB  prometheus.Gauge
+	stage      *prometheus.HistogramVec
+	batches    *prometheus.CounterVec
+	batchSize  prometheus.Histogram
+	retries    prometheus.Counter
+	pausedTime prometheus.Counter
+}
+
+// NewMetrics creates the collectors and registers them on reg (nil: not
+// registered, for tests that do not look).
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "authpipe_pipeline_messages_total",
+			Help: "Messages verified, by check (spf, dkim, arc, dmarc) and result. A message with several DKIM signatures counts once per signature.",
+		}, []string{"check", "result"}),
+		dlq: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "authpipe_pipeline_dlq_total",
+			Help: "Records sent to the dead-letter topic, by reason kind.",
+		}, []string{"kind"}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "authpipe_pipeline_in_flight_messages",
+			Help: "Messages being verified now.",
+		}),
+		inFlightB: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "authpipe_pipeline_in_flight_bytes",
+			Help: "Bytes of the messages being verified now.",
+		}),
+		stage: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "authpipe_pipeline_stage_seconds",
+			Help:    "Latency per pipeline stage: decode, verify, encode, commit (end of a batch: flush, offsets, transaction).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, []string{"stage"}),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "authpipe_pipeline_batches_total",
+			Help: "Batches ended, by outcome: committed, aborted (the records are redone).",
+		}, []string{"outcome"}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "authpipe_pipeline_batch_records",
+			Help:    "Records per batch (transaction or offset commit).",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 9),
+		}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "authpipe_pipeline_temperror_retries_total",
+			Help: "Verifications repeated because the verdict held a temperror.",
+		}),
+		pausedTime: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "authpipe_pipeline_backpressure_seconds_total",
+			Help: "Time spent not fetching because the in-flight bounds were reached.",
+		}),
+	}
+	if reg != nil {
+		for _, c := range []prometheus.Collector{m.verdicts, m.dlq, m.inFlight, m.inFlightB, m.stage, m.batches, m.batchSize, m.retries, m.pausedTime} {
+			if err := reg.Register(c); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) countVerdict(v *verdict.Verdict) {
+	if v.SPF != nil {
+		m.verdicts.WithLabelValues("spf", v.SPF.Result).Inc()
+	}
+	for _, d := range v.DKIM {
+		m.verdicts.WithLabelValues("dkim", d.Result).Inc()
+	}
+	if v.ARC != nil {
+		m.verdicts.WithLabelValues("arc", v.ARC.Result).Inc()
+	}
+	if v.DMARC != nil {
+		m.verdicts.WithLabelValues("dmarc", v.DMARC.Result).Inc()
+	}
+}
+
+// hasTemperror reports whether any check of v ended in temperror.
+func hasTemperror(v *verdict.Verdict) bool {
+	if v.SPF != nil && v.SPF.Result == "temperror" {
+		return true
+	}
+	for _, d := range v.DKIM {
+		if d.Result == "temperror" {
+			return true
+		}
+	}
+	if v.ARC != nil && v.ARC.Result == "temperror" {
+		return true
+	}
+	return v.DMARC != nil && v.DMARC.Result == "temperror"
+}

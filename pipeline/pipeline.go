@@ -1,0 +1,368 @@
+// Package pipeline runs authpipe's verification as a Kafka stream processor:
+// a Source (a consumer in group authpipe-verify on mail.raw), a bounded
+// worker pool running the verification engine, and Sinks (verdicts to
+// mail.verdicts, undecodable records to mail.raw.dlq). The topic contracts
+// are those of docs/ARCHITECTURE ("Topic contracts").
+//
+// # Batches and delivery guarantees
+//
+// Records are taken in batches. A batch keeps taking records for
+// Config.BatchInterval (or up to Config.BatchMaxRecords), feeding each to
+// the pool as soon as it arrives; then it stops taking records, waits for
+// its in-flight work to finish, and commits. Only finished work is ever
+// committed.
+//
+// With ExactlyOnce (the default) a batch is a Kafka transaction (KIP-98)
+// opened with kgo.GroupTransactSession: the verdicts, the DLQ records and
+// the batch's input offsets (KIP-447, RequireStableFetchOffsets, input read
+// read_committed) commit atomically. A crash, a rebalance that revokes a
+// partition mid-batch, or a failed produce aborts the transaction; the
+// batch's records are then consumed again by whoever owns them, and the
+// aborted verdicts are invisible to read_committed consumers. So each input
+// record yields exactly one committed verdict (or DLQ record).
+//
+// With AtLeastOnce a batch produces idempotently, flushes, then commits its
+// offsets; rebalances are held off between a poll and that commit
+// (kgo.BlockRebalanceOnPoll). A crash between produce and commit redoes
+// the batch: verdicts may be duplicated, never lost.
+//
+// # Bounds and backpressure
+//
+// At most Config.MaxInFlight messages and Config.MaxInFlightBytes bytes are
+// verified at once. When either bound is reached the loop stops polling, so
+// the client's fetch buffer (one fetch per broker, at most 16 MiB plus one
+// oversized batch) fills and fetching stops: there is no unbounded buffer.
+// Messages over Config.MaxMessageBytes go to the DLQ as too-large (their
+// DLQ copy is truncated to the cap, with header authpipe.truncated giving
+// the original size).
+//
+// # Shutdown
+//
+// When Run's context ends the loop stops polling, lets in-flight messages
+// finish for up to Config.ShutdownGrace, commits their batch, leaves the
+// group and returns nil. Past the grace period the batch is aborted (or
+// left uncommitted) and redone by the next owner.
+//
+// DNS failures do not stall the stream: the engine bounds each message's
+// DNS time and reports temperror; Config.RetryTemperror optionally
+// re-verifies such a message after Config.RetryDelay before emitting it.
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/authpipe/authpipe/stages"
+	"github.com/authpipe/authpipe/stages/verdict"
+)
+
+// Verifier verifies one message; *stages.Engine is the implementation. It
+// must be safe for concurrent use and always return a verdict.
+type Verifier interface {
+	Verify(ctx context.Context, raw []byte, env stages.Envelope) *verdict.Verdict
+}
+
+// Pipeline is one verify-worker instance. Create it with New and run it
+// with Run; several instances with the same Group share the partitions.
+type Pipeline struct {
+	cfg      Config
+	verifier Verifier
+	log      *slog.Logger
+	metrics  *Metrics
+	kopts    []kgo.Opt
+	ready    atomic.Bool
+}
+
+// Option configures a Pipeline.
+type Option func(*Pipeline)
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option { return func(p *Pipeline) { p.log = l } }
+
+// WithMetrics sets the collectors to update (default: unregistered ones).
+func WithMetrics(m *Metrics) Option { return func(p *Pipeline) { p.metrics = m } }
+
+// WithKafkaOpts adds franz-go client options: TLS (kgo.DialTLSConfig), SASL
+// (kgo.SASL), hooks such as the kprom plugin (kgo.WithHooks), a logger
+// (kgo.WithLogger with kslog). They apply to every client the pipeline
+// opens.
+func WithKafkaOpts(opts ...kgo.Opt) Option {
+	return func(p *Pipeline) { p.kopts = append(p.kopts, opts...) }
+}
+
+// New checks cfg (filling defaults) and returns a Pipeline that verifies
+// with v.
+func New(cfg Config, v Verifier, opts ...Option) (*Pipeline, error) {
+	host, _ := os.Hostname()
+	cfg, err := cfg.withDefaults(host)
+	if err != nil {
+		return nil, err
+	}
+	p := &Pipeline{cfg: cfg, verifier: v}
+	for _, o := range opts {
+		o(p)
+	}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
+	if p.metrics == nil {
+		p.metrics, _ = NewMetrics(nil)
+	}
+	return p, nil
+}
+
+// Config returns the effective configuration, defaults filled in.
+func (p *Pipeline) Config() Config { return p.cfg }
+
+// Ready reports whether Run has created its topics and joined the stream.
+func (p *Pipeline) Ready() bool { return p.ready.Load() }
+
+// Run processes records until ctx ends (then drains, commits and returns
+// nil) or a fatal error occurs.
+func (p *Pipeline) Run(ctx context.Context) error {
+	defer p.ready.Store(false)
+	if !p.cfg.SkipCreateTopics {
+		if err := p.ensureTopics(ctx); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+	st, err := p.openStream()
+	if err != nil {
+		return err
+	}
+	defer st.close()
+	p.ready.Store(true)
+	p.log.Info("pipeline running", "brokers", p.cfg.Brokers, "input", p.cfg.InputTopic,
+		"verdicts", p.cfg.VerdictTopic, "dlq", p.cfg.DLQTopic, "group", p.cfg.Group,
+		"delivery", p.cfg.Delivery, "max_in_flight", p.cfg.MaxInFlight)
+
+	// hard ends ShutdownGrace after ctx: in-flight work is abandoned then.
+	hard, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hardCancel()
+	stopGrace := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(p.cfg.ShutdownGrace, hardCancel)
+		context.AfterFunc(hard, func() { t.Stop() })
+	})
+	defer stopGrace()
+
+	pool := NewPool(p.cfg.MaxInFlight, p.cfg.MaxInFlightBytes)
+	aborts := 0
+	for ctx.Err() == nil {
+		committed, n, err := p.batch(ctx, hard, st, pool)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			continue
+		}
+		if committed {
+			aborts = 0
+			continue
+		}
+		aborts++
+		if ctx.Err() == nil {
+			// Back off a little when batches keep failing (a broker
+			// problem, a rebalance storm) rather than spin.
+			select {
+			case <-time.After(time.Duration(min(aborts, 20)) * 50 * time.Millisecond):
+			case <-ctx.Done():
+			}
+		}
+	}
+	p.log.Info("pipeline stopped")
+	return nil
+}
+
+// batch runs one batch: poll records into the pool until the batch is
+// full, drain, end. n is the number of records taken.
+func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (committed bool, n int, err error) {
+	var (
+		failMu  sync.Mutex
+		failErr error
+	)
+	fail := func(err error) {
+		failMu.Lock()
+		if failErr == nil {
+			failErr = err
+		}
+		failMu.Unlock()
+	}
+	var deadline time.Time
+	began := false
+	for n < p.cfg.BatchMaxRecords {
+		pctx, cancel := ctx, context.CancelFunc(func() {})
+		if began {
+			remaining := time.Until(deadline)
+			if remaining <= 0 {
+				break
+			}
+			pctx, cancel = context.WithTimeout(ctx, remaining)
+		}
+		fs := st.poll(pctx, min(p.cfg.BatchMaxRecords-n, p.cfg.MaxInFlight))
+		cancel()
+		if fs.IsClientClosed() {
+			return false, n, errors.New("pipeline: kafka client closed")
+		}
+		fs.EachError(func(t string, part int32, err error) {
+			if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+				p.log.Warn("fetch error", "topic", t, "partition", part, "err", err)
+			}
+		})
+		recs := fs.Records()
+		if len(recs) == 0 {
+			if !began {
+				st.idle()
+				return false, 0, nil
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		if !began {
+			if err := st.begin(); err != nil {
+				return false, 0, fmt.Errorf("pipeline: begin transaction: %w", err)
+			}
+			began = true
+			deadline = time.Now().Add(p.cfg.BatchInterval)
+		}
+		for _, r := range recs {
+			n++
+			size := int64(len(r.Value))
+			start := time.Now()
+			blocked, err := pool.Go(hard, size, func() {
+				p.metrics.inFlight.Inc()
+				p.metrics.inFlightB.Add(float64(size))
+				defer p.metrics.inFlight.Dec()
+				defer p.metrics.inFlightB.Sub(float64(size))
+				p.handle(hard, st, r, fail)
+			})
+			if blocked {
+				p.metrics.pausedTime.Add(time.Since(start).Seconds())
+			}
+			if err != nil {
+				fail(fmt.Errorf("shutdown grace period over: %w", err))
+				break
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if !began {
+		return false, 0, nil
+	}
+	pool.Wait()
+	p.metrics.batchSize.Observe(float64(n))
+	commit := failErr == nil && hard.Err() == nil
+	if !commit {
+		if failErr == nil {
+			failErr = hard.Err()
+		}
+		p.log.Warn("aborting batch; its records will be redone", "records", n, "err", failErr)
+	}
+	start := time.Now()
+	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(p.cfg.TransactionTimeout, 10*time.Second))
+	defer cancel()
+	committed, err = st.end(endCtx, commit)
+	p.metrics.stage.WithLabelValues("commit").Observe(time.Since(start).Seconds())
+	if err != nil {
+		return false, n, fmt.Errorf("pipeline: end batch: %w", err)
+	}
+	if committed {
+		p.metrics.batches.WithLabelValues("committed").Inc()
+	} else {
+		p.metrics.batches.WithLabelValues("aborted").Inc()
+		if commit {
+			p.log.Info("batch aborted by a rebalance; its records will be redone", "records", n)
+		}
+	}
+	return committed, n, nil
+}
+
+// handle turns one input record into one output record: a verdict, or the
+// record itself with an error header for the DLQ.
+func (p *Pipeline) handle(ctx context.Context, st stream, r *kgo.Record, fail func(error)) {
+	start := time.Now()
+	in, err := Decode(r, p.cfg.MaxMessageBytes)
+	p.metrics.stage.WithLabelValues("decode").Observe(time.Since(start).Seconds())
+	var out *kgo.Record
+	if err != nil {
+		out = p.dlqRecord(r, err)
+	} else {
+		v := p.verify(ctx, in)
+		if ctx.Err() != nil {
+			// Past the grace period: the verdict may be a spurious
+			// temperror. The batch aborts; do not emit it.
+			fail(ctx.Err())
+			return
+		}
+		v.Key = string(r.Key)
+		start = time.Now()
+		js, err := json.Marshal(v)
+		p.metrics.stage.WithLabelValues("encode").Observe(time.Since(start).Seconds())
+		if err != nil {
+			fail(fmt.Errorf("pipeline: encode verdict: %w", err))
+			return
+		}
+		p.metrics.countVerdict(v)
+		out = &kgo.Record{Topic: p.cfg.VerdictTopic, Key: r.Key, Value: js}
+	}
+	st.produce(context.WithoutCancel(ctx), out, func(_ *kgo.Record, err error) {
+		if err != nil {
+			fail(fmt.Errorf("pipeline: produce to %s: %w", out.Topic, err))
+		}
+	})
+}
+
+func (p *Pipeline) verify(ctx context.Context, in *Input) *verdict.Verdict {
+	start := time.Now()
+	v := p.verifier.Verify(ctx, in.Raw, in.Envelope)
+	for i := 0; i < p.cfg.RetryTemperror && hasTemperror(v); i++ {
+		p.metrics.retries.Inc()
+		select {
+		case <-time.After(p.cfg.RetryDelay):
+		case <-ctx.Done():
+			return v
+		}
+		v = p.verifier.Verify(ctx, in.Raw, in.Envelope)
+	}
+	p.metrics.stage.WithLabelValues("verify").Observe(time.Since(start).Seconds())
+	return v
+}
+
+func (p *Pipeline) dlqRecord(r *kgo.Record, err error) *kgo.Record {
+	var de *DecodeError
+	kind := "unknown"
+	if errors.As(err, &de) {
+		kind = de.Kind
+	}
+	p.metrics.dlq.WithLabelValues(kind).Inc()
+	p.log.Debug("record to DLQ", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", err)
+	hs := make([]kgo.RecordHeader, 0, len(r.Headers)+2)
+	hs = append(hs, r.Headers...)
+	hs = append(hs, kgo.RecordHeader{Key: HeaderError, Value: []byte(err.Error())})
+	val := r.Value
+	if len(val) > p.cfg.MaxMessageBytes {
+		hs = append(hs, kgo.RecordHeader{Key: HeaderTruncated, Value: []byte(strconv.Itoa(len(val)))})
+		val = val[:p.cfg.MaxMessageBytes]
+	}
+	return &kgo.Record{Topic: p.cfg.DLQTopic, Key: r.Key, Value: val, Headers: hs, Timestamp: r.Timestamp}
+}
+
+// HeaderTruncated is set on a DLQ record whose value was cut to the size
+// cap; its value is the original size in bytes.
+const HeaderTruncated = "authpipe.truncated"

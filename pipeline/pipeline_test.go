@@ -1,0 +1,360 @@
+package pipeline
+
+import (
+	"context"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+func TestExactlyOnceNInNOut(t *testing.T) {
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	e := testEngine(t, dns.Addr)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	msgs := corpus(1000, "q")
+	produceCorpus(t, brokers, "mail.raw", msgs)
+	out := collect(t, brokers, "mail.verdicts")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	_, done := runPipeline(t, ctx, testConfig(brokers, "t-eos"), e)
+	recs := out.waitCount(t, len(msgs), 30*time.Second)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	checkVerdicts(t, e, msgs, recs)
+}
+
+func TestAtLeastOnceNInNOut(t *testing.T) {
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	e := testEngine(t, dns.Addr)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	msgs := corpus(500, "a")
+	produceCorpus(t, brokers, "mail.raw", msgs)
+	out := collect(t, brokers, "mail.verdicts")
+	cfg := testConfig(brokers, "")
+	cfg.Delivery = AtLeastOnce
+	ctx, cancel := context.WithCancel(context.Background())
+	_, done := runPipeline(t, ctx, cfg, e)
+	recs := out.waitCount(t, len(msgs), 30*time.Second)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	checkVerdicts(t, e, msgs, recs)
+}
+
+// TestCrashRestart SIGKILLs a pipeline process mid-stream and starts it
+// again: a read_committed consumer still sees exactly one verdict per
+// message.
+func TestCrashRestart(t *testing.T) {
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	e := testEngine(t, dns.Addr)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	msgs := corpus(3000, "c")
+	produceCorpus(t, brokers, "mail.raw", msgs)
+	out := collect(t, brokers, "mail.verdicts")
+
+	child := startChild(t, brokers, dns.Addr, "crash")
+	deadline := time.Now().Add(30 * time.Second)
+	for out.count() < 500 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d verdicts before the crash", out.count())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = child.Wait()
+	before := out.count()
+	t.Logf("killed after %d committed verdicts", before)
+	if before >= len(msgs) {
+		t.Fatalf("the stream finished before the kill (%d verdicts); slow it down", before)
+	}
+
+	child = startChild(t, brokers, dns.Addr, "crash")
+	recs := out.waitCount(t, len(msgs), 60*time.Second)
+	checkVerdicts(t, e, msgs, recs)
+	stopChild(t, child)
+}
+
+func stopChild(t *testing.T, child *exec.Cmd) {
+	t.Helper()
+	if err := child.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- child.Wait() }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("pipeline process after SIGTERM: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("pipeline process did not exit within 20s of SIGTERM")
+	}
+}
+
+// TestSIGTERMDrainsAndCommits stops a pipeline process with SIGTERM
+// mid-stream: it exits 0, and the input offsets it committed match the
+// verdicts it published. A second process finishes the stream exactly.
+func TestSIGTERMDrainsAndCommits(t *testing.T) {
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	e := testEngine(t, dns.Addr)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	msgs := corpus(2000, "s")
+	produceCorpus(t, brokers, "mail.raw", msgs)
+	out := collect(t, brokers, "mail.verdicts")
+
+	child := startChild(t, brokers, dns.Addr, "term", "AUTHPIPE_TEST_DELAY=10ms")
+	deadline := time.Now().Add(30 * time.Second)
+	for out.count() < 200 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d verdicts before SIGTERM", out.count())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	stopChild(t, child)
+	time.Sleep(300 * time.Millisecond)
+	verdicts := out.count()
+	committed := committedTotal(t, brokers, "authpipe-verify", "mail.raw")
+	t.Logf("SIGTERM: %d verdicts published, %d input offsets committed", verdicts, committed)
+	if int64(verdicts) != committed {
+		t.Fatalf("after SIGTERM %d verdicts but %d offsets committed", verdicts, committed)
+	}
+	if verdicts >= len(msgs) {
+		t.Fatalf("the stream finished before SIGTERM; slow it down")
+	}
+	child = startChild(t, brokers, dns.Addr, "term", "AUTHPIPE_TEST_DELAY=0s")
+	recs := out.waitCount(t, len(msgs), 60*time.Second)
+	checkVerdicts(t, e, msgs, recs)
+	stopChild(t, child)
+}
+
+func committedTotal(t *testing.T, brokers []string, group, topic string) int64 {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	offs, err := kadm.NewClient(cl).FetchOffsets(context.Background(), group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum int64
+	offs.Each(func(o kadm.OffsetResponse) {
+		if o.Topic == topic && o.At > 0 {
+			sum += o.At
+		}
+	})
+	return sum
+}
+
+// TestTwoInstancesOneLeaves runs two instances in one group; one leaves
+// mid-stream. Both did work and the totals are exact.
+func TestTwoInstancesOneLeaves(t *testing.T) {
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	e := testEngine(t, dns.Addr)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	msgs := corpus(2000, "g")
+	out := collect(t, brokers, "mail.verdicts")
+
+	va := &slowVerifier{Verifier: e, delay: 5 * time.Millisecond}
+	vb := &slowVerifier{Verifier: e, delay: 5 * time.Millisecond}
+	cfgA, cfgB := testConfig(brokers, "inst-a"), testConfig(brokers, "inst-b")
+	cfgA.MaxInFlight, cfgB.MaxInFlight = 4, 4
+	ctxA, cancelA := context.WithCancel(context.Background())
+	ctxB, cancelB := context.WithCancel(context.Background())
+	defer cancelA()
+	_, doneA := runPipeline(t, ctxA, cfgA, va)
+	_, doneB := runPipeline(t, ctxB, cfgB, vb)
+	time.Sleep(500 * time.Millisecond) // let both join
+	produceCorpus(t, brokers, "mail.raw", msgs)
+	deadline := time.Now().Add(30 * time.Second)
+	for out.count() < 500 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d verdicts", out.count())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancelB()
+	if err := <-doneB; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("instance b left after %d verdicts", out.count())
+	recs := out.waitCount(t, len(msgs), 60*time.Second)
+	cancelA()
+	if err := <-doneA; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("verifications: a %d, b %d (peak concurrency a %d, b %d)", va.calls(), vb.calls(), va.maxConcurrent(), vb.maxConcurrent())
+	if va.calls() == 0 || vb.calls() == 0 {
+		t.Errorf("an instance did no work: a %d, b %d", va.calls(), vb.calls())
+	}
+	if va.maxConcurrent() > 4 || vb.maxConcurrent() > 4 {
+		t.Errorf("in-flight bound 4 exceeded: a %d, b %d", va.maxConcurrent(), vb.maxConcurrent())
+	}
+	checkVerdicts(t, e, msgs, recs)
+}
+
+// TestPoisonToDLQ mixes undecodable records into the stream: each goes to
+// the DLQ with its reason, the good ones get verdicts.
+func TestPoisonToDLQ(t *testing.T) {
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	e := testEngine(t, dns.Addr)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	good := corpus(100, "p")
+	env := good[0].env
+	big := append([]byte("Subject: big\r\n\r\n"), make([]byte, 5000)...)
+	poison := []*kgo.Record{
+		{Key: []byte("x-noenv"), Value: good[0].raw},
+		{Key: []byte("x-notmsg"), Value: []byte("this is not a message\r\n"), Headers: EnvelopeHeaders(env, "")},
+		{Key: []byte("x-empty"), Value: nil, Headers: EnvelopeHeaders(env, "")},
+		{Key: []byte("x-big"), Value: big, Headers: EnvelopeHeaders(env, "")},
+		{Key: []byte("x-badip"), Value: good[0].raw, Headers: []kgo.RecordHeader{{Key: HeaderClientIP, Value: []byte("999.1.1.1")}}},
+		{Key: []byte("x-badtime"), Value: good[0].raw, Headers: []kgo.RecordHeader{{Key: HeaderReceivedAt, Value: []byte("yesterday")}}},
+	}
+	wantKind := map[string]string{"x-noenv": "no-envelope", "x-notmsg": "not-a-message", "x-empty": "not-a-message",
+		"x-big": "too-large", "x-badip": "bad-envelope", "x-badtime": "bad-envelope"}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("mail.raw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for i, m := range good {
+		r := &kgo.Record{Key: []byte(m.key), Value: m.raw, Headers: EnvelopeHeaders(m.env, "")}
+		if err := cl.ProduceSync(context.Background(), r).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		if i%16 == 0 && i/16 < len(poison) {
+			if err := cl.ProduceSync(context.Background(), poison[i/16]).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	out := collect(t, brokers, "mail.verdicts")
+	dlq := collect(t, brokers, "mail.raw.dlq")
+	cfg := testConfig(brokers, "poison")
+	cfg.MaxMessageBytes = 4096
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, done := runPipeline(t, ctx, cfg, e)
+	recs := out.waitCount(t, len(good), 30*time.Second)
+	dead := dlq.waitCount(t, len(poison), 10*time.Second)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	checkVerdicts(t, e, good, recs)
+	if len(dead) != len(poison) {
+		t.Fatalf("%d DLQ records, want %d", len(dead), len(poison))
+	}
+	for _, r := range dead {
+		var reason, truncated string
+		for _, h := range r.Headers {
+			switch h.Key {
+			case HeaderError:
+				reason = string(h.Value)
+			case HeaderTruncated:
+				truncated = string(h.Value)
+			}
+		}
+		k := string(r.Key)
+		if !strings.HasPrefix(reason, wantKind[k]+":") {
+			t.Errorf("DLQ %s: authpipe.error %q, want kind %s", k, reason, wantKind[k])
+		}
+		if k == "x-big" {
+			if truncated != strconv.Itoa(len(big)) || len(r.Value) != 4096 {
+				t.Errorf("DLQ x-big: truncated header %q, value %d bytes", truncated, len(r.Value))
+			}
+		} else {
+			for _, p := range poison {
+				if string(p.Key) == k && (string(p.Value) != string(r.Value) || len(r.Headers) != len(p.Headers)+1) {
+					t.Errorf("DLQ %s is not the original record plus authpipe.error", k)
+				}
+			}
+		}
+		t.Logf("DLQ %s: %s", k, reason)
+	}
+}
+
+// TestDNSOutage stops the DNS server: verdicts report temperror and the
+// stream keeps moving; after the server returns, verdicts are normal.
+func TestDNSOutage(t *testing.T) {
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	e := testEngine(t, dns.Addr)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	out := collect(t, brokers, "mail.verdicts")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, done := runPipeline(t, ctx, testConfig(brokers, "outage"), e)
+
+	dns.SetDown(true)
+	down := corpus(64, "d")
+	produceCorpus(t, brokers, "mail.raw", down)
+	recs := out.waitCount(t, len(down), 30*time.Second)
+	for _, r := range recs {
+		if v := decodeVerdict(t, r); v.SPF == nil || v.SPF.Result != "temperror" {
+			t.Fatalf("verdict during the outage: spf %+v, want temperror", v.SPF)
+		}
+	}
+	dns.SetDown(false)
+	up := corpus(64, "u")
+	produceCorpus(t, brokers, "mail.raw", up)
+	recs = out.waitCount(t, len(down)+len(up), 30*time.Second)
+	checkVerdicts(t, e, up, recs[len(down):])
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRetryTemperror re-verifies temperror verdicts after a delay: an
+// outage shorter than the retries leaves no temperror behind.
+func TestRetryTemperror(t *testing.T) {
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	e := testEngine(t, dns.Addr)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	out := collect(t, brokers, "mail.verdicts")
+	cfg := testConfig(brokers, "retry")
+	cfg.RetryTemperror = 5
+	cfg.RetryDelay = 300 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, done := runPipeline(t, ctx, cfg, e)
+	dns.SetDown(true)
+	msgs := corpus(32, "r")
+	produceCorpus(t, brokers, "mail.raw", msgs)
+	time.Sleep(700 * time.Millisecond)
+	dns.SetDown(false)
+	recs := out.waitCount(t, len(msgs), 30*time.Second)
+	checkVerdicts(t, e, msgs, recs)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,246 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/authpipe/authpipe/stages"
+)
+
+func TestDecode(t *testing.T) {
+	msg := []byte("From: a@example.com\r\n\r\nbody\r\n")
+	h := func(kv ...string) []kgo.RecordHeader {
+		var hs []kgo.RecordHeader
+		for i := 0; i < len(kv); i += 2 {
+			hs = append(hs, kgo.RecordHeader{Key: kv[i], Value: []byte(kv[i+1])})
+		}
+		return hs
+	}
+	tests := []struct {
+		name    string
+		value   []byte
+		headers []kgo.RecordHeader
+		kind    string
+		check   func(*Input) bool
+	}{
+		{"full", msg, h(HeaderClientIP, "::ffff:192.0.2.1", HeaderHELO, "mx.example.com", HeaderMailFrom, "<b@example.com>",
+			HeaderRcptTo, "x@example.net", HeaderRcptTo, "y@example.net", HeaderReceivedAt, "2026-05-01T12:00:00.5+02:00", HeaderQueueID, "Q1"), "",
+			func(in *Input) bool {
+				e := in.Envelope
+				return e.ClientIP == netip.MustParseAddr("192.0.2.1") && e.HELO == "mx.example.com" && e.MailFrom == "b@example.com" &&
+					len(e.RcptTo) == 2 && e.RcptTo[1] == "y@example.net" && e.ReceivedAt.Equal(time.Date(2026, 5, 1, 10, 0, 0, 5e8, time.UTC)) && in.QueueID == "Q1"
+			}},
+		{"null sender", msg, h(HeaderMailFrom, ""), "", func(in *Input) bool { return in.Envelope.MailFrom == "" && !in.Envelope.ClientIP.IsValid() }},
+		{"LF message", []byte("Subject: x\n\nbody\n"), h(HeaderHELO, "h"), "", nil},
+		{"no headers", msg, nil, "no-envelope", nil},
+		{"only queue id", msg, h(HeaderQueueID, "Q"), "no-envelope", nil},
+		{"bad ip", msg, h(HeaderClientIP, "mx.example.com"), "bad-envelope", nil},
+		{"bad time", msg, h(HeaderReceivedAt, "Mon, 1 May 2026 12:00:00 +0000"), "bad-envelope", nil},
+		{"two ips", msg, h(HeaderClientIP, "192.0.2.1", HeaderClientIP, "192.0.2.2"), "bad-envelope", nil},
+		{"empty", nil, h(HeaderHELO, "h"), "not-a-message", nil},
+		{"binary", []byte{0, 1, 2, ':'}, h(HeaderHELO, "h"), "not-a-message", nil},
+		{"space in name", []byte("Sub ject: x\r\n\r\n"), h(HeaderHELO, "h"), "not-a-message", nil},
+		{"leading colon", []byte(": x\r\n\r\n"), h(HeaderHELO, "h"), "not-a-message", nil},
+		{"too large", bytes.Repeat([]byte("X-A: b\r\n"), 20), h(HeaderHELO, "h"), "too-large", nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			in, err := Decode(&kgo.Record{Value: tc.value, Headers: tc.headers}, 100)
+			if tc.kind != "" {
+				var de *DecodeError
+				if !errors.As(err, &de) || de.Kind != tc.kind {
+					t.Fatalf("err %v, want kind %s", err, tc.kind)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.check != nil && !tc.check(in) {
+				t.Fatalf("decoded %+v", in)
+			}
+		})
+	}
+}
+
+func TestEnvelopeHeadersRoundTrip(t *testing.T) {
+	env := stages.Envelope{ClientIP: netip.MustParseAddr("2001:db8::1"), HELO: "h.example", MailFrom: "",
+		RcptTo: []string{"a@x.example", "b@x.example"}, ReceivedAt: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)}
+	in, err := Decode(&kgo.Record{Value: []byte("A: b\r\n\r\n"), Headers: EnvelopeHeaders(env, "Q9")}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Envelope.ClientIP != env.ClientIP || in.Envelope.HELO != env.HELO || in.Envelope.MailFrom != "" ||
+		strings.Join(in.Envelope.RcptTo, ",") != "a@x.example,b@x.example" || !in.Envelope.ReceivedAt.Equal(env.ReceivedAt) || in.QueueID != "Q9" {
+		t.Fatalf("round trip: %+v", in)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte("From: a@b\r\n\r\nx"), "192.0.2.1", "2026-05-01T12:00:00Z")
+	f.Add([]byte(""), "::1", "x")
+	f.Add([]byte("\x00:"), "", "")
+	f.Fuzz(func(t *testing.T, v []byte, ip, at string) {
+		r := &kgo.Record{Value: v, Headers: []kgo.RecordHeader{{Key: HeaderClientIP, Value: []byte(ip)}, {Key: HeaderReceivedAt, Value: []byte(at)}}}
+		in, err := Decode(r, 1<<10)
+		if (in == nil) == (err == nil) {
+			t.Fatalf("in %v err %v", in, err)
+		}
+	})
+}
+
+// TestPoolBounds checks both bounds: count and bytes.
+func TestPoolBounds(t *testing.T) {
+	for _, tc := range []struct {
+		maxN     int
+		maxBytes int64
+		size     int64
+		want     int32
+	}{{3, 1 << 20, 10, 3}, {100, 50, 10, 5}, {4, 5, 10, 1}} {
+		p := NewPool(tc.maxN, tc.maxBytes)
+		var cur, peak atomic.Int32
+		release := make(chan struct{})
+		var blockedAny bool
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for range 20 {
+				b, err := p.Go(context.Background(), tc.size, func() {
+					n := cur.Add(1)
+					for {
+						old := peak.Load()
+						if n <= old || peak.CompareAndSwap(old, n) {
+							break
+						}
+					}
+					<-release
+					cur.Add(-1)
+				})
+				if err != nil {
+					t.Error(err)
+				}
+				blockedAny = blockedAny || b
+			}
+		}()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			n, _ := p.InFlight()
+			if int32(n) == tc.want || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		time.Sleep(20 * time.Millisecond)
+		if n, b := p.InFlight(); int32(n) != tc.want || b > max(tc.maxBytes, tc.size) {
+			t.Errorf("bounds %d/%dB: %d in flight, %d bytes; want %d", tc.maxN, tc.maxBytes, n, b, tc.want)
+		}
+		close(release)
+		<-done
+		p.Wait()
+		if peak.Load() > tc.want || !blockedAny {
+			t.Errorf("bounds %d/%dB: peak %d (want ≤ %d), blocked %v", tc.maxN, tc.maxBytes, peak.Load(), tc.want, blockedAny)
+		}
+	}
+}
+
+func TestPoolGoCancelled(t *testing.T) {
+	p := NewPool(1, 1<<20)
+	release := make(chan struct{})
+	if _, err := p.Go(context.Background(), 1, func() { <-release }); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if blocked, err := p.Go(ctx, 1, func() { t.Error("ran") }); !blocked || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("blocked %v err %v", blocked, err)
+	}
+	close(release)
+	p.Wait()
+}
+
+func TestConfigDefaults(t *testing.T) {
+	c, err := Config{}.withDefaults("h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.InputTopic != "mail.raw" || c.VerdictTopic != "mail.verdicts" || c.DLQTopic != "mail.raw.dlq" || c.Group != "authpipe-verify" ||
+		c.Delivery != ExactlyOnce || c.TransactionalID != "authpipe-verify-h1" || c.BatchMaxRecords != 16*c.MaxInFlight || c.MaxMessageBytes != 64<<20 {
+		t.Fatalf("defaults: %+v", c)
+	}
+	for _, bad := range []Config{{Delivery: "maybe"}, {MaxInFlight: -1}, {InputTopic: "x", VerdictTopic: "x"}, {RetryTemperror: -1}} {
+		if _, err := bad.withDefaults("h"); err == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
+
+func TestMboxReader(t *testing.T) {
+	in := "From alice@example.com Thu May  1 12:00:00 2026\n" +
+		"Subject: one\n\nhello\n>From the start\n>>From deeper\n> From not quoted\n\n" +
+		"From bob@example.com Thu May  1 12:00:01 2026\n" +
+		"Subject: two\n\nbye\n"
+	r := NewMboxReader(strings.NewReader(in), 0)
+	var got []string
+	var seps []string
+	for {
+		m, sep, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(m))
+		seps = append(seps, sep)
+	}
+	want := []string{"Subject: one\n\nhello\nFrom the start\n>From deeper\n> From not quoted\n", "Subject: two\n\nbye\n"}
+	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("got %q", got)
+	}
+	if seps[1] != "From bob@example.com Thu May  1 12:00:01 2026" {
+		t.Fatalf("separator %q", seps[1])
+	}
+	if _, _, err := NewMboxReader(strings.NewReader("Subject: x\n"), 0).Next(); !errors.Is(err, ErrNotMbox) {
+		t.Fatalf("not mbox: %v", err)
+	}
+	big := "From x\n" + strings.Repeat("a", 100) + "\n"
+	if _, _, err := NewMboxReader(strings.NewReader(big), 50).Next(); err == nil {
+		t.Fatal("over the bound accepted")
+	}
+	crlf := "From x\r\nA: b\r\n\r\nbody\r\n\r\nFrom y\r\nC: d\r\n\r\n"
+	r = NewMboxReader(strings.NewReader(crlf), 0)
+	m, _, _ := r.Next()
+	if string(m) != "A: b\r\n\r\nbody\r\n" {
+		t.Fatalf("CRLF message %q", m)
+	}
+}
+
+func FuzzMboxReader(f *testing.F) {
+	f.Add([]byte("From a\nX: y\n\n>From b\n\nFrom c\nZ: w\n"))
+	f.Add([]byte("From \r\n\r\n"))
+	f.Add([]byte("nope"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := NewMboxReader(bytes.NewReader(b), 1<<12)
+		total := 0
+		for range len(b) + 2 {
+			m, _, err := r.Next()
+			if err != nil {
+				return
+			}
+			total += len(m)
+			if total > len(b) {
+				t.Fatalf("read %d bytes of messages from %d bytes of input", total, len(b))
+			}
+		}
+		t.Fatal("reader did not end")
+	})
+}

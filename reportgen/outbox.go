@@ -1,0 +1,607 @@
+package reportgen
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/authpipe/authpipe/stages/dmarc"
+)
+
+// Outbox item states.
+const (
+	ItemPending = "pending"
+	ItemSent    = "sent"
+	ItemFailed  = "failed"
+	// ItemSuppressed items were not sent because their destination is on
+	// the suppression list.
+	ItemSuppressed = "suppressed"
+)
+
+// OutboxItem is one report file for one destination.
+type OutboxItem struct {
+	ID          string    `json:"id"`
+	Kind        Kind      `json:"kind"`
+	Window      Window    `json:"window"`
+	Meta        MailMeta  `json:"meta"`
+	Dest        string    `json:"dest"`
+	File        []byte    `json:"file"`
+	State       string    `json:"state"`
+	Attempts    int       `json:"attempts"`
+	Created     time.Time `json:"created"`
+	NextAttempt time.Time `json:"next_attempt"`
+	SentAt      time.Time `json:"sent_at,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+}
+
+// Suppression is an entry of the suppression list, keyed by destination
+// URI (lower case).
+type Suppression struct {
+	Suppressed        bool      `json:"suppressed"`
+	Manual            bool      `json:"manual,omitempty"`
+	PermanentFailures int       `json:"permanent_failures"`
+	Since             time.Time `json:"since,omitzero"`
+	Reason            string    `json:"reason,omitempty"`
+}
+
+func itemID(kind Kind, fileName, dest string) string {
+	h := sha256.Sum256([]byte(kind.String() + "\x00" + fileName + "\x00" + strings.ToLower(dest)))
+	return hex.EncodeToString(h[:16])
+}
+
+// enqueue stores the items and marks the window built in one transaction.
+func (s *Store) enqueue(kind Kind, w Window, items []OutboxItem) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		ob := tx.Bucket(bucketOutbox)
+		ids := make([]string, 0, len(items))
+		for i := range items {
+			b, err := json.Marshal(&items[i])
+			if err != nil {
+				return err
+			}
+			if err := ob.Put([]byte(items[i].ID), b); err != nil {
+				return err
+			}
+			ids = append(ids, items[i].ID)
+		}
+		wi, err := getWindow(tx, kind, w)
+		if err != nil || wi == nil {
+			return fmt.Errorf("reportgen: enqueue %s: window gone (%v)", w, err)
+		}
+		wi.State, wi.Reports = StateBuilt, ids
+		return putWindow(tx, wi)
+	})
+}
+
+// OutboxItems returns the outbox items (files included when withFiles).
+func (s *Store) OutboxItems(withFiles bool) ([]OutboxItem, error) {
+	var out []OutboxItem
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketOutbox).ForEach(func(k, v []byte) error {
+			var it OutboxItem
+			if err := json.Unmarshal(v, &it); err != nil {
+				return fmt.Errorf("outbox %s: %w", k, err)
+			}
+			if !withFiles {
+				it.File = nil
+			}
+			out = append(out, it)
+			return nil
+		})
+	})
+	slices.SortFunc(out, func(a, b OutboxItem) int { return a.Created.Compare(b.Created)*2 + strings.Compare(a.ID, b.ID)/2 })
+	return out, err
+}
+
+// outboxFile loads the report file of one item (Deliver keeps one file in
+// memory at a time).
+func (s *Store) outboxFile(id string) ([]byte, error) {
+	var it OutboxItem
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketOutbox).Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("reportgen: no outbox item %s", id)
+		}
+		return json.Unmarshal(v, &it)
+	})
+	return it.File, err
+}
+
+// PruneOutbox deletes finished items (sent, failed, suppressed) created
+// before the given time, and returns how many it deleted.
+func (s *Store) PruneOutbox(before time.Time) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		n = 0
+		ob := tx.Bucket(bucketOutbox)
+		var del [][]byte
+		err := ob.ForEach(func(k, v []byte) error {
+			var it struct {
+				State   string    `json:"state"`
+				Created time.Time `json:"created"`
+			}
+			if err := json.Unmarshal(v, &it); err != nil {
+				return err
+			}
+			if it.State != ItemPending && it.Created.Before(before) {
+				del = append(del, bytes.Clone(k))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, k := range del {
+			if err := ob.Delete(k); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+func (s *Store) updateItem(id string, fn func(*OutboxItem) error) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		ob := tx.Bucket(bucketOutbox)
+		v := ob.Get([]byte(id))
+		if v == nil {
+			return fmt.Errorf("reportgen: no outbox item %s", id)
+		}
+		var it OutboxItem
+		if err := json.Unmarshal(v, &it); err != nil {
+			return err
+		}
+		if err := fn(&it); err != nil {
+			return err
+		}
+		b, err := json.Marshal(&it)
+		if err != nil {
+			return err
+		}
+		return ob.Put([]byte(id), b)
+	})
+}
+
+// Suppress adds (or with on=false removes) a destination to the manual
+// suppression list.
+func (s *Store) Suppress(dest string, on bool, reason string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		sb := tx.Bucket(bucketSuppr)
+		k := []byte(strings.ToLower(dest))
+		if !on {
+			return sb.Delete(k)
+		}
+		b, _ := json.Marshal(Suppression{Suppressed: true, Manual: true, Since: s.Now(), Reason: reason})
+		return sb.Put(k, b)
+	})
+}
+
+// Suppression returns the suppression entry of a destination.
+func (s *Store) Suppression(dest string) (Suppression, error) {
+	var sp Suppression
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketSuppr).Get([]byte(strings.ToLower(dest))); v != nil {
+			return json.Unmarshal(v, &sp)
+		}
+		return nil
+	})
+	return sp, err
+}
+
+// Reporter closes windows, builds their reports into the outbox and
+// delivers them. Its zero durations take the defaults documented on each
+// field.
+type Reporter struct {
+	Store     *Store
+	Deliverer *Deliverer
+	DMARC     ReportConfig
+	TLS       TLSReportConfig
+	// Mode is the DMARC record syntax used to read rua at send time.
+	Mode dmarc.Mode
+	// Caps maps a destination URI (or a mail domain) to a cap on the
+	// report mail in octets; DefaultCap applies otherwise (0: none).
+	Caps       map[string]int64
+	DefaultCap int64
+	// RetryWindow is how long delivery is retried (default 72h).
+	RetryWindow time.Duration
+	// MinBackoff and MaxBackoff bound the exponential retry delay
+	// (defaults 5 minutes and 6 hours).
+	MinBackoff, MaxBackoff time.Duration
+	// RateInterval is the minimum time between two sends to the same
+	// destination (default 1s; negative: none).
+	RateInterval time.Duration
+	// SuppressAfter permanent failures put a destination on the
+	// suppression list (default 3).
+	SuppressAfter int
+	// KeepDone is how long finished outbox items are kept as a record
+	// (default 7 days; pruned by Tick).
+	KeepDone time.Duration
+	// RequireTLS makes STARTTLS mandatory for DMARC report mail (TLS
+	// reports never require it, RFC 8460 5.1).
+	RequireTLS bool
+
+	// AfterAccept, when set, runs after a server accepted an item and
+	// before the item is marked sent; an error stops Deliver there. Tests
+	// use it to simulate a crash between acceptance and marking.
+	AfterAccept func(OutboxItem) error
+
+	lastSend map[string]time.Time
+}
+
+// BuildStats counts what BuildClosed did.
+type BuildStats struct {
+	Windows, Files, Items int
+	// NoDestination counts windows whose domain publishes no usable rua.
+	NoDestination int
+	// Unverified counts destinations outside the policy domain that did
+	// not confirm (RFC 9990 external verification): skipped.
+	Unverified int
+	// Deferred counts windows left for later after a temporary DNS error.
+	Deferred int
+}
+
+func (r *Reporter) capFor(d Destination) int64 {
+	c := r.DefaultCap
+	if v, ok := r.Caps[strings.ToLower(d.URI)]; ok {
+		c = v
+	} else if d.Address != "" {
+		if v, ok := r.Caps[strings.ToLower(d.Address[strings.LastIndexByte(d.Address, '@')+1:])]; ok {
+			c = v
+		}
+	}
+	if d.MaxSize > 0 && (c == 0 || d.MaxSize < c) {
+		c = d.MaxSize
+	}
+	return c
+}
+
+// BuildClosed builds the reports of every closed window into the outbox:
+// destinations are discovered now (DNS through the Deliverer's resolver),
+// external mailto: destinations are verified, and one set of files is
+// built per distinct size cap. The outbox items and the window's new state
+// are written in one transaction.
+func (r *Reporter) BuildClosed(ctx context.Context) (BuildStats, error) {
+	var st BuildStats
+	for _, kind := range []Kind{KindDMARC, KindTLS} {
+		wins, err := r.Store.Windows(kind)
+		if err != nil {
+			return st, err
+		}
+		for _, wi := range wins {
+			if wi.State != StateClosed {
+				continue
+			}
+			if err := r.buildWindow(ctx, wi, &st); err != nil {
+				return st, err
+			}
+		}
+	}
+	return st, nil
+}
+
+func (r *Reporter) buildWindow(ctx context.Context, wi WindowInfo, st *BuildStats) error {
+	res := r.Deliverer.Resolver
+	var dests []Destination
+	var err error
+	if wi.Kind == KindTLS {
+		dests, err = DiscoverTLSRPT(ctx, res, wi.Domain)
+	} else {
+		dests, err = DiscoverDMARC(ctx, res, wi.Domain, r.Mode)
+	}
+	if err != nil && !errors.Is(err, ErrNoPolicyRecord) {
+		st.Deferred++
+		return nil // temporary DNS trouble: try again on the next run
+	}
+	if wi.Kind == KindDMARC {
+		ev := &dmarc.Evaluator{Resolver: res, Mode: r.Mode}
+		kept := dests[:0]
+		for _, d := range dests {
+			if dest, ext := needsExternalCheck(wi.Domain, d.Address); ext {
+				ok, err := ev.ExternalReportsAccepted(ctx, wi.Domain, dest)
+				if err != nil && !ok {
+					var tmp interface{ Temporary() bool }
+					if errors.As(err, &tmp) && tmp.Temporary() {
+						st.Deferred++
+						return nil
+					}
+				}
+				if !ok {
+					st.Unverified++
+					continue
+				}
+			}
+			kept = append(kept, d)
+		}
+		dests = kept
+	}
+	st.Windows++
+	if len(dests) == 0 {
+		st.NoDestination++
+		return r.Store.DeleteWindow(wi.Kind, wi.Window)
+	}
+	now := r.Store.Now()
+	type built struct {
+		files []ReportFile
+		data  [][]byte
+	}
+	byCap := map[int64]*built{}
+	var items []OutboxItem
+	for _, d := range dests {
+		fileCap := int64(0)
+		if wi.Kind == KindDMARC {
+			fileCap = MailFileCap(r.capFor(d))
+		}
+		b := byCap[fileCap]
+		if b == nil {
+			b = &built{}
+			if wi.Kind == KindTLS {
+				var buf bytes.Buffer
+				rf, err := BuildTLSRPT(r.Store, wi.Window, r.TLS, &buf)
+				if err != nil {
+					return err
+				}
+				b.files, b.data = []ReportFile{rf}, [][]byte{buf.Bytes()}
+			} else {
+				cfg := r.DMARC
+				cfg.MaxSize = fileCap
+				var bufs []*bytes.Buffer
+				files, err := BuildDMARC(r.Store, wi.Window, wi.Policy, cfg, func(ReportFile) (io.Writer, error) {
+					bufs = append(bufs, &bytes.Buffer{})
+					return bufs[len(bufs)-1], nil
+				})
+				if err != nil {
+					return err
+				}
+				b.files = files
+				for _, bb := range bufs {
+					b.data = append(b.data, bb.Bytes())
+				}
+			}
+			byCap[fileCap] = b
+			st.Files += len(b.files)
+		}
+		for i, f := range b.files {
+			sub := r.DMARC.Receiver
+			if wi.Kind == KindTLS {
+				sub = r.TLS.Sender
+			}
+			meta := MailMeta{Kind: wi.Kind, PolicyDomain: wi.Domain, Submitter: sub, ReportID: f.ReportID, FileName: f.FileName,
+				Part: f.Part, Parts: len(b.files), Day: wi.Day}
+			items = append(items, OutboxItem{ID: itemID(wi.Kind, f.FileName, d.URI), Kind: wi.Kind, Window: wi.Window, Meta: meta,
+				Dest: d.URI, File: b.data[i], State: ItemPending, Created: now, NextAttempt: now})
+		}
+	}
+	st.Items += len(items)
+	return r.Store.enqueue(wi.Kind, wi.Window, items)
+}
+
+// DeliverStats counts what Deliver did.
+type DeliverStats struct {
+	Sent, TempFailed, PermFailed, Suppressed, RateLimited, Expired int
+}
+
+func (r *Reporter) backoff(attempts int) time.Duration {
+	lo, hi := r.MinBackoff, r.MaxBackoff
+	if lo <= 0 {
+		lo = 5 * time.Minute
+	}
+	if hi <= 0 {
+		hi = 6 * time.Hour
+	}
+	d := lo
+	for i := 1; i < attempts && d < hi; i++ {
+		d *= 2
+	}
+	return min(d, hi)
+}
+
+// Deliver sends every due pending item. An item is marked sent only after
+// the server accepted it (SMTP 250 after DATA, HTTP 2xx); a crash in
+// between leaves it pending, and the next run sends the same file with the
+// same Report-ID and file name again. Windows whose items are all done are
+// deleted from the store.
+func (r *Reporter) Deliver(ctx context.Context) (DeliverStats, error) {
+	var st DeliverStats
+	if r.lastSend == nil {
+		r.lastSend = map[string]time.Time{}
+	}
+	items, err := r.Store.OutboxItems(false)
+	if err != nil {
+		return st, err
+	}
+	rate := r.RateInterval
+	if rate == 0 {
+		rate = time.Second
+	}
+	retry := r.RetryWindow
+	if retry <= 0 {
+		retry = 72 * time.Hour
+	}
+	suppressAfter := r.SuppressAfter
+	if suppressAfter <= 0 {
+		suppressAfter = 3
+	}
+	touched := map[Window]Kind{}
+	for _, it := range items {
+		now := r.Store.Now()
+		if it.State != ItemPending || now.Before(it.NextAttempt) {
+			continue
+		}
+		touched[it.Window] = it.Kind
+		dest := strings.ToLower(it.Dest)
+		sp, err := r.Store.Suppression(dest)
+		if err != nil {
+			return st, err
+		}
+		if sp.Suppressed {
+			st.Suppressed++
+			if err := r.Store.updateItem(it.ID, func(x *OutboxItem) error { x.State = ItemSuppressed; return nil }); err != nil {
+				return st, err
+			}
+			continue
+		}
+		if last, ok := r.lastSend[dest]; ok && rate > 0 && now.Sub(last) < rate {
+			st.RateLimited++
+			continue
+		}
+		r.lastSend[dest] = now
+		file, err := r.Store.outboxFile(it.ID)
+		if err != nil {
+			return st, err
+		}
+		it.File = file
+		sendErr := r.send(ctx, &it)
+		it.File = nil
+		if sendErr == nil {
+			if r.AfterAccept != nil {
+				if err := r.AfterAccept(it); err != nil {
+					return st, err
+				}
+			}
+			st.Sent++
+			if err := r.Store.updateItem(it.ID, func(x *OutboxItem) error {
+				x.State, x.SentAt, x.Attempts, x.LastError = ItemSent, now, x.Attempts+1, ""
+				return nil
+			}); err != nil {
+				return st, err
+			}
+			continue
+		}
+		perm := IsPermanent(sendErr)
+		expired := !perm && now.Add(r.backoff(it.Attempts+1)).After(it.Created.Add(retry))
+		switch {
+		case perm:
+			st.PermFailed++
+		case expired:
+			st.Expired++
+		default:
+			st.TempFailed++
+		}
+		if err := r.Store.updateItem(it.ID, func(x *OutboxItem) error {
+			x.Attempts++
+			x.LastError = sendErr.Error()
+			if perm || expired {
+				x.State = ItemFailed
+			} else {
+				x.NextAttempt = now.Add(r.backoff(x.Attempts))
+			}
+			return nil
+		}); err != nil {
+			return st, err
+		}
+		if perm {
+			if err := r.countPermanent(dest, sendErr, suppressAfter); err != nil {
+				return st, err
+			}
+		}
+	}
+	return st, r.cleanup(touched)
+}
+
+func (r *Reporter) countPermanent(dest string, cause error, after int) error {
+	return r.Store.db.Update(func(tx *bolt.Tx) error {
+		sb := tx.Bucket(bucketSuppr)
+		var sp Suppression
+		if v := sb.Get([]byte(dest)); v != nil {
+			if err := json.Unmarshal(v, &sp); err != nil {
+				return err
+			}
+		}
+		sp.PermanentFailures++
+		if sp.PermanentFailures >= after && !sp.Suppressed {
+			sp.Suppressed, sp.Since, sp.Reason = true, r.Store.Now(), "automatic: "+cause.Error()
+		}
+		b, _ := json.Marshal(sp)
+		return sb.Put([]byte(dest), b)
+	})
+}
+
+// cleanup deletes the windows whose outbox items are all done (the items
+// stay in the outbox as a record until pruned).
+func (r *Reporter) cleanup(touched map[Window]Kind) error {
+	items, err := r.Store.OutboxItems(false)
+	if err != nil {
+		return err
+	}
+	pending := map[Window]bool{}
+	for _, it := range items {
+		if it.State == ItemPending {
+			pending[it.Window] = true
+		}
+	}
+	for w, k := range touched {
+		if !pending[w] {
+			if err := r.Store.DeleteWindow(k, w); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (r *Reporter) send(ctx context.Context, it *OutboxItem) error {
+	d := Destination{URI: it.Dest}
+	if d.Scheme() == "https" {
+		return r.Deliverer.PostHTTPS(ctx, it.Dest, it.File)
+	}
+	addr, err := mailtoAddress(it.Dest)
+	if err != nil {
+		return permanent(err)
+	}
+	msg, err := r.Deliverer.BuildMail(it.Meta, addr, it.File)
+	if err != nil {
+		return permanent(err)
+	}
+	return r.Deliverer.SendMail(ctx, addr, msg, r.RequireTLS && it.Kind == KindDMARC)
+}
+
+// Tick runs one reporting round: close due windows, build closed ones,
+// deliver due items.
+func (r *Reporter) Tick(ctx context.Context) (BuildStats, DeliverStats, error) {
+	if _, err := r.Store.CloseDue(); err != nil {
+		return BuildStats{}, DeliverStats{}, err
+	}
+	bs, err := r.BuildClosed(ctx)
+	if err != nil {
+		return bs, DeliverStats{}, err
+	}
+	ds, err := r.Deliver(ctx)
+	if err != nil {
+		return bs, ds, err
+	}
+	keep := r.KeepDone
+	if keep <= 0 {
+		keep = 7 * 24 * time.Hour
+	}
+	_, err = r.Store.PruneOutbox(r.Store.Now().Add(-keep))
+	return bs, ds, err
+}
+
+// Run calls Tick every interval until ctx ends; errors go to onErr (which
+// may be nil) and do not stop the loop.
+func (r *Reporter) Run(ctx context.Context, interval time.Duration, onErr func(error)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if _, _, err := r.Tick(ctx); err != nil && onErr != nil {
+			onErr(err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
