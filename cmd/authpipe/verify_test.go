@@ -33,7 +33,7 @@ func decodeVerdict(t *testing.T, out string) verdict.Verdict {
 	return v
 }
 
-// readmeArgs are the arguments of the README's first command.
+// readmeArgs are the arguments of the README's verify example.
 var readmeArgs = []string{"verify", "--zone", "../../examples/example.zone", "--ip", "192.0.2.10",
 	"--helo", "mail.example.com", "--mail-from", "alice@example.com", "../../examples/message.eml"}
 
