@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"runtime"
 	"sort"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kgo"
 
@@ -26,6 +28,9 @@ import (
 	"github.com/authpipe/authpipe/resolvercache"
 	"github.com/authpipe/authpipe/resolvercache/dnstest"
 	"github.com/authpipe/authpipe/stages"
+	"github.com/authpipe/authpipe/stages/arc"
+	"github.com/authpipe/authpipe/stages/dmarc"
+	"github.com/authpipe/authpipe/stages/message"
 	"github.com/authpipe/authpipe/stages/verdict"
 )
 
@@ -48,7 +53,7 @@ itself. It then prints what the verdicts said and how fast they came.`,
 			if n <= 0 || domains <= 0 {
 				return usagef("--messages and --domains must be positive")
 			}
-			return demo(cmd.Context(), cmd.OutOrStdout(), n, domains, inflight, pipeline.Delivery(delivery))
+			return demo(cmd.Context(), cmd.OutOrStdout(), progressWriter(cmd.ErrOrStderr()), n, domains, inflight, pipeline.Delivery(delivery))
 		},
 	}
 	f := cmd.Flags()
@@ -59,11 +64,27 @@ itself. It then prints what the verdicts said and how fast they came.`,
 	return cmd
 }
 
-// demoKinds are the kinds of generated message, in rotation.
-var demoKinds = []string{"legit", "legit", "legit", "legit", "legit", "legit", "forwarded", "spoof", "altered", "null-sender"}
+// demoKinds are the kinds of generated message, in rotation:
+//   - legit: aligned SPF and DKIM;
+//   - spf-only: no signature, SPF aligned;
+//   - forwarded: relayed unchanged from another address (SPF fails, DKIM holds);
+//   - forwarded-arc: a mailing list rewrote the subject (DKIM breaks) and
+//     ARC-sealed what it saw; the list is a trusted sealer (trusted_forwarder);
+//   - spoof: unsigned, from a foreign address;
+//   - altered: a footer appended in transit breaks the signature, SPF still aligns;
+//   - null-sender: bounce with MAIL FROM <>;
+//   - dns-failure: the author domain's DNS answers SERVFAIL (temperror).
+var demoKinds = []string{"legit", "legit", "legit", "legit", "spf-only", "forwarded", "forwarded-arc", "spoof",
+	"altered", "null-sender", "dns-failure"}
 
-func demo(ctx context.Context, out io.Writer, n, domains, inflight int, delivery pipeline.Delivery) error {
-	fmt.Fprintf(out, "generating zone (%d domains) and corpus (%d messages)...\n", domains, n)
+// demoSealer is the mailing list whose ARC seals the demo trusts.
+const demoSealer = "lists.example"
+
+// dnsServFail is RCODE 2, SERVFAIL (RFC 1035 4.1.1), for the demo's broken domain.
+const dnsServFail = 2
+
+func demo(ctx context.Context, out, progress io.Writer, n, domains, inflight int, delivery pipeline.Delivery) error {
+	fmt.Fprintf(progress, "generating zone (%d domains) and corpus (%d messages)...\n", domains, n)
 	dns, err := dnstest.Start()
 	if err != nil {
 		return err
@@ -85,6 +106,11 @@ func demo(ctx context.Context, out io.Writer, n, domains, inflight int, delivery
 		dns.AddRR(dnstest.TXT("sel._domainkey."+d, "v=DKIM1; k=rsa; p="+base64.StdEncoding.EncodeToString(pub), 3600))
 		dns.AddRR(dnstest.TXT("_dmarc."+d, "v=DMARC1; p="+policies[i%len(policies)]+"; rua=mailto:dmarc@"+d, 3600))
 	}
+	dns.AddRR(dnstest.TXT("arc._domainkey."+demoSealer, "v=DKIM1; k=rsa; p="+base64.StdEncoding.EncodeToString(pub), 3600))
+	dns.AddRR(dnstest.TXT(demoSealer, "v=spf1 ip4:198.51.100.0/24 -all", 3600))
+	for _, name := range []string{"broken.example", "_dmarc.broken.example", "sel._domainkey.broken.example"} {
+		dns.SetRcode(name, 0, dnsServFail)
+	}
 	recs, err := demoCorpus(n, domains, key)
 	if err != nil {
 		return err
@@ -99,11 +125,17 @@ func demo(ctx context.Context, out io.Writer, n, domains, inflight int, delivery
 	if err != nil {
 		return err
 	}
-	res, err := resolvercache.NewCache(c)
+	reg := prometheus.NewRegistry()
+	metrics, err := resolvercache.NewMetrics(reg)
 	if err != nil {
 		return err
 	}
-	engine := stages.New(res)
+	res, err := resolvercache.NewCache(c, resolvercache.WithCacheMetrics(metrics))
+	if err != nil {
+		return err
+	}
+	engine := stages.New(res, stages.WithDMARC(dmarc.ModeRFC9989,
+		dmarc.Overrides{TrustedARCSealers: []string{demoSealer}}, nil))
 	cfg := pipeline.Config{Brokers: b.Addrs(), Partitions: 4, MaxInFlight: inflight, Delivery: delivery, TransactionalID: "authpipe-demo"}
 	p, err := pipeline.New(cfg, engine)
 	if err != nil {
@@ -128,7 +160,7 @@ func demo(ctx context.Context, out io.Writer, n, domains, inflight int, delivery
 		return err
 	}
 	defer cl.Close()
-	fmt.Fprintf(out, "embedded broker on %s, DNS on %s; producing...\n", strings.Join(b.Addrs(), ","), dns.Addr)
+	fmt.Fprintf(progress, "embedded broker on %s, DNS on %s; producing...\n", strings.Join(b.Addrs(), ","), dns.Addr)
 	start := time.Now()
 	if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
 		return fmt.Errorf("demo: produce: %w", err)
@@ -169,7 +201,11 @@ func demo(ctx context.Context, out io.Writer, n, domains, inflight int, delivery
 			if v.DMARC != nil {
 				add("dmarc", v.DMARC.Result)
 				add("disposition", v.DMARC.Disposition)
-				add("kind → dmarc/disposition", kind+" → "+v.DMARC.Result+"/"+v.DMARC.Disposition)
+				outcome := kind + " → " + v.DMARC.Result + "/" + v.DMARC.Disposition
+				for _, r := range v.DMARC.Reasons {
+					outcome += " (" + r.Type + ")"
+				}
+				add("kind → dmarc/disposition", outcome)
 			}
 		}
 	}
@@ -185,8 +221,14 @@ func demo(ctx context.Context, out io.Writer, n, domains, inflight int, delivery
 	fmt.Fprintf(tw, "first record to last verdict\t%s\t(%.0f msgs/s, %s, %d in flight)\n", elapsed.Round(time.Millisecond),
 		float64(n)/elapsed.Seconds(), delivery, inflight)
 	fmt.Fprintf(tw, "DNS queries answered\t%d\n", dns.Queries.Load())
+	hits, misses := counterValue(reg, "authpipe_dns_cache_hits_total"), counterValue(reg, "authpipe_dns_cache_misses_total")
+	if hits+misses > 0 {
+		fmt.Fprintf(tw, "DNS cache hit rate\t%.1f%%\t(%.0f hits, %.0f misses)\n", 100*hits/(hits+misses), hits, misses)
+	}
+	headings := map[string]string{"spf": "SPF", "dkim": "DKIM (per signature)", "dmarc": "DMARC", "disposition": "Disposition",
+		"kind → dmarc/disposition": "Message kind → DMARC result/disposition (reasons)"}
 	for _, table := range []string{"spf", "dkim", "dmarc", "disposition", "kind → dmarc/disposition"} {
-		fmt.Fprintf(tw, "\n%s\t\n", strings.ToUpper(table[:1])+table[1:])
+		fmt.Fprintf(tw, "\n%s\t\n", headings[table])
 		keys := make([]string, 0, len(counts[table]))
 		for k := range counts[table] {
 			keys = append(keys, k)
@@ -221,9 +263,19 @@ func demoCorpus(n, domains int, key *rsa.PrivateKey) ([]*kgo.Record, error) {
 					d, i, kind, at.Format(time.RFC1123Z), i, d, body)
 				sign := true
 				switch kind {
+				case "spf-only":
+					sign = false
 				case "forwarded":
+					env.ClientIP = netip.AddrFrom4([4]byte{198, 18, 0, byte(1 + i%200)})
+					env.MailFrom = "fwd@forwarder.example"
+				case "forwarded-arc":
 					env.ClientIP = netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + i%200)})
-					env.MailFrom = "fwd@list.example"
+					env.MailFrom = "list-bounces@" + demoSealer
+				case "dns-failure":
+					d = "broken.example"
+					raw = fmt.Sprintf("From: Sender <news@%s>\r\nTo: user@rcpt.example\r\nSubject: demo %d (%s)\r\nDate: %s\r\nMessage-ID: <demo%d@%s>\r\n\r\n%s",
+						d, i, kind, at.Format(time.RFC1123Z), i, d, body)
+					env.MailFrom = "bounce@" + d
 				case "spoof":
 					env.ClientIP = netip.AddrFrom4([4]byte{203, 0, 113, byte(1 + i%200)})
 					env.MailFrom = "x@spoof.example"
@@ -241,8 +293,15 @@ func demoCorpus(n, domains int, key *rsa.PrivateKey) ([]*kgo.Record, error) {
 					}
 					msg = buf.Bytes()
 				}
-				if kind == "altered" {
+				switch kind {
+				case "altered":
 					msg = append(msg, "-- \r\nAdded by a mailing list footer\r\n"...)
+				case "forwarded-arc":
+					var err error
+					if msg, err = demoListForward(msg, key, at); err != nil {
+						errs <- err
+						return
+					}
 				}
 				hs := append([]kgo.RecordHeader{{Key: "demo.kind", Value: []byte(kind)}}, pipeline.EnvelopeHeaders(env, "")...)
 				recs[i] = &kgo.Record{Topic: "mail.raw", Key: fmt.Appendf(nil, "demo-%06d", i), Value: msg, Headers: hs}
@@ -266,4 +325,52 @@ func demoCorpus(n, domains int, key *rsa.PrivateKey) ([]*kgo.Record, error) {
 	default:
 	}
 	return recs, nil
+}
+
+// demoListForward rewrites the subject as a mailing list would (breaking the
+// author's DKIM signature) and adds the list's ARC set recording that the
+// original passed.
+func demoListForward(msg []byte, key *rsa.PrivateKey, at time.Time) ([]byte, error) {
+	msg = bytes.Replace(msg, []byte("Subject: demo"), []byte("Subject: [list] demo"), 1)
+	m, err := message.Parse(msg, message.Limits{})
+	if err != nil {
+		return nil, fmt.Errorf("demo: forward: %w", err)
+	}
+	s := &arc.Sealer{Domain: demoSealer, Selector: "arc", Key: key, AuthServID: demoSealer, Now: func() time.Time { return at }}
+	from := m.From[0].Domain
+	set, err := s.Seal(m, arc.Result{Result: arc.ResultNone},
+		"spf=pass smtp.mailfrom="+from+"; dkim=pass header.d="+from+"; dmarc=pass header.from="+from)
+	if err != nil {
+		return nil, fmt.Errorf("demo: seal: %w", err)
+	}
+	return set.Prepend(msg), nil
+}
+
+// counterValue sums a counter family in reg (0 when absent).
+func counterValue(reg *prometheus.Registry, name string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
+}
+
+// progressWriter returns w when it is a terminal and io.Discard otherwise:
+// progress is for people watching, not for logs or pipes.
+func progressWriter(w io.Writer) io.Writer {
+	if f, ok := w.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			return f
+		}
+	}
+	return io.Discard
 }
