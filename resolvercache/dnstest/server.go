@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/miekg/dns"
 
@@ -43,6 +44,8 @@ type Server struct {
 	down     bool
 	Queries  atomic.Int64 // questions received, for tests that count upstream traffic
 	truncate bool
+	delay    atomic.Int64 // nanoseconds each answer is held back
+
 }
 
 // Start listens on a free port on 127.0.0.1 (UDP and TCP) and serves until
@@ -53,6 +56,13 @@ func Start() (*Server, error) {
 		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 		if err != nil {
 			return nil, fmt.Errorf("dnstest: listen udp: %w", err)
+		}
+		// A burst of concurrent queries (thousands of messages in flight
+		// against a cold cache) overflows the default 208 KiB receive
+		// buffer and the kernel drops queries, which then wait out the
+		// client's timeout. Ask for more (the kernel caps it at rmem_max).
+		if uc, ok := pc.(*net.UDPConn); ok {
+			_ = uc.SetReadBuffer(8 << 20)
 		}
 		addr := pc.LocalAddr().String()
 		l, err := net.Listen("tcp", addr)
@@ -128,6 +138,11 @@ func (s *Server) SetNegativeTTL(ttl uint32) {
 	s.negTTL = ttl
 	s.mu.Unlock()
 }
+
+// SetDelay holds every answer back by d, simulating the round trip to a
+// distant server. Queries are answered concurrently, so the delay adds
+// latency, not serialisation.
+func (s *Server) SetDelay(d time.Duration) { s.delay.Store(int64(d)) }
 
 // SetTruncateUDP makes every UDP answer that has records come back empty
 // with the TC bit set, so clients must retry over TCP.
@@ -222,6 +237,9 @@ const maxCNAMEHops = 8
 
 func (s *Server) handle(w dns.ResponseWriter, req *dns.Msg) {
 	s.Queries.Add(1)
+	if d := s.delay.Load(); d > 0 {
+		time.Sleep(time.Duration(d))
+	}
 	if len(req.Question) != 1 {
 		m := new(dns.Msg)
 		m.SetRcode(req, dns.RcodeFormatError)
