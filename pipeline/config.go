@@ -36,6 +36,10 @@ type Config struct {
 	VerdictTopic string
 	// DLQTopic receives records that cannot be decoded (default mail.raw.dlq).
 	DLQTopic string
+	// AggregateTopic receives the partial DMARC aggregates of each batch
+	// (reportgen.PartialAggregate, key = policy domain), written with the
+	// verdicts (default authpipe.aggregates).
+	AggregateTopic string
 	// Group is the consumer group (default authpipe-verify).
 	Group string
 	// Partitions is the partition count used when a missing topic is
@@ -98,6 +102,7 @@ func Defaults() Config {
 		InputTopic:         "mail.raw",
 		VerdictTopic:       "mail.verdicts",
 		DLQTopic:           "mail.raw.dlq",
+		AggregateTopic:     "authpipe.aggregates",
 		Group:              "authpipe-verify",
 		Partitions:         12,
 		ReplicationFactor:  -1,
@@ -128,6 +133,7 @@ func (c Config) withDefaults(hostname string) (Config, error) {
 	str(&c.InputTopic, d.InputTopic)
 	str(&c.VerdictTopic, d.VerdictTopic)
 	str(&c.DLQTopic, d.DLQTopic)
+	str(&c.AggregateTopic, d.AggregateTopic)
 	str(&c.Group, d.Group)
 	str((*string)(&c.Delivery), string(d.Delivery))
 	str(&c.TransactionalID, "authpipe-verify-"+hostname)
@@ -176,7 +182,7 @@ func (c Config) withDefaults(hostname string) (Config, error) {
 		return c, fmt.Errorf("pipeline: partitions must be positive, got %d", c.Partitions)
 	case c.RetryTemperror < 0:
 		return c, fmt.Errorf("pipeline: retry count must not be negative")
-	case c.InputTopic == c.VerdictTopic || c.InputTopic == c.DLQTopic:
+	case c.InputTopic == c.VerdictTopic || c.InputTopic == c.DLQTopic || c.InputTopic == c.AggregateTopic:
 		return c, fmt.Errorf("pipeline: input topic %q must differ from the output topics", c.InputTopic)
 	}
 	return c, nil

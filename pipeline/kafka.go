@@ -148,7 +148,7 @@ func (p *Pipeline) ensureTopics(ctx context.Context) error {
 	maxBytes := strconv.Itoa(p.cfg.MaxMessageBytes + 1<<20)
 	cfg := map[string]*string{"max.message.bytes": &maxBytes}
 	if err := EnsureTopics(ctx, cl, p.cfg.Partitions, p.cfg.ReplicationFactor, cfg,
-		p.cfg.InputTopic, p.cfg.VerdictTopic, p.cfg.DLQTopic); err != nil {
+		p.cfg.InputTopic, p.cfg.VerdictTopic, p.cfg.DLQTopic, p.cfg.AggregateTopic); err != nil {
 		return fmt.Errorf("pipeline: %w", err)
 	}
 	return nil

@@ -189,6 +189,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 // batch runs one batch: poll records into the pool until the batch is
 // full, drain, end. n is the number of records taken.
 func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (committed bool, n int, err error) {
+	aggs := newBatchAggregates()
 	var (
 		failMu  sync.Mutex
 		failErr error
@@ -248,7 +249,7 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 				p.metrics.inFlightB.Add(float64(size))
 				defer p.metrics.inFlight.Dec()
 				defer p.metrics.inFlightB.Sub(float64(size))
-				p.handle(hard, st, r, fail)
+				p.handle(hard, st, r, aggs, fail)
 			})
 			if blocked {
 				p.metrics.pausedTime.Add(time.Since(start).Seconds())
@@ -267,7 +268,14 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 	}
 	pool.Wait()
 	p.metrics.batchSize.Observe(float64(n))
+	if failErr == nil && hard.Err() == nil {
+		// Partial aggregates go into the same transaction (or, at least
+		// once, are flushed before the offset commit).
+		aggs.produce(context.WithoutCancel(ctx), st, p.cfg.AggregateTopic, fail)
+	}
+	failMu.Lock()
 	commit := failErr == nil && hard.Err() == nil
+	failMu.Unlock()
 	if !commit {
 		if failErr == nil {
 			failErr = hard.Err()
@@ -295,7 +303,7 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 
 // handle turns one input record into one output record: a verdict, or the
 // record itself with an error header for the DLQ.
-func (p *Pipeline) handle(ctx context.Context, st stream, r *kgo.Record, fail func(error)) {
+func (p *Pipeline) handle(ctx context.Context, st stream, r *kgo.Record, aggs *batchAggregates, fail func(error)) {
 	start := time.Now()
 	in, err := Decode(r, p.cfg.MaxMessageBytes)
 	p.metrics.stage.WithLabelValues("decode").Observe(time.Since(start).Seconds())
@@ -319,6 +327,10 @@ func (p *Pipeline) handle(ctx context.Context, st stream, r *kgo.Record, fail fu
 			return
 		}
 		p.metrics.countVerdict(v)
+		if err := aggs.add(v); err != nil {
+			fail(err)
+			return
+		}
 		out = &kgo.Record{Topic: p.cfg.VerdictTopic, Key: r.Key, Value: js}
 	}
 	st.produce(context.WithoutCancel(ctx), out, func(_ *kgo.Record, err error) {

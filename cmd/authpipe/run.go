@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -20,8 +21,10 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
 	"github.com/twmb/franz-go/plugin/kslog"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/authpipe/authpipe/pipeline"
+	"github.com/authpipe/authpipe/reportgen"
 	"github.com/authpipe/authpipe/stages"
 )
 
@@ -41,6 +44,7 @@ type runFlags struct {
 	delivery     string
 	kafkaLogLvl  string
 	createTopics bool
+	role         string
 	cfg          pipeline.Config
 }
 
@@ -92,6 +96,8 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	f.StringVar(&rf.cfg.VerdictTopic, "verdict-topic", d.VerdictTopic, "`topic` for JSON verdicts")
 	f.StringVar(&rf.cfg.DLQTopic, "dlq-topic", d.DLQTopic, "dead-letter `topic` for undecodable records")
 	f.StringVar(&rf.cfg.Group, "group", d.Group, "consumer `group`")
+	f.StringVar(&rf.cfg.AggregateTopic, "aggregate-topic", d.AggregateTopic, "`topic` for partial DMARC aggregates (written with the verdicts)")
+	f.StringVar(&rf.role, "role", "all", "`role`: verify (mail.raw to verdicts and aggregates), report (aggregates into the report store under --data-dir/reports), or all")
 	f.Int32Var(&rf.cfg.Partitions, "partitions", d.Partitions, "partition `count` for topics created at start")
 	f.Int16Var(&rf.cfg.ReplicationFactor, "replication-factor", d.ReplicationFactor, "replication `factor` for created topics (-1: broker default)")
 	f.BoolVar(&rf.createTopics, "create-topics", true, "create missing topics at start")
@@ -161,6 +167,8 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
+	// The reporter's client gets no kprom hooks (they register once per registry).
+	reportKopts := append(append([]kgo.Opt(nil), kopts...), kgo.WithLogger(kslog.New(kLog.With("component", "kafka-report"))))
 	kopts = append(kopts,
 		kgo.WithHooks(kprom.NewMetrics("authpipe_kafka", kprom.Registerer(reg), kprom.Gatherer(reg))),
 		kgo.WithLogger(kslog.New(kLog.With("component", "kafka"))))
@@ -185,6 +193,11 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 		cfg.Brokers = rf.kafka.brokers
 	}
 
+	switch rf.role {
+	case "all", "verify", "report":
+	default:
+		return usagef("--role %q: want verify, report or all", rf.role)
+	}
 	p, err := pipeline.New(cfg, engine, pipeline.WithLogger(log), pipeline.WithMetrics(metrics), pipeline.WithKafkaOpts(kopts...))
 	if err != nil {
 		return usageError{err}
@@ -201,7 +214,38 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 			_ = srv.Shutdown(sctx)
 		}()
 	}
-	return p.Run(ctx)
+	if rf.role == "verify" {
+		return p.Run(ctx)
+	}
+	st, err := reportgen.OpenStore(filepath.Join(rf.dataDir, "reports"), time.Now)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	g, gctx := errgroup.WithContext(ctx)
+	if rf.role == "all" {
+		g.Go(func() error { return p.Run(gctx) })
+	}
+	g.Go(func() error {
+		return pipeline.ConsumeAggregates(gctx, pipeline.ReportConsumerConfig{Brokers: cfg.Brokers, Topic: p.Config().AggregateTopic},
+			st, log, reportKopts...)
+	})
+	g.Go(func() error {
+		// Close due days; `authpipe report send` builds and delivers them.
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			if _, err := st.CloseDue(); err != nil {
+				log.Warn("report store: close due windows", "err", err)
+			}
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
+			}
+		}
+	})
+	return g.Wait()
 }
 
 // serveHTTP serves /metrics from reg, /healthz (the process is up) and

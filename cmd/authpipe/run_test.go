@@ -216,7 +216,7 @@ func TestRunExternalBrokerDLQ(t *testing.T) {
 	defer b.Close()
 	brokers := strings.Join(b.Addrs(), ",")
 	t.Setenv("AUTHPIPE_PARTITIONS", "3")
-	stop, logs := startRun(t, freeAddr(t), "--brokers", brokers, "--zone", "../../examples/example.zone", "--batch-interval", "50ms",
+	stop, logs := startRun(t, freeAddr(t), "--brokers", brokers, "--data-dir", t.TempDir(), "--zone", "../../examples/example.zone", "--batch-interval", "50ms",
 		"--delivery", "at-least-once", "--log-format", "json")
 	cl, err := kgo.NewClient(kgo.SeedBrokers(b.Addrs()...), kgo.ConsumeTopics("mail.raw.dlq"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {

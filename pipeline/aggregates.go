@@ -1,0 +1,64 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/authpipe/authpipe/reportgen"
+	"github.com/authpipe/authpipe/stages/verdict"
+)
+
+// batchAggregates pre-aggregates the verdicts of one batch into DMARC
+// partial aggregates (reportgen.Aggregator), safe for the pool's
+// concurrent workers. At the end of a batch that is about to commit, the
+// partials are produced to Config.AggregateTopic (key = policy domain) in
+// the same stream as the verdicts: inside the batch's Kafka transaction in
+// ExactlyOnce mode (verdicts, partials and input offsets commit together),
+// or before the offset commit in AtLeastOnce mode (a crash between the
+// produce and the commit redoes the batch, so its partials are counted
+// twice by the reporter: at-least-once double-count risk).
+type batchAggregates struct {
+	mu  sync.Mutex
+	agg *reportgen.Aggregator
+}
+
+func newBatchAggregates() *batchAggregates {
+	return &batchAggregates{agg: reportgen.NewAggregator()}
+}
+
+// add counts v; verdicts without a DMARC policy are not reportable and
+// are skipped.
+func (b *batchAggregates) add(v *verdict.Verdict) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.agg.Add(v); err != nil && !errors.Is(err, reportgen.ErrNoPolicy) {
+		return fmt.Errorf("pipeline: aggregate verdict: %w", err)
+	}
+	return nil
+}
+
+// produce flushes the partials to topic through st. It returns the number
+// of records produced; produce errors go to fail.
+func (b *batchAggregates) produce(ctx context.Context, st stream, topic string, fail func(error)) int {
+	b.mu.Lock()
+	parts := b.agg.Flush()
+	b.mu.Unlock()
+	for i := range parts {
+		p := &parts[i]
+		val, err := p.MarshalBinary()
+		if err != nil {
+			fail(fmt.Errorf("pipeline: encode partial aggregate: %w", err))
+			return i
+		}
+		st.produce(ctx, &kgo.Record{Topic: topic, Key: p.RecordKey(), Value: val}, func(_ *kgo.Record, err error) {
+			if err != nil {
+				fail(fmt.Errorf("pipeline: produce to %s: %w", topic, err))
+			}
+		})
+	}
+	return len(parts)
+}
