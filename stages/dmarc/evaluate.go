@@ -7,11 +7,13 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/idna"
 
 	"github.com/authpipe/authpipe/resolvercache"
+	"github.com/authpipe/authpipe/stages/internal/parsecache"
 )
 
 // DMARC results (RFC 9989 9.2, Authentication-Results "dmarc=").
@@ -168,6 +170,28 @@ type Evaluator struct {
 	Overrides Overrides
 	// MultipleFrom is MultipleFromStrictest (default) or MultipleFromReject.
 	MultipleFrom string
+
+	// records memoises parsed records by their text for one Mode (shared,
+	// read-only after parse); created on first use.
+	records atomic.Pointer[recordCache]
+}
+
+type recordCache struct {
+	mode  Mode
+	cache *parsecache.Cache[*Record]
+	parse func(string) (*Record, error)
+}
+
+// parse returns the parsed record txt in e.Mode, memoised.
+func (e *Evaluator) parse(txt string) (*Record, error) {
+	rc := e.records.Load()
+	if rc == nil || rc.mode != e.Mode {
+		mode := e.Mode
+		rc = &recordCache{mode: mode, cache: parsecache.New[*Record](0, 0),
+			parse: func(t string) (*Record, error) { return parseRecord(t, mode) }}
+		e.records.Store(rc)
+	}
+	return rc.cache.Get(txt, rc.parse)
 }
 
 // PublishedPolicy is the DMARC policy as evaluated (RFC 9990
@@ -398,7 +422,7 @@ func (e *Evaluator) lookupDMARC(ctx context.Context, st *authorState, domain str
 	}
 	n := 0
 	for _, txt := range ans.TXT {
-		rec, err := parseRecord(txt, e.Mode)
+		rec, err := e.parse(txt)
 		if errors.Is(err, ErrNotDMARC) {
 			continue
 		}

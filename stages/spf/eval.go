@@ -123,7 +123,7 @@ func (e *evaluator) findRecord(domain string) (*record, Result, error) {
 	default:
 		return nil, Permerror, fmt.Errorf("%d SPF records at %s", n, domain)
 	}
-	rec, err := parseRecord(txt)
+	rec, err := e.c.recordCache().Get(txt, parseRecord)
 	if err != nil {
 		return nil, Permerror, fmt.Errorf("%w (record at %s)", err, domain)
 	}

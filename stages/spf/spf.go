@@ -58,9 +58,11 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/authpipe/authpipe/resolvercache"
+	"github.com/authpipe/authpipe/stages/internal/parsecache"
 )
 
 // Result is an SPF result (RFC 7208 2.6).
@@ -132,6 +134,19 @@ type Checker struct {
 	// results without a usable exp= (RFC 7208 6.2). It is macro-expanded as
 	// an explain-string; if it does not expand, it is used as written.
 	DefaultExplanation string
+
+	// records memoises parsed records by their text (shared, read-only
+	// after parse); created on first use.
+	records atomic.Pointer[parsecache.Cache[*record]]
+}
+
+// recordCache returns the parsed-record cache, creating it on first use.
+func (c *Checker) recordCache() *parsecache.Cache[*record] {
+	if p := c.records.Load(); p != nil {
+		return p
+	}
+	c.records.CompareAndSwap(nil, parsecache.New[*record](0, 0))
+	return c.records.Load()
 }
 
 // Request is the SMTP context of one message (RFC 7208 2.3, 2.4).

@@ -168,7 +168,7 @@ type Reason struct {
 // for v as added by authservID. Methods appear in the order spf, dkim (one
 // per signature), arc, dmarc.
 func AuthenticationResults(authservID string, v *Verdict) string {
-	var results []authres.Result
+	results := make([]authres.Result, 0, 3+len(v.DKIM))
 	if s := v.SPF; s != nil {
 		r := &authres.SPFResult{Value: authres.ResultValue(s.Result), Reason: reasonToken(s.Error)}
 		if s.Identity == "helo" {
@@ -182,24 +182,22 @@ func AuthenticationResults(authservID string, v *Verdict) string {
 		results = append(results, r)
 	}
 	for _, d := range v.DKIM {
-		params := map[string]string{
-			"reason":   reasonToken(d.Reason),
-			"header.d": d.Domain,
-			"header.s": d.Selector,
-			"header.a": d.Algorithm,
-			"header.b": d.HeaderB,
-			"header.i": d.Identity,
-		}
+		params := make(map[string]string, 6)
+		setParam(params, "reason", reasonToken(d.Reason))
+		setParam(params, "header.d", d.Domain)
+		setParam(params, "header.s", d.Selector)
+		setParam(params, "header.a", d.Algorithm)
+		setParam(params, "header.b", d.HeaderB)
+		setParam(params, "header.i", d.Identity)
 		results = append(results, &authres.GenericResult{Method: "dkim", Value: authres.ResultValue(d.Result), Params: params})
 	}
 	if a := v.ARC; a != nil {
-		params := map[string]string{"reason": reasonToken(a.Reason)}
+		params := make(map[string]string, 3)
+		setParam(params, "reason", reasonToken(a.Reason))
 		if a.OldestPass > 0 {
 			params["header.oldest-pass"] = strconv.Itoa(a.OldestPass)
 		}
-		if v.Envelope.ClientIP != "" {
-			params["smtp.remote-ip"] = v.Envelope.ClientIP
-		}
+		setParam(params, "smtp.remote-ip", v.Envelope.ClientIP)
 		results = append(results, &authres.GenericResult{Method: "arc", Value: authres.ResultValue(a.Result), Params: params})
 	}
 	if d := v.DMARC; d != nil {
@@ -207,17 +205,30 @@ func AuthenticationResults(authservID string, v *Verdict) string {
 		if from == "" && len(v.HeaderFrom) > 0 {
 			from = v.HeaderFrom[0]
 		}
-		params := map[string]string{"header.from": from, "reason": reasonToken(d.Error)}
-		if v := d.appliedPolicyValue(); v != "" {
-			params["policy.dmarc"] = v
-		}
+		params := make(map[string]string, 3)
+		setParam(params, "header.from", from)
+		setParam(params, "reason", reasonToken(d.Error))
+		setParam(params, "policy.dmarc", d.appliedPolicyValue())
 		results = append(results, &authres.GenericResult{Method: "dmarc", Value: authres.ResultValue(d.Result), Params: params})
 	}
 	if len(results) == 0 {
 		return authres.Format(authservID, nil)
 	}
-	// authres.Format leaves a trailing space after a method whose parameters
-	// are all empty; format one result at a time and trim each.
+	// authres.Format writes a space after each method's value, so a method
+	// whose parameters are all empty leaves " ;" or a trailing space. In the
+	// usual case every method has a parameter and one call suffices.
+	oneCall := true
+	for _, r := range results {
+		switch r := r.(type) {
+		case *authres.GenericResult:
+			oneCall = oneCall && len(r.Params) > 0
+		case *authres.SPFResult:
+			oneCall = oneCall && r.From+r.Helo+r.Reason != ""
+		}
+	}
+	if oneCall {
+		return strings.TrimRight(authres.Format(authservID, results), " ")
+	}
 	var b strings.Builder
 	b.WriteString(authservID)
 	for _, r := range results {
@@ -226,6 +237,14 @@ func AuthenticationResults(authservID string, v *Verdict) string {
 		b.WriteString(strings.TrimSpace(strings.TrimPrefix(one, "; ")))
 	}
 	return b.String()
+}
+
+// setParam records a non-empty parameter (authres.Format skips empty
+// ones, but sorts every key first).
+func setParam(m map[string]string, k, v string) {
+	if v != "" {
+		m[k] = v
+	}
 }
 
 // reasonToken turns free text into an RFC 2045 token for the reason
