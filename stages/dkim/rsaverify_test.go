@@ -128,3 +128,29 @@ func BenchmarkRSAVerifyStdlib(b *testing.B) {
 		}
 	}
 }
+
+// TestRSAPowKeySizes checks the exponentiation and a verification for
+// moduli of 1024 to 4096 bits, including sizes that are not a multiple of
+// the word size.
+func TestRSAPowKeySizes(t *testing.T) {
+	for _, bits := range []int{1024, 1536, 2000, 3072, 4096} {
+		k, err := rsa.GenerateKey(rand.Reader, bits)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := newRSACtx(&k.PublicKey)
+		for range 5 {
+			s, _ := rand.Int(rand.Reader, k.N)
+			var x, tt, u big.Int
+			got := c.pow(s, &x, &tt, &u)
+			if want := new(big.Int).Exp(s, big.NewInt(int64(k.E)), k.N); got.Cmp(want) != 0 {
+				t.Fatalf("%d bits: mismatch", bits)
+			}
+		}
+		d := sha256.Sum256([]byte("sizes"))
+		sig, _ := rsa.SignPKCS1v15(rand.Reader, k, crypto.SHA256, d[:])
+		if err := c.verifyPKCS1v15(crypto.SHA256, d[:], sig); err != nil {
+			t.Fatalf("%d bits: %v", bits, err)
+		}
+	}
+}
