@@ -151,8 +151,11 @@ type Deliverer struct {
 	From string
 	// HELO is the name the SMTP client introduces itself with.
 	HELO string
-	// DKIM signs every report mail when Signer is set.
-	DKIM DKIMKey
+	// DKIM lists the keys that sign every report mail, each adding its own
+	// DKIM-Signature (for example one RSA and one Ed25519 key, RFC 8463 3:
+	// receivers that do not know Ed25519 still verify the RSA signature).
+	// Empty: report mail is not signed.
+	DKIM []DKIMKey
 	// Smarthost ("host:port") relays all mail; empty means the MX of the
 	// recipient domain, resolved through Resolver. The smarthost is
 	// operator configuration and is exempt from the AddressPolicy.
@@ -495,7 +498,7 @@ type MailMeta struct {
 // report-type=tlsrpt, TLS-Report-Domain, TLS-Report-Submitter, the file as
 // application/tlsrpt+gzip). The Message-ID and MIME boundary derive from the
 // Report-ID, so a re-send differs only in Date and DKIM-Signature. The mail
-// is DKIM-signed when d.DKIM.Signer is set.
+// is DKIM-signed with every key in d.DKIM.
 func (d *Deliverer) BuildMail(m MailMeta, to string, file []byte) ([]byte, error) {
 	h := sha256.Sum256([]byte(m.ReportID + "\x00" + m.FileName))
 	boundary := "authpipe-" + hex.EncodeToString(h[:12])
@@ -537,20 +540,34 @@ func (d *Deliverer) BuildMail(m MailMeta, to string, file []byte) ([]byte, error
 		enc = enc[76:]
 	}
 	b.WriteString(enc + "\r\n--" + boundary + "--\r\n")
-	if d.DKIM.Signer == nil {
+	if len(d.DKIM) == 0 {
 		return b.Bytes(), nil
 	}
 	keys := []string{"From", "To", "Date", "Subject", "Message-ID", "MIME-Version", "Content-Type"}
 	if m.Kind == KindTLS {
 		keys = append(keys, "TLS-Report-Domain", "TLS-Report-Submitter")
 	}
-	var out bytes.Buffer
-	err := dkim.Sign(&out, &b, &dkim.SignOptions{Domain: d.DKIM.Domain, Selector: d.DKIM.Selector, Signer: d.DKIM.Signer,
-		HeaderKeys: keys, HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed})
-	if err != nil {
-		return nil, fmt.Errorf("reportgen: dkim sign: %w", err)
+	// Every signature covers the same unsigned message; none signs another.
+	var sigs bytes.Buffer
+	for _, k := range d.DKIM {
+		if k.Signer == nil {
+			return nil, fmt.Errorf("reportgen: dkim key %s._domainkey.%s has no signer", k.Selector, k.Domain)
+		}
+		s, err := dkim.NewSigner(&dkim.SignOptions{Domain: k.Domain, Selector: k.Selector, Signer: k.Signer,
+			HeaderKeys: keys, HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed})
+		if err != nil {
+			return nil, fmt.Errorf("reportgen: dkim sign (%s._domainkey.%s): %w", k.Selector, k.Domain, err)
+		}
+		_, err = s.Write(b.Bytes())
+		if cerr := s.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reportgen: dkim sign (%s._domainkey.%s): %w", k.Selector, k.Domain, err)
+		}
+		sigs.WriteString(s.Signature())
 	}
-	return out.Bytes(), nil
+	return append(sigs.Bytes(), b.Bytes()...), nil
 }
 
 // MailFileCap turns a mail size limit into the cap on the gzip file:

@@ -150,7 +150,7 @@ type fixture struct {
 	want     map[string]uint64 // source IP → messages
 }
 
-func newFixture(t *testing.T, dkimKey any) *fixture {
+func newFixture(t *testing.T, dkimKeys ...any) *fixture {
 	t.Helper()
 	f := &fixture{postBody: make(chan []byte, 10)}
 	srv, err := dnstest.Start()
@@ -199,21 +199,25 @@ tlsrpt.company-y.example. 300 IN A 127.0.0.1
 	if err := srv.AddZone(zone); err != nil {
 		t.Fatal(err)
 	}
-	var signer DKIMKey
-	switch k := dkimKey.(type) {
-	case *rsa.PrivateKey:
-		pub, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
-		srv.AddRR(dnstest.TXT("rsa._domainkey.receiver.example", "v=DKIM1; k=rsa; p="+base64.StdEncoding.EncodeToString(pub), 300))
-		signer = DKIMKey{Domain: "receiver.example", Selector: "rsa", Signer: k}
-	case ed25519.PrivateKey:
-		srv.AddRR(dnstest.TXT("ed._domainkey.receiver.example", "v=DKIM1; k=ed25519; p="+base64.StdEncoding.EncodeToString(k.Public().(ed25519.PublicKey)), 300))
-		signer = DKIMKey{Domain: "receiver.example", Selector: "ed", Signer: k}
+	var signers []DKIMKey
+	for _, key := range dkimKeys {
+		switch k := key.(type) {
+		case *rsa.PrivateKey:
+			pub, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+			srv.AddRR(dnstest.TXT("rsa._domainkey.receiver.example", "v=DKIM1; k=rsa; p="+base64.StdEncoding.EncodeToString(pub), 300))
+			signers = append(signers, DKIMKey{Domain: "receiver.example", Selector: "rsa", Signer: k})
+		case ed25519.PrivateKey:
+			srv.AddRR(dnstest.TXT("ed._domainkey.receiver.example", "v=DKIM1; k=ed25519; p="+base64.StdEncoding.EncodeToString(k.Public().(ed25519.PublicKey)), 300))
+			signers = append(signers, DKIMKey{Domain: "receiver.example", Selector: "ed", Signer: k})
+		default:
+			t.Fatalf("fixture: key type %T", key)
+		}
 	}
 	f.now = testDay.Add(12 * time.Hour)
 	f.store = openTestStore(t, &f.now)
 	f.rep = &Reporter{
 		Store: f.store,
-		Deliverer: &Deliverer{Resolver: f.res, From: "dmarc-noreply@receiver.example", HELO: "reporter.receiver.example", DKIM: signer,
+		Deliverer: &Deliverer{Resolver: f.res, From: "dmarc-noreply@receiver.example", HELO: "reporter.receiver.example", DKIM: signers,
 			SMTPPort: f.sink.port, TLSConfig: &tls.Config{RootCAs: f.pool}, Timeout: 10 * time.Second,
 			Addresses: AddressPolicy{Allow: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}, Now: func() time.Time { return f.now }},
 		DMARC:        ReportConfig{OrgName: "Receiver Org", Email: "dmarc-noreply@receiver.example", Receiver: "receiver.example", Generator: "authpipe"},
@@ -251,8 +255,13 @@ type parsedMail struct {
 func (f *fixture) parse(t *testing.T, m sinkMsg) parsedMail {
 	t.Helper()
 	vs, err := dkim.VerifyWithOptions(bytes.NewReader(m.Data), &dkim.VerifyOptions{LookupTXT: f.lookupTXT})
-	if err != nil || len(vs) != 1 || vs[0].Err != nil || vs[0].Domain != "receiver.example" {
-		t.Fatalf("dkim: %v %+v", err, vs)
+	if err != nil || len(vs) != len(f.rep.Deliverer.DKIM) {
+		t.Fatalf("dkim: %v: %d signatures, want %d", err, len(vs), len(f.rep.Deliverer.DKIM))
+	}
+	for _, v := range vs {
+		if v.Err != nil || v.Domain != "receiver.example" {
+			t.Fatalf("dkim: %+v", v)
+		}
 	}
 	msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
 	if err != nil {
@@ -297,15 +306,19 @@ func (f *fixture) parse(t *testing.T, m sinkMsg) parsedMail {
 var subjectRE = regexp.MustCompile(`^Report Domain: (\S+)\s+Submitter: (\S+)\s+Report-ID: <([A-Za-z0-9.@_-]+)>$`)
 
 func TestDeliveryEndToEnd(t *testing.T) {
-	for _, keyType := range []string{"rsa", "ed25519"} {
+	for _, keyType := range []string{"rsa", "ed25519", "rsa+ed25519"} {
 		t.Run(keyType, func(t *testing.T) {
-			var key any
-			if keyType == "rsa" {
-				key, _ = rsa.GenerateKey(rand.Reader, 2048)
-			} else {
-				_, key, _ = ed25519.GenerateKey(rand.Reader)
+			var keys []any
+			for _, kt := range strings.Split(keyType, "+") {
+				if kt == "rsa" {
+					k, _ := rsa.GenerateKey(rand.Reader, 2048)
+					keys = append(keys, k)
+				} else {
+					_, k, _ := ed25519.GenerateKey(rand.Reader)
+					keys = append(keys, k)
+				}
 			}
-			f := newFixture(t, key)
+			f := newFixture(t, keys...)
 			ctx := context.Background()
 			// Before the grace period ends nothing is built.
 			f.now = testDay.Add(24*time.Hour + 30*time.Minute)
@@ -372,7 +385,7 @@ func TestDeliveryEndToEnd(t *testing.T) {
 			if ds.Sent != 0 || len(f.sink.messages()) != 3 {
 				t.Fatalf("re-sent: %+v", ds)
 			}
-			t.Logf("%s: 3 mails DKIM-verified (2 DMARC over STARTTLS, 1 TLSRPT), 1 HTTPS POST, 1 unverified rua skipped", keyType)
+			t.Logf("%s: 3 mails DKIM-verified with %d signature(s) each (2 DMARC over STARTTLS, 1 TLSRPT), 1 HTTPS POST, 1 unverified rua skipped", keyType, len(keys))
 		})
 	}
 }
@@ -394,8 +407,8 @@ func checkTLSJSON(t *testing.T, b []byte) {
 }
 
 func TestDeliverySplitOverCap(t *testing.T) {
-	f := newFixture(t, nil)
-	f.rep.Deliverer.DKIM = DKIMKey{}
+	f := newFixture(t)
+	f.rep.Deliverer.DKIM = nil
 	f.rep.Caps = map[string]int64{"example.com": 24000}
 	f.now = testDay.Add(26 * time.Hour)
 	bs, ds, err := f.rep.Tick(context.Background())
@@ -437,8 +450,8 @@ func TestDeliverySplitOverCap(t *testing.T) {
 }
 
 func TestOutboxCrashBetweenAcceptAndMark(t *testing.T) {
-	f := newFixture(t, nil)
-	f.rep.Deliverer.DKIM = DKIMKey{}
+	f := newFixture(t)
+	f.rep.Deliverer.DKIM = nil
 	f.now = testDay.Add(26 * time.Hour)
 	crashed := false
 	errCrash := errors.New("simulated crash")
@@ -487,8 +500,8 @@ func TestOutboxCrashBetweenAcceptAndMark(t *testing.T) {
 }
 
 func TestOutboxRetryAndSuppression(t *testing.T) {
-	f := newFixture(t, nil)
-	f.rep.Deliverer.DKIM = DKIMKey{}
+	f := newFixture(t)
+	f.rep.Deliverer.DKIM = nil
 	f.rep.SuppressAfter = 1
 	f.now = testDay.Add(26 * time.Hour)
 	f.sink.reject.Store(451)
@@ -532,8 +545,8 @@ func TestTLSReportPlaintextFallback(t *testing.T) {
 	// A server whose certificate the sender does not trust: TLS reports
 	// are still delivered (RFC 8460 5.1), over a plaintext retry; DMARC
 	// reports with RequireTLS are not.
-	f := newFixture(t, nil)
-	f.rep.Deliverer.DKIM = DKIMKey{}
+	f := newFixture(t)
+	f.rep.Deliverer.DKIM = nil
 	f.rep.Deliverer.TLSConfig = &tls.Config{RootCAs: x509.NewCertPool()}
 	f.rep.RequireTLS = true
 	f.now = testDay.Add(26 * time.Hour)
@@ -630,8 +643,8 @@ func TestSmarthost(t *testing.T) {
 }
 
 func TestOutboxPrune(t *testing.T) {
-	f := newFixture(t, nil)
-	f.rep.Deliverer.DKIM = DKIMKey{}
+	f := newFixture(t)
+	f.rep.Deliverer.DKIM = nil
 	f.now = testDay.Add(26 * time.Hour)
 	if _, _, err := f.rep.Tick(context.Background()); err != nil {
 		t.Fatal(err)

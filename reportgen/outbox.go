@@ -42,6 +42,9 @@ type OutboxItem struct {
 	NextAttempt time.Time `json:"next_attempt"`
 	SentAt      time.Time `json:"sent_at,omitzero"`
 	LastError   string    `json:"last_error,omitempty"`
+	// Remote is set when another reporter sent (or failed) the same item
+	// and this one finished it from the state topic without sending.
+	Remote bool `json:"remote,omitempty"`
 }
 
 // Suppression is an entry of the suppression list, keyed by destination
@@ -237,8 +240,28 @@ type Reporter struct {
 	// use it to simulate a crash between acceptance and marking.
 	AfterAccept func(OutboxItem) error
 
-	lastSend map[string]time.Time
+	// Owns, when set, limits closing (Tick) and building (BuildClosed) to
+	// the windows it returns true for. In a fleet each window belongs to
+	// the reporter that owns its domain's partition; the others would
+	// build it from an incomplete or stale copy. Delivery is not limited:
+	// an outbox item is delivered by the store that holds it.
+	Owns func(Kind, Window) bool
+	// OnState, when set, is called after each delivery state transition
+	// is durable in the store: a window built (or found to have no
+	// destination), an item sent or failed for good, a done marker
+	// pruned. pipeline.RunReporter publishes the events to the compacted
+	// state topic that every reporter applies (Store.ApplyState). It must
+	// not block for long (it runs inside BuildClosed and Deliver).
+	OnState func(StateEvent)
 }
+
+func (r *Reporter) emit(ev StateEvent) {
+	if r.OnState != nil {
+		r.OnState(ev)
+	}
+}
+
+func (r *Reporter) owns(kind Kind, w Window) bool { return r.Owns == nil || r.Owns(kind, w) }
 
 // BuildStats counts what BuildClosed did.
 type BuildStats struct {
@@ -280,7 +303,7 @@ func (r *Reporter) BuildClosed(ctx context.Context) (BuildStats, error) {
 			return st, err
 		}
 		for _, wi := range wins {
-			if wi.State != StateClosed {
+			if wi.State != StateClosed || !r.owns(kind, wi.Window) {
 				continue
 			}
 			if err := r.buildWindow(ctx, wi, &st); err != nil {
@@ -329,7 +352,11 @@ func (r *Reporter) buildWindow(ctx context.Context, wi WindowInfo, st *BuildStat
 	st.Windows++
 	if len(dests) == 0 {
 		st.NoDestination++
-		return r.Store.DeleteWindow(wi.Kind, wi.Window)
+		if err := r.Store.MarkDone(wi.Kind, wi.Window); err != nil {
+			return err
+		}
+		r.emit(StateEvent{Kind: wi.Kind, Window: wi.Window, State: StateBuilt, At: r.Store.Now()})
+		return nil
 	}
 	now := r.Store.Now()
 	type built struct {
@@ -339,35 +366,33 @@ func (r *Reporter) buildWindow(ctx context.Context, wi WindowInfo, st *BuildStat
 	byCap := map[int64]*built{}
 	var items []OutboxItem
 	for _, d := range dests {
-		fileCap := int64(0)
-		if wi.Kind == KindDMARC {
-			fileCap = MailFileCap(r.capFor(d))
+		fileCap := MailFileCap(r.capFor(d))
+		if wi.Kind == KindTLS && d.Scheme() == "https" {
+			fileCap = r.httpsCap(d)
 		}
 		b := byCap[fileCap]
 		if b == nil {
 			b = &built{}
+			var bufs []*bytes.Buffer
+			open := func(ReportFile) (io.Writer, error) {
+				bufs = append(bufs, &bytes.Buffer{})
+				return bufs[len(bufs)-1], nil
+			}
+			var files []ReportFile
+			var err error
 			if wi.Kind == KindTLS {
-				var buf bytes.Buffer
-				rf, err := BuildTLSRPT(r.Store, wi.Window, r.TLS, &buf)
-				if err != nil {
-					return err
-				}
-				b.files, b.data = []ReportFile{rf}, [][]byte{buf.Bytes()}
+				files, err = BuildTLSRPTParts(r.Store, wi.Window, r.TLS, fileCap, open)
 			} else {
 				cfg := r.DMARC
 				cfg.MaxSize = fileCap
-				var bufs []*bytes.Buffer
-				files, err := BuildDMARC(r.Store, wi.Window, wi.Policy, cfg, func(ReportFile) (io.Writer, error) {
-					bufs = append(bufs, &bytes.Buffer{})
-					return bufs[len(bufs)-1], nil
-				})
-				if err != nil {
-					return err
-				}
-				b.files = files
-				for _, bb := range bufs {
-					b.data = append(b.data, bb.Bytes())
-				}
+				files, err = BuildDMARC(r.Store, wi.Window, wi.Policy, cfg, open)
+			}
+			if err != nil {
+				return err
+			}
+			b.files = files
+			for _, bb := range bufs {
+				b.data = append(b.data, bb.Bytes())
 			}
 			byCap[fileCap] = b
 			st.Files += len(b.files)
@@ -384,7 +409,31 @@ func (r *Reporter) buildWindow(ctx context.Context, wi WindowInfo, st *BuildStat
 		}
 	}
 	st.Items += len(items)
-	return r.Store.enqueue(wi.Kind, wi.Window, items)
+	if err := r.Store.enqueue(wi.Kind, wi.Window, items); err != nil {
+		return err
+	}
+	ev := StateEvent{Kind: wi.Kind, Window: wi.Window, State: StateBuilt, At: now}
+	for i := range items {
+		if !slices.Contains(ev.Files, items[i].Meta.FileName) {
+			ev.Files = append(ev.Files, items[i].Meta.FileName)
+			ev.ReportIDs = append(ev.ReportIDs, items[i].Meta.ReportID)
+		}
+	}
+	r.emit(ev)
+	return nil
+}
+
+// httpsCap is the cap on a TLSRPT file POSTed to d: the Deliverer's body
+// cap (default 10 MiB), lowered by a Caps entry for the URI.
+func (r *Reporter) httpsCap(d Destination) int64 {
+	c := int64(10 << 20)
+	if r.Deliverer != nil && r.Deliverer.MaxHTTPSize > 0 {
+		c = r.Deliverer.MaxHTTPSize
+	}
+	if v, ok := r.Caps[strings.ToLower(d.URI)]; ok && v > 0 && v < c {
+		c = v
+	}
+	return c
 }
 
 // DeliverStats counts what Deliver did.
@@ -410,13 +459,11 @@ func (r *Reporter) backoff(attempts int) time.Duration {
 // Deliver sends every due pending item. An item is marked sent only after
 // the server accepted it (SMTP 250 after DATA, HTTP 2xx); a crash in
 // between leaves it pending, and the next run sends the same file with the
-// same Report-ID and file name again. Windows whose items are all done are
-// deleted from the store.
+// same Report-ID and file name again. Windows whose items are all done
+// become done markers. The per-destination rate limit is kept in the store
+// (Store.LastSend), so a restart does not send a burst.
 func (r *Reporter) Deliver(ctx context.Context) (DeliverStats, error) {
 	var st DeliverStats
-	if r.lastSend == nil {
-		r.lastSend = map[string]time.Time{}
-	}
 	items, err := r.Store.OutboxItems(false)
 	if err != nil {
 		return st, err
@@ -433,13 +480,13 @@ func (r *Reporter) Deliver(ctx context.Context) (DeliverStats, error) {
 	if suppressAfter <= 0 {
 		suppressAfter = 3
 	}
-	touched := map[Window]Kind{}
+	touched := map[kindWindow]bool{}
 	for _, it := range items {
 		now := r.Store.Now()
 		if it.State != ItemPending || now.Before(it.NextAttempt) {
 			continue
 		}
-		touched[it.Window] = it.Kind
+		touched[kindWindow{it.Kind, it.Window}] = true
 		dest := strings.ToLower(it.Dest)
 		sp, err := r.Store.Suppression(dest)
 		if err != nil {
@@ -452,11 +499,21 @@ func (r *Reporter) Deliver(ctx context.Context) (DeliverStats, error) {
 			}
 			continue
 		}
-		if last, ok := r.lastSend[dest]; ok && rate > 0 && now.Sub(last) < rate {
-			st.RateLimited++
-			continue
+		if rate > 0 {
+			last, err := r.Store.LastSend(dest)
+			if err != nil {
+				return st, err
+			}
+			if !last.IsZero() && now.Sub(last) < rate {
+				st.RateLimited++
+				continue
+			}
+			// Recorded before the attempt: a crash during the send
+			// must not let the next process send at once again.
+			if err := r.Store.recordSend(dest, now); err != nil {
+				return st, fmt.Errorf("reportgen: record send to %s: %w", dest, err)
+			}
 		}
-		r.lastSend[dest] = now
 		file, err := r.Store.outboxFile(it.ID)
 		if err != nil {
 			return st, err
@@ -477,6 +534,7 @@ func (r *Reporter) Deliver(ctx context.Context) (DeliverStats, error) {
 			}); err != nil {
 				return st, err
 			}
+			r.emit(itemEvent(&it, ItemSent, now))
 			continue
 		}
 		perm := IsPermanent(sendErr)
@@ -500,6 +558,9 @@ func (r *Reporter) Deliver(ctx context.Context) (DeliverStats, error) {
 			return nil
 		}); err != nil {
 			return st, err
+		}
+		if perm || expired {
+			r.emit(itemEvent(&it, ItemFailed, now))
 		}
 		if perm {
 			if err := r.countPermanent(dest, sendErr, suppressAfter); err != nil {
@@ -528,27 +589,24 @@ func (r *Reporter) countPermanent(dest string, cause error, after int) error {
 	})
 }
 
-// cleanup deletes the windows whose outbox items are all done (the items
-// stay in the outbox as a record until pruned).
-func (r *Reporter) cleanup(touched map[Window]Kind) error {
-	items, err := r.Store.OutboxItems(false)
-	if err != nil {
-		return err
-	}
-	pending := map[Window]bool{}
-	for _, it := range items {
-		if it.State == ItemPending {
-			pending[it.Window] = true
-		}
-	}
-	for w, k := range touched {
-		if !pending[w] {
-			if err := r.Store.DeleteWindow(k, w); err != nil {
+// kindWindow names a window of one kind (a domain has a DMARC and a TLS
+// window for the same day).
+type kindWindow struct {
+	kind Kind
+	w    Window
+}
+
+// cleanup turns the windows whose outbox items are all done into done
+// markers (the items stay in the outbox as a record until pruned).
+func (r *Reporter) cleanup(touched map[kindWindow]bool) error {
+	return r.Store.db.Update(func(tx *bolt.Tx) error {
+		for kw := range touched {
+			if err := finishIfDone(tx, kw.kind, kw.w); err != nil {
 				return err
 			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func (r *Reporter) send(ctx context.Context, it *OutboxItem) error {
@@ -567,10 +625,10 @@ func (r *Reporter) send(ctx context.Context, it *OutboxItem) error {
 	return r.Deliverer.SendMail(ctx, addr, msg, r.RequireTLS && it.Kind == KindDMARC)
 }
 
-// Tick runs one reporting round: close due windows, build closed ones,
-// deliver due items.
+// Tick runs one reporting round: close due windows (those Owns accepts),
+// build closed ones, deliver due items, prune.
 func (r *Reporter) Tick(ctx context.Context) (BuildStats, DeliverStats, error) {
-	if _, err := r.Store.CloseDue(); err != nil {
+	if _, err := r.Store.CloseDueIf(r.Owns); err != nil {
 		return BuildStats{}, DeliverStats{}, err
 	}
 	bs, err := r.BuildClosed(ctx)
@@ -581,12 +639,36 @@ func (r *Reporter) Tick(ctx context.Context) (BuildStats, DeliverStats, error) {
 	if err != nil {
 		return bs, ds, err
 	}
+	return bs, ds, r.Prune()
+}
+
+// Prune deletes finished outbox items older than KeepDone, done markers
+// older than the store's MarkerTTL (emitting StatePruned events for their
+// state keys) and stale rate limit entries.
+func (r *Reporter) Prune() error {
+	now := r.Store.Now()
 	keep := r.KeepDone
 	if keep <= 0 {
 		keep = 7 * 24 * time.Hour
 	}
-	_, err = r.Store.PruneOutbox(r.Store.Now().Add(-keep))
-	return bs, ds, err
+	if _, err := r.Store.PruneOutbox(now.Add(-keep)); err != nil {
+		return fmt.Errorf("reportgen: prune outbox: %w", err)
+	}
+	pruned, err := r.Store.PruneDone()
+	if err != nil {
+		return err
+	}
+	for _, wi := range pruned {
+		r.emit(StateEvent{Kind: wi.Kind, Window: wi.Window, State: StatePruned, At: now})
+		for _, id := range wi.Reports {
+			r.emit(StateEvent{Kind: wi.Kind, Window: wi.Window, Item: id, State: StatePruned, At: now})
+		}
+	}
+	rate := max(r.RateInterval, time.Hour)
+	if err := r.Store.pruneSends(now.Add(-rate)); err != nil {
+		return fmt.Errorf("reportgen: prune rate limit entries: %w", err)
+	}
+	return nil
 }
 
 // Run calls Tick every interval until ctx ends; errors go to onErr (which

@@ -16,12 +16,25 @@ import (
 
 // Window states, in order. A window is open until its UTC day ended more
 // than Grace ago; closed windows wait for their reports to be built into the
-// outbox (built) and are deleted once every destination is done.
+// outbox (built); once every destination is done the rows are deleted and
+// the window stays as a done marker (see StateDone).
 const (
 	StateOpen   = "open"
 	StateClosed = "closed"
 	StateBuilt  = "built"
+	// StateDone marks a window whose reports were built and delivered
+	// (here, or by another reporter: WindowInfo.Remote). Its rows are
+	// gone; the marker is kept for Store.MarkerTTL so that partials
+	// replayed from Kafka after a partition move, or arriving late, are
+	// counted as late instead of re-opening the window (which would build
+	// and send a second report with the same Report-ID).
+	StateDone = "done"
 )
+
+// DefaultMarkerTTL is how long done markers are kept after their window
+// closed. It must exceed the retention of the aggregate and TLS result
+// topics: a replay must never reach partials of a day whose marker is gone.
+const DefaultMarkerTTL = 30 * 24 * time.Hour
 
 // DefaultGrace is how long after UTC midnight late events are still merged
 // into the day that ended.
@@ -35,6 +48,7 @@ var (
 	bucketSuppr   = []byte("suppressed")
 	bucketTLS     = []byte("tls")
 	bucketTLSWin  = []byte("tlswindows")
+	bucketRate    = []byte("ratelimit")
 )
 
 // Kind selects the report family of a window.
@@ -80,6 +94,9 @@ type WindowInfo struct {
 	Late uint64 `json:"late,omitempty"`
 	// Reports lists the outbox ids of the built reports.
 	Reports []string `json:"reports,omitempty"`
+	// Remote is set on a window marked done because another reporter
+	// built its reports (learnt from the delivery state topic).
+	Remote bool `json:"remote,omitempty"`
 }
 
 // Offset is a consumed position: the next offset to read from a partition.
@@ -98,6 +115,9 @@ type Store struct {
 	// Grace is how long after a day's UTC end its window stays open
 	// (DefaultGrace when 0).
 	Grace time.Duration
+	// MarkerTTL is how long a done marker is kept after its window closed
+	// (DefaultMarkerTTL when 0); see StateDone.
+	MarkerTTL time.Duration
 }
 
 // StoreFile is the name of the store file in the data directory.
@@ -116,7 +136,7 @@ func OpenStore(dir string, now func() time.Time) (*Store, error) {
 		return nil, fmt.Errorf("reportgen: open store: %w", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketWindows, bucketRows, bucketOffsets, bucketOutbox, bucketSuppr, bucketTLS, bucketTLSWin} {
+		for _, b := range [][]byte{bucketWindows, bucketRows, bucketOffsets, bucketOutbox, bucketSuppr, bucketTLS, bucketTLSWin, bucketRate} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -132,6 +152,13 @@ func OpenStore(dir string, now func() time.Time) (*Store, error) {
 
 // Close closes the store file.
 func (s *Store) Close() error { return s.db.Close() }
+
+func (s *Store) markerTTL() time.Duration {
+	if s.MarkerTTL <= 0 {
+		return DefaultMarkerTTL
+	}
+	return s.MarkerTTL
+}
 
 func (s *Store) grace() time.Duration {
 	if s.Grace <= 0 {
@@ -197,8 +224,12 @@ type MergeResult struct {
 	// the batch was applied before (a replay after a crash) and is skipped.
 	Applied bool
 	Rows    int
-	// Late counts messages for windows that were already closed.
-	Late uint64
+	// Late counts messages for windows that were already closed (or
+	// built, or done); LatePartials counts the partials that carried them
+	// and LateWindows names those windows (each once).
+	Late         uint64
+	LatePartials int
+	LateWindows  []Window
 }
 
 // Merge applies partial aggregates and the consumed offsets in one bbolt
@@ -273,6 +304,10 @@ func (s *Store) merge(kind Kind, batch []windowBatch, offsets []Offset) (MergeRe
 			if wi.State != StateOpen {
 				wi.Late += p.msgs
 				res.Late += p.msgs
+				res.LatePartials++
+				if !slices.Contains(res.LateWindows, p.w) {
+					res.LateWindows = append(res.LateWindows, p.w)
+				}
 				if err := putWindow(tx, wi); err != nil {
 					return err
 				}
@@ -331,7 +366,14 @@ func (s *Store) Offsets() ([]Offset, error) {
 
 // CloseDue closes every open window (DMARC and TLS) whose day ended more
 // than Grace before the clock's now, and returns them.
-func (s *Store) CloseDue() ([]WindowInfo, error) {
+func (s *Store) CloseDue() ([]WindowInfo, error) { return s.CloseDueIf(nil) }
+
+// CloseDueIf is CloseDue restricted to the windows for which owns returns
+// true (nil: all). A reporter in a fleet closes only the windows of the
+// partitions it owns and has caught up on: closing a window whose
+// partials are still being replayed, or merged by another reporter, would
+// make the rest of them late.
+func (s *Store) CloseDueIf(owns func(Kind, Window) bool) ([]WindowInfo, error) {
 	now := s.Now()
 	var closed []WindowInfo
 	err := s.db.Update(func(tx *bolt.Tx) error {
@@ -342,7 +384,7 @@ func (s *Store) CloseDue() ([]WindowInfo, error) {
 				return err
 			}
 			for _, wi := range all {
-				if wi.State == StateOpen && !now.Before(s.ClosesAt(wi.Day)) {
+				if wi.State == StateOpen && !now.Before(s.ClosesAt(wi.Day)) && (owns == nil || owns(kind, wi.Window)) {
 					if err := closeWindow(tx, &wi); err != nil {
 						return err
 					}
@@ -426,12 +468,26 @@ func listWindows(tx *bolt.Tx, kind Kind) ([]WindowInfo, error) {
 	return out, err
 }
 
-// Windows lists the stored windows of a kind, ordered by domain and day.
+// Windows lists the live windows of a kind (open, closed or built; not the
+// done markers, see DoneWindows), ordered by domain and day.
 func (s *Store) Windows(kind Kind) ([]WindowInfo, error) {
+	return s.windows(kind, func(wi *WindowInfo) bool { return wi.State != StateDone })
+}
+
+// DoneWindows lists the done markers of a kind, ordered by domain and day.
+func (s *Store) DoneWindows(kind Kind) ([]WindowInfo, error) {
+	return s.windows(kind, func(wi *WindowInfo) bool { return wi.State == StateDone })
+}
+
+func (s *Store) windows(kind Kind, keep func(*WindowInfo) bool) ([]WindowInfo, error) {
 	var out []WindowInfo
 	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		out, err = listWindows(tx, kind)
+		all, err := listWindows(tx, kind)
+		for i := range all {
+			if keep(&all[i]) {
+				out = append(out, all[i])
+			}
+		}
 		return err
 	})
 	if err != nil {
@@ -487,17 +543,80 @@ func (s *Store) ForEachRow(w Window, fn func(Row) error) error {
 	})
 }
 
-// DeleteWindow removes a window and its rows (after its reports are done).
+// DeleteWindow removes a window and its rows. Reporters do not call it for
+// delivered windows (they keep a done marker, see StateDone); it is for
+// operators removing a window for good.
 func (s *Store) DeleteWindow(kind Kind, w Window) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		wb, rowsName := kind.buckets()
+		wb, _ := kind.buckets()
 		if err := tx.Bucket(wb).Delete(windowKey(w)); err != nil {
 			return err
 		}
-		err := tx.Bucket(rowsName).DeleteBucket(windowKey(w))
-		if errors.Is(err, bolt.ErrBucketNotFound) {
-			return nil
-		}
-		return err
+		return deleteRows(tx, kind, w)
 	})
+}
+
+func deleteRows(tx *bolt.Tx, kind Kind, w Window) error {
+	_, rowsName := kind.buckets()
+	err := tx.Bucket(rowsName).DeleteBucket(windowKey(w))
+	if errors.Is(err, bolt.ErrBucketNotFound) {
+		return nil
+	}
+	return err
+}
+
+// markDone turns a window into a done marker: its rows are deleted, its
+// counters and report ids kept.
+func markDone(tx *bolt.Tx, wi *WindowInfo, remote bool) error {
+	if err := deleteRows(tx, wi.Kind, wi.Window); err != nil {
+		return err
+	}
+	wi.State, wi.Remote, wi.Runs, wi.NextRun, wi.Rows = StateDone, remote, nil, 0, 0
+	return putWindow(tx, wi)
+}
+
+// MarkDone turns a window into a done marker (creating the marker when the
+// window is absent). The reporter calls it when a window has no
+// destination or all its outbox items are finished.
+func (s *Store) MarkDone(kind Kind, w Window) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		wi, err := getWindow(tx, kind, w)
+		if err != nil {
+			return err
+		}
+		if wi == nil {
+			wi = &WindowInfo{Window: w, Kind: kind}
+		}
+		return markDone(tx, wi, false)
+	})
+}
+
+// PruneDone deletes the done markers whose window closed more than
+// MarkerTTL before the clock's now, and returns them.
+func (s *Store) PruneDone() ([]WindowInfo, error) {
+	limit := s.Now().Add(-s.markerTTL())
+	var out []WindowInfo
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		out = out[:0]
+		for _, kind := range []Kind{KindDMARC, KindTLS} {
+			all, err := listWindows(tx, kind)
+			if err != nil {
+				return err
+			}
+			wb, _ := kind.buckets()
+			for _, wi := range all {
+				if wi.State == StateDone && s.ClosesAt(wi.Day).Before(limit) {
+					if err := tx.Bucket(wb).Delete(windowKey(wi.Window)); err != nil {
+						return err
+					}
+					out = append(out, wi)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reportgen: prune done markers: %w", err)
+	}
+	return out, nil
 }

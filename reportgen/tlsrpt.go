@@ -1,7 +1,6 @@
 package reportgen
 
 import (
-	"bufio"
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
@@ -12,6 +11,7 @@ import (
 	"io"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -283,9 +283,13 @@ type TLSReportConfig struct {
 
 // TLSFileName returns the RFC 8460 5.1 file name:
 // sender!policy-domain!begin!end!unique-id.json.gz.
-func TLSFileName(sender string, w Window) string {
+func TLSFileName(sender string, w Window) string { return TLSFileNamePart(sender, w, 1) }
+
+// TLSFileNamePart is the file name of part n of a split report; part 1 is
+// TLSFileName.
+func TLSFileNamePart(sender string, w Window, part int) string {
 	begin := DayStart(w.Day).Unix()
-	return fmt.Sprintf("%s!%s!%d!%d!%s.json.gz", strings.ToLower(sender), w.Domain, begin, begin+86399, tlsUnique(sender, w))
+	return fmt.Sprintf("%s!%s!%d!%d!%s.json.gz", strings.ToLower(sender), w.Domain, begin, begin+86399, tlsUniquePart(sender, w, part))
 }
 
 func tlsUnique(sender string, w Window) string {
@@ -293,52 +297,61 @@ func tlsUnique(sender string, w Window) string {
 	return hex.EncodeToString(h[:8])
 }
 
-// TLSReportID returns the stable report-id of a window.
-func TLSReportID(sender string, w Window) string {
-	return DayString(w.Day) + "_" + w.Domain + "_" + tlsUnique(sender, w) + "@" + strings.ToLower(sender)
+// tlsUniquePart is the file name's unique-id (RFC 8460 5.1: 1*(ALPHA /
+// DIGIT)) of part n: the window's hex digest, then "p" and the part number
+// from part 2 on ("p" is not a hex digit, so the forms cannot collide).
+func tlsUniquePart(sender string, w Window, part int) string {
+	if part <= 1 {
+		return tlsUnique(sender, w)
+	}
+	return tlsUnique(sender, w) + "p" + strconv.Itoa(part)
 }
 
-// BuildTLSRPT writes the gzip TLSRPT JSON of window w to out. Policies are
-// streamed from the store cursor one at a time, so memory is bounded by the
-// largest single policy's failure details.
+// TLSReportID returns the stable report-id of a window.
+func TLSReportID(sender string, w Window) string { return TLSReportIDPart(sender, w, 1) }
+
+// TLSReportIDPart returns the stable report-id of part n of a split
+// report; part 1 is TLSReportID. It depends only on sender, window and
+// part, so a rebuilt report keeps it.
+func TLSReportIDPart(sender string, w Window, part int) string {
+	return DayString(w.Day) + "_" + w.Domain + "_" + tlsUniquePart(sender, w, part) + "@" + strings.ToLower(sender)
+}
+
+// BuildTLSRPT writes the gzip TLSRPT JSON of window w to out, unsplit.
+// Policies are streamed from the store cursor one at a time, so memory is
+// bounded by the largest single policy's failure details.
 func BuildTLSRPT(s *Store, w Window, cfg TLSReportConfig, out io.Writer) (ReportFile, error) {
-	begin := DayStart(w.Day)
-	rf := ReportFile{Window: w, Part: 1, ReportID: TLSReportID(cfg.Sender, w), FileName: TLSFileName(cfg.Sender, w),
-		Begin: begin.Unix(), End: begin.Unix() + 86399}
-	cw := &countWriter{w: out}
-	gz, _ := gzip.NewWriterLevel(cw, gzip.DefaultCompression)
-	gz.ModTime = DayStart(w.Day + 1)
-	bw := bufio.NewWriter(gz)
-	head := TLSReport{OrganizationName: cfg.OrganizationName, ContactInfo: cfg.ContactInfo, ReportID: rf.ReportID,
-		DateRange: TLSDateRange{Start: begin, End: begin.Add(86399 * time.Second)}}
-	hb, err := json.Marshal(head)
+	files, err := BuildTLSRPTParts(s, w, cfg, 0, func(ReportFile) (io.Writer, error) { return out, nil })
 	if err != nil {
-		return rf, err
+		return ReportFile{}, err
 	}
-	// Replace the empty policies array with a streamed one.
-	hb = bytes.TrimSuffix(hb, []byte(`"policies":null}`))
-	bw.Write(hb)
-	bw.WriteString(`"policies":[`)
+	return files[0], nil
+}
+
+// BuildTLSRPTParts writes the TLSRPT report(s) of window w: each a complete
+// RFC 8460 JSON document, gzipped, of at most maxSize octets (0: no cap,
+// one report). open is called for each part. Policies are divided between
+// the parts; a policy too large for one part on its own is split by its
+// failure details, each piece carrying the session counts of its details
+// (the successful sessions go with the first piece), so that together the
+// parts carry every policy and every count exactly once. Each part has its
+// own stable report-id and file name (TLSReportIDPart, TLSFileNamePart). A
+// single failure detail larger than the cap is an error. A window without
+// rows gives one report with no policies.
+func BuildTLSRPTParts(s *Store, w Window, cfg TLSReportConfig, maxSize int64, open func(ReportFile) (io.Writer, error)) ([]ReportFile, error) {
+	b := &tlsBuilder{w: w, cfg: cfg, max: maxSize, open: open}
 	var cur *TLSPolicyData
 	var curKey string
-	npol := 0
+	var curRows int
 	flush := func() error {
 		if cur == nil {
 			return nil
 		}
-		b, err := json.Marshal(cur)
-		if err != nil {
-			return err
-		}
-		if npol > 0 {
-			bw.WriteByte(',')
-		}
-		bw.WriteString("\n")
-		bw.Write(b)
-		npol++
-		return nil
+		err := b.addPolicy(cur, curRows, true)
+		cur = nil
+		return err
 	}
-	err = s.forEachRaw(KindTLS, w, func(k []byte, n uint64) error {
+	err := s.forEachRaw(KindTLS, w, func(k []byte, n uint64) error {
 		d := &decoder{b: k}
 		if d.byte1() != 2 {
 			return fmt.Errorf("%w: tls key", ErrBadEncoding)
@@ -356,9 +369,8 @@ func BuildTLSRPT(s *Store, w Window, cfg TLSReportConfig, out io.Writer) (Report
 			if pd.err != nil {
 				return pd.err
 			}
-			curKey = string(polRaw)
+			curKey, curRows = string(polRaw), 0
 		}
-		rf.Messages += n
 		switch d.byte1() {
 		case 'S':
 			cur.Summary.TotalSuccessfulSessionCount += n
@@ -370,24 +382,257 @@ func BuildTLSRPT(s *Store, w Window, cfg TLSReportConfig, out io.Writer) (Report
 		default:
 			return fmt.Errorf("%w: tls key kind", ErrBadEncoding)
 		}
-		rf.Rows++
+		curRows++
 		return d.err
 	})
 	if err == nil {
 		err = flush()
 	}
+	if err == nil && b.gz == nil {
+		err = b.startPart() // no rows: one empty report
+	}
+	if err == nil {
+		err = b.finishPart()
+	}
 	if err != nil {
-		return rf, fmt.Errorf("reportgen: build tlsrpt %s: %w", w, err)
+		return b.files, fmt.Errorf("reportgen: build tlsrpt %s: %w", w, err)
 	}
-	bw.WriteString("\n]}\n")
-	if err := bw.Flush(); err != nil {
-		return rf, err
+	return b.files, nil
+}
+
+// tlsBuilder writes the parts of a TLSRPT report, measuring the gzip
+// output as it goes (like the DMARC builder): cw.n is what the deflater
+// emitted, pending what it was given since its last flush.
+type tlsBuilder struct {
+	w     Window
+	cfg   TLSReportConfig
+	max   int64
+	open  func(ReportFile) (io.Writer, error)
+	files []ReportFile
+
+	cur     ReportFile
+	cw      *countWriter
+	gz      *gzip.Writer
+	pending int64
+	npol    int
+}
+
+const tlsCloseTag = "\n]}\n"
+
+func (b *tlsBuilder) header(part int) ([]byte, error) {
+	begin := DayStart(b.w.Day)
+	head := TLSReport{OrganizationName: b.cfg.OrganizationName, ContactInfo: b.cfg.ContactInfo, ReportID: TLSReportIDPart(b.cfg.Sender, b.w, part),
+		DateRange: TLSDateRange{Start: begin, End: begin.Add(86399 * time.Second)}}
+	hb, err := json.Marshal(head)
+	if err != nil {
+		return nil, err
 	}
-	if err := gz.Close(); err != nil {
-		return rf, err
+	// Replace the empty policies array with a streamed one.
+	hb = bytes.TrimSuffix(hb, []byte(`"policies":null}`))
+	return append(hb, `"policies":[`...), nil
+}
+
+// bound is the largest compressed size n more input octets (plus the
+// closing tag) can reach on top of what was emitted: deflate expands
+// incompressible input by at most 5 octets per 64 KiB stored block.
+func bound(emitted, pending, n int64) int64 {
+	p := pending + n + int64(len(tlsCloseTag))
+	return emitted + p + p/8192 + gzipOverhead
+}
+
+func (b *tlsBuilder) fits(n int64) bool {
+	return b.max <= 0 || bound(b.cw.n, b.pending, n) <= b.max
+}
+
+// fitsEmpty reports whether n octets of policies fit a fresh part.
+func (b *tlsBuilder) fitsEmpty(n int64) (bool, error) {
+	if b.max <= 0 {
+		return true, nil
 	}
-	rf.Size = cw.n
-	return rf, nil
+	hb, err := b.header(len(b.files) + 2)
+	if err != nil {
+		return false, err
+	}
+	// A fresh part has emitted the 10-octet gzip header; counting 16
+	// keeps fitsEmpty(n) ⇒ fits(n) on a fresh part.
+	return bound(16, int64(len(hb)), n+2) <= b.max, nil
+}
+
+func (b *tlsBuilder) startPart() error {
+	part := len(b.files) + 1
+	begin := DayStart(b.w.Day).Unix()
+	b.cur = ReportFile{Window: b.w, Part: part, ReportID: TLSReportIDPart(b.cfg.Sender, b.w, part),
+		FileName: TLSFileNamePart(b.cfg.Sender, b.w, part), Begin: begin, End: begin + 86399}
+	hb, err := b.header(part)
+	if err != nil {
+		return err
+	}
+	if b.max > 0 && bound(0, int64(len(hb)), 0) > b.max {
+		return fmt.Errorf("size cap %d is smaller than the report header", b.max)
+	}
+	out, err := b.open(b.cur)
+	if err != nil {
+		return err
+	}
+	b.cw = &countWriter{w: out}
+	b.gz, _ = gzip.NewWriterLevel(b.cw, gzip.DefaultCompression)
+	b.gz.ModTime = DayStart(b.w.Day + 1)
+	if _, err := b.gz.Write(hb); err != nil {
+		return err
+	}
+	b.pending, b.npol = int64(len(hb)), 0
+	return nil
+}
+
+func (b *tlsBuilder) finishPart() error {
+	if _, err := io.WriteString(b.gz, tlsCloseTag); err != nil {
+		return err
+	}
+	if err := b.gz.Close(); err != nil {
+		return err
+	}
+	b.cur.Size = b.cw.n
+	if c, ok := b.cw.w.(io.Closer); ok {
+		if err := c.Close(); err != nil {
+			return err
+		}
+	}
+	b.files = append(b.files, b.cur)
+	b.gz, b.cw, b.pending = nil, nil, 0
+	return nil
+}
+
+// tryWrite writes one encoded policy into the current part if it fits.
+func (b *tlsBuilder) tryWrite(blob []byte, rows int, sessions uint64) (bool, error) {
+	n := int64(len(blob)) + 2
+	if !b.fits(n) {
+		if b.pending == 0 {
+			return false, nil
+		}
+		// Measure exactly what the pending input compressed to.
+		if err := b.gz.Flush(); err != nil {
+			return false, err
+		}
+		b.pending = 0
+		if !b.fits(n) {
+			return false, nil
+		}
+	}
+	sep := "\n"
+	if b.npol > 0 {
+		sep = ",\n"
+	}
+	if _, err := io.WriteString(b.gz, sep); err != nil {
+		return false, err
+	}
+	if _, err := b.gz.Write(blob); err != nil {
+		return false, err
+	}
+	b.pending += n
+	b.npol++
+	b.cur.Rows += rows
+	b.cur.Messages += sessions
+	return true, nil
+}
+
+// addPolicy writes a policy into the current part, or a new one, or
+// splits it by failure details when it does not fit a part on its own.
+func (b *tlsBuilder) addPolicy(pd *TLSPolicyData, rows int, maySplit bool) error {
+	blob, err := json.Marshal(pd)
+	if err != nil {
+		return err
+	}
+	sessions := pd.Summary.TotalSuccessfulSessionCount + pd.Summary.TotalFailureSessionCount
+	if b.gz == nil {
+		if err := b.startPart(); err != nil {
+			return err
+		}
+	}
+	if ok, err := b.tryWrite(blob, rows, sessions); ok || err != nil {
+		return err
+	}
+	if b.npol > 0 {
+		if err := b.finishPart(); err != nil {
+			return err
+		}
+		if err := b.startPart(); err != nil {
+			return err
+		}
+		if ok, err := b.tryWrite(blob, rows, sessions); ok || err != nil {
+			return err
+		}
+	}
+	if !maySplit {
+		return fmt.Errorf("a piece of policy %s (%d octets) does not fit the size cap %d", pd.Policy.PolicyType, len(blob), b.max)
+	}
+	return b.splitPolicy(pd)
+}
+
+// splitPolicy divides a policy too large for one part into pieces that
+// each fit an empty part, greedily in failure-detail order.
+func (b *tlsBuilder) splitPolicy(pd *TLSPolicyData) error {
+	// The size of a piece is its shell plus its details; the shell is
+	// measured with the largest counts any piece can have.
+	shell := TLSPolicyData{Policy: pd.Policy, Summary: pd.Summary}
+	sb, err := json.Marshal(shell)
+	if err != nil {
+		return err
+	}
+	shellLen := int64(len(sb) + len(`,"failure-details":[]`))
+	piece := TLSPolicyData{Policy: pd.Policy, Summary: TLSSummary{TotalSuccessfulSessionCount: pd.Summary.TotalSuccessfulSessionCount}}
+	size := shellLen
+	rows := 0
+	if piece.Summary.TotalSuccessfulSessionCount > 0 {
+		rows = 1
+	}
+	emit := func() error {
+		if len(piece.FailureDetails) == 0 && piece.Summary.TotalSuccessfulSessionCount == 0 {
+			return nil
+		}
+		if err := b.addPolicy(&piece, rows, false); err != nil {
+			return err
+		}
+		piece = TLSPolicyData{Policy: pd.Policy}
+		size, rows = shellLen, 0
+		return nil
+	}
+	// Pieces of at most a quarter of the cap (uncompressed) pack several
+	// to a part; a piece that must be larger only needs to fit an empty
+	// part.
+	target := b.max / 4
+	for _, fd := range pd.FailureDetails {
+		db, err := json.Marshal(fd)
+		if err != nil {
+			return err
+		}
+		add := int64(len(db) + 1)
+		ok, err := b.fitsEmpty(size + add)
+		if err != nil {
+			return err
+		}
+		if ok && size+add > target && len(piece.FailureDetails) > 0 {
+			ok = false
+		}
+		if !ok {
+			if len(piece.FailureDetails) == 0 && piece.Summary.TotalSuccessfulSessionCount == 0 {
+				return fmt.Errorf("a single failure detail (%d octets) does not fit the size cap %d", len(db), b.max)
+			}
+			if err := emit(); err != nil {
+				return err
+			}
+			if ok, err := b.fitsEmpty(size + add); err != nil || !ok {
+				return errors.Join(err, fmt.Errorf("a single failure detail (%d octets) does not fit the size cap %d", len(db), b.max))
+			}
+		}
+		piece.FailureDetails = append(piece.FailureDetails, fd)
+		piece.Summary.TotalFailureSessionCount += fd.FailedSessionCount
+		size += add
+		rows++
+	}
+	if len(piece.FailureDetails) == 0 && piece.Summary.TotalSuccessfulSessionCount > 0 && len(pd.FailureDetails) == 0 {
+		return fmt.Errorf("a policy without failure details (%d octets) does not fit the size cap %d", shellLen, b.max)
+	}
+	return emit()
 }
 
 func appendUvarint(b []byte, v uint64) []byte {

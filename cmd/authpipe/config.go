@@ -30,6 +30,14 @@ const envPrefix = "AUTHPIPE_"
 // A key that names no flag is an error, so typos do not pass silently.
 // Flags given on the command line win over both.
 func applyConfig(fs *pflag.FlagSet, path string, environ []string) error {
+	return applyConfigShared(fs, path, environ, nil)
+}
+
+// applyConfigShared is applyConfig for a command that reads the
+// configuration file of another: `authpipe report ...` reads the file of
+// `authpipe run`, so keys for which others(key) is true and that name no
+// flag of fs are skipped rather than refused.
+func applyConfigShared(fs *pflag.FlagSet, path string, environ []string, others func(key string) bool) error {
 	k := koanf.New("\x00") // keys are flat; no nesting delimiter
 	if path != "" {
 		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
@@ -60,6 +68,9 @@ func applyConfig(fs *pflag.FlagSet, path string, environ []string) error {
 		if f == nil || key == "config" {
 			if _, ok := fromEnv[key]; ok {
 				continue // other AUTHPIPE_ variables are not ours to judge
+			}
+			if f == nil && others != nil && others(key) {
+				continue // an option of the command whose file this is
 			}
 			return usagef("%s: unknown option %q", where, key)
 		}

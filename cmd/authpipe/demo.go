@@ -25,6 +25,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/pipeline"
+	"github.com/authpipe/authpipe/reportgen"
 	"github.com/authpipe/authpipe/resolvercache"
 	"github.com/authpipe/authpipe/resolvercache/dnstest"
 	"github.com/authpipe/authpipe/stages"
@@ -37,7 +38,7 @@ import (
 func newDemoCmd() *cobra.Command {
 	var (
 		n, domains, inflight int
-		delivery             string
+		delivery, reportsDir string
 	)
 	cmd := &cobra.Command{
 		Use:   "demo [flags]",
@@ -47,13 +48,21 @@ embedded Kafka broker (in memory), an authoritative DNS server on 127.0.0.1
 serving a generated zone (SPF, DKIM and DMARC records for --domains domains),
 a generated corpus of --messages DKIM-signed and unsigned messages (legitimate
 mail, forwarded mail, spoofs, messages altered in transit), and the pipeline
-itself. It then prints what the verdicts said and how fast they came.`,
+itself. It then prints what the verdicts said and how fast they came.
+
+Then it plays the report side: it merges the partial DMARC aggregates the
+pipeline wrote, closes the demo's day at once (a real reporter waits for
+the UTC day to end plus a grace period), builds one RFC 9990 report per
+domain, writes the .xml.gz files to --reports-dir and delivers them,
+DKIM-signed with an RSA and an Ed25519 key, to an SMTP server on loopback
+standing in for the rua domains' MX. It prints one line per report.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if n <= 0 || domains <= 0 {
 				return usagef("--messages and --domains must be positive")
 			}
-			return demo(cmd.Context(), cmd.OutOrStdout(), progressWriter(cmd.ErrOrStderr()), n, domains, inflight, pipeline.Delivery(delivery))
+			return demo(cmd.Context(), cmd.OutOrStdout(), progressWriter(cmd.ErrOrStderr()), demoOptions{
+				messages: n, domains: domains, inflight: inflight, delivery: pipeline.Delivery(delivery), reportsDir: reportsDir})
 		},
 	}
 	f := cmd.Flags()
@@ -61,6 +70,7 @@ itself. It then prints what the verdicts said and how fast they came.`,
 	f.IntVar(&domains, "domains", 20, "sender domains in the generated zone")
 	f.IntVar(&inflight, "max-in-flight", 256*runtime.GOMAXPROCS(0), "messages verified at once")
 	f.StringVar(&delivery, "delivery", string(pipeline.ExactlyOnce), "exactly-once or at-least-once")
+	f.StringVar(&reportsDir, "reports-dir", "", "`directory` for the report files (created if missing; default: a new directory under the system temp dir, printed)")
 	return cmd
 }
 
@@ -83,7 +93,25 @@ const demoSealer = "lists.example"
 // dnsServFail is RCODE 2, SERVFAIL (RFC 1035 4.1.1), for the demo's broken domain.
 const dnsServFail = 2
 
-func demo(ctx context.Context, out, progress io.Writer, n, domains, inflight int, delivery pipeline.Delivery) error {
+// demoOptions are the demo's flags.
+type demoOptions struct {
+	messages, domains, inflight int
+	delivery                    pipeline.Delivery
+	reportsDir                  string
+}
+
+func demo(ctx context.Context, out, progress io.Writer, o demoOptions) error {
+	n, domains, inflight, delivery := o.messages, o.domains, o.inflight, o.delivery
+	reportsDir := o.reportsDir
+	if reportsDir == "" {
+		d, err := os.MkdirTemp("", "authpipe-demo-reports-")
+		if err != nil {
+			return fmt.Errorf("demo: reports dir: %w", err)
+		}
+		reportsDir = d
+	} else if err := os.MkdirAll(reportsDir, 0o755); err != nil {
+		return fmt.Errorf("demo: --reports-dir: %w", err)
+	}
 	fmt.Fprintf(progress, "generating zone (%d domains) and corpus (%d messages)...\n", domains, n)
 	dns, err := dnstest.Start()
 	if err != nil {
@@ -175,6 +203,8 @@ func demo(ctx context.Context, out, progress io.Writer, n, domains, inflight int
 		counts[table][k]++
 	}
 	got := 0
+	var reportable uint64 // verdicts with a DMARC policy: the aggregates must count them all
+	agg := reportgen.NewAggregator()
 	for got < n {
 		fs := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
@@ -186,6 +216,9 @@ func demo(ctx context.Context, out, progress io.Writer, n, domains, inflight int
 				return fmt.Errorf("demo: verdict: %w", err)
 			}
 			got++
+			if agg.Add(&v) == nil {
+				reportable++
+			}
 			var idx int
 			_, _ = fmt.Sscanf(string(r.Key), "demo-%d", &idx)
 			kind := demoKinds[idx%len(demoKinds)]
@@ -214,6 +247,12 @@ func demo(ctx context.Context, out, progress io.Writer, n, domains, inflight int
 	if err := <-done; err != nil {
 		return err
 	}
+	fmt.Fprintf(progress, "verdicts done; merging aggregates, closing the day, building and delivering reports...\n")
+	reports, err := demoReports(ctx, demoReportsConfig{brokers: b.Addrs(), aggregateTopic: p.Config().AggregateTopic, messages: reportable,
+		res: res, dns: dns, rsaKey: key, dir: reportsDir})
+	if err != nil {
+		return err
+	}
 
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "\nmessages\t%d\n", n)
@@ -238,7 +277,10 @@ func demo(ctx context.Context, out, progress io.Writer, n, domains, inflight int
 			fmt.Fprintf(tw, "  %s\t%d\n", k, counts[table][k])
 		}
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return reports.print(out, reportsDir)
 }
 
 // demoCorpus builds n mail.raw records keyed demo-NNNNNN; message i is of

@@ -6,44 +6,34 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
+	"path/filepath"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/authpipe/authpipe/reportgen"
-	"github.com/authpipe/authpipe/stages/dmarc"
 )
 
 // reportFlags are shared by the report subcommands.
 type reportFlags struct {
-	dataDir  string
-	domain   string
-	day      string
-	kind     string
-	org      string
-	email    string
-	receiver string
-	rfc7489  bool
+	config  string
+	dataDir string
+	domain  string
+	day     string
+	kind    string
 }
 
 func (rf *reportFlags) registerCommon(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&rf.dataDir, "data-dir", "./authpipe-data", "`directory` holding the report store (reports.db)")
+	cmd.Flags().StringVar(&rf.config, "config", "", "YAML configuration `file` of 'authpipe run' (its report and data-dir keys apply; the others are skipped)")
+	cmd.Flags().StringVar(&rf.dataDir, "data-dir", "./authpipe-data", "data `directory` of 'authpipe run': the report store is DIR/reports/reports.db")
 }
 
 func (rf *reportFlags) registerWindow(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&rf.domain, "domain", "", "policy `domain` of the window")
 	cmd.Flags().StringVar(&rf.day, "day", "", "UTC `day` of the window (YYYY-MM-DD)")
 	cmd.Flags().StringVar(&rf.kind, "kind", "dmarc", "window kind: dmarc or tlsrpt")
-}
-
-func (rf *reportFlags) registerOrg(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&rf.org, "org", "authpipe", "reporting organisation name (org_name / organization-name)")
-	cmd.Flags().StringVar(&rf.email, "email", "", "reporting contact `address` (email / contact-info)")
-	cmd.Flags().StringVar(&rf.receiver, "receiver", "", "reporting `domain`: file names, Submitter, TLS-Report-Submitter")
-	cmd.Flags().BoolVar(&rf.rfc7489, "rfc7489", false, "write RFC 7489 Appendix C XML (and read rua with RFC 7489 syntax, honouring !size)")
 }
 
 func (rf *reportFlags) kindValue() (reportgen.Kind, error) {
@@ -71,19 +61,17 @@ func (rf *reportFlags) window() (reportgen.Kind, reportgen.Window, error) {
 	return kind, reportgen.Window{Domain: rf.domain, Day: d}, nil
 }
 
-func (rf *reportFlags) open() (*reportgen.Store, error) {
-	if _, err := os.Stat(rf.dataDir); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	return reportgen.OpenStore(rf.dataDir, time.Now)
-}
+// reportStoreDir is where `run` keeps the report store in its data directory.
+func reportStoreDir(dataDir string) string { return filepath.Join(dataDir, "reports") }
 
-func (rf *reportFlags) reportConfig() reportgen.ReportConfig {
-	cfg := reportgen.ReportConfig{OrgName: rf.org, Email: rf.email, Receiver: rf.receiver, Generator: "authpipe", Format: reportgen.FormatRFC9990}
-	if rf.rfc7489 {
-		cfg.Format = reportgen.FormatRFC7489
+// open opens the report store of --data-dir; it must exist (a typo in the
+// path is an error, not a new empty store).
+func (rf *reportFlags) open() (*reportgen.Store, error) {
+	dir := reportStoreDir(rf.dataDir)
+	if _, err := os.Stat(filepath.Join(dir, reportgen.StoreFile)); err != nil {
+		return nil, fmt.Errorf("no report store under --data-dir %s (is it the data directory of 'authpipe run'?): %w", rf.dataDir, err)
 	}
-	return cfg
+	return reportgen.OpenStore(dir, time.Now)
 }
 
 func newReportCmd() *cobra.Command {
@@ -92,7 +80,15 @@ func newReportCmd() *cobra.Command {
 		Short: "Inspect and deliver DMARC aggregate (RFC 9990) and SMTP TLS (RFC 8460) reports",
 		Long: `The report commands work on the report store under --data-dir: the
 aggregated windows (policy domain, UTC day), their state (open, closed,
-built) and the outbox. See docs/reports.md.`,
+built) and the outbox. --data-dir is the data directory of 'authpipe run'
+(the store is DIR/reports/reports.db); --config reads run's YAML file, and
+AUTHPIPE_* environment variables apply as for run. A running reporter holds
+the store open: these commands then wait 5s and fail. See docs/reports.md.`,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			path, _ := cmd.Flags().GetString("config")
+			runFlags := newRunCmd().Flags()
+			return applyConfigShared(cmd.Flags(), path, os.Environ(), func(key string) bool { return runFlags.Lookup(key) != nil })
+		},
 	}
 	cmd.AddCommand(newReportListCmd(), newReportShowCmd(), newReportCloseCmd(), newReportSendCmd())
 	return cmd
@@ -159,6 +155,7 @@ func newReportListCmd() *cobra.Command {
 
 func newReportShowCmd() *cobra.Command {
 	var rf reportFlags
+	var id reportIdentityFlags
 	cmd := &cobra.Command{
 		Use:   "show",
 		Short: "Print the report of one window (XML or TLSRPT JSON, uncompressed)",
@@ -180,21 +177,21 @@ func newReportShowCmd() *cobra.Command {
 			if wi == nil {
 				return fmt.Errorf("no %s window %s", kind, w)
 			}
-			if rf.receiver == "" {
-				rf.receiver = "localhost"
+			if id.receiver == "" {
+				id.receiver = "localhost"
 			}
-			if rf.email == "" {
-				rf.email = "postmaster@" + rf.receiver
+			if id.email == "" {
+				id.email = "postmaster@" + id.receiver
 			}
 			var gz [][]byte
 			if kind == reportgen.KindTLS {
 				var buf bytes.Buffer
-				if _, err := reportgen.BuildTLSRPT(s, w, reportgen.TLSReportConfig{OrganizationName: rf.org, ContactInfo: rf.email, Sender: rf.receiver}, &buf); err != nil {
+				if _, err := reportgen.BuildTLSRPT(s, w, id.tlsConfig(), &buf); err != nil {
 					return err
 				}
 				gz = append(gz, buf.Bytes())
 			} else {
-				_, err := reportgen.BuildDMARC(s, w, wi.Policy, rf.reportConfig(), func(reportgen.ReportFile) (io.Writer, error) {
+				_, err := reportgen.BuildDMARC(s, w, wi.Policy, id.dmarcConfig(), func(reportgen.ReportFile) (io.Writer, error) {
 					gz = append(gz, nil)
 					return &sliceWriter{p: &gz[len(gz)-1]}, nil
 				})
@@ -216,7 +213,7 @@ func newReportShowCmd() *cobra.Command {
 	}
 	rf.registerCommon(cmd)
 	rf.registerWindow(cmd)
-	rf.registerOrg(cmd)
+	id.register(cmd.Flags())
 	return cmd
 }
 
@@ -267,61 +264,37 @@ func newReportCloseCmd() *cobra.Command {
 func newReportSendCmd() *cobra.Command {
 	var rf reportFlags
 	var dns dnsFlags
-	var from, helo, smarthost, keyFile, selector, signDomain string
-	var allow []string
-	var maxSize int64
-	var requireTLS bool
+	var df deliveryFlags
 	cmd := &cobra.Command{
 		Use:   "send",
 		Short: "Close due windows, build their reports into the outbox and deliver due items",
 		Long: `send runs one reporting round on the store: windows past their grace period
 are closed, rua destinations are looked up now (DMARC record / _smtp._tls TXT),
 reports are built into the durable outbox, and due items are delivered by SMTP
-(mailto:, via --smarthost or the destination MX) or HTTPS POST (TLSRPT https:).`,
+(mailto:, via --smarthost or the destination MX) or HTTPS POST (TLSRPT https:).
+
+'authpipe run' (role report or all) does the same every --report-interval with
+the same delivery flags; send is for stores no running reporter owns, or for a
+round now. --receiver and --from are required. Report mail is DKIM-signed with
+every --dkim-key: give an RSA and an Ed25519 key to add both signatures.`,
+		Example: `  authpipe report send --data-dir /var/lib/authpipe/reports --receiver mx.example.net \
+      --from dmarc-reports@example.net --dkim-key rsa2026=/etc/authpipe/rsa.pem --dkim-key ed2026=/etc/authpipe/ed25519.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if rf.receiver == "" || from == "" {
-				return usagef("--receiver and --from are required")
-			}
-			if rf.email == "" {
-				rf.email = from
-			}
 			res, err := dns.resolver()
 			if err != nil {
 				return err
 			}
-			d := &reportgen.Deliverer{Resolver: res, From: from, HELO: helo, Smarthost: smarthost, Now: time.Now}
-			for _, a := range allow {
-				p, err := netip.ParsePrefix(a)
-				if err != nil {
-					return usagef("--allow: %v", err)
-				}
-				d.Addresses.Allow = append(d.Addresses.Allow, p)
-			}
-			if keyFile != "" {
-				pemBytes, err := os.ReadFile(keyFile)
-				if err != nil {
-					return err
-				}
-				k, err := reportgen.ParseDKIMKey(pemBytes)
-				if err != nil {
-					return err
-				}
-				if signDomain == "" {
-					signDomain = rf.receiver
-				}
-				d.DKIM = reportgen.DKIMKey{Domain: signDomain, Selector: selector, Signer: k}
+			r, err := df.reporter(res, time.Now)
+			if err != nil {
+				return err
 			}
 			s, err := rf.open()
 			if err != nil {
 				return err
 			}
 			defer s.Close()
-			r := &reportgen.Reporter{Store: s, Deliverer: d, DMARC: rf.reportConfig(), DefaultCap: maxSize, RequireTLS: requireTLS,
-				TLS: reportgen.TLSReportConfig{OrganizationName: rf.org, ContactInfo: rf.email, Sender: rf.receiver}}
-			if rf.rfc7489 {
-				r.Mode = dmarc.ModeRFC7489
-			}
+			r.Store = s
 			bs, ds, err := r.Tick(cmd.Context())
 			fmt.Fprintf(cmd.OutOrStdout(), "built: windows=%d files=%d items=%d no-rua=%d unverified=%d deferred=%d\n",
 				bs.Windows, bs.Files, bs.Items, bs.NoDestination, bs.Unverified, bs.Deferred)
@@ -331,17 +304,7 @@ reports are built into the durable outbox, and due items are delivered by SMTP
 		},
 	}
 	rf.registerCommon(cmd)
-	rf.registerOrg(cmd)
+	df.register(cmd.Flags())
 	dns.register(cmd.Flags())
-	f := cmd.Flags()
-	f.StringVar(&from, "from", "", "From and MAIL FROM `address` of report mail (its domain must align with the DKIM domain)")
-	f.StringVar(&helo, "helo", "", "EHLO `name`")
-	f.StringVar(&smarthost, "smarthost", "", "relay all report mail through this `host:port` instead of the destination MX")
-	f.StringVar(&keyFile, "dkim-key", "", "PEM private key `file` (RSA or Ed25519) to DKIM-sign report mail")
-	f.StringVar(&selector, "dkim-selector", "reports", "DKIM `selector`")
-	f.StringVar(&signDomain, "dkim-domain", "", "DKIM signing `domain` (default --receiver)")
-	f.StringSliceVar(&allow, "allow", nil, "allow delivery to this otherwise refused `prefix` (e.g. 127.0.0.1/32)")
-	f.Int64Var(&maxSize, "max-size", 10<<20, "cap on one report mail in `octets`; larger reports are split")
-	f.BoolVar(&requireTLS, "require-tls", false, "require STARTTLS for DMARC report mail (TLS reports always fall back to plaintext)")
 	return cmd
 }

@@ -3,6 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"encoding/xml"
 	"os"
 	"path/filepath"
@@ -17,7 +21,7 @@ import (
 func fillReportStore(t *testing.T, dir string) {
 	t.Helper()
 	day := time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC)
-	s, err := reportgen.OpenStore(dir, func() time.Time { return day.Add(time.Hour) })
+	s, err := reportgen.OpenStore(reportStoreDir(dir), func() time.Time { return day.Add(time.Hour) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +77,16 @@ func TestReportCommands(t *testing.T) {
 	// window has no destination and is dropped.
 	zone := filepath.Join(dir, "zone.txt")
 	os.WriteFile(zone, []byte("example.org. 300 IN TXT \"x\"\n"), 0o600)
-	out, code = runCmd(t, "report", "send", "--data-dir", dir, "--zone", zone, "--receiver", "r.example", "--from", "reports@r.example")
+	// The settings come from run's YAML file: its run-only keys are
+	// skipped, a key no command knows is refused.
+	cfgFile := filepath.Join(dir, "authpipe.yaml")
+	yaml := "data-dir: " + dir + "\nzone: " + zone + "\nreceiver: r.example\nfrom: reports@r.example\nbrokers: [k1:9092]\nmax-in-flight: 64\nreport-interval: 5m\n"
+	os.WriteFile(cfgFile, []byte(yaml), 0o600)
+	os.WriteFile(filepath.Join(dir, "typo.yaml"), []byte(yaml+"recevier: x\n"), 0o600)
+	if out, code = runCmd(t, "report", "send", "--config", filepath.Join(dir, "typo.yaml")); code != exitUsage || !strings.Contains(out, "recevier") {
+		t.Fatalf("send with a typo in the config (%d): %s", code, out)
+	}
+	out, code = runCmd(t, "report", "send", "--config", cfgFile)
 	if code != 0 || !strings.Contains(out, "no-rua=1") {
 		t.Fatalf("send (%d): %s", code, out)
 	}
@@ -82,5 +95,45 @@ func TestReportCommands(t *testing.T) {
 	}
 	if _, code = runCmd(t, "report", "list", "--data-dir", filepath.Join(dir, "missing")); code != exitFailure {
 		t.Fatalf("missing dir: exit %d", code)
+	}
+}
+
+// TestDeliveryFlagErrors: report delivery settings that cannot work are
+// usage errors (exit 2), found before anything starts, in `run` and
+// `report send` alike.
+func TestDeliveryFlagErrors(t *testing.T) {
+	dir := t.TempDir()
+	fillReportStore(t, dir)
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	edDER, _ := x509.MarshalPKCS8PrivateKey(edKey)
+	rsaFile, edFile := filepath.Join(dir, "rsa.pem"), filepath.Join(dir, "ed.pem")
+	writePEM(t, rsaFile, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rsaKey))
+	writePEM(t, edFile, "PRIVATE KEY", edDER)
+	zone := "../../examples/example.zone"
+	ok := []string{"--receiver", "r.example", "--from", "reports@r.example", "--zone", zone}
+	for name, args := range map[string][]string{
+		"receiver without from":  {"--receiver", "r.example", "--zone", zone},
+		"from without receiver":  {"--from", "reports@r.example", "--zone", zone},
+		"from not an address":    {"--receiver", "r.example", "--from", "r.example", "--zone", zone},
+		"same selector twice":    append(ok, "--dkim-key", "s1="+rsaFile, "--dkim-key", "s1="+edFile),
+		"default selector twice": append(ok, "--dkim-key", rsaFile, "--dkim-key", edFile),
+		"unaligned dkim domain":  append(ok, "--dkim-key", rsaFile, "--dkim-domain", "other.example"),
+		"not a key":              append(ok, "--dkim-key", "s1="+zone),
+		"bad allow prefix":       append(ok, "--allow", "127.0.0.1"),
+		"bad smarthost":          append(ok, "--smarthost", "relay.example"),
+	} {
+		for _, cmd := range [][]string{{"report", "send", "--data-dir", dir}, {"run", "--data-dir", t.TempDir(), "--http-addr", ""}} {
+			out, code := runCmd(t, append(cmd, args...)...)
+			if code != exitUsage {
+				t.Errorf("%s: %s: exit %d, want %d: %s", cmd[0], name, code, exitUsage, out)
+			}
+		}
+	}
+	// An RSA and an Ed25519 key at once, in an aligned subdomain.
+	out, code := runCmd(t, append([]string{"report", "send", "--data-dir", dir, "--dkim-key", "rsa=" + rsaFile, "--dkim-key", "ed=" + edFile,
+		"--dkim-domain", "mail.r.example"}, ok...)...)
+	if code != 0 {
+		t.Fatalf("send with two keys (%d): %s", code, out)
 	}
 }

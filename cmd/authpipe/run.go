@@ -9,9 +9,9 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,13 +46,26 @@ type runFlags struct {
 	createTopics bool
 	role         string
 	cfg          pipeline.Config
+	// report: the report role's identity and delivery (shared with
+	// `report send`), and how often it runs a reporting round.
+	report         deliveryFlags
+	reportInterval time.Duration
+	tlsTopic       string
+	stateTopic     string
+	reportGroup    string
+	// now is the clock of the report role (window closing, outbox
+	// schedule); tests inject one.
+	now func() time.Time
 }
 
-func newRunCmd() *cobra.Command {
-	rf := &runFlags{}
+func newRunCmd() *cobra.Command { return newRunCmdClock(time.Now) }
+
+// newRunCmdClock is `authpipe run` with the report role on the given clock.
+func newRunCmdClock(now func() time.Time) *cobra.Command {
+	rf := &runFlags{now: now}
 	cmd := &cobra.Command{
 		Use:   "run [flags]",
-		Short: "Run the verification pipeline: mail.raw in, mail.verdicts out",
+		Short: "Run the service: mail.raw in, verdicts out; DMARC and TLS reports built and delivered",
 		Long: `run consumes raw messages from Kafka (topic mail.raw, group authpipe-verify),
 verifies each one and produces its JSON verdict to mail.verdicts; records that
 cannot be decoded go to mail.raw.dlq with an authpipe.error header. By default
@@ -67,11 +80,24 @@ Options come from flags, then AUTHPIPE_* environment variables (AUTHPIPE_MAX_IN_
 sets --max-in-flight), then the YAML --config file (keys are flag names), then
 the defaults; docs/configuration.md lists them all.
 
+The report role (--role report or all) merges the partial aggregates of
+authpipe.aggregates and the TLS session results of mail.tls-results (group
+--report-group) into the report store under --data-dir/reports. Every
+--report-interval it closes the UTC days past their grace period (1h) of the
+domains whose partitions it owns and, when --receiver and --from are set,
+builds their RFC 9990 DMARC and RFC 8460 TLS reports into the durable outbox
+and delivers them to the rua addresses: SMTP to the destination MX or
+--smarthost, DKIM-signed with each --dkim-key, or HTTPS POST for TLS reports.
+Without --receiver and --from it only merges and closes days, says so once
+in the log, and keeps the closed days for 'authpipe report send'.
+
 /metrics (Prometheus), /healthz and /readyz are served on --http-addr.
 SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 --shutdown-grace), commits, and exits 0.`,
 		Example: `  authpipe run                                   # embedded broker, system DNS
-  authpipe run --brokers kafka1:9092,kafka2:9092 --config /etc/authpipe.yaml`,
+  authpipe run --brokers kafka1:9092,kafka2:9092 --config /etc/authpipe.yaml
+  authpipe run --role report --brokers kafka1:9092 --receiver mx.example.net \
+      --from dmarc-reports@example.net --dkim-key rsa2026=rsa.pem --dkim-key ed2026=ed25519.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := applyConfig(cmd.Flags(), rf.config, os.Environ()); err != nil {
@@ -97,7 +123,12 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	f.StringVar(&rf.cfg.DLQTopic, "dlq-topic", d.DLQTopic, "dead-letter `topic` for undecodable records")
 	f.StringVar(&rf.cfg.Group, "group", d.Group, "consumer `group`")
 	f.StringVar(&rf.cfg.AggregateTopic, "aggregate-topic", d.AggregateTopic, "`topic` for partial DMARC aggregates (written with the verdicts)")
-	f.StringVar(&rf.role, "role", "all", "`role`: verify (mail.raw to verdicts and aggregates), report (aggregates into the report store under --data-dir/reports), or all")
+	f.StringVar(&rf.role, "role", "all", "`role`: verify (mail.raw to verdicts and aggregates), report (aggregates into the report store under --data-dir/reports; reports built and delivered), or all")
+	f.DurationVar(&rf.reportInterval, "report-interval", time.Minute, "report role: how often to close due days, build their reports and deliver due outbox items")
+	f.StringVar(&rf.tlsTopic, "tls-topic", "mail.tls-results", "report role: `topic` of JSON TLS session results (RFC 8460 reports); malformed ones go to TOPIC.dlq")
+	f.StringVar(&rf.stateTopic, "report-state-topic", "authpipe.report-state", "report role: compacted `topic` of report delivery state shared by the reporters")
+	f.StringVar(&rf.reportGroup, "report-group", "authpipe-report", "report role: consumer `group` of the reporters")
+	rf.report.register(f)
 	f.Int32Var(&rf.cfg.Partitions, "partitions", d.Partitions, "partition `count` for topics created at start")
 	f.Int16Var(&rf.cfg.ReplicationFactor, "replication-factor", d.ReplicationFactor, "replication `factor` for created topics (-1: broker default)")
 	f.BoolVar(&rf.createTopics, "create-topics", true, "create missing topics at start")
@@ -151,6 +182,14 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 		}
 		cfg.MaxInFlight = rf.perCore * runtime.GOMAXPROCS(0)
 	}
+	switch rf.role {
+	case "all", "verify", "report":
+	default:
+		return usagef("--role %q: want verify, report or all", rf.role)
+	}
+	if rf.reportInterval <= 0 {
+		return usagef("--report-interval must be positive, got %s", rf.reportInterval)
+	}
 	kopts, err := rf.kafka.opts()
 	if err != nil {
 		return err
@@ -158,6 +197,21 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	res, err := rf.dns.resolver()
 	if err != nil {
 		return err
+	}
+	now := rf.now
+	if now == nil {
+		now = time.Now
+	}
+	// The report role's Reporter: nil when delivery is not configured.
+	var rep *reportgen.Reporter
+	if rf.role != "verify" {
+		if on, err := rf.report.enabled(); err != nil {
+			return err
+		} else if on {
+			if rep, err = rf.report.reporter(res, now); err != nil {
+				return err
+			}
+		}
 	}
 	engine := stages.New(res, stages.WithAuthServID(rf.authservID), stages.WithDNSBudget(rf.dns.budget))
 
@@ -193,17 +247,17 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 		cfg.Brokers = rf.kafka.brokers
 	}
 
-	switch rf.role {
-	case "all", "verify", "report":
-	default:
-		return usagef("--role %q: want verify, report or all", rf.role)
-	}
 	p, err := pipeline.New(cfg, engine, pipeline.WithLogger(log), pipeline.WithMetrics(metrics), pipeline.WithKafkaOpts(kopts...))
 	if err != nil {
 		return usageError{err}
 	}
+	ready := p.Ready
+	var reportReady atomic.Bool
+	if rf.role == "report" {
+		ready = reportReady.Load
+	}
 	if rf.httpAddr != "" {
-		srv, err := serveHTTP(rf.httpAddr, reg, p.Ready)
+		srv, err := serveHTTP(rf.httpAddr, reg, ready)
 		if err != nil {
 			return err
 		}
@@ -217,35 +271,75 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	if rf.role == "verify" {
 		return p.Run(ctx)
 	}
-	st, err := reportgen.OpenStore(filepath.Join(rf.dataDir, "reports"), time.Now)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
 	g, gctx := errgroup.WithContext(ctx)
+	closeStore, err := startReportRole(gctx, g, reportRole{
+		cfg: pipeline.ReporterConfig{Brokers: cfg.Brokers, AggregateTopic: p.Config().AggregateTopic,
+			AggregateDLQTopic: p.Config().AggregateTopic + ".dlq", TLSTopic: rf.tlsTopic, TLSDLQTopic: rf.tlsTopic + ".dlq",
+			StateTopic: rf.stateTopic, Group: rf.reportGroup, TickInterval: rf.reportInterval, CreateTopics: rf.createTopics,
+			Partitions: cfg.Partitions, ReplicationFactor: cfg.ReplicationFactor, Clock: now},
+		dir: reportStoreDir(rf.dataDir), reporter: rep, delivery: &rf.report, reg: reg, log: log, kopts: reportKopts,
+	})
+	if err != nil {
+		return err // nothing started
+	}
+	defer closeStore()
+	reportReady.Store(true)
 	if rf.role == "all" {
 		g.Go(func() error { return p.Run(gctx) })
 	}
-	g.Go(func() error {
-		return pipeline.ConsumeAggregates(gctx, pipeline.ReportConsumerConfig{Brokers: cfg.Brokers, Topic: p.Config().AggregateTopic},
-			st, log, reportKopts...)
-	})
-	g.Go(func() error {
-		// Close due days; `authpipe report send` builds and delivers them.
-		t := time.NewTicker(time.Minute)
-		defer t.Stop()
-		for {
-			if _, err := st.CloseDue(); err != nil {
-				log.Warn("report store: close due windows", "err", err)
-			}
-			select {
-			case <-gctx.Done():
-				return nil
-			case <-t.C:
-			}
-		}
-	})
 	return g.Wait()
+}
+
+// reportRole is what the report role of `run` needs.
+type reportRole struct {
+	// cfg is the reporter's Kafka side (topics, group, interval, clock).
+	cfg pipeline.ReporterConfig
+	// dir holds the report store (reports.db).
+	dir string
+	// reporter builds and delivers; nil when --receiver and --from are
+	// not set (the role then merges and closes days only).
+	reporter *reportgen.Reporter
+	delivery *deliveryFlags
+	reg      prometheus.Registerer
+	log      *slog.Logger
+	kopts    []kgo.Opt
+}
+
+// startReportRole opens the report store and starts the report role in g
+// (pipeline.RunReporter: partial aggregates and TLS results merged into
+// the store; every interval due days closed, their reports built into the
+// outbox and delivered, for the domains this instance owns). The returned
+// func closes the store; call it after g.Wait. All of the report role's
+// wiring is here.
+func startReportRole(ctx context.Context, g *errgroup.Group, rr reportRole) (func(), error) {
+	m, err := pipeline.NewReporterMetrics(rr.reg)
+	if err != nil {
+		return nil, fmt.Errorf("reporter metrics: %w", err)
+	}
+	rr.cfg.Metrics = m
+	st, err := reportgen.OpenStore(rr.dir, rr.cfg.Clock)
+	if err != nil {
+		return nil, err
+	}
+	log := rr.log.With("component", "report")
+	rep := rr.reporter
+	if rep != nil {
+		rep.Store = st
+		log.Info("report delivery on", "receiver", rr.delivery.receiver, "delivery", rr.delivery.describe(rep.Deliverer.DKIM), "interval", rr.cfg.TickInterval)
+		if len(rep.Deliverer.DKIM) == 0 {
+			log.Warn("report mail will not be DKIM-signed (no --dkim-key): receivers may discard it as failing DMARC")
+		}
+	} else {
+		log.Warn("report delivery off: --receiver and --from are not set; aggregates are merged and due days closed, "+
+			"and closed days stay in the store until 'authpipe report send' (or a run with --receiver and --from) builds and delivers them",
+			"store", rr.dir)
+	}
+	g.Go(func() error { return pipeline.RunReporter(ctx, rr.cfg, st, rep, log, rr.kopts...) })
+	return func() {
+		if err := st.Close(); err != nil {
+			log.Warn("report store: close", "err", err)
+		}
+	}, nil
 }
 
 // serveHTTP serves /metrics from reg, /healthz (the process is up) and

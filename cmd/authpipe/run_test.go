@@ -54,11 +54,20 @@ func freeAddr(t *testing.T) string {
 // is called; stop returns the exit code. It waits for /readyz.
 func startRun(t *testing.T, httpAddr string, args ...string) (stop func() int, logs *syncBuffer) {
 	t.Helper()
+	return startRunWith(t, httpAddr, func(ctx context.Context, args []string, stderr io.Writer) int {
+		return run(ctx, args, strings.NewReader(""), io.Discard, stderr)
+	}, args...)
+}
+
+// startRunWith is startRun with the command line executed by exec (args
+// start with "run").
+func startRunWith(t *testing.T, httpAddr string, exec func(ctx context.Context, args []string, stderr io.Writer) int, args ...string) (stop func() int, logs *syncBuffer) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	logs = &syncBuffer{}
 	done := make(chan int, 1)
 	args = append([]string{"run", "--http-addr", httpAddr}, args...)
-	go func() { done <- run(ctx, args, strings.NewReader(""), io.Discard, logs) }()
+	go func() { done <- exec(ctx, args, logs) }()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		resp, err := http.Get("http://" + httpAddr + "/readyz")
@@ -111,6 +120,9 @@ func TestRunEmbeddedProduceTail(t *testing.T) {
 	stop, logs := startRun(t, httpAddr, runArgs...)
 	if !strings.Contains(logs.String(), "authpipe produce --brokers "+addr) {
 		t.Errorf("no how-to-produce log line:\n%s", logs)
+	}
+	if !strings.Contains(logs.String(), "report delivery off: --receiver and --from are not set") {
+		t.Errorf("no log line saying why reports are not delivered:\n%s", logs)
 	}
 
 	eml, err := os.ReadFile("../../examples/message.eml")
