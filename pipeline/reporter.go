@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/sync/errgroup"
 
@@ -124,7 +125,8 @@ type ReportConsumerConfig struct {
 // state topic, no closing or building): RunReporter in merge-only mode for
 // the aggregate topic alone, with the same replay rule (each partition
 // resumes from st's offsets, never the group's). Undecodable partials go
-// to authpipe.aggregates.dlq. It returns nil when ctx ends.
+// to authpipe.aggregates.dlq, created on first use when missing. It
+// returns nil when ctx ends.
 func ConsumeAggregates(ctx context.Context, cfg ReportConsumerConfig, st *reportgen.Store, log *slog.Logger, kopts ...kgo.Opt) error {
 	rc := ReporterConfig{Brokers: cfg.Brokers, AggregateTopic: cfg.Topic, Group: cfg.Group}
 	return runReporter(ctx, rc, st, nil, log, kopts, false)
@@ -155,9 +157,19 @@ func ConsumeAggregates(ctx context.Context, cfg ReportConsumerConfig, st *report
 // or not). Closing and building run under a lock the partition revocation
 // waits for, so a partition is not handed over in the middle of a build.
 //
+// A window another reporter built stays in st (built-remote, its rows
+// kept and still merged) until the state topic says every one of its
+// outbox items was sent or failed; then it becomes a done marker. If that
+// has not happened rep.TakeoverAfter after the build (the builder's store
+// may be lost before it sent them), the window's owner rebuilds it from
+// its own rows (same Report-IDs and file names) and delivers the items
+// not yet final: nothing is lost with one reporter's disk, and an item
+// the builder sent without publishing it yet is sent twice.
+//
 // Malformed TLS results (and ones on the wrong partition for their domain)
 // go to cfg.TLSDLQTopic with an authpipe.error header and the stream
-// continues; undecodable partials likewise go to cfg.AggregateDLQTopic.
+// continues; undecodable partials likewise go to cfg.AggregateDLQTopic. A
+// DLQ topic that does not exist is created when first needed.
 //
 // rep may be nil (merge-only mode: windows are closed, not built). When
 // set, rep.Store must be st; while it runs, RunReporter sets rep.Owns and
@@ -177,6 +189,7 @@ type reporterRun struct {
 	m     *ReporterMetrics
 	kopts []kgo.Opt
 
+	admCl *kgo.Client
 	adm   *kadm.Client
 	cl    *kgo.Client
 	state *stateSync
@@ -214,7 +227,7 @@ func runReporter(ctx context.Context, cfg ReporterConfig, st *reportgen.Store, r
 		return fmt.Errorf("pipeline: reporter admin client: %w", err)
 	}
 	defer admCl.Close()
-	r.adm = kadm.NewClient(admCl)
+	r.admCl, r.adm = admCl, kadm.NewClient(admCl)
 	if cfg.CreateTopics {
 		if err := r.createTopics(ctx, admCl); err != nil {
 			return err
@@ -524,7 +537,7 @@ func (r *reporterRun) process(ctx context.Context, recs []*kgo.Record) error {
 		}
 	}
 	if len(dlq) > 0 {
-		if err := r.cl.ProduceSync(ctx, dlq...).FirstErr(); err != nil {
+		if err := r.deadLetter(ctx, dlq); err != nil {
 			return fmt.Errorf("pipeline: reporter: dead-letter: %w", err)
 		}
 	}
@@ -553,6 +566,39 @@ func (r *reporterRun) process(ctx context.Context, recs []*kgo.Record) error {
 		r.advance(tlsTopic, tlsNext)
 	}
 	return nil
+}
+
+// deadLetter produces recs to their DLQ topics. A DLQ topic that does not
+// exist (ConsumeAggregates, or RunReporter without CreateTopics) is
+// created and the records that failed are produced again, so a bad record
+// does not stop the reporter; any other error is returned (the offsets
+// past the record are then not stored and the record is read again).
+func (r *reporterRun) deadLetter(ctx context.Context, recs []*kgo.Record) error {
+	var retry []*kgo.Record
+	var missing []string
+	for _, pr := range r.cl.ProduceSync(ctx, recs...) {
+		switch {
+		case pr.Err == nil:
+		case errors.Is(pr.Err, kerr.UnknownTopicOrPartition):
+			retry = append(retry, pr.Record)
+			if !slices.Contains(missing, pr.Record.Topic) {
+				missing = append(missing, pr.Record.Topic)
+			}
+		default:
+			return pr.Err
+		}
+	}
+	if len(retry) == 0 {
+		return nil
+	}
+	if err := EnsureTopics(ctx, r.admCl, r.cfg.Partitions, r.cfg.ReplicationFactor, nil, missing...); err != nil {
+		return err
+	}
+	r.log.Info("reporter: dead-letter topic created", "topics", missing)
+	for _, rec := range retry {
+		rec.Partition, rec.Offset = 0, 0
+	}
+	return r.cl.ProduceSync(ctx, retry...).FirstErr()
 }
 
 func offsetList(topic string, next map[int32]int64) []reportgen.Offset {
@@ -626,6 +672,7 @@ func (r *reporterRun) tick(ctx context.Context) error {
 		if r.rep != nil {
 			bs, err = r.rep.BuildClosed(ctx)
 			r.m.reportsBuilt.Add(float64(bs.Files))
+			r.m.windowsTakenOver.Add(float64(bs.TakenOver))
 			if err != nil {
 				return fmt.Errorf("build: %w", err)
 			}
@@ -638,7 +685,11 @@ func (r *reporterRun) tick(ctx context.Context) error {
 	}
 	if bs.Windows > 0 {
 		r.log.Info("reporter: reports built", "windows", bs.Windows, "files", bs.Files, "items", bs.Items,
-			"no_destination", bs.NoDestination, "unverified", bs.Unverified, "deferred", bs.Deferred)
+			"no_destination", bs.NoDestination, "unverified", bs.Unverified, "deferred", bs.Deferred, "taken_over", bs.TakenOver)
+	}
+	if bs.TakenOver > 0 {
+		r.log.Warn("reporter: windows built by another reporter taken over (their items were not all sent after the takeover delay: "+
+			"the builder's store may be lost); items it did send are not sent again, the others may be duplicates", "windows", bs.TakenOver)
 	}
 	if r.rep == nil {
 		if pruned, err := r.st.PruneDone(); err != nil {
@@ -651,10 +702,14 @@ func (r *reporterRun) tick(ctx context.Context) error {
 	ds, err := r.rep.Deliver(ctx)
 	r.m.itemsSent.Add(float64(ds.Sent))
 	r.m.itemsFailed.Add(float64(ds.PermFailed + ds.Expired))
-	if ds != (reportgen.DeliverStats{}) {
-		r.log.Info("reporter: delivery", "sent", ds.Sent, "temp_failed", ds.TempFailed, "perm_failed", ds.PermFailed,
-			"expired", ds.Expired, "suppressed", ds.Suppressed, "rate_limited", ds.RateLimited)
+	// Info only when an item was sent or failed; a quiet round (nothing
+	// due, or only rate-limited items waiting) is debug.
+	level := slog.LevelDebug
+	if ds.Sent+ds.TempFailed+ds.PermFailed+ds.Expired+ds.Suppressed > 0 {
+		level = slog.LevelInfo
 	}
+	r.log.Log(ctx, level, "reporter: delivery", "sent", ds.Sent, "temp_failed", ds.TempFailed, "perm_failed", ds.PermFailed,
+		"expired", ds.Expired, "suppressed", ds.Suppressed, "rate_limited", ds.RateLimited)
 	if err != nil {
 		return fmt.Errorf("deliver: %w", err)
 	}

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/reportgen"
@@ -709,39 +710,198 @@ func TestReporterTLSResults(t *testing.T) {
 }
 
 // TestReporterBadPartialDLQ: an undecodable partial aggregate goes to
-// authpipe.aggregates.dlq and the partials after it are merged.
+// authpipe.aggregates.dlq and the partials after it are merged, with
+// RunReporter creating the topics and with ConsumeAggregates (merge-only,
+// no topic creation) when the DLQ topic does not exist yet: it is created
+// on first use instead of stopping the consumer.
 func TestReporterBadPartialDLQ(t *testing.T) {
+	for _, mode := range []string{"RunReporter", "ConsumeAggregates"} {
+		t.Run(mode, func(t *testing.T) {
+			b := startTestBroker(t)
+			brokers := b.Addrs()
+			clock := &testClock{t: time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)}
+			st, err := reportgen.OpenStore(filepath.Join(t.TempDir(), "s"), clock.Now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			cl, err := kgo.NewClient(testClientOpts(brokers)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			var stop func() error
+			if mode == "RunReporter" {
+				stop = runTestReporter(t, ReporterConfig{Brokers: brokers, CreateTopics: true, Partitions: 2, TickInterval: time.Hour}, st, nil)
+			} else {
+				if err := EnsureTopics(context.Background(), cl, 2, -1, nil, "authpipe.aggregates"); err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error, 1)
+				go func() {
+					done <- ConsumeAggregates(ctx, ReportConsumerConfig{Brokers: brokers}, st, testLog(t), reporterKafkaOpts()...)
+				}()
+				stop = func() error { cancel(); return <-done }
+			}
+			dlq := collect(t, brokers, "authpipe.aggregates.dlq")
+			p := partialFor("a.example", clock.Now(), 4, 0)
+			v, _ := p.MarshalBinary()
+			recs := []*kgo.Record{
+				{Topic: "authpipe.aggregates", Key: []byte("a.example"), Value: []byte{1, 2, 3}},
+				{Topic: "authpipe.aggregates", Key: []byte("a.example"), Value: v},
+			}
+			if err := cl.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
+				t.Fatal(err)
+			}
+			waitUntil(t, 30*time.Second, "the good partial merged", func() bool { return windowCounts(t, st, reportgen.KindDMARC)[p.Window] == 4 })
+			if dl := dlq.waitCount(t, 1, 10*time.Second); len(dl) != 1 || !bytes.Equal(dl[0].Value, []byte{1, 2, 3}) {
+				t.Fatalf("DLQ %+v", dl)
+			}
+			if err := stop(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// --- d. lost store --------------------------------------------------------------
+
+// TestReporterTakeoverAfterLostStore: reporter A builds day 1 of two
+// domains (state topic: built) but cannot deliver (its SMTP target is
+// down), then stops and its store is deleted. Reporter B starts with an
+// empty store in the same group: it replays the partitions into the
+// windows A built (kept built-remote, not late), sends nothing before
+// TakeoverAfter has passed since A's build, then takes them over and
+// delivers A's reports (same Report-IDs) with the exact counts.
+func TestReporterTakeoverAfterLostStore(t *testing.T) {
 	b := startTestBroker(t)
 	brokers := b.Addrs()
-	clock := &testClock{t: time.Date(2026, 5, 1, 10, 0, 0, 0, time.UTC)}
-	st, err := reportgen.OpenStore(filepath.Join(t.TempDir(), "s"), clock.Now)
+	domains := []string{"a.example", "b.example"}
+	res := reportDNS(t, domains...)
+	sink := startSMTPSink(t)
+	day1 := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+	clock := &testClock{t: day1.Add(34 * time.Hour)} // day 1 due
+	want := map[reportgen.Window]uint64{}
+	var parts []reportgen.PartialAggregate
+	for _, d := range domains {
+		for i := range 20 {
+			p := partialFor(d, day1, 4, i*5)
+			parts = append(parts, p)
+			want[p.Window] += p.Messages
+		}
+	}
+	{
+		cl, err := kgo.NewClient(testClientOpts(brokers)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := EnsureTopics(context.Background(), cl, 4, -1, nil, "authpipe.aggregates"); err != nil {
+			t.Fatal(err)
+		}
+		cl.Close()
+	}
+	producePartials(t, brokers, "takeover-producer", parts, 8)
+	down, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer st.Close()
-	stop := runTestReporter(t, ReporterConfig{Brokers: brokers, CreateTopics: true, Partitions: 2, TickInterval: time.Hour}, st, nil)
-	dlq := collect(t, brokers, "authpipe.aggregates.dlq")
-	cl, err := kgo.NewClient(testClientOpts(brokers)...)
+	downPort := down.Addr().(*net.TCPAddr).Port
+	down.Close()
+
+	cfg := reporterTestConfig(brokers, clock.Now)
+	dirA := t.TempDir()
+	stA, err := reportgen.OpenStore(dirA, clock.Now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close()
-	p := partialFor("a.example", clock.Now(), 4, 0)
-	v, _ := p.MarshalBinary()
-	recs := []*kgo.Record{
-		{Topic: "authpipe.aggregates", Key: []byte("a.example"), Value: []byte{1, 2, 3}},
-		{Topic: "authpipe.aggregates", Key: []byte("a.example"), Value: v},
-	}
-	if err := cl.ProduceSync(context.Background(), recs...).FirstErr(); err != nil {
+	stopA := runTestReporter(t, cfg, stA, newTestReporter(stA, res, downPort, clock.Now))
+	idsA := map[string]bool{}
+	waitUntil(t, 30*time.Second, "A to build day 1 and fail to deliver it", func() bool {
+		items, _ := stA.OutboxItems(false)
+		tried := 0
+		for _, it := range items {
+			if it.State == reportgen.ItemPending && it.Attempts > 0 {
+				tried++
+				idsA[it.Meta.ReportID] = true
+			}
+		}
+		return tried == 2
+	})
+	if err := stopA(); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, 30*time.Second, "the good partial merged", func() bool { return windowCounts(t, st, reportgen.KindDMARC)[p.Window] == 4 })
-	if dl := dlq.waitCount(t, 1, 10*time.Second); len(dl) != 1 || !bytes.Equal(dl[0].Value, []byte{1, 2, 3}) {
-		t.Fatalf("DLQ %+v", dl)
-	}
-	if err := stop(); err != nil {
+	stA.Close()
+	if err := os.RemoveAll(dirA); err != nil {
 		t.Fatal(err)
 	}
+
+	stB, err := reportgen.OpenStore(t.TempDir(), clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stB.Close()
+	reg := prometheus.NewRegistry()
+	cfgB := cfg
+	if cfgB.Metrics, err = NewReporterMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	stopB := runTestReporter(t, cfgB, stB, newTestReporter(stB, res, sink.port, clock.Now))
+	waitUntil(t, 30*time.Second, "B's replayed built-remote windows", func() bool {
+		wins, _ := stB.Windows(reportgen.KindDMARC)
+		got := map[reportgen.Window]uint64{}
+		for _, wi := range wins {
+			if wi.State == reportgen.StateBuiltRemote && wi.Late == 0 {
+				got[wi.Window] = wi.Messages
+			}
+		}
+		return fmt.Sprint(got) == fmt.Sprint(want)
+	})
+	time.Sleep(500 * time.Millisecond) // several ticks before TakeoverAfter
+	if n := len(sink.snapshot()); n != 0 {
+		t.Fatalf("B sent %d mails before the takeover delay", n)
+	}
+	clock.Set(clock.Now().Add(time.Hour + time.Minute))
+	waitUntil(t, 30*time.Second, "B to deliver day 1", func() bool { return len(sink.snapshot()) == 2 })
+	for _, m := range sink.snapshot() {
+		id, n := reportOf(t, m)
+		w := reportgen.Window{Domain: strings.TrimPrefix(m.to, "agg@"), Day: reportgen.DayOf(day1)}
+		if !idsA[id] || n != want[w] {
+			t.Fatalf("B's report %s for %s counts %d (want %d), A built %v", id, w, n, want[w], idsA)
+		}
+	}
+	waitUntil(t, 10*time.Second, "B's done markers", func() bool {
+		done, _ := stB.DoneWindows(reportgen.KindDMARC)
+		return len(done) == 2
+	})
+	if err := stopB(); err != nil {
+		t.Fatal(err)
+	}
+	if v := counterValue(t, reg, "authpipe_reporter_windows_taken_over_total"); v != 2 {
+		t.Fatalf("windows taken over: %v", v)
+	}
+	if n := len(sink.snapshot()); n != 2 {
+		t.Fatalf("%d mails", n)
+	}
+	t.Logf("A built day 1 and lost its store unsent; B replayed, took over after the delay and delivered %v with A's Report-IDs", want)
+}
+
+func counterValue(t testing.TB, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			var v float64
+			for _, m := range mf.GetMetric() {
+				v += m.GetCounter().GetValue()
+			}
+			return v
+		}
+	}
+	return 0
 }
 
 func testLog(t testing.TB) *slog.Logger {

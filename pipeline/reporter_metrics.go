@@ -8,20 +8,21 @@ import (
 // on the registry given to NewReporterMetrics (no package-level
 // collectors).
 type ReporterMetrics struct {
-	partialsMerged  prometheus.Counter
-	rowsMerged      *prometheus.CounterVec
-	latePartials    *prometheus.CounterVec
-	lateMessages    *prometheus.CounterVec
-	tlsMerged       prometheus.Counter
-	deadLettered    *prometheus.CounterVec
-	windowsClosed   *prometheus.CounterVec
-	reportsBuilt    prometheus.Counter
-	itemsSent       prometheus.Counter
-	itemsFailed     prometheus.Counter
-	stateApplied    prometheus.Counter
-	statePublished  prometheus.Counter
-	stateErrors     *prometheus.CounterVec
-	ownedPartitions *prometheus.GaugeVec
+	partialsMerged   prometheus.Counter
+	rowsMerged       *prometheus.CounterVec
+	latePartials     *prometheus.CounterVec
+	lateMessages     *prometheus.CounterVec
+	tlsMerged        prometheus.Counter
+	deadLettered     *prometheus.CounterVec
+	windowsClosed    *prometheus.CounterVec
+	reportsBuilt     prometheus.Counter
+	windowsTakenOver prometheus.Counter
+	itemsSent        prometheus.Counter
+	itemsFailed      prometheus.Counter
+	stateApplied     prometheus.Counter
+	statePublished   prometheus.Counter
+	stateErrors      *prometheus.CounterVec
+	ownedPartitions  *prometheus.GaugeVec
 }
 
 // NewReporterMetrics creates the collectors and registers them on reg (nil:
@@ -60,6 +61,10 @@ func NewReporterMetrics(reg prometheus.Registerer) (*ReporterMetrics, error) {
 			Name: "authpipe_reporter_reports_built_total",
 			Help: "Report files built into the outbox.",
 		}),
+		windowsTakenOver: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "authpipe_reporter_windows_taken_over_total",
+			Help: "Windows another reporter built whose items were not all sent or failed after the takeover delay, rebuilt and delivered by this reporter (its owner).",
+		}),
 		itemsSent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "authpipe_reporter_items_sent_total",
 			Help: "Outbox items accepted by their destination.",
@@ -87,7 +92,7 @@ func NewReporterMetrics(reg prometheus.Registerer) (*ReporterMetrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.partialsMerged, m.rowsMerged, m.latePartials, m.lateMessages, m.tlsMerged, m.deadLettered,
-			m.windowsClosed, m.reportsBuilt, m.itemsSent, m.itemsFailed, m.stateApplied, m.statePublished, m.stateErrors, m.ownedPartitions} {
+			m.windowsClosed, m.reportsBuilt, m.windowsTakenOver, m.itemsSent, m.itemsFailed, m.stateApplied, m.statePublished, m.stateErrors, m.ownedPartitions} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -7,12 +7,15 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
 	"net/mail"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -407,7 +410,7 @@ func TestStateEvents(t *testing.T) {
 		switch {
 		case ev.Item == "" && ev.State == StateBuilt:
 			built++
-			if len(ev.Files) == 0 || len(ev.ReportIDs) != len(ev.Files) {
+			if len(ev.Files) == 0 || len(ev.ReportIDs) != len(ev.Files) || len(ev.Items) != 2 || len(ev.Dests) != 2 {
 				t.Fatalf("built event %+v", ev)
 			}
 		case ev.State == ItemSent:
@@ -418,7 +421,8 @@ func TestStateEvents(t *testing.T) {
 			t.Fatal(err)
 		}
 		back, err := ParseStateEvent(ev.Key(), v)
-		if err != nil || back.Key() == nil || string(back.Key()) != string(ev.Key()) || back.State != ev.State || !back.At.Equal(ev.At) {
+		if err != nil || back.Key() == nil || string(back.Key()) != string(ev.Key()) || back.State != ev.State || !back.At.Equal(ev.At) ||
+			fmt.Sprint(back.Items, back.Dests) != fmt.Sprint(ev.Items, ev.Dests) {
 			t.Fatalf("round trip %+v → %+v %v", ev, back, err)
 		}
 	}
@@ -439,24 +443,55 @@ func TestStateEvents(t *testing.T) {
 		t.Fatalf("done window listed as live: %+v", wins)
 	}
 
-	// A second store with an open copy of the window and a pending copy
-	// of one item (same id).
+	// A second store with an open copy of the window: the built event
+	// makes it built-remote (rows kept, partials still merged, not late);
+	// the item events, here before and after it, make it a done marker.
 	now2 := f.now
 	s2 := openTestStore(t, &now2)
 	fillStore(t, s2, 100)
-	if changed, err := s2.ApplyState(evs[0]); err != nil || !changed {
-		t.Fatalf("apply %+v: %v %v", evs[0], changed, err)
-	}
+	var dmarcBuilt StateEvent
+	var dmarcItems []StateEvent
 	for _, ev := range evs {
-		if ev.Item == "" && ev.Kind == KindDMARC {
-			if _, err := s2.ApplyState(ev); err != nil {
-				t.Fatal(err)
-			}
+		switch {
+		case ev.Kind != KindDMARC:
+		case ev.Item == "":
+			dmarcBuilt = ev
+		default:
+			dmarcItems = append(dmarcItems, ev)
 		}
 	}
+	if changed, err := s2.ApplyState(dmarcItems[0]); err != nil || !changed {
+		t.Fatalf("apply %+v: %v %v", dmarcItems[0], changed, err)
+	}
+	if changed, err := s2.ApplyState(dmarcBuilt); err != nil || !changed {
+		t.Fatalf("apply %+v: %v %v", dmarcBuilt, changed, err)
+	}
+	if changed, err := s2.ApplyState(dmarcBuilt); err != nil || changed {
+		t.Fatalf("apply again %+v: %v %v", dmarcBuilt, changed, err)
+	}
 	wi, _ := s2.WindowInfo(KindDMARC, w)
-	if wi == nil || wi.State != StateDone || !wi.Remote || wi.Rows != 0 {
+	if wi == nil || wi.State != StateBuiltRemote || !wi.Remote || wi.Rows == 0 || len(wi.Reports) != 2 || !wi.BuiltAt.Equal(dmarcBuilt.At) {
 		t.Fatalf("applied built: %+v", wi)
+	}
+	a.Add(mkVerdict(1, testDay.Add(time.Hour)))
+	if res, err := s2.Merge(a.Flush(), nil); err != nil || res.LatePartials != 0 || res.Rows == 0 {
+		t.Fatalf("partial for a built-remote window: %v %+v", err, res)
+	}
+	if wi2, _ := s2.WindowInfo(KindDMARC, w); wi2.Messages != wi.Messages+1 {
+		t.Fatalf("merged into the built-remote window: %d messages, was %d", wi2.Messages, wi.Messages)
+	}
+	for _, ev := range dmarcItems[1:] {
+		if changed, err := s2.ApplyState(ev); err != nil || !changed {
+			t.Fatalf("apply %+v: %v %v", ev, changed, err)
+		}
+	}
+	wi, _ = s2.WindowInfo(KindDMARC, w)
+	if wi == nil || wi.State != StateDone || !wi.Remote || wi.Rows != 0 {
+		t.Fatalf("all items final: %+v", wi)
+	}
+	a.Add(mkVerdict(1, testDay.Add(time.Hour)))
+	if res, err := s2.Merge(a.Flush(), nil); err != nil || res.LatePartials != 1 {
+		t.Fatalf("partial for the done window: %v %+v", err, res)
 	}
 	// Applying the same events again (or one's own) changes nothing.
 	for _, ev := range evs {
@@ -476,8 +511,8 @@ func TestStateEvents(t *testing.T) {
 	s3 := openTestStore(t, &now2)
 	fillStore(t, s3, 10)
 	s3.CloseWindow(KindDMARC, w)
-	if err := s3.enqueue(KindDMARC, w, []OutboxItem{it}); err != nil {
-		t.Fatal(err)
+	if ok, err := s3.enqueue(KindDMARC, w, []OutboxItem{it}, nil, now2); err != nil || !ok {
+		t.Fatal(ok, err)
 	}
 	var itemEv StateEvent
 	for _, ev := range evs {
@@ -520,6 +555,10 @@ func TestStateEvents(t *testing.T) {
 		{"dmarc/example.com/2026-11-20/zz", `{"state":"sent"}`},
 		{"dmarc/example.com/2026-11-20", `{"state":"sent"}`},
 		{"dmarc/example.com/2026-11-20", `{"state":`},
+		{"dmarc/example.com/2026-11-20", `{"state":"built","items":["zz"],"dests":[{"uri":"mailto:a@b.example"}]}`},
+		{"dmarc/example.com/2026-11-20", `{"state":"built","items":["` + strings.Repeat("ab", 16) + `"],"dests":[{"uri":"https://b.example/r"}]}`},
+		{"dmarc/example.com/2026-11-20", `{"state":"built","items":["` + strings.Repeat("ab", 16) + `"],"dests":[{"uri":"mailto:nobody"}]}`},
+		{"dmarc/example.com/2026-11-20/" + strings.Repeat("ab", 16), `{"state":"sent","items":["` + strings.Repeat("ab", 16) + `"]}`},
 	} {
 		if _, err := ParseStateEvent([]byte(bad[0]), []byte(bad[1])); err == nil {
 			t.Errorf("accepted %q = %s", bad[0], bad[1])
@@ -550,4 +589,183 @@ func TestCloseDueIf(t *testing.T) {
 	if wi.State != StateOpen {
 		t.Fatalf("unowned window closed: %+v", wi)
 	}
+}
+
+// TestTakeoverAfterLostStore: reporter A builds the example.com DMARC and
+// company-y.example TLS windows, sends one item, has a second accepted but
+// dies before marking it, and loses its store. Reporter B applied A's
+// state events (built, one item sent) and holds the same rows (it consumed
+// the same partitions). B keeps the windows built-remote, merges a
+// partial that arrives meanwhile, and only once it owns them and
+// TakeoverAfter has passed since A's build rebuilds them: same item ids,
+// file names and Report-IDs as A's (the TLS file byte for byte), the item
+// A marked sent not sent again, the rest (the accepted one included:
+// at-least-once) delivered by B.
+func TestTakeoverAfterLostStore(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	var evsA []StateEvent
+	f.rep.OnState = func(ev StateEvent) { evsA = append(evsA, ev) }
+	accepted := 0
+	var acceptedNotMarked OutboxItem
+	f.rep.AfterAccept = func(it OutboxItem) error {
+		if accepted++; accepted == 2 {
+			acceptedNotMarked = it
+			return errors.New("killed")
+		}
+		return nil
+	}
+	// B's store: the same partials.
+	sB := openTestStore(t, &f.now)
+	fillStore(t, sB, 2000)
+	ta := NewTLSAggregator()
+	for _, ev := range tlsEvents() {
+		ta.Add(&ev)
+	}
+	if _, err := sB.MergeTLS(ta.Flush(), nil); err != nil {
+		t.Fatal(err)
+	}
+
+	f.now = testDay.Add(26 * time.Hour)
+	builtAt := f.now
+	if _, _, err := f.rep.Tick(ctx); err == nil || accepted != 2 {
+		t.Fatalf("A's tick: %v, %d accepted", err, accepted)
+	}
+	itemsA, err := f.store.OutboxItems(true)
+	if err != nil || len(itemsA) != 4 {
+		t.Fatalf("A's outbox: %v, %d items", err, len(itemsA))
+	}
+	byID := map[string]OutboxItem{}
+	var sentByA OutboxItem
+	for _, it := range itemsA {
+		byID[it.ID] = it
+		if it.State == ItemSent {
+			sentByA = it
+		}
+	}
+	if sentByA.ID == "" || acceptedNotMarked.ID == "" {
+		t.Fatal("A sent nothing")
+	}
+	f.store.Close() // A's store is lost
+
+	for _, ev := range evsA {
+		if _, err := sB.ApplyState(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, kw := range []kindWindow{{KindDMARC, Window{"example.com", DayOf(testDay)}}, {KindTLS, Window{"company-y.example", DayOf(testDay)}}} {
+		wi, _ := sB.WindowInfo(kw.kind, kw.w)
+		if wi == nil || wi.State != StateBuiltRemote || wi.Rows == 0 || len(wi.Reports) != 2 || len(wi.Dests) != 2 {
+			t.Fatalf("B's %s window after A's events: %+v", kw.kind, wi)
+		}
+	}
+	var evsB []StateEvent
+	rB := *f.rep
+	rB.Store, rB.AfterAccept, rB.OnState = sB, nil, func(ev StateEvent) { evsB = append(evsB, ev) }
+	mailsBefore, postsBefore := len(f.sink.messages()), f.posts.Load()
+	tick := func(what string, wantTakeovers, wantSent int) {
+		t.Helper()
+		bs, ds, err := rB.Tick(ctx)
+		if err != nil || bs.TakenOver != wantTakeovers || ds.Sent != wantSent {
+			t.Fatalf("%s: %v %+v %+v", what, err, bs, ds)
+		}
+	}
+	tick("B at A's build time", 0, 0)
+	// A partial merged into the built-remote window is in B's rebuild.
+	a := NewAggregator()
+	a.Add(mkVerdict(7, testDay.Add(2*time.Hour)))
+	if res, err := sB.Merge(a.Flush(), nil); err != nil || res.LatePartials != 0 {
+		t.Fatalf("merge into built-remote: %v %+v", err, res)
+	}
+	f.now = builtAt.Add(59 * time.Minute)
+	tick("B before TakeoverAfter", 0, 0)
+	f.now = builtAt.Add(61 * time.Minute)
+	rB.Owns = func(Kind, Window) bool { return false }
+	tick("B not owning the windows", 0, 0)
+	if len(f.sink.messages()) != mailsBefore || f.posts.Load() != postsBefore {
+		t.Fatal("B sent before taking over")
+	}
+	rB.Owns = nil
+	tick("B takes over", 2, 3)
+
+	// B's outbox: A's items (same ids, names, Report-IDs), A's sent one
+	// finished remotely.
+	itemsB, _ := sB.OutboxItems(true)
+	if len(itemsB) != 4 {
+		t.Fatalf("B's outbox: %d items", len(itemsB))
+	}
+	for _, it := range itemsB {
+		ia, ok := byID[it.ID]
+		if !ok || ia.Meta.FileName != it.Meta.FileName || ia.Meta.ReportID != it.Meta.ReportID || ia.Dest != it.Dest {
+			t.Fatalf("B's item %+v is not one of A's", it.Meta)
+		}
+		if it.Kind == KindTLS && !bytes.Equal(it.File, ia.File) {
+			t.Fatalf("rebuilt TLS file %s differs from A's", it.Meta.FileName)
+		}
+		if it.State != ItemSent || it.Remote != (it.ID == sentByA.ID) {
+			t.Fatalf("B's item %s: %s remote=%v (A sent %s)", it.Meta.FileName, it.State, it.Remote, sentByA.ID)
+		}
+	}
+	var builtB int
+	for _, ev := range evsB {
+		if ev.Item == "" {
+			builtB++
+			var want []string
+			for _, ea := range evsA {
+				if ea.Item == "" && ea.Kind == ev.Kind {
+					want = ea.Items
+				}
+			}
+			if fmt.Sprint(ev.Items) != fmt.Sprint(want) {
+				t.Fatalf("B's built event items %v, A's %v", ev.Items, want)
+			}
+		} else if ev.Item == sentByA.ID {
+			t.Fatal("B emitted a state for the item A sent")
+		}
+	}
+	if builtB != 2 {
+		t.Fatalf("%d built events from B", builtB)
+	}
+
+	// What the receivers got from B: the three items A did not mark, the
+	// DMARC report with the merged partial.
+	dests := map[string]int{}
+	for _, m := range f.sink.messages()[mailsBefore:] {
+		pm := f.parse(t, m)
+		dests["mailto:"+m.To]++
+		var ia OutboxItem
+		for _, x := range itemsA {
+			if x.Meta.FileName == pm.FileName && strings.EqualFold(x.Dest, "mailto:"+m.To) {
+				ia = x
+			}
+		}
+		if ia.ID == "" || !strings.Contains(pm.Subject, ia.Meta.ReportID) {
+			t.Fatalf("B's mail to %s: %s, %q is not A's", m.To, pm.FileName, pm.Subject)
+		}
+		if ia.Kind == KindDMARC {
+			var n uint64
+			for _, c := range regexp.MustCompile(`<count>(\d+)</count>`).FindAllSubmatch(gunzip(t, pm.File), -1) {
+				v, _ := strconv.ParseUint(string(c[1]), 10, 64)
+				n += v
+			}
+			if n != 2001 {
+				t.Fatalf("B's DMARC report counts %d messages, want 2001", n)
+			}
+		}
+	}
+	if posts := f.posts.Load() - postsBefore; posts > 0 {
+		dests[itemsA[slices.IndexFunc(itemsA, func(it OutboxItem) bool { return strings.HasPrefix(it.Dest, "https:") })].Dest] += int(posts)
+	}
+	if dests[sentByA.Dest] != 0 || len(dests) != 3 || dests[acceptedNotMarked.Dest] != 1 {
+		t.Fatalf("B delivered to %v; A had sent to %s", dests, sentByA.Dest)
+	}
+	// Done here now; a replayed partial is late.
+	if wins, _ := sB.Windows(KindDMARC); len(wins) != 0 {
+		t.Fatalf("B's live windows after delivery: %+v", wins)
+	}
+	a.Add(mkVerdict(8, testDay.Add(2*time.Hour)))
+	if res, err := sB.Merge(a.Flush(), nil); err != nil || res.LatePartials != 1 {
+		t.Fatalf("replay after the takeover: %v %+v", err, res)
+	}
+	t.Logf("A sent %s and died; B took over after TakeoverAfter and delivered %v with A's Report-IDs and file names", sentByA.Dest, dests)
 }

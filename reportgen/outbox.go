@@ -2,6 +2,7 @@ package reportgen
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -63,11 +64,31 @@ func itemID(kind Kind, fileName, dest string) string {
 }
 
 // enqueue stores the items and marks the window built in one transaction.
-func (s *Store) enqueue(kind Kind, w Window, items []OutboxItem) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+// Items another reporter already sent or failed (their state came from the
+// state topic) are stored finished (Remote) and not sent again. It
+// returns false, storing nothing, when the window became done or built
+// meanwhile (a state event applied during the build).
+func (s *Store) enqueue(kind Kind, w Window, items []OutboxItem, dests []BuiltDest, at time.Time) (bool, error) {
+	stored := false
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		stored = false
+		wi, err := getWindow(tx, kind, w)
+		if err != nil || wi == nil {
+			return fmt.Errorf("reportgen: enqueue %s: window gone (%v)", w, err)
+		}
+		if wi.State != StateClosed && wi.State != StateBuiltRemote {
+			return nil
+		}
 		ob := tx.Bucket(bucketOutbox)
 		ids := make([]string, 0, len(items))
 		for i := range items {
+			ri, err := getRemoteItem(tx, items[i].ID)
+			if err != nil {
+				return err
+			}
+			if ri != nil {
+				finishRemotely(&items[i], ri.State, ri.At)
+			}
 			b, err := json.Marshal(&items[i])
 			if err != nil {
 				return err
@@ -77,13 +98,14 @@ func (s *Store) enqueue(kind Kind, w Window, items []OutboxItem) error {
 			}
 			ids = append(ids, items[i].ID)
 		}
-		wi, err := getWindow(tx, kind, w)
-		if err != nil || wi == nil {
-			return fmt.Errorf("reportgen: enqueue %s: window gone (%v)", w, err)
+		wi.State, wi.Remote, wi.Reports, wi.Dests, wi.BuiltAt = StateBuilt, false, ids, dests, at
+		if err := putWindow(tx, wi); err != nil {
+			return err
 		}
-		wi.State, wi.Reports = StateBuilt, ids
-		return putWindow(tx, wi)
+		stored = true
+		return finishIfDone(tx, kind, w)
 	})
+	return stored, err
 }
 
 // OutboxItems returns the outbox items (files included when withFiles).
@@ -102,7 +124,7 @@ func (s *Store) OutboxItems(withFiles bool) ([]OutboxItem, error) {
 			return nil
 		})
 	})
-	slices.SortFunc(out, func(a, b OutboxItem) int { return a.Created.Compare(b.Created)*2 + strings.Compare(a.ID, b.ID)/2 })
+	slices.SortFunc(out, func(a, b OutboxItem) int { return cmp.Or(a.Created.Compare(b.Created), strings.Compare(a.ID, b.ID)) })
 	return out, err
 }
 
@@ -234,6 +256,16 @@ type Reporter struct {
 	// RequireTLS makes STARTTLS mandatory for DMARC report mail (TLS
 	// reports never require it, RFC 8460 5.1).
 	RequireTLS bool
+	// TakeoverAfter is how long after another reporter built a window
+	// (the built event's time, judged by the store's clock) this
+	// reporter, when it owns the window, rebuilds it from its own rows
+	// and delivers the items not yet final, in case the builder's store
+	// was lost before they were sent (default 1h; negative: never). The
+	// rebuilt files have the same Report-IDs and file names, so an item
+	// the builder sent but whose sent state was not published yet is
+	// sent twice (receivers deduplicate); it must exceed the time a
+	// live builder takes to deliver, or retry, its outbox.
+	TakeoverAfter time.Duration
 
 	// AfterAccept, when set, runs after a server accepted an item and
 	// before the item is marked sent; an error stops Deliver there. Tests
@@ -273,6 +305,16 @@ type BuildStats struct {
 	Unverified int
 	// Deferred counts windows left for later after a temporary DNS error.
 	Deferred int
+	// TakenOver counts windows built elsewhere and rebuilt here (see
+	// Reporter.TakeoverAfter); they are counted in Windows too.
+	TakenOver int
+}
+
+func (r *Reporter) takeoverAfter() time.Duration {
+	if r.TakeoverAfter == 0 {
+		return time.Hour
+	}
+	return r.TakeoverAfter
 }
 
 func (r *Reporter) capFor(d Destination) int64 {
@@ -295,18 +337,34 @@ func (r *Reporter) capFor(d Destination) int64 {
 // external mailto: destinations are verified, and one set of files is
 // built per distinct size cap. The outbox items and the window's new state
 // are written in one transaction.
+//
+// It also takes over the built-remote windows it owns whose build is older
+// than TakeoverAfter (their items are not all final: the builder may have
+// lost its store): such a window is closed here (later partials are late,
+// as for any closed window) and rebuilt from this store's rows for the
+// builder's destinations, which gives the same file names, Report-IDs and
+// item ids; the items the builder sent or failed are stored finished and
+// the others are delivered from this outbox. A built-remote window without
+// rows here (nothing merged: nothing to rebuild from) is not taken over.
 func (r *Reporter) BuildClosed(ctx context.Context) (BuildStats, error) {
 	var st BuildStats
+	now := r.Store.Now()
 	for _, kind := range []Kind{KindDMARC, KindTLS} {
 		wins, err := r.Store.Windows(kind)
 		if err != nil {
 			return st, err
 		}
 		for _, wi := range wins {
-			if wi.State != StateClosed || !r.owns(kind, wi.Window) {
+			if !r.owns(kind, wi.Window) {
 				continue
 			}
-			if err := r.buildWindow(ctx, wi, &st); err != nil {
+			switch {
+			case wi.State == StateClosed:
+				err = r.buildWindow(ctx, wi, &st)
+			case wi.State == StateBuiltRemote && wi.Messages > 0 && r.takeoverAfter() > 0 && !now.Before(wi.BuiltAt.Add(r.takeoverAfter())):
+				err = r.takeover(ctx, wi.Kind, wi.Window, &st)
+			}
+			if err != nil {
 				return st, err
 			}
 		}
@@ -314,9 +372,50 @@ func (r *Reporter) BuildClosed(ctx context.Context) (BuildStats, error) {
 	return st, nil
 }
 
-func (r *Reporter) buildWindow(ctx context.Context, wi WindowInfo, st *BuildStats) error {
+// takeover closes a built-remote window (compacting its rows) and builds
+// it here.
+func (r *Reporter) takeover(ctx context.Context, kind Kind, w Window, st *BuildStats) error {
+	wi, err := r.Store.closeForTakeover(kind, w)
+	if err != nil || wi == nil {
+		return err
+	}
+	st.TakenOver++
+	return r.buildWindow(ctx, *wi, st)
+}
+
+// closeForTakeover closes a built-remote window whose items are not all
+// final and returns it (nil when it is no longer built-remote).
+func (s *Store) closeForTakeover(kind Kind, w Window) (*WindowInfo, error) {
+	var out *WindowInfo
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		out = nil
+		wi, err := getWindow(tx, kind, w)
+		if err != nil || wi == nil || wi.State != StateBuiltRemote {
+			return err
+		}
+		if err := finishRemote(tx, wi); err != nil {
+			return err
+		}
+		if wi.State == StateDone {
+			return nil
+		}
+		out = wi
+		return closeWindow(tx, wi)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reportgen: take over %s %s: %w", kind, w, err)
+	}
+	return out, nil
+}
+
+// discover returns the destinations of a window: the recorded ones of a
+// window taken over from another reporter (verified by the builder), else
+// from DNS. ok is false when a temporary DNS failure defers the window.
+func (r *Reporter) discover(ctx context.Context, wi WindowInfo, st *BuildStats) (dests []Destination, ok bool) {
+	if wi.Remote && len(wi.Dests) > 0 {
+		return destinations(wi.Kind, wi.Dests), true
+	}
 	res := r.Deliverer.Resolver
-	var dests []Destination
 	var err error
 	if wi.Kind == KindTLS {
 		dests, err = DiscoverTLSRPT(ctx, res, wi.Domain)
@@ -325,7 +424,7 @@ func (r *Reporter) buildWindow(ctx context.Context, wi WindowInfo, st *BuildStat
 	}
 	if err != nil && !errors.Is(err, ErrNoPolicyRecord) {
 		st.Deferred++
-		return nil // temporary DNS trouble: try again on the next run
+		return nil, false // temporary DNS trouble: try again on the next run
 	}
 	if wi.Kind == KindDMARC {
 		ev := &dmarc.Evaluator{Resolver: res, Mode: r.Mode}
@@ -337,7 +436,7 @@ func (r *Reporter) buildWindow(ctx context.Context, wi WindowInfo, st *BuildStat
 					var tmp interface{ Temporary() bool }
 					if errors.As(err, &tmp) && tmp.Temporary() {
 						st.Deferred++
-						return nil
+						return nil, false
 					}
 				}
 				if !ok {
@@ -348,6 +447,14 @@ func (r *Reporter) buildWindow(ctx context.Context, wi WindowInfo, st *BuildStat
 			kept = append(kept, d)
 		}
 		dests = kept
+	}
+	return dests, true
+}
+
+func (r *Reporter) buildWindow(ctx context.Context, wi WindowInfo, st *BuildStats) error {
+	dests, ok := r.discover(ctx, wi, st)
+	if !ok {
+		return nil
 	}
 	st.Windows++
 	if len(dests) == 0 {
@@ -365,6 +472,7 @@ func (r *Reporter) buildWindow(ctx context.Context, wi WindowInfo, st *BuildStat
 	}
 	byCap := map[int64]*built{}
 	var items []OutboxItem
+	nfiles := 0
 	for _, d := range dests {
 		fileCap := MailFileCap(r.capFor(d))
 		if wi.Kind == KindTLS && d.Scheme() == "https" {
@@ -395,7 +503,7 @@ func (r *Reporter) buildWindow(ctx context.Context, wi WindowInfo, st *BuildStat
 				b.data = append(b.data, bb.Bytes())
 			}
 			byCap[fileCap] = b
-			st.Files += len(b.files)
+			nfiles += len(b.files)
 		}
 		for i, f := range b.files {
 			sub := r.DMARC.Receiver
@@ -408,12 +516,16 @@ func (r *Reporter) buildWindow(ctx context.Context, wi WindowInfo, st *BuildStat
 				Dest: d.URI, File: b.data[i], State: ItemPending, Created: now, NextAttempt: now})
 		}
 	}
-	st.Items += len(items)
-	if err := r.Store.enqueue(wi.Kind, wi.Window, items); err != nil {
+	bds := builtDests(dests)
+	stored, err := r.Store.enqueue(wi.Kind, wi.Window, items, bds, now)
+	if err != nil || !stored {
 		return err
 	}
-	ev := StateEvent{Kind: wi.Kind, Window: wi.Window, State: StateBuilt, At: now}
+	st.Files += nfiles
+	st.Items += len(items)
+	ev := StateEvent{Kind: wi.Kind, Window: wi.Window, State: StateBuilt, At: now, Dests: bds}
 	for i := range items {
+		ev.Items = append(ev.Items, items[i].ID)
 		if !slices.Contains(ev.Files, items[i].Meta.FileName) {
 			ev.Files = append(ev.Files, items[i].Meta.FileName)
 			ev.ReportIDs = append(ev.ReportIDs, items[i].Meta.ReportID)

@@ -19,9 +19,53 @@ const StatePruned = "pruned"
 
 // Bounds on a decoded state event.
 const (
-	MaxStateValueSize = 64 << 10
+	MaxStateValueSize = 256 << 10
 	maxStateList      = 1024
+	maxDestURI        = 2048
 )
+
+// BuiltDest is a destination a window's reports were built for: enough to
+// build the same outbox items again (same file names, same item ids).
+type BuiltDest struct {
+	// URI is the rua URI without a size suffix.
+	URI string `json:"uri"`
+	// MaxSize is the RFC 7489 "!size" limit in octets (0: none).
+	MaxSize int64 `json:"max_size,omitempty"`
+}
+
+func builtDests(ds []Destination) []BuiltDest {
+	out := make([]BuiltDest, 0, len(ds))
+	for _, d := range ds {
+		out = append(out, BuiltDest{URI: d.URI, MaxSize: d.MaxSize})
+	}
+	return out
+}
+
+// destinations turns recorded destinations back into Destinations for a
+// window of kind; invalid ones (which ParseStateEvent already refuses)
+// are skipped.
+func destinations(kind Kind, bds []BuiltDest) []Destination {
+	var out []Destination
+	for _, bd := range bds {
+		d := Destination{URI: bd.URI, MaxSize: max(bd.MaxSize, 0)}
+		switch d.Scheme() {
+		case "mailto":
+			addr, err := mailtoAddress(bd.URI)
+			if err != nil {
+				continue
+			}
+			d.Address = addr
+		case "https":
+			if kind != KindTLS {
+				continue
+			}
+		default:
+			continue
+		}
+		out = append(out, d)
+	}
+	return out
+}
 
 // StateEvent is one delivery state transition of a window or of one of its
 // outbox items. Reporters publish them (Reporter.OnState) to a compacted
@@ -41,17 +85,26 @@ type StateEvent struct {
 	// report.
 	ReportIDs []string
 	Files     []string
+	// Items are the outbox item ids of a built window (none: no
+	// destination, or the window is done at the reporter that published
+	// the event), Dests the destinations they were built for. Another
+	// reporter keeps the window's rows until every item is final, and
+	// rebuilds it for these destinations if it takes the window over.
+	Items []string
+	Dests []BuiltDest
 	// Dest is the item's destination URI.
 	Dest string
 	At   time.Time
 }
 
 type stateValue struct {
-	State     string    `json:"state"`
-	ReportIDs []string  `json:"report_ids,omitempty"`
-	Files     []string  `json:"files,omitempty"`
-	Dest      string    `json:"dest,omitempty"`
-	At        time.Time `json:"at"`
+	State     string      `json:"state"`
+	ReportIDs []string    `json:"report_ids,omitempty"`
+	Files     []string    `json:"files,omitempty"`
+	Items     []string    `json:"items,omitempty"`
+	Dests     []BuiltDest `json:"dests,omitempty"`
+	Dest      string      `json:"dest,omitempty"`
+	At        time.Time   `json:"at"`
 }
 
 // Key is the record key of ev on the state topic: kind/domain/day for a
@@ -65,13 +118,19 @@ func (ev *StateEvent) Key() []byte {
 	return []byte(k)
 }
 
+func validItemID(id string) bool {
+	_, err := hex.DecodeString(id)
+	return err == nil && len(id) == 32
+}
+
 // Value is the record value of ev: small JSON, or nil for StatePruned (a
 // tombstone, so compaction eventually drops the key).
 func (ev *StateEvent) Value() ([]byte, error) {
 	if ev.State == StatePruned {
 		return nil, nil
 	}
-	b, err := json.Marshal(stateValue{State: ev.State, ReportIDs: ev.ReportIDs, Files: ev.Files, Dest: ev.Dest, At: ev.At.UTC()})
+	b, err := json.Marshal(stateValue{State: ev.State, ReportIDs: ev.ReportIDs, Files: ev.Files, Items: ev.Items, Dests: ev.Dests,
+		Dest: ev.Dest, At: ev.At.UTC()})
 	if err != nil {
 		return nil, fmt.Errorf("reportgen: encode state event: %w", err)
 	}
@@ -103,7 +162,7 @@ func ParseStateEvent(key, value []byte) (StateEvent, error) {
 	}
 	ev.Window = Window{Domain: parts[1], Day: day}
 	if len(parts) == 4 {
-		if _, err := hex.DecodeString(parts[3]); err != nil || len(parts[3]) != 32 {
+		if !validItemID(parts[3]) {
 			return ev, fmt.Errorf("reportgen: state key %q: bad item id", key)
 		}
 		ev.Item = parts[3]
@@ -120,14 +179,24 @@ func ParseStateEvent(key, value []byte) (StateEvent, error) {
 	if err := dec.Decode(&v); err != nil {
 		return ev, fmt.Errorf("reportgen: state %q: %w", key, err)
 	}
-	if len(v.ReportIDs) > maxStateList || len(v.Files) > maxStateList {
+	if len(v.ReportIDs) > maxStateList || len(v.Files) > maxStateList || len(v.Items) > maxStateList || len(v.Dests) > maxStateList {
 		return ev, fmt.Errorf("reportgen: state %q: too many reports", key)
 	}
-	ok := v.State == StateBuilt && ev.Item == "" || (v.State == ItemSent || v.State == ItemFailed) && ev.Item != ""
+	ok := v.State == StateBuilt && ev.Item == "" || (v.State == ItemSent || v.State == ItemFailed) && ev.Item != "" && len(v.Items) == 0
 	if !ok {
 		return ev, fmt.Errorf("reportgen: state %q: state %q", key, v.State)
 	}
-	ev.State, ev.ReportIDs, ev.Files, ev.Dest, ev.At = v.State, v.ReportIDs, v.Files, v.Dest, v.At
+	for _, id := range v.Items {
+		if !validItemID(id) {
+			return ev, fmt.Errorf("reportgen: state %q: bad item id %q", key, id)
+		}
+	}
+	for _, d := range v.Dests {
+		if len(d.URI) > maxDestURI || d.MaxSize < 0 || len(destinations(ev.Kind, []BuiltDest{d})) != 1 {
+			return ev, fmt.Errorf("reportgen: state %q: bad destination %q", key, d.URI)
+		}
+	}
+	ev.State, ev.ReportIDs, ev.Files, ev.Items, ev.Dests, ev.Dest, ev.At = v.State, v.ReportIDs, v.Files, v.Items, v.Dests, v.Dest, v.At
 	return ev, nil
 }
 
@@ -135,15 +204,28 @@ func ParseStateEvent(key, value []byte) (StateEvent, error) {
 // one: applying its own events is a no-op). It reports whether the store
 // changed.
 //
-//   - A window built elsewhere: a local open or closed window becomes a done
-//     marker (Remote) and its rows are dropped, since the builder counted
-//     them; an absent window gets a marker, so partials replayed or arriving
-//     later count as late instead of re-opening it. A window this store built
-//     itself is left alone: both outboxes hold the same files (same
-//     Report-IDs and names) and the item states below deduplicate the sends.
+//   - A window built elsewhere with outbox items: a local open or closed
+//     window (or an absent one) becomes built-remote. Its rows are kept
+//     and partials are still merged into it, and the builder's item ids,
+//     destinations and build time are recorded. Once every one of those
+//     items is final (sent or failed, from the item events below, in
+//     whatever order they arrive) the window becomes a done marker
+//     (Remote) and its rows are dropped. Until then the owner of the
+//     window may take it over (Reporter.TakeoverAfter) if the builder's
+//     store was lost. A later built event (a takeover elsewhere) replaces
+//     the record.
+//   - A window built elsewhere without items (no destination, or done at
+//     the publisher): a local open, closed or built-remote window, or an
+//     absent one, becomes a done marker (Remote), so partials replayed or
+//     arriving later count as late instead of re-opening it.
+//   - A window this store built itself (or is done with) is left alone:
+//     both outboxes hold the same files (same Report-IDs and names) and
+//     the item states below deduplicate the sends.
 //   - An item sent or failed elsewhere: the same item (same id: same kind,
 //     file name and destination) still pending here is finished without
-//     being sent.
+//     being sent; an item not in this outbox has its state recorded (for
+//     the completion of a built-remote window, and so that a takeover
+//     does not send it again).
 //   - Tombstones change nothing (markers are pruned by age).
 //
 // Events for windows older than the marker TTL are ignored.
@@ -172,17 +254,83 @@ func (s *Store) ApplyState(ev StateEvent) (bool, error) {
 		switch {
 		case wi == nil:
 			wi = &WindowInfo{Window: ev.Window, Kind: ev.Kind}
-		case wi.State == StateOpen || wi.State == StateClosed:
+		case wi.State == StateOpen || wi.State == StateClosed || wi.State == StateBuiltRemote:
 		default:
 			return nil
 		}
+		if len(ev.Items) == 0 {
+			changed = true
+			return markDone(tx, wi, true)
+		}
+		if wi.State == StateBuiltRemote && wi.BuiltAt.Equal(ev.At) && slices.Equal(wi.Reports, ev.Items) && slices.Equal(wi.Dests, ev.Dests) {
+			return nil
+		}
 		changed = true
-		return markDone(tx, wi, true)
+		wi.State, wi.Remote, wi.BuiltAt = StateBuiltRemote, true, ev.At
+		wi.Reports, wi.Dests = slices.Clone(ev.Items), slices.Clone(ev.Dests)
+		return finishRemote(tx, wi)
 	})
 	if err != nil {
 		return false, fmt.Errorf("reportgen: apply state %s: %w", ev.Key(), err)
 	}
 	return changed, nil
+}
+
+// remoteItem is the final state of another reporter's outbox item.
+type remoteItem struct {
+	Kind   Kind      `json:"kind"`
+	Domain string    `json:"domain"`
+	Day    uint32    `json:"day"`
+	State  string    `json:"state"`
+	At     time.Time `json:"at"`
+}
+
+func getRemoteItem(tx *bolt.Tx, id string) (*remoteItem, error) {
+	v := tx.Bucket(bucketRemote).Get([]byte(id))
+	if v == nil {
+		return nil, nil
+	}
+	var ri remoteItem
+	if err := json.Unmarshal(v, &ri); err != nil {
+		return nil, fmt.Errorf("remote item %s: %w", id, err)
+	}
+	return &ri, nil
+}
+
+// finishRemote stores a built-remote window, or makes it a done marker
+// when every item of its build is final.
+func finishRemote(tx *bolt.Tx, wi *WindowInfo) error {
+	for _, id := range wi.Reports {
+		ri, err := getRemoteItem(tx, id)
+		if err != nil {
+			return err
+		}
+		if ri == nil {
+			return putWindow(tx, wi)
+		}
+	}
+	return markDone(tx, wi, true)
+}
+
+func pruneRemoteItems(tx *bolt.Tx, old func(day uint32) bool) error {
+	rb := tx.Bucket(bucketRemote)
+	var del [][]byte
+	err := rb.ForEach(func(k, v []byte) error {
+		var ri remoteItem
+		if err := json.Unmarshal(v, &ri); err != nil || old(ri.Day) {
+			del = append(del, bytes.Clone(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range del {
+		if err := rb.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func applyItemState(tx *bolt.Tx, ev StateEvent) (bool, error) {
@@ -192,7 +340,7 @@ func applyItemState(tx *bolt.Tx, ev StateEvent) (bool, error) {
 	ob := tx.Bucket(bucketOutbox)
 	v := ob.Get([]byte(ev.Item))
 	if v == nil {
-		return false, nil
+		return recordRemoteItem(tx, ev)
 	}
 	var it OutboxItem
 	if err := json.Unmarshal(v, &it); err != nil {
@@ -201,13 +349,7 @@ func applyItemState(tx *bolt.Tx, ev StateEvent) (bool, error) {
 	if it.State != ItemPending {
 		return false, nil
 	}
-	it.State, it.Remote = ev.State, true
-	if ev.State == ItemSent {
-		it.SentAt = ev.At
-		it.LastError = ""
-	} else {
-		it.LastError = "failed at another reporter"
-	}
+	finishRemotely(&it, ev.State, ev.At)
 	b, err := json.Marshal(&it)
 	if err != nil {
 		return false, err
@@ -216,6 +358,45 @@ func applyItemState(tx *bolt.Tx, ev StateEvent) (bool, error) {
 		return false, err
 	}
 	return true, finishIfDone(tx, it.Kind, it.Window)
+}
+
+// finishRemotely marks a local outbox item as sent or failed by another
+// reporter.
+func finishRemotely(it *OutboxItem, state string, at time.Time) {
+	it.State, it.Remote = state, true
+	if state == ItemSent {
+		it.SentAt = at
+		it.LastError = ""
+	} else {
+		it.LastError = "failed at another reporter"
+	}
+}
+
+// recordRemoteItem keeps the final state of an item this outbox does not
+// hold, unless its window is done here already.
+func recordRemoteItem(tx *bolt.Tx, ev StateEvent) (bool, error) {
+	wi, err := getWindow(tx, ev.Kind, ev.Window)
+	if err != nil {
+		return false, err
+	}
+	if wi != nil && wi.State == StateDone {
+		return false, nil
+	}
+	b, err := json.Marshal(remoteItem{Kind: ev.Kind, Domain: ev.Window.Domain, Day: ev.Window.Day, State: ev.State, At: ev.At.UTC()})
+	if err != nil {
+		return false, err
+	}
+	rb := tx.Bucket(bucketRemote)
+	if bytes.Equal(rb.Get([]byte(ev.Item)), b) {
+		return false, nil
+	}
+	if err := rb.Put([]byte(ev.Item), b); err != nil {
+		return false, err
+	}
+	if wi != nil && wi.State == StateBuiltRemote {
+		return true, finishRemote(tx, wi)
+	}
+	return true, nil
 }
 
 // finishIfDone turns a built window into a done marker once none of its
@@ -297,8 +478,15 @@ func (s *Store) StateSnapshot() ([]StateEvent, error) {
 	return out, nil
 }
 
+// windowEvent is the built event of a window this store built: with its
+// items and destinations while built, without them once done (nothing is
+// left to deliver, so a reporter that still waits for the items marks the
+// window done).
 func windowEvent(wi *WindowInfo, items map[string]*OutboxItem) StateEvent {
-	ev := StateEvent{Kind: wi.Kind, Window: wi.Window, State: StateBuilt}
+	ev := StateEvent{Kind: wi.Kind, Window: wi.Window, State: StateBuilt, At: wi.BuiltAt}
+	if wi.State == StateBuilt {
+		ev.Items, ev.Dests = slices.Clone(wi.Reports), slices.Clone(wi.Dests)
+	}
 	for _, id := range wi.Reports {
 		it := items[id]
 		if it == nil {
@@ -308,7 +496,7 @@ func windowEvent(wi *WindowInfo, items map[string]*OutboxItem) StateEvent {
 			ev.Files = append(ev.Files, it.Meta.FileName)
 			ev.ReportIDs = append(ev.ReportIDs, it.Meta.ReportID)
 		}
-		if ev.At.IsZero() || it.Created.Before(ev.At) {
+		if wi.BuiltAt.IsZero() && (ev.At.IsZero() || it.Created.Before(ev.At)) {
 			ev.At = it.Created
 		}
 	}

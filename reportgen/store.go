@@ -17,11 +17,23 @@ import (
 // Window states, in order. A window is open until its UTC day ended more
 // than Grace ago; closed windows wait for their reports to be built into the
 // outbox (built); once every destination is done the rows are deleted and
-// the window stays as a done marker (see StateDone).
+// the window stays as a done marker (see StateDone). A window another
+// reporter built is built-remote until every one of its outbox items is
+// final (then done), or until this store takes it over (see
+// StateBuiltRemote).
 const (
 	StateOpen   = "open"
 	StateClosed = "closed"
 	StateBuilt  = "built"
+	// StateBuiltRemote marks a window another reporter built (learnt from
+	// the delivery state topic) whose outbox items are not all final yet.
+	// Its rows are kept, and partials are still merged into it (a
+	// partition replay after a move must rebuild it completely): this
+	// store's copy is what a takeover (Reporter.TakeoverAfter) rebuilds
+	// the reports from when the builder's store is lost before it sent
+	// them. WindowInfo.Reports holds the builder's outbox item ids,
+	// Dests its destinations and BuiltAt the build time.
+	StateBuiltRemote = "built-remote"
 	// StateDone marks a window whose reports were built and delivered
 	// (here, or by another reporter: WindowInfo.Remote). Its rows are
 	// gone; the marker is kept for Store.MarkerTTL so that partials
@@ -49,6 +61,9 @@ var (
 	bucketTLS     = []byte("tls")
 	bucketTLSWin  = []byte("tlswindows")
 	bucketRate    = []byte("ratelimit")
+	// bucketRemote holds the final states (sent, failed) of outbox items
+	// of other reporters, by item id, until their window is done here.
+	bucketRemote = []byte("remoteitems")
 )
 
 // Kind selects the report family of a window.
@@ -92,10 +107,17 @@ type WindowInfo struct {
 	// Late counts messages that arrived after the window closed: they are
 	// not in the report, and are counted here rather than dropped silently.
 	Late uint64 `json:"late,omitempty"`
-	// Reports lists the outbox ids of the built reports.
+	// Reports lists the outbox item ids of the built reports: this
+	// store's outbox items, or for a window built elsewhere the
+	// builder's (from its state event).
 	Reports []string `json:"reports,omitempty"`
-	// Remote is set on a window marked done because another reporter
-	// built its reports (learnt from the delivery state topic).
+	// Dests are the destinations the reports were built for, and
+	// BuiltAt when (a takeover rebuilds for the same destinations).
+	Dests   []BuiltDest `json:"dests,omitempty"`
+	BuiltAt time.Time   `json:"built_at,omitzero"`
+	// Remote is set on a window another reporter built (learnt from the
+	// delivery state topic): built-remote, done, or closed again for a
+	// takeover in progress.
 	Remote bool `json:"remote,omitempty"`
 }
 
@@ -136,7 +158,7 @@ func OpenStore(dir string, now func() time.Time) (*Store, error) {
 		return nil, fmt.Errorf("reportgen: open store: %w", err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketWindows, bucketRows, bucketOffsets, bucketOutbox, bucketSuppr, bucketTLS, bucketTLSWin, bucketRate} {
+		for _, b := range [][]byte{bucketWindows, bucketRows, bucketOffsets, bucketOutbox, bucketSuppr, bucketTLS, bucketTLSWin, bucketRate, bucketRemote} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -237,8 +259,11 @@ type MergeResult struct {
 // resumes from Offsets() after a crash neither loses nor double-counts.
 // Offsets are the next offsets to consume after the batch. When none is
 // beyond the stored ones the batch is a replay and nothing is changed; when
-// some are and some are not, Merge fails with ErrMixedReplay. Partials for a closed window are counted
-// in its Late field. The Key slices of batch must not change during Merge.
+// some are and some are not, Merge fails with ErrMixedReplay. Partials for
+// a closed, built or done window are counted in its Late field; partials
+// for a window another reporter built and that is not done yet
+// (StateBuiltRemote) are merged, since a takeover rebuilds it from these
+// rows. The Key slices of batch must not change during Merge.
 func (s *Store) Merge(batch []PartialAggregate, offsets []Offset) (MergeResult, error) {
 	in := make([]windowBatch, len(batch))
 	for i := range batch {
@@ -301,7 +326,7 @@ func (s *Store) merge(kind Kind, batch []windowBatch, offsets []Offset) (MergeRe
 			if wi == nil {
 				wi = &WindowInfo{Window: p.w, Kind: kind, State: StateOpen}
 			}
-			if wi.State != StateOpen {
+			if wi.State != StateOpen && wi.State != StateBuiltRemote {
 				wi.Late += p.msgs
 				res.Late += p.msgs
 				res.LatePartials++
@@ -468,8 +493,9 @@ func listWindows(tx *bolt.Tx, kind Kind) ([]WindowInfo, error) {
 	return out, err
 }
 
-// Windows lists the live windows of a kind (open, closed or built; not the
-// done markers, see DoneWindows), ordered by domain and day.
+// Windows lists the live windows of a kind (open, closed, built or
+// built-remote; not the done markers, see DoneWindows), ordered by domain
+// and day.
 func (s *Store) Windows(kind Kind) ([]WindowInfo, error) {
 	return s.windows(kind, func(wi *WindowInfo) bool { return wi.State != StateDone })
 }
@@ -565,11 +591,18 @@ func deleteRows(tx *bolt.Tx, kind Kind, w Window) error {
 	return err
 }
 
-// markDone turns a window into a done marker: its rows are deleted, its
-// counters and report ids kept.
+// markDone turns a window into a done marker: its rows and the remote
+// item states of its reports are deleted, its counters and report ids
+// kept.
 func markDone(tx *bolt.Tx, wi *WindowInfo, remote bool) error {
 	if err := deleteRows(tx, wi.Kind, wi.Window); err != nil {
 		return err
+	}
+	rb := tx.Bucket(bucketRemote)
+	for _, id := range wi.Reports {
+		if err := rb.Delete([]byte(id)); err != nil {
+			return err
+		}
 	}
 	wi.State, wi.Remote, wi.Runs, wi.NextRun, wi.Rows = StateDone, remote, nil, 0, 0
 	return putWindow(tx, wi)
@@ -592,7 +625,9 @@ func (s *Store) MarkDone(kind Kind, w Window) error {
 }
 
 // PruneDone deletes the done markers whose window closed more than
-// MarkerTTL before the clock's now, and returns them.
+// MarkerTTL before the clock's now, and returns them. Built-remote windows
+// that old (another reporter's build never finished and nobody took it
+// over) go too, with their rows, and so do remote item states.
 func (s *Store) PruneDone() ([]WindowInfo, error) {
 	limit := s.Now().Add(-s.markerTTL())
 	var out []WindowInfo
@@ -605,15 +640,18 @@ func (s *Store) PruneDone() ([]WindowInfo, error) {
 			}
 			wb, _ := kind.buckets()
 			for _, wi := range all {
-				if wi.State == StateDone && s.ClosesAt(wi.Day).Before(limit) {
+				if (wi.State == StateDone || wi.State == StateBuiltRemote) && s.ClosesAt(wi.Day).Before(limit) {
 					if err := tx.Bucket(wb).Delete(windowKey(wi.Window)); err != nil {
+						return err
+					}
+					if err := deleteRows(tx, kind, wi.Window); err != nil {
 						return err
 					}
 					out = append(out, wi)
 				}
 			}
 		}
-		return nil
+		return pruneRemoteItems(tx, func(day uint32) bool { return s.ClosesAt(day).Before(limit) })
 	})
 	if err != nil {
 		return nil, fmt.Errorf("reportgen: prune done markers: %w", err)

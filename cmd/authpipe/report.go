@@ -277,7 +277,7 @@ reports are built into the durable outbox, and due items are delivered by SMTP
 the same delivery flags; send is for stores no running reporter owns, or for a
 round now. --receiver and --from are required. Report mail is DKIM-signed with
 every --dkim-key: give an RSA and an Ed25519 key to add both signatures.`,
-		Example: `  authpipe report send --data-dir /var/lib/authpipe/reports --receiver mx.example.net \
+		Example: `  authpipe report send --data-dir /var/lib/authpipe --receiver mx.example.net \
       --from dmarc-reports@example.net --dkim-key rsa2026=/etc/authpipe/rsa.pem --dkim-key ed2026=/etc/authpipe/ed25519.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -295,6 +295,9 @@ every --dkim-key: give an RSA and an Ed25519 key to add both signatures.`,
 			}
 			defer s.Close()
 			r.Store = s
+			// A hand-run round has no partition ownership: windows another
+			// reporter built are left to their owner's takeover (run).
+			r.TakeoverAfter = -1
 			bs, ds, err := r.Tick(cmd.Context())
 			fmt.Fprintf(cmd.OutOrStdout(), "built: windows=%d files=%d items=%d no-rua=%d unverified=%d deferred=%d\n",
 				bs.Windows, bs.Files, bs.Items, bs.NoDestination, bs.Unverified, bs.Deferred)
