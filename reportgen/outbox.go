@@ -250,6 +250,11 @@ type Reporter struct {
 	// SuppressAfter permanent failures put a destination on the
 	// suppression list (default 3).
 	SuppressAfter int
+	// Suppressed lists destinations (lower-case URIs such as
+	// "mailto:dmarc@example.com" or "https://…") never delivered to, from
+	// configuration; the store's list (Store.Suppress, and the automatic
+	// entries after SuppressAfter failures) applies as well.
+	Suppressed map[string]bool
 	// KeepDone is how long finished outbox items are kept as a record
 	// (default 7 days; pruned by Tick).
 	KeepDone time.Duration
@@ -604,7 +609,7 @@ func (r *Reporter) Deliver(ctx context.Context) (DeliverStats, error) {
 		if err != nil {
 			return st, err
 		}
-		if sp.Suppressed {
+		if sp.Suppressed || r.Suppressed[dest] {
 			st.Suppressed++
 			if err := r.Store.updateItem(it.ID, func(x *OutboxItem) error { x.State = ItemSuppressed; return nil }); err != nil {
 				return st, err

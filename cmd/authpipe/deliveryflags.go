@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -61,6 +62,8 @@ type deliveryFlags struct {
 	allow        []string
 	caFile       string
 	maxSize      int64
+	destMaxSize  []string
+	suppress     []string
 	requireTLS   bool
 }
 
@@ -77,6 +80,8 @@ func (d *deliveryFlags) register(f *pflag.FlagSet) {
 	f.StringSliceVar(&d.allow, "allow", nil, "let report delivery reach this otherwise refused address `prefix` (loopback, private; e.g. 127.0.0.1/32)")
 	f.StringVar(&d.caFile, "report-ca", "", "PEM `file` of CAs trusted, besides the system roots, for STARTTLS and HTTPS report delivery")
 	f.Int64Var(&d.maxSize, "max-size", 10<<20, "cap on one DMARC report mail in `octets`; larger reports are split into parts")
+	f.StringSliceVar(&d.destMaxSize, "dest-max-size", nil, "cap report mail to one destination: `DEST=SIZE`, DEST a rua URI (mailto:a@b.example) or a mail domain, SIZE in octets or with k, m, g (repeatable)")
+	f.StringSliceVar(&d.suppress, "suppress", nil, "never deliver to this rua `URI` (mailto:… or https://…; repeatable); destinations also enter the store's list after 3 permanent failures")
 	f.BoolVar(&d.requireTLS, "require-tls", false, "send DMARC report mail only over STARTTLS (TLS reports always fall back to plaintext, RFC 8460)")
 }
 
@@ -147,6 +152,26 @@ func (d *deliveryFlags) reporter(res resolvercache.Resolver, now func() time.Tim
 	}
 	dl.DKIM = keys
 	r := &reportgen.Reporter{Deliverer: dl, DMARC: d.dmarcConfig(), TLS: d.tlsConfig(), DefaultCap: d.maxSize, RequireTLS: d.requireTLS}
+	for _, kv := range d.destMaxSize {
+		dest, size, ok := strings.Cut(kv, "=")
+		n, err := parseSize(size)
+		if !ok || dest == "" || err != nil || n <= 0 {
+			return nil, usagef("--dest-max-size %q: want DEST=SIZE with a positive SIZE (octets, or with k, m, g)", kv)
+		}
+		if r.Caps == nil {
+			r.Caps = map[string]int64{}
+		}
+		r.Caps[strings.ToLower(dest)] = n
+	}
+	for _, dest := range d.suppress {
+		if !strings.HasPrefix(strings.ToLower(dest), "mailto:") && !strings.HasPrefix(strings.ToLower(dest), "https://") {
+			return nil, usagef("--suppress %q: want a mailto: or https:// URI", dest)
+		}
+		if r.Suppressed == nil {
+			r.Suppressed = map[string]bool{}
+		}
+		r.Suppressed[strings.ToLower(dest)] = true
+	}
 	if d.rfc7489 {
 		r.Mode = dmarc.ModeRFC7489
 	}
@@ -238,4 +263,29 @@ func (d *deliveryFlags) describe(keys []reportgen.DKIMKey) string {
 		sigs = "DKIM " + strings.Join(s, ", ")
 	}
 	return "from " + d.from + " via " + via + ", " + sigs
+}
+
+// parseSize reads an octet count with an optional k, m or g suffix (powers
+// of 1024, as in RFC 7489's "!size" limits).
+func parseSize(s string) (int64, error) {
+	s = strings.ToLower(strings.TrimSpace(s))
+	mult := int64(1)
+	if s != "" {
+		switch s[len(s)-1] {
+		case 'k':
+			mult = 1 << 10
+		case 'm':
+			mult = 1 << 20
+		case 'g':
+			mult = 1 << 30
+		}
+		if mult > 1 {
+			s = s[:len(s)-1]
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n > math.MaxInt64/mult {
+		return 0, fmt.Errorf("size %q", s)
+	}
+	return n * mult, nil
 }

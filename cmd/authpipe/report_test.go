@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/authpipe/authpipe/reportgen"
 	"github.com/authpipe/authpipe/stages/verdict"
 )
@@ -122,6 +124,9 @@ func TestDeliveryFlagErrors(t *testing.T) {
 		"not a key":              append(ok, "--dkim-key", "s1="+zone),
 		"bad allow prefix":       append(ok, "--allow", "127.0.0.1"),
 		"bad smarthost":          append(ok, "--smarthost", "relay.example"),
+		"dest cap without size":  append(ok, "--dest-max-size", "mailto:a@b.example"),
+		"dest cap bad size":      append(ok, "--dest-max-size", "b.example=10x"),
+		"suppress not a URI":     append(ok, "--suppress", "a@b.example"),
 	} {
 		for _, cmd := range [][]string{{"report", "send", "--data-dir", dir}, {"run", "--data-dir", t.TempDir(), "--http-addr", ""}} {
 			out, code := runCmd(t, append(cmd, args...)...)
@@ -135,5 +140,38 @@ func TestDeliveryFlagErrors(t *testing.T) {
 		"--dkim-domain", "mail.r.example"}, ok...)...)
 	if code != 0 {
 		t.Fatalf("send with two keys (%d): %s", code, out)
+	}
+}
+
+// TestDeliveryFlagsCapsAndSuppression: --dest-max-size and --suppress
+// reach the Reporter, keyed in lower case.
+func TestDeliveryFlagsCapsAndSuppression(t *testing.T) {
+	var d deliveryFlags
+	f := pflag.NewFlagSet("t", pflag.ContinueOnError)
+	d.register(f)
+	if err := f.Parse([]string{"--receiver", "r.example", "--from", "reports@r.example",
+		"--dest-max-size", "mailto:Agg@B.example=2m", "--dest-max-size", "c.example=1500",
+		"--suppress", "mailto:Gone@D.example"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := d.reporter(nil, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Caps["mailto:agg@b.example"] != 2<<20 || r.Caps["c.example"] != 1500 || len(r.Caps) != 2 {
+		t.Errorf("caps %v", r.Caps)
+	}
+	if !r.Suppressed["mailto:gone@d.example"] || len(r.Suppressed) != 1 {
+		t.Errorf("suppressed %v", r.Suppressed)
+	}
+	for in, want := range map[string]int64{"10": 10, "4k": 4096, "10m": 10 << 20, "1G": 1 << 30} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "k", "-", "9223372036854775807g"} {
+		if _, err := parseSize(in); err == nil {
+			t.Errorf("parseSize(%q) accepted", in)
+		}
 	}
 }
