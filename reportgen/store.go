@@ -154,6 +154,11 @@ func OpenStore(dir string, now func() time.Time) (*Store, error) {
 		return nil, fmt.Errorf("reportgen: data dir: %w", err)
 	}
 	db, err := bolt.Open(filepath.Join(dir, StoreFile), 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	if errors.Is(err, bolt.ErrTimeout) {
+		// bbolt takes an exclusive file lock: one process per store.
+		return nil, fmt.Errorf("reportgen: open store %s: locked by another process (a running 'authpipe run'?); one process at a time can use a store: %w",
+			filepath.Join(dir, StoreFile), err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("reportgen: open store: %w", err)
 	}

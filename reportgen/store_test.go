@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 )
@@ -250,4 +251,23 @@ func benchMerge(b *testing.B, size, distinct int) {
 		rows += res.Rows
 	}
 	b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
+}
+
+// TestOpenStoreLocked: a second process (here: a second handle) gets a
+// clear error instead of hanging, since bbolt locks the file.
+func TestOpenStoreLocked(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the 5 s lock timeout")
+	}
+	dir := t.TempDir()
+	now := func() time.Time { return time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC) }
+	s, err := OpenStore(dir, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, err = OpenStore(dir, now)
+	if err == nil || !strings.Contains(err.Error(), "locked by another process") {
+		t.Fatalf("second open: %v", err)
+	}
 }
