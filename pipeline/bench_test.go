@@ -8,6 +8,8 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"fmt"
+	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,7 +26,11 @@ import (
 
 // signedCorpus returns n messages of about 4 KiB, each DKIM-signed with
 // RSA-2048 by its sender domain, and publishes SPF, DKIM and DMARC records
-// for the domains on dns: the work of typical inbound mail.
+// for the domains on dns: the work of typical inbound mail. At most
+// signedDistinct different messages are signed (signing is 1–2 ms each and
+// only setup); the rest repeat them under their own keys, which costs the
+// verifier exactly as much as distinct messages (it caches keys, not
+// results).
 func signedCorpus(tb testing.TB, dns *dnstest.Server, n int) []testMsg {
 	tb.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -40,6 +46,11 @@ func signedCorpus(tb testing.TB, dns *dnstest.Server, n int) []testMsg {
 	body := strings.Repeat("Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n", 64)
 	msgs := corpus(n, "b")
 	for i := range msgs {
+		if i >= signedDistinct {
+			// Same domain (i ≡ j mod testDomains), so the same envelope fits.
+			msgs[i].raw = msgs[i%signedDistinct].raw
+			continue
+		}
 		d := fmt.Sprintf("sender%d.example", i%testDomains)
 		raw := fmt.Sprintf("From: a@%s\r\nTo: b@rcpt.example\r\nSubject: m %d\r\nDate: Fri, 01 May 2026 12:00:00 +0000\r\nMessage-ID: <b%d@%s>\r\n\r\n%s", d, i, i, d, body)
 		var buf bytes.Buffer
@@ -51,15 +62,31 @@ func signedCorpus(tb testing.TB, dns *dnstest.Server, n int) []testMsg {
 	return msgs
 }
 
+// signedDistinct is how many different messages signedCorpus signs; a
+// multiple of testDomains.
+const signedDistinct = 1024
+
 // BenchmarkPipelineVsEngine runs the full loop (embedded broker over TCP,
 // exactly once, real DNS client behind the cache, in-process DNS server)
 // on a corpus of signed messages, and the engine alone on the same corpus
-// with the same concurrency, in the same run. It reports both rates and
-// their ratio.
+// with the same concurrency, in the same run.
+//
+// The benchmark process holds what `authpipe run` holds: the pipeline and
+// the embedded broker (plus the test DNS server). The MTAs producing to
+// mail.raw and the read_committed consumer of mail.verdicts are another
+// process (startLoader), as they are in production; their CPU is reported
+// as loader-cpus and not charged to the pipeline.
+//
+// Metrics: pipeline-msgs/s and engine-msgs/s are wall-clock rates;
+// pipeline-cpus and engine-cpus the cores each used on average (CPU time
+// of this process / wall time); ratio is the per-core ratio, messages per
+// CPU-second of the pipeline over that of the engine (the issue's target,
+// ≥ 0.8); wall-ratio is the plain rate ratio, which on a shared 2-core
+// machine also depends on what else runs (the load driver included).
 func BenchmarkPipelineVsEngine(b *testing.B) {
 	const n = 20000
 	const conc = 256
-	br := startTestBroker(b)
+	br := benchBroker(b)
 	dns := startTestDNS(b)
 	msgs := signedCorpus(b, dns, n)
 	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dns.Addr), resolvercache.WithTimeout(time.Second))
@@ -71,9 +98,13 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 		b.Fatal(err)
 	}
 	e := stages.New(res) // real clock: the signatures carry t= of now
+	if v := e.Verify(context.Background(), msgs[0].raw, msgs[0].env); v.DMARC == nil || len(v.DKIM) != 1 || v.DKIM[0].Result != "pass" {
+		b.Fatalf("corpus verdict: %+v %+v", v.DMARC, v.DKIM)
+	}
 	brokers := br.Addrs()
 	createTopics(b, brokers, 4)
-	out := collect(b, brokers, "mail.verdicts")
+	ld := startLoader(b, brokers)
+	ld.load(b, writeCorpusFile(b, b.TempDir(), msgs))
 	cfg := testConfig(brokers, "bench")
 	cfg.MaxInFlight = conc
 	cfg.BatchInterval = benchDuration("AUTHPIPE_BENCH_BATCH", 250*time.Millisecond)
@@ -86,33 +117,24 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	_, done := runPipeline(b, ctx, cfg, e)
 
 	// Warm the DNS cache and the group join outside the measurement.
-	produceCorpus(b, brokers, "mail.raw", msgs[:100])
-	out.waitCount(b, 100, 30*time.Second)
-	if v := decodeVerdict(b, out.snapshot()[0]); v.DMARC == nil || len(v.DKIM) != 1 || v.DKIM[0].Result != "pass" {
-		b.Fatalf("warm-up verdict: %+v %+v %s", v.DMARC, v.DKIM, out.snapshot()[0].Value)
-	}
+	ld.run(b, 100)
 
-	var pipeDur, engDur, pipeCPU, engCPU time.Duration
+	var pipeDur, engDur, pipeCPU, engCPU, loadCPU time.Duration
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
 		// The clock runs from the first record produced to the last verdict
 		// committed: producing is part of the loop.
-		base := out.count()
-		start := time.Now()
+		stopProf := phaseProfile(b, "pipeline")
 		cpu0 := cpuTime()
-		perr := make(chan error, 1)
-		go func() { perr <- produceErr(brokers, "mail.raw", msgs) }()
-		for out.count() < base+n {
-			time.Sleep(time.Millisecond)
-		}
-		if err := <-perr; err != nil {
-			b.Fatal(err)
-		}
-		pipeDur += time.Since(start)
+		wall, lcpu := ld.run(b, n)
 		pipeCPU += cpuTime() - cpu0
+		pipeDur += wall
+		loadCPU += lcpu
+		stopProf()
 
-		start = time.Now()
+		stopProf = phaseProfile(b, "engine")
+		start := time.Now()
 		cpu0 = cpuTime()
 		var wg sync.WaitGroup
 		work := make(chan *testMsg)
@@ -130,19 +152,62 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 		wg.Wait()
 		engDur += time.Since(start)
 		engCPU += cpuTime() - cpu0
+		stopProf()
 	}
 	b.StopTimer()
 	pipeRate := float64(n*b.N) / pipeDur.Seconds()
 	engRate := float64(n*b.N) / engDur.Seconds()
 	b.ReportMetric(pipeRate, "pipeline-msgs/s")
 	b.ReportMetric(engRate, "engine-msgs/s")
-	b.ReportMetric(pipeRate/engRate, "ratio")
+	b.ReportMetric(engCPU.Seconds()/pipeCPU.Seconds(), "ratio")
+	b.ReportMetric(pipeRate/engRate, "wall-ratio")
 	b.ReportMetric(pipeCPU.Seconds()/pipeDur.Seconds(), "pipeline-cpus")
 	b.ReportMetric(engCPU.Seconds()/engDur.Seconds(), "engine-cpus")
+	b.ReportMetric(loadCPU.Seconds()/pipeDur.Seconds(), "loader-cpus")
+	b.ReportMetric(float64(pipeCPU.Microseconds())/float64(n*b.N), "pipeline-µs/msg")
+	b.ReportMetric(float64(engCPU.Microseconds())/float64(n*b.N), "engine-µs/msg")
 	b.ReportMetric(0, "ns/op")
 	cancel()
 	if err := <-done; err != nil {
 		b.Fatal(err)
+	}
+}
+
+// benchBroker starts the embedded broker with its topics in memory, or
+// under a data directory as `authpipe run` keeps them when
+// AUTHPIPE_BENCH_DATADIR=1.
+func benchBroker(b *testing.B) *Broker {
+	cfg := BrokerConfig{Addr: "127.0.0.1:0", MinSessionTimeout: 100 * time.Millisecond}
+	if os.Getenv("AUTHPIPE_BENCH_DATADIR") == "1" {
+		cfg.DataDir = b.TempDir()
+	}
+	br, err := StartBroker(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(br.Close)
+	return br
+}
+
+// phaseProfile writes a CPU profile of one phase of a benchmark to
+// $AUTHPIPE_BENCH_PROFILE.<phase>.<unix ns> (go tool pprof merges several) when that variable is set (run without
+// -cpuprofile then), so the profile holds the measured work only, not the
+// corpus signing. The returned function stops it.
+func phaseProfile(b *testing.B, phase string) func() {
+	prefix := os.Getenv("AUTHPIPE_BENCH_PROFILE")
+	if prefix == "" {
+		return func() {}
+	}
+	f, err := os.Create(fmt.Sprintf("%s.%s.%d", prefix, phase, time.Now().UnixNano()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -23,6 +24,17 @@ type BrokerConfig struct {
 	// MinSessionTimeout lowers the smallest group session timeout the
 	// broker accepts (default 6s as in Kafka); tests use less.
 	MinSessionTimeout time.Duration
+	// Retention is how long records are kept (Kafka's log.retention.ms;
+	// default 7 days, as in Kafka). RetentionBytes, when positive, also
+	// caps each partition's bytes (log.retention.bytes; default no cap).
+	// Both are enforced every RetentionCheck (default 5 minutes, Kafka's
+	// log.retention.check.interval.ms). Without a DataDir the topics live
+	// in this process's memory, about 0.8 KiB per verified message (input,
+	// verdict, aggregates, compressed), so these bound its growth; with one
+	// they bound the disk.
+	Retention      time.Duration
+	RetentionBytes int64
+	RetentionCheck time.Duration
 }
 
 // Broker is an embedded single-node Kafka-compatible broker (franz-go's
@@ -30,7 +42,10 @@ type BrokerConfig struct {
 // persistence. It has no replication; use it for one-host deployments,
 // demos and tests, and a real cluster (--brokers) otherwise.
 type Broker struct {
-	c *kfake.Cluster
+	c        *kfake.Cluster
+	stop     chan struct{}
+	done     chan struct{}
+	stopOnce sync.Once
 }
 
 // StartBroker starts an embedded broker.
@@ -49,6 +64,15 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded broker: port %q: %w", portStr, err)
 	}
+	if cfg.Retention <= 0 {
+		cfg.Retention = 7 * 24 * time.Hour
+	}
+	if cfg.RetentionBytes <= 0 {
+		cfg.RetentionBytes = -1
+	}
+	if cfg.RetentionCheck <= 0 {
+		cfg.RetentionCheck = 5 * time.Minute
+	}
 	mmb := strconv.Itoa(cfg.MaxMessageBytes)
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
@@ -56,7 +80,11 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
 			return net.Listen(network, net.JoinHostPort(host, strconv.Itoa(port)))
 		}),
-		kfake.BrokerConfigs(map[string]string{"message.max.bytes": mmb}),
+		kfake.BrokerConfigs(map[string]string{
+			"message.max.bytes":   mmb,
+			"log.retention.ms":    strconv.FormatInt(cfg.Retention.Milliseconds(), 10),
+			"log.retention.bytes": strconv.FormatInt(cfg.RetentionBytes, 10),
+		}),
 		kfake.ClusterID("authpipe-embedded"),
 	}
 	if cfg.DataDir != "" {
@@ -69,11 +97,37 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded broker: %w", err)
 	}
-	return &Broker{c: c}, nil
+	b := &Broker{c: c, stop: make(chan struct{}), done: make(chan struct{})}
+	// kfake enforces retention on its own only for topics with their own
+	// retention configs; the broker-wide values are applied here.
+	go func() {
+		defer close(b.done)
+		t := time.NewTicker(cfg.RetentionCheck)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				c.ApplyRetention()
+			case <-b.stop:
+				return
+			}
+		}
+	}()
+	return b, nil
 }
 
 // Addrs returns the broker's listen addresses (host:port).
 func (b *Broker) Addrs() []string { return b.c.ListenAddrs() }
 
+// ApplyRetention drops the records that are past the retention limits now,
+// rather than at the next RetentionCheck.
+func (b *Broker) ApplyRetention() { b.c.ApplyRetention() }
+
 // Close stops the broker, flushing its data directory.
-func (b *Broker) Close() { b.c.Close() }
+func (b *Broker) Close() {
+	b.stopOnce.Do(func() {
+		close(b.stop)
+		<-b.done
+		b.c.Close()
+	})
+}

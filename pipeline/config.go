@@ -187,3 +187,74 @@ func (c Config) withDefaults(hostname string) (Config, error) {
 	}
 	return c, nil
 }
+
+// MemoryBudget is MemoryBound's answer: the memory a Pipeline may add to
+// its process, term by term. Each term is a bound the code enforces.
+type MemoryBudget struct {
+	// InFlight is Config.MaxInFlightBytes: the raw messages being verified.
+	InFlight int64
+	// Work is what verifying them needs besides their bytes: per message
+	// workPerMessage (parse state, header copies, verdict, its JSON, the
+	// output record) times Config.MaxInFlight, plus one copy of the
+	// in-flight bytes (canonicalised bodies and headers).
+	Work int64
+	// Fetch is the client's fetch buffering: one fetch of at most
+	// fetchMaxBytes buffered, one being decoded, each decompressed to at
+	// most fetchDecompression times its size (an assumption: email text
+	// compresses 3–8× with snappy, lz4 or zstd; a compression bomb beyond
+	// that is not bounded by the client).
+	Fetch int64
+	// Produce is kgo.MaxBufferedBytes: verdicts, DLQ records and partial
+	// aggregates waiting to be acknowledged.
+	Produce int64
+	// DNSCache is the resolver cache's byte budget (resolvercache.WithMaxBytes).
+	DNSCache int64
+	// Aggregates bounds a batch's partial aggregates: at most one row per
+	// record of the batch, aggregateRowBytes each.
+	Aggregates int64
+	// GCHeadroom multiplies the live total: with GOGC=100 the heap grows
+	// to twice the live heap before a collection (set GOMEMLIMIT to the
+	// Total to hold it there under pressure).
+	GCHeadroom float64
+	// Total is GCHeadroom × the sum of the terms.
+	Total int64
+}
+
+const (
+	workPerMessage     = 64 << 10
+	fetchDecompression = 8
+	aggregateRowBytes  = 512
+)
+
+// MemoryBound returns the memory budget of a pipeline with configuration c
+// (defaults filled in, as Pipeline.Config returns it) and a DNS cache of
+// dnsCacheBytes. The embedded broker is not included: its topic data is on
+// disk with a data directory (resident only without one), its index a few
+// hundred bytes per stored batch.
+func MemoryBound(c Config, dnsCacheBytes int64) MemoryBudget {
+	b := MemoryBudget{
+		InFlight:   c.MaxInFlightBytes,
+		Work:       int64(c.MaxInFlight)*workPerMessage + c.MaxInFlightBytes,
+		Fetch:      2 * int64(fetchMaxBytes(c)) * fetchDecompression,
+		Produce:    producerBufferBytes(c),
+		DNSCache:   dnsCacheBytes,
+		Aggregates: int64(c.BatchMaxRecords) * aggregateRowBytes,
+		GCHeadroom: 2,
+	}
+	b.Total = int64(b.GCHeadroom * float64(b.InFlight+b.Work+b.Fetch+b.Produce+b.DNSCache+b.Aggregates))
+	return b
+}
+
+// fetchMaxBytes is the most one fetch response may carry (kgo.FetchMaxBytes;
+// one record batch larger than that still comes whole): a quarter of the
+// in-flight bytes, between 1 MiB and 16 MiB.
+func fetchMaxBytes(c Config) int32 {
+	return int32(min(max(c.MaxInFlightBytes/4, 1<<20), 16<<20))
+}
+
+// producerBufferBytes bounds the records produced and not yet acknowledged
+// (kgo.MaxBufferedBytes): the in-flight bytes plus one largest message (a
+// DLQ copy), at most 2 GiB.
+func producerBufferBytes(c Config) int64 {
+	return min(c.MaxInFlightBytes+int64(c.MaxMessageBytes), 1<<31)
+}

@@ -58,15 +58,28 @@ type Input struct {
 func Decode(r *kgo.Record, maxBytes int) (*Input, error) {
 	in := &Input{Raw: r.Value}
 	var seen int
-	once := map[string]bool{}
+	var once uint8 // bit per header allowed once
 	for _, h := range r.Headers {
+		var bit uint8
 		switch h.Key {
-		case HeaderClientIP, HeaderHELO, HeaderMailFrom, HeaderReceivedAt, HeaderQueueID:
-			if once[h.Key] {
-				return nil, &DecodeError{"bad-envelope", fmt.Sprintf("header %s given more than once", h.Key)}
-			}
-			once[h.Key] = true
+		case HeaderClientIP:
+			bit = 1
+		case HeaderHELO:
+			bit = 2
+		case HeaderMailFrom:
+			bit = 4
+		case HeaderReceivedAt:
+			bit = 8
+		case HeaderQueueID:
+			bit = 16
+		case HeaderRcptTo:
+		default:
+			continue // not ours: no conversion, no allocation
 		}
+		if once&bit != 0 {
+			return nil, &DecodeError{"bad-envelope", fmt.Sprintf("header %s given more than once", h.Key)}
+		}
+		once |= bit
 		v := string(h.Value)
 		switch h.Key {
 		case HeaderClientIP:

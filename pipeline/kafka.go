@@ -86,12 +86,14 @@ func (p *Pipeline) kafkaOpts() []kgo.Opt {
 		kgo.RebalanceTimeout(c.RebalanceTimeout),
 		kgo.DisableAutoCommit(),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
-		// Bounded buffering: at most one fetch per broker waits in the
-		// client, each at most fetchMaxBytes (plus one oversized batch).
-		kgo.FetchMaxBytes(fetchMaxBytes),
-		kgo.BrokerMaxReadBytes(int32(min(int64(fetchMaxBytes)+2*int64(c.MaxMessageBytes)+(1<<20), 1<<30))),
+		// Bounded buffering (see MemoryBound): at most one fetch per
+		// broker waits in the client, each at most fetchMaxBytes (plus one
+		// oversized batch), at most that per partition too.
+		kgo.FetchMaxBytes(fetchMaxBytes(c)),
+		kgo.FetchMaxPartitionBytes(fetchMaxBytes(c)),
+		kgo.BrokerMaxReadBytes(int32(min(int64(fetchMaxBytes(c))+2*int64(c.MaxMessageBytes)+(1<<20), 1<<30))),
 		kgo.ProducerBatchMaxBytes(int32(min(int64(c.MaxMessageBytes)+(1<<20), 1<<30))),
-		kgo.MaxBufferedBytes(int(min(c.MaxInFlightBytes+int64(c.MaxMessageBytes), 1<<31))),
+		kgo.MaxBufferedBytes(int(producerBufferBytes(c))),
 	}
 	if p.cfg.Delivery == ExactlyOnce {
 		opts = append(opts,
@@ -104,8 +106,6 @@ func (p *Pipeline) kafkaOpts() []kgo.Opt {
 	}
 	return append(opts, p.kopts...)
 }
-
-const fetchMaxBytes = 16 << 20
 
 func (p *Pipeline) openStream() (stream, error) {
 	if p.cfg.Delivery == ExactlyOnce {

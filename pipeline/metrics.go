@@ -1,6 +1,8 @@
 package pipeline
 
 import (
+	"sync"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/authpipe/authpipe/stages/verdict"
@@ -18,7 +20,14 @@ type Metrics struct {
 	batchSize  prometheus.Histogram
 	retries    prometheus.Counter
 	pausedTime prometheus.Counter
+
+	// The per-message collectors, resolved once: a label lookup hashes
+	// the values and takes the vector's lock on every call.
+	decodeObs, verifyObs, encodeObs, commitObs prometheus.Observer
+	verdictCounters                            sync.Map // verdictLabel → prometheus.Counter
 }
+
+type verdictLabel struct{ check, result string }
 
 // NewMetrics creates the collectors and registers them on reg (nil: not
 // registered, for tests that do not look).
@@ -63,6 +72,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Time spent not fetching because the in-flight bounds were reached.",
 		}),
 	}
+	m.decodeObs = m.stage.WithLabelValues("decode")
+	m.verifyObs = m.stage.WithLabelValues("verify")
+	m.encodeObs = m.stage.WithLabelValues("encode")
+	m.commitObs = m.stage.WithLabelValues("commit")
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.verdicts, m.dlq, m.inFlight, m.inFlightB, m.stage, m.batches, m.batchSize, m.retries, m.pausedTime} {
 			if err := reg.Register(c); err != nil {
@@ -75,17 +88,30 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 
 func (m *Metrics) countVerdict(v *verdict.Verdict) {
 	if v.SPF != nil {
-		m.verdicts.WithLabelValues("spf", v.SPF.Result).Inc()
+		m.verdictCounter("spf", v.SPF.Result).Inc()
 	}
 	for _, d := range v.DKIM {
-		m.verdicts.WithLabelValues("dkim", d.Result).Inc()
+		m.verdictCounter("dkim", d.Result).Inc()
 	}
 	if v.ARC != nil {
-		m.verdicts.WithLabelValues("arc", v.ARC.Result).Inc()
+		m.verdictCounter("arc", v.ARC.Result).Inc()
 	}
 	if v.DMARC != nil {
-		m.verdicts.WithLabelValues("dmarc", v.DMARC.Result).Inc()
+		m.verdictCounter("dmarc", v.DMARC.Result).Inc()
 	}
+}
+
+// verdictCounter returns the counter of one check and result. The results
+// are a small fixed vocabulary (RFC 8601 result names), so the cache is
+// bounded by it.
+func (m *Metrics) verdictCounter(check, result string) prometheus.Counter {
+	k := verdictLabel{check, result}
+	if c, ok := m.verdictCounters.Load(k); ok {
+		return c.(prometheus.Counter)
+	}
+	c := m.verdicts.WithLabelValues(check, result)
+	m.verdictCounters.Store(k, c)
+	return c
 }
 
 // hasTemperror reports whether any check of v ended in temperror.

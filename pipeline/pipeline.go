@@ -8,9 +8,11 @@
 //
 // Records are taken in batches. A batch keeps taking records for
 // Config.BatchInterval (or up to Config.BatchMaxRecords), feeding each to
-// the pool as soon as it arrives; then it stops taking records, waits for
-// its in-flight work to finish, and commits. Only finished work is ever
-// committed.
+// the pool as soon as it arrives, and ends early when no record has come for
+// a tenth of the interval (at most 20ms: the input is drained, so waiting
+// longer only delays the commit and idles the CPUs); then it stops taking
+// records, waits for its in-flight work to finish, and commits. Only
+// finished work is ever committed.
 //
 // With ExactlyOnce (the default) a batch is a Kafka transaction (KIP-98)
 // opened with kgo.GroupTransactSession: the verdicts, the DLQ records and
@@ -30,8 +32,11 @@
 //
 // At most Config.MaxInFlight messages and Config.MaxInFlightBytes bytes are
 // verified at once. When either bound is reached the loop stops polling, so
-// the client's fetch buffer (one fetch per broker, at most 16 MiB plus one
-// oversized batch) fills and fetching stops: there is no unbounded buffer.
+// the client's fetch buffer (one fetch per broker, at most a quarter of
+// MaxInFlightBytes between 1 and 16 MiB, plus one oversized batch) fills and
+// fetching stops: there is no unbounded buffer. Produced records wait in a
+// buffer of at most MaxInFlightBytes + MaxMessageBytes. MemoryBound adds
+// these up, with the DNS cache's budget, into the memory a pipeline may use.
 // Messages over Config.MaxMessageBytes go to the DLQ as too-large (their
 // DLQ copy is truncated to the cap, with header authpipe.truncated giving
 // the original size).
@@ -50,7 +55,6 @@ package pipeline
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,7 +85,12 @@ type Pipeline struct {
 	metrics  *Metrics
 	kopts    []kgo.Opt
 	ready    atomic.Bool
+	jsonBufs sync.Pool // *[]byte for verdict encodings; see maxPooledJSON
 }
+
+// maxPooledJSON bounds the capacity of a verdict buffer kept for reuse; a
+// typical verdict is 1–2 KiB.
+const maxPooledJSON = 16 << 10
 
 // Option configures a Pipeline.
 type Option func(*Pipeline)
@@ -109,6 +118,7 @@ func New(cfg Config, v Verifier, opts ...Option) (*Pipeline, error) {
 		return nil, err
 	}
 	p := &Pipeline{cfg: cfg, verifier: v}
+	p.jsonBufs.New = func() any { b := make([]byte, 0, 2048); return &b }
 	for _, o := range opts {
 		o(p)
 	}
@@ -159,6 +169,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	defer stopGrace()
 
 	pool := NewPool(p.cfg.MaxInFlight, p.cfg.MaxInFlightBytes)
+	defer pool.Close()
 	aborts := 0
 	for ctx.Err() == nil {
 		committed, n, err := p.batch(ctx, hard, st, pool)
@@ -203,6 +214,7 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 	}
 	var deadline time.Time
 	began := false
+	idleGap := batchIdleGap(p.cfg.BatchInterval)
 	for n < p.cfg.BatchMaxRecords {
 		pctx, cancel := ctx, context.CancelFunc(func() {})
 		if began {
@@ -210,7 +222,7 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 			if remaining <= 0 {
 				break
 			}
-			pctx, cancel = context.WithTimeout(ctx, remaining)
+			pctx, cancel = context.WithTimeout(ctx, min(remaining, idleGap))
 		}
 		fs := st.poll(pctx, min(p.cfg.BatchMaxRecords-n, p.cfg.MaxInFlight))
 		cancel()
@@ -228,10 +240,9 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 				st.idle()
 				return false, 0, nil
 			}
-			if ctx.Err() != nil {
-				break
-			}
-			continue
+			// Nothing came for idleGap: the input is drained for now, so
+			// the batch ends rather than sit out its interval idle.
+			break
 		}
 		if !began {
 			if err := st.begin(); err != nil {
@@ -286,7 +297,7 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(p.cfg.TransactionTimeout, 10*time.Second))
 	defer cancel()
 	committed, err = st.end(endCtx, commit)
-	p.metrics.stage.WithLabelValues("commit").Observe(time.Since(start).Seconds())
+	p.metrics.commitObs.Observe(time.Since(start).Seconds())
 	if err != nil {
 		return false, n, fmt.Errorf("pipeline: end batch: %w", err)
 	}
@@ -301,13 +312,20 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 	return committed, n, nil
 }
 
+// batchIdleGap is how long an open batch waits for more records before it
+// ends early: a tenth of the interval, at most 20ms.
+func batchIdleGap(interval time.Duration) time.Duration {
+	return max(min(interval/10, 20*time.Millisecond), time.Millisecond)
+}
+
 // handle turns one input record into one output record: a verdict, or the
 // record itself with an error header for the DLQ.
 func (p *Pipeline) handle(ctx context.Context, st stream, r *kgo.Record, aggs *batchAggregates, fail func(error)) {
 	start := time.Now()
 	in, err := Decode(r, p.cfg.MaxMessageBytes)
-	p.metrics.stage.WithLabelValues("decode").Observe(time.Since(start).Seconds())
+	p.metrics.decodeObs.Observe(time.Since(start).Seconds())
 	var out *kgo.Record
+	var buf *[]byte // the verdict's encoding, reused once the record is produced
 	if err != nil {
 		out = p.dlqRecord(r, err)
 	} else {
@@ -320,14 +338,17 @@ func (p *Pipeline) handle(ctx context.Context, st stream, r *kgo.Record, aggs *b
 		}
 		v.Key = string(r.Key)
 		start = time.Now()
-		js, err := json.Marshal(v)
-		p.metrics.stage.WithLabelValues("encode").Observe(time.Since(start).Seconds())
+		buf = p.jsonBufs.Get().(*[]byte)
+		js, err := appendVerdictJSON((*buf)[:0], v)
+		p.metrics.encodeObs.Observe(time.Since(start).Seconds())
 		if err != nil {
+			p.jsonBufs.Put(buf)
 			fail(fmt.Errorf("pipeline: encode verdict: %w", err))
 			return
 		}
 		p.metrics.countVerdict(v)
 		if err := aggs.add(v); err != nil {
+			p.jsonBufs.Put(buf)
 			fail(err)
 			return
 		}
@@ -336,6 +357,11 @@ func (p *Pipeline) handle(ctx context.Context, st stream, r *kgo.Record, aggs *b
 	st.produce(context.WithoutCancel(ctx), out, func(_ *kgo.Record, err error) {
 		if err != nil {
 			fail(fmt.Errorf("pipeline: produce to %s: %w", out.Topic, err))
+		}
+		// The client holds no reference to the value after the promise.
+		if buf != nil && cap(out.Value) <= maxPooledJSON {
+			*buf = out.Value[:0]
+			p.jsonBufs.Put(buf)
 		}
 	})
 }
@@ -352,7 +378,7 @@ func (p *Pipeline) verify(ctx context.Context, in *Input) *verdict.Verdict {
 		}
 		v = p.verifier.Verify(ctx, in.Raw, in.Envelope)
 	}
-	p.metrics.stage.WithLabelValues("verify").Observe(time.Since(start).Seconds())
+	p.metrics.verifyObs.Observe(time.Since(start).Seconds())
 	return v
 }
 

@@ -279,7 +279,13 @@ func RowKeyOf(v *verdict.Verdict) (RowKey, error) {
 		return k, errors.New("reportgen: verdict has no DMARC policy domain")
 	}
 	if ip, err := netip.ParseAddr(v.Envelope.ClientIP); err == nil {
-		k.SourceIP = ip.Unmap().String()
+		if ip.Is4() {
+			// ParseAddr takes dotted-quad IPv4 only in its canonical
+			// form (no leading zeros), so the text is already String().
+			k.SourceIP = v.Envelope.ClientIP
+		} else {
+			k.SourceIP = ip.Unmap().String()
+		}
 	} else {
 		k.SourceIP = v.Envelope.ClientIP
 	}
@@ -347,7 +353,7 @@ func orderDKIM(sigs []verdict.DKIM, from, alignedD string) []DKIMResult {
 			switch {
 			case s.Result == "pass" && d == from:
 				c = 0
-			case s.Result == "pass" && (d == strings.ToLower(alignedD) || strings.HasSuffix(from, "."+d) || strings.HasSuffix(d, "."+from)):
+			case s.Result == "pass" && (d == strings.ToLower(alignedD) || hasDotSuffix(from, d) || hasDotSuffix(d, from)):
 				c = 1
 			case s.Result == "pass":
 				c = 2
@@ -360,4 +366,9 @@ func orderDKIM(sigs []verdict.DKIM, from, alignedD string) []DKIMResult {
 		}
 	}
 	return out
+}
+
+// hasDotSuffix reports whether s ends in "." + suffix (without building it).
+func hasDotSuffix(s, suffix string) bool {
+	return len(s) > len(suffix) && s[len(s)-len(suffix)-1] == '.' && strings.HasSuffix(s, suffix)
 }

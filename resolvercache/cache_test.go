@@ -328,11 +328,16 @@ func TestCacheSingleflight(t *testing.T) {
 	}
 }
 
+// TestCacheWaiterCancel: every caller returns when its own context ends.
+// The leader's lookup runs under the leader's context: when the leader
+// gives up, a waiter asks again and gets the answer; when the only caller
+// gives up, nothing is cached.
 func TestCacheWaiterCancel(t *testing.T) {
 	release := make(chan struct{})
 	up := &fakeResolver{fn: func(ctx context.Context, name string, qtype uint16) (*resolvercache.Answer, error) {
-		<-release
-		if ctx.Err() != nil {
+		select {
+		case <-release:
+		case <-ctx.Done():
 			return nil, &resolvercache.Error{Kind: resolvercache.KindCanceled, Err: ctx.Err()}
 		}
 		return &resolvercache.Answer{Name: name, Type: qtype, TXT: []string{"late"}, TTL: 300, Received: time.Now()}, nil
@@ -342,33 +347,53 @@ func TestCacheWaiterCancel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
+
+	// Leader and a waiter; the leader gives up.
+	lctx, lcancel := context.WithCancel(context.Background())
+	leader := make(chan error)
 	go func() {
-		_, err := c.Lookup(ctx, "w.example.com", dns.TypeTXT)
-		done <- err
+		_, err := c.Lookup(lctx, "w.example.com", dns.TypeTXT)
+		leader <- err
 	}()
 	for c.JoinedForTest() < 1 {
 		time.Sleep(time.Millisecond)
 	}
-	cancel()
-	if err := <-done; kindOf(err) != resolvercache.KindCanceled {
-		t.Errorf("waiter: %v", err)
+	type result struct {
+		a   *resolvercache.Answer
+		err error
 	}
-	// The shared lookup was not canceled with the first caller: it completes
-	// and its answer is cached for the next one.
+	waiter := make(chan result)
+	go func() {
+		a, err := c.Lookup(context.Background(), "w.example.com", dns.TypeTXT)
+		waiter <- result{a, err}
+	}()
+	for c.JoinedForTest() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	lcancel()
+	if err := <-leader; kindOf(err) != resolvercache.KindCanceled {
+		t.Errorf("leader: %v", err)
+	}
+	for up.calls.Load() < 2 { // the waiter took over
+		time.Sleep(time.Millisecond)
+	}
 	close(release)
-	var a *resolvercache.Answer
-	for range 100 {
-		c.Wait()
-		a, err = c.Lookup(context.Background(), "w.example.com", dns.TypeTXT)
-		if err == nil && up.calls.Load() == 1 {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
+	if r := <-waiter; r.err != nil || r.a.TXT[0] != "late" {
+		t.Errorf("waiter: %+v %v", r.a, r.err)
 	}
-	if err != nil || a.TXT[0] != "late" {
-		t.Errorf("after release: %+v %v", a, err)
+
+	// The only caller gives up: the lookup stops, nothing is cached.
+	release = make(chan struct{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := c.Lookup(ctx, "alone.example.com", dns.TypeTXT); kindOf(err) != resolvercache.KindCanceled {
+		t.Errorf("alone: %v", err)
+	}
+	c.Wait()
+	close(release)
+	calls := up.calls.Load()
+	if a, err := c.Lookup(context.Background(), "alone.example.com", dns.TypeTXT); err != nil || a.TXT[0] != "late" || up.calls.Load() != calls+1 {
+		t.Errorf("after release: %+v %v, %d calls (want %d)", a, err, up.calls.Load(), calls+1)
 	}
 }
 

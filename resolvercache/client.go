@@ -20,8 +20,9 @@ const (
 	DefaultRetries       = 1               // extra attempts, rotating over upstreams (WithRetries)
 	DefaultMaxCNAMEHops  = 8               // aliases followed per lookup (WithMaxCNAMEHops)
 	DefaultNegativeTTL   = 30 * time.Second
-	DefaultUDPPoolSize   = 16  // idle UDP sockets kept per upstream (WithUDPPoolSize)
-	udpSocketMaxUses     = 256 // a pooled socket is replaced after this many queries
+	DefaultUDPPoolSize   = 256  // idle UDP sockets kept per upstream (WithUDPPoolSize)
+	DefaultMaxInFlight   = 1024 // wire queries in flight per upstream (WithMaxInFlight)
+	udpSocketMaxUses     = 256  // a pooled socket is replaced after this many queries
 	maxRetries           = 16
 	maxCNAMEHopsLimit    = 64
 	defaultResolvConf    = "/etc/resolv.conf"
@@ -47,6 +48,12 @@ const (
 // (default one retry; SERVFAIL is not retried on the same single upstream);
 // at most MaxCNAMEHops aliases (default 8) are followed, so a lookup sends at
 // most (hops+1)*(retries+1)*2 wire queries.
+//
+// At most MaxInFlight wire queries (default 1024) are outstanding to one
+// upstream at a time; a query over the bound waits for a slot, or for its
+// context to end (KindCanceled). A cold cache under load (thousands of
+// messages in flight, each with several lookups) would otherwise open as
+// many sockets at once and flood the resolver.
 type Client struct {
 	upstreams []*upstream
 	timeout   time.Duration
@@ -66,6 +73,7 @@ type upstream struct {
 	addr string
 	udp  *net.UDPAddr
 	pool chan *udpConn
+	sem  chan struct{} // one token per wire query in flight; capacity MaxInFlight
 
 	mu     sync.Mutex
 	closed bool
@@ -89,6 +97,7 @@ type clientConfig struct {
 	maxHops    int
 	negTTL     time.Duration
 	poolSize   int
+	maxFlight  int
 	clock      func() time.Time
 	metrics    *Metrics
 }
@@ -162,13 +171,29 @@ func WithNegativeTTL(d time.Duration) ClientOption {
 }
 
 // WithUDPPoolSize sets how many idle UDP sockets are kept per upstream
-// (default 16; 0 opens a new socket for every query).
+// (default 256; 0 opens a new socket for every query). With fewer idle
+// sockets than queries in flight, a burst of misses opens and closes a
+// socket per query (socket, connect, epoll registration, close: about
+// 20 µs of CPU each, 10% of a cold-cache pipeline run at 16).
 func WithUDPPoolSize(n int) ClientOption {
 	return func(c *clientConfig) error {
 		if n < 0 {
 			return fmt.Errorf("WithUDPPoolSize: %d is negative", n)
 		}
 		c.poolSize = n
+		return nil
+	}
+}
+
+// WithMaxInFlight bounds the wire queries outstanding to each upstream
+// (default 1024). Queries over the bound wait for a slot or for their
+// context to end.
+func WithMaxInFlight(n int) ClientOption {
+	return func(c *clientConfig) error {
+		if n < 1 {
+			return fmt.Errorf("WithMaxInFlight: %d is not positive", n)
+		}
+		c.maxFlight = n
 		return nil
 	}
 }
@@ -200,6 +225,7 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 		maxHops:    DefaultMaxCNAMEHops,
 		negTTL:     DefaultNegativeTTL,
 		poolSize:   DefaultUDPPoolSize,
+		maxFlight:  DefaultMaxInFlight,
 		clock:      time.Now,
 	}
 	for _, o := range opts {
@@ -241,6 +267,7 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 			addr: ua.String(),
 			udp:  ua,
 			pool: make(chan *udpConn, cfg.poolSize),
+			sem:  make(chan struct{}, cfg.maxFlight),
 		})
 	}
 	return c, nil
@@ -340,6 +367,16 @@ func (c *Client) query(ctx context.Context, q *question) (*dns.Msg, error) {
 
 // try sends q to u over UDP, and again over TCP if the reply is truncated.
 func (c *Client) try(ctx context.Context, u *upstream, q *question) (*dns.Msg, error) {
+	select {
+	case u.sem <- struct{}{}:
+	default:
+		select {
+		case u.sem <- struct{}{}:
+		case <-ctx.Done():
+			return nil, q.fail(KindCanceled, ctx.Err())
+		}
+	}
+	defer func() { <-u.sem }()
 	q.id = uint16(rand.Uint32())
 	m, err := c.exchangeUDP(ctx, u, q)
 	if !errors.Is(err, errTruncated) {

@@ -45,6 +45,8 @@ type Server struct {
 	Queries  atomic.Int64 // questions received, for tests that count upstream traffic
 	truncate bool
 	delay    atomic.Int64 // nanoseconds each answer is held back
+	active   atomic.Int64 // queries held back by the delay now
+	peak     atomic.Int64 // most queries held back at once since ResetPeak
 
 }
 
@@ -138,6 +140,14 @@ func (s *Server) SetNegativeTTL(ttl uint32) {
 	s.negTTL = ttl
 	s.mu.Unlock()
 }
+
+// PeakConcurrent returns the most queries held back by SetDelay at once
+// since the server started or since ResetPeak: how many a client had
+// outstanding (without a delay, nothing is counted).
+func (s *Server) PeakConcurrent() int64 { return s.peak.Load() }
+
+// ResetPeak restarts PeakConcurrent from the queries in progress now.
+func (s *Server) ResetPeak() { s.peak.Store(s.active.Load()) }
 
 // SetDelay holds every answer back by d, simulating the round trip to a
 // distant server. Queries are answered concurrently, so the delay adds
@@ -238,7 +248,11 @@ const maxCNAMEHops = 8
 func (s *Server) handle(w dns.ResponseWriter, req *dns.Msg) {
 	s.Queries.Add(1)
 	if d := s.delay.Load(); d > 0 {
+		n := s.active.Add(1)
+		for p := s.peak.Load(); n > p && !s.peak.CompareAndSwap(p, n); p = s.peak.Load() {
+		}
 		time.Sleep(time.Duration(d))
+		s.active.Add(-1) // before the reply, so a client's next query cannot overlap it
 	}
 	if len(req.Question) != 1 {
 		m := new(dns.Msg)
