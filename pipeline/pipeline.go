@@ -339,7 +339,7 @@ func (p *Pipeline) handle(ctx context.Context, st stream, r *kgo.Record, aggs *b
 		v.Key = string(r.Key)
 		start = time.Now()
 		buf = p.jsonBufs.Get().(*[]byte)
-		js, err := appendVerdictJSON((*buf)[:0], v)
+		js, err := verdict.AppendJSON((*buf)[:0], v)
 		p.metrics.encodeObs.Observe(time.Since(start).Seconds())
 		if err != nil {
 			p.jsonBufs.Put(buf)
