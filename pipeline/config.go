@@ -245,6 +245,13 @@ func MemoryBound(c Config, dnsCacheBytes int64) MemoryBudget {
 	return b
 }
 
+// GoMemoryLimit is the Go runtime memory limit (runtime/debug.SetMemoryLimit)
+// that holds the process under the bound: 75% of Total, since the limit is
+// soft and counts only the memory the Go runtime manages, not all of RSS.
+// With it the GC target can be generous (GOGC 400 in `authpipe run`): the
+// heap grows towards the limit instead of past the bound.
+func (b MemoryBudget) GoMemoryLimit() int64 { return b.Total / 4 * 3 }
+
 // fetchMaxBytes is the most one fetch response may carry (kgo.FetchMaxBytes;
 // one record batch larger than that still comes whole): a quarter of the
 // in-flight bytes, between 1 MiB and 16 MiB.

@@ -105,7 +105,9 @@ func mib(n int64) string { return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1
 // does), with the producer and the verdict consumer in another process. It
 // samples this process's memory every 20ms and requires the peaks to stay
 // under MemoryBound for the configuration, over the memory the process
-// held before the stream (runtime, test binary, idle clients, broker).
+// held before the stream (runtime, test binary, idle clients, broker),
+// with the collector settings of `authpipe run` (GOGC 400 and a memory
+// limit at the bound).
 //
 // The broker's topic data is measured apart (DescribeLogDirs): on disk
 // with a data directory; resident in memory without one (kfake's in-memory
@@ -161,6 +163,12 @@ func TestMemoryBoundSustained(t *testing.T) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	baseGo := int64(ms.Sys - ms.HeapReleased)
+
+	// The collector settings `authpipe run` uses by default: GOGC 400,
+	// held under the bound by a memory limit of 75% of it (cmd/authpipe
+	// applyMemorySettings; the limit counts the base as well here).
+	defer debug.SetGCPercent(debug.SetGCPercent(400))
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(baseGo + bound.GoMemoryLimit()))
 
 	sm := startMemSampler(t, 20*time.Millisecond)
 	start := time.Now()

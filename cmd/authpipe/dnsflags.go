@@ -16,6 +16,9 @@ type dnsFlags struct {
 	zone    string
 	timeout time.Duration
 	budget  time.Duration
+	// cacheBytes is the DNS cache's byte budget (part of run's memory
+	// bound).
+	cacheBytes int64
 }
 
 func (d *dnsFlags) register(f *pflag.FlagSet) {
@@ -23,6 +26,7 @@ func (d *dnsFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&d.zone, "zone", "", "answer DNS from this RFC 1035 zone `file`, with no network at all")
 	f.DurationVar(&d.timeout, "dns-timeout", 2*time.Second, "timeout for one DNS query")
 	f.DurationVar(&d.budget, "dns-budget", 10*time.Second, "time all DNS work for one message may take; checks still waiting then report temperror")
+	f.Int64Var(&d.cacheBytes, "dns-cache-bytes", 64<<20, "`bytes` the DNS cache may hold (answers, negative answers, errors)")
 }
 
 // resolver builds the resolver the flags ask for. Caches run on the wall
@@ -53,5 +57,9 @@ func (d *dnsFlags) resolver() (resolvercache.Resolver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dns client: %w", err)
 	}
-	return resolvercache.NewCache(c)
+	cache, err := resolvercache.NewCache(c, resolvercache.WithMaxBytes(d.cacheBytes))
+	if err != nil {
+		return nil, usagef("--dns-cache-bytes: %v", err)
+	}
+	return cache, nil
 }

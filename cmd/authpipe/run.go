@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"os"
 	"runtime"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -45,6 +47,10 @@ type runFlags struct {
 	kafkaLogLvl  string
 	createTopics bool
 	role         string
+	memoryLimit  string
+	gcPercent    int
+	retention    time.Duration
+	retentionB   int64
 	cfg          pipeline.Config
 	// report: the report role's identity and delivery (shared with
 	// `report send`), and how often it runs a reporting round.
@@ -123,6 +129,10 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	f.StringVar(&rf.cfg.DLQTopic, "dlq-topic", d.DLQTopic, "dead-letter `topic` for undecodable records")
 	f.StringVar(&rf.cfg.Group, "group", d.Group, "consumer `group`")
 	f.StringVar(&rf.cfg.AggregateTopic, "aggregate-topic", d.AggregateTopic, "`topic` for partial DMARC aggregates (written with the verdicts)")
+	f.StringVar(&rf.memoryLimit, "memory-limit", "auto", "Go memory `limit` (runtime/debug.SetMemoryLimit): auto (75% of the pipeline's memory bound computed from the in-flight, fetch, producer and DNS cache limits, logged at start), off, or a size such as 2g; GOMEMLIMIT in the environment wins")
+	f.IntVar(&rf.gcPercent, "gc-percent", 400, "Go GC target `percent` (GOGC); the memory limit still holds memory under the bound, so collecting less often only saves CPU; GOGC in the environment wins")
+	f.DurationVar(&rf.retention, "broker-retention", 7*24*time.Hour, "embedded broker: how long records are kept (log.retention.ms); must cover a report day plus its grace for replays")
+	f.Int64Var(&rf.retentionB, "broker-retention-bytes", -1, "embedded broker: `bytes` kept per partition (log.retention.bytes; -1: no size limit)")
 	f.StringVar(&rf.role, "role", "all", "`role`: verify (mail.raw to verdicts and aggregates), report (aggregates into the report store under --data-dir/reports; reports built and delivered), or all")
 	f.DurationVar(&rf.reportInterval, "report-interval", time.Minute, "report role: how often to close due days, build their reports and deliver due outbox items")
 	f.StringVar(&rf.tlsTopic, "tls-topic", "mail.tls-results", "report role: `topic` of JSON TLS session results (RFC 8460 reports); malformed ones go to TOPIC.dlq")
@@ -228,8 +238,12 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 		kgo.WithLogger(kslog.New(kLog.With("component", "kafka"))))
 
 	if len(rf.kafka.brokers) == 0 {
+		if rf.retention <= 0 {
+			return usagef("--broker-retention must be positive, got %s", rf.retention)
+		}
 		b, err := pipeline.StartBroker(pipeline.BrokerConfig{
 			Addr: rf.listen, DataDir: rf.dataDir, MaxMessageBytes: cfg.MaxMessageBytes + 1<<20,
+			Retention: rf.retention, RetentionBytes: rf.retentionB,
 		})
 		if err != nil {
 			return err
@@ -251,6 +265,11 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
+	restoreMemory, err := applyMemorySettings(rf, pipeline.MemoryBound(p.Config(), rf.dns.cacheBytes), os.Getenv, log)
+	if err != nil {
+		return err
+	}
+	defer restoreMemory()
 	ready := p.Ready
 	var reportReady atomic.Bool
 	if rf.role == "report" {
@@ -366,4 +385,52 @@ func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool) (*http.
 		}
 	}()
 	return srv, nil
+}
+
+// applyMemorySettings sets the Go GC target and memory limit for run: the
+// limit is 75% of the pipeline's memory bound (pipeline.MemoryBound,
+// MemoryBudget.GoMemoryLimit) unless
+// --memory-limit says otherwise, and GOGC/GOMEMLIMIT in the environment
+// take precedence over both flags. The bound is what the pipeline's own
+// limits allow to be live, with room for the collector; holding the heap
+// there by the limit lets the GC target be generous (fewer collections,
+// less CPU) without memory growing past it. It returns a function that
+// puts the previous settings back (tests run the command in-process).
+func applyMemorySettings(rf *runFlags, bound pipeline.MemoryBudget, getenv func(string) string, log *slog.Logger) (restore func(), err error) {
+	var limit int64
+	switch strings.ToLower(rf.memoryLimit) {
+	case "auto":
+		limit = bound.GoMemoryLimit()
+	case "off", "0":
+	default:
+		n, err := parseSize(rf.memoryLimit)
+		if err != nil || n <= 0 {
+			return nil, usagef("--memory-limit %q: want auto, off or a size such as 2g", rf.memoryLimit)
+		}
+		limit = n
+	}
+	if rf.gcPercent < -1 || rf.gcPercent == 0 {
+		return nil, usagef("--gc-percent %d: want a positive percent or -1 (off)", rf.gcPercent)
+	}
+	oldGC, oldLimit := -2, int64(-1)
+	gc := "GOGC from the environment"
+	if getenv("GOGC") == "" {
+		oldGC = debug.SetGCPercent(rf.gcPercent)
+		gc = strconv.Itoa(rf.gcPercent)
+	}
+	if getenv("GOMEMLIMIT") == "" && limit > 0 {
+		oldLimit = debug.SetMemoryLimit(limit)
+	}
+	log.Info("memory: the pipeline's bound and the Go limits",
+		"bound_bytes", bound.Total, "in_flight", bound.InFlight, "work", bound.Work, "fetch", bound.Fetch,
+		"produce", bound.Produce, "dns_cache", bound.DNSCache, "aggregates", bound.Aggregates,
+		"memory_limit", debug.SetMemoryLimit(-1), "gc_percent", gc)
+	return func() {
+		if oldGC != -2 {
+			debug.SetGCPercent(oldGC)
+		}
+		if oldLimit >= 0 {
+			debug.SetMemoryLimit(oldLimit)
+		}
+	}, nil
 }

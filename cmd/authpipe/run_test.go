@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -269,4 +272,44 @@ func kgoPartitions(brokers []string, topic string) (int, error) {
 		return 0, err
 	}
 	return len(resp.Topics[0].Partitions), nil
+}
+
+// TestMemorySettings: --memory-limit auto sets the Go memory limit to the
+// pipeline's bound, GOGC/GOMEMLIMIT in the environment win over the flags,
+// bad values are usage errors, and the previous settings come back.
+func TestMemorySettings(t *testing.T) {
+	d := pipeline.Defaults()
+	d.MaxInFlight = 512
+	bound := pipeline.MemoryBound(d, 64<<20)
+	t.Logf("default bound (512 in flight, 64 MiB DNS cache): %d bytes (%.0f MiB): %+v", bound.Total, float64(bound.Total)/(1<<20), bound)
+	log := slog.New(slog.DiscardHandler)
+	noEnv := func(string) string { return "" }
+	before := debug.SetMemoryLimit(-1)
+	rf := &runFlags{memoryLimit: "auto", gcPercent: 400}
+	restore, err := applyMemorySettings(rf, bound, noEnv, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := debug.SetMemoryLimit(-1); got != bound.GoMemoryLimit() {
+		t.Errorf("limit %d, want 75%% of the bound %d", got, bound.Total)
+	}
+	restore()
+	if got := debug.SetMemoryLimit(-1); got != before {
+		t.Errorf("limit not restored: %d, want %d", got, before)
+	}
+	rf.memoryLimit = "3g"
+	env := map[string]string{"GOMEMLIMIT": "1GiB"}
+	restore, err = applyMemorySettings(rf, bound, func(k string) string { return env[k] }, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := debug.SetMemoryLimit(-1); got != before {
+		t.Errorf("GOMEMLIMIT in the environment should win: limit changed to %d", got)
+	}
+	restore()
+	for _, bad := range []runFlags{{memoryLimit: "lots", gcPercent: 100}, {memoryLimit: "auto", gcPercent: 0}, {memoryLimit: "auto", gcPercent: -5}} {
+		if _, err := applyMemorySettings(&bad, bound, noEnv, log); !errors.As(err, new(usageError)) {
+			t.Errorf("%+v: want a usage error, got %v", bad, err)
+		}
+	}
 }
