@@ -2,7 +2,6 @@ package reportgen
 
 import (
 	"bytes"
-	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/xml"
@@ -81,20 +80,6 @@ type RowSource interface {
 	ForEachRow(w Window, fn func(Row) error) error
 }
 
-// gzipOverhead bounds the gzip header, trailer and final block marker.
-const gzipOverhead = 64
-
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
-}
-
 // BuildDMARC streams the aggregate report(s) of window w from src: rows
 // are read one at a time from the store cursor and encoded token by token
 // (encoding/xml), so memory stays bounded whatever the row count. open is
@@ -108,7 +93,7 @@ func BuildDMARC(src RowSource, w Window, policy PolicyPublished, cfg ReportConfi
 	b := &xmlBuilder{cfg: cfg, w: w, policy: policy, open: open}
 	b.recEnc = xml.NewEncoder(&b.recBuf)
 	err := src.ForEachRow(w, b.add)
-	if err == nil && b.gz != nil {
+	if err == nil && b.part.isOpen() {
 		err = b.finishPart()
 	}
 	if err != nil {
@@ -124,12 +109,10 @@ type xmlBuilder struct {
 	open   func(ReportFile) (io.Writer, error)
 	files  []ReportFile
 
-	cur     ReportFile
-	cw      *countWriter
-	gz      *gzip.Writer
-	pending int64 // octets written to gz since its last flush
-	recBuf  bytes.Buffer
-	recEnc  *xml.Encoder
+	cur    ReportFile
+	part   gzPart
+	recBuf bytes.Buffer
+	recEnc *xml.Encoder
 }
 
 const closeTag = "\n</feedback>\n"
@@ -138,10 +121,7 @@ func (b *xmlBuilder) fits(n int64) bool {
 	if b.cfg.MaxSize <= 0 {
 		return true
 	}
-	p := b.pending + n + int64(len(closeTag))
-	// Deflate expands incompressible input by at most 5 octets per 64 KiB
-	// stored block.
-	return b.cw.n+p+p/8192+gzipOverhead <= b.cfg.MaxSize
+	return b.part.bound(n, int64(len(closeTag))) <= b.cfg.MaxSize
 }
 
 func (b *xmlBuilder) add(r Row) error {
@@ -151,7 +131,7 @@ func (b *xmlBuilder) add(r Row) error {
 	}
 	rec := b.recBuf.Bytes()
 	for attempt := 0; ; attempt++ {
-		if b.gz == nil {
+		if !b.part.isOpen() {
 			if err := b.startPart(); err != nil {
 				return err
 			}
@@ -159,12 +139,11 @@ func (b *xmlBuilder) add(r Row) error {
 		if b.fits(int64(len(rec))) {
 			break
 		}
-		if b.pending > 0 {
+		if b.part.pending > 0 {
 			// Measure exactly what the pending input compressed to.
-			if err := b.gz.Flush(); err != nil {
+			if err := b.part.flush(); err != nil {
 				return err
 			}
-			b.pending = 0
 			if b.fits(int64(len(rec))) {
 				break
 			}
@@ -176,10 +155,9 @@ func (b *xmlBuilder) add(r Row) error {
 			return err
 		}
 	}
-	if _, err := b.gz.Write(rec); err != nil {
+	if err := b.part.write(rec); err != nil {
 		return err
 	}
-	b.pending += int64(len(rec))
 	b.cur.Rows++
 	b.cur.Messages += r.Count
 	return nil
@@ -194,39 +172,24 @@ func (b *xmlBuilder) startPart() error {
 	if err != nil {
 		return err
 	}
-	b.cw = &countWriter{w: out}
-	b.gz, _ = gzip.NewWriterLevel(b.cw, gzip.DefaultCompression)
-	b.gz.Name = strings.TrimSuffix(b.cur.FileName, ".gz")
-	b.gz.ModTime = DayStart(b.w.Day + 1)
+	b.part.open(out, strings.TrimSuffix(b.cur.FileName, ".gz"), DayStart(b.w.Day+1))
 	var hdr bytes.Buffer
 	if err := b.writeHeader(&hdr); err != nil {
 		return err
 	}
-	if b.cfg.MaxSize > 0 && int64(hdr.Len())+gzipOverhead+int64(len(closeTag)) > b.cfg.MaxSize {
+	if b.cfg.MaxSize > 0 && sizeBound(0, int64(hdr.Len())+int64(len(closeTag))) > b.cfg.MaxSize {
 		return fmt.Errorf("size cap %d is smaller than the report header", b.cfg.MaxSize)
 	}
-	if _, err := b.gz.Write(hdr.Bytes()); err != nil {
-		return err
-	}
-	b.pending = int64(hdr.Len())
-	return nil
+	return b.part.write(hdr.Bytes())
 }
 
 func (b *xmlBuilder) finishPart() error {
-	if _, err := io.WriteString(b.gz, closeTag); err != nil {
+	size, err := b.part.finish(closeTag)
+	if err != nil {
 		return err
 	}
-	if err := b.gz.Close(); err != nil {
-		return err
-	}
-	b.cur.Size = b.cw.n
-	if c, ok := b.cw.w.(io.Closer); ok {
-		if err := c.Close(); err != nil {
-			return err
-		}
-	}
+	b.cur.Size = size
 	b.files = append(b.files, b.cur)
-	b.gz, b.cw, b.pending = nil, nil, 0
 	return nil
 }
 

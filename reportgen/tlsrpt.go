@@ -2,7 +2,6 @@ package reportgen
 
 import (
 	"bytes"
-	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -388,7 +387,7 @@ func BuildTLSRPTParts(s *Store, w Window, cfg TLSReportConfig, maxSize int64, op
 	if err == nil {
 		err = flush()
 	}
-	if err == nil && b.gz == nil {
+	if err == nil && !b.part.isOpen() {
 		err = b.startPart() // no rows: one empty report
 	}
 	if err == nil {
@@ -410,11 +409,9 @@ type tlsBuilder struct {
 	open  func(ReportFile) (io.Writer, error)
 	files []ReportFile
 
-	cur     ReportFile
-	cw      *countWriter
-	gz      *gzip.Writer
-	pending int64
-	npol    int
+	cur  ReportFile
+	part gzPart
+	npol int
 }
 
 const tlsCloseTag = "\n]}\n"
@@ -432,16 +429,8 @@ func (b *tlsBuilder) header(part int) ([]byte, error) {
 	return append(hb, `"policies":[`...), nil
 }
 
-// bound is the largest compressed size n more input octets (plus the
-// closing tag) can reach on top of what was emitted: deflate expands
-// incompressible input by at most 5 octets per 64 KiB stored block.
-func bound(emitted, pending, n int64) int64 {
-	p := pending + n + int64(len(tlsCloseTag))
-	return emitted + p + p/8192 + gzipOverhead
-}
-
 func (b *tlsBuilder) fits(n int64) bool {
-	return b.max <= 0 || bound(b.cw.n, b.pending, n) <= b.max
+	return b.max <= 0 || b.part.bound(n, int64(len(tlsCloseTag))) <= b.max
 }
 
 // fitsEmpty reports whether n octets of policies fit a fresh part.
@@ -455,7 +444,7 @@ func (b *tlsBuilder) fitsEmpty(n int64) (bool, error) {
 	}
 	// A fresh part has emitted the 10-octet gzip header; counting 16
 	// keeps fitsEmpty(n) ⇒ fits(n) on a fresh part.
-	return bound(16, int64(len(hb)), n+2) <= b.max, nil
+	return sizeBound(16, int64(len(hb))+n+2+int64(len(tlsCloseTag))) <= b.max, nil
 }
 
 func (b *tlsBuilder) startPart() error {
@@ -467,38 +456,25 @@ func (b *tlsBuilder) startPart() error {
 	if err != nil {
 		return err
 	}
-	if b.max > 0 && bound(0, int64(len(hb)), 0) > b.max {
+	if b.max > 0 && sizeBound(0, int64(len(hb))+int64(len(tlsCloseTag))) > b.max {
 		return fmt.Errorf("size cap %d is smaller than the report header", b.max)
 	}
 	out, err := b.open(b.cur)
 	if err != nil {
 		return err
 	}
-	b.cw = &countWriter{w: out}
-	b.gz, _ = gzip.NewWriterLevel(b.cw, gzip.DefaultCompression)
-	b.gz.ModTime = DayStart(b.w.Day + 1)
-	if _, err := b.gz.Write(hb); err != nil {
-		return err
-	}
-	b.pending, b.npol = int64(len(hb)), 0
-	return nil
+	b.part.open(out, "", DayStart(b.w.Day+1))
+	b.npol = 0
+	return b.part.write(hb)
 }
 
 func (b *tlsBuilder) finishPart() error {
-	if _, err := io.WriteString(b.gz, tlsCloseTag); err != nil {
+	size, err := b.part.finish(tlsCloseTag)
+	if err != nil {
 		return err
 	}
-	if err := b.gz.Close(); err != nil {
-		return err
-	}
-	b.cur.Size = b.cw.n
-	if c, ok := b.cw.w.(io.Closer); ok {
-		if err := c.Close(); err != nil {
-			return err
-		}
-	}
+	b.cur.Size = size
 	b.files = append(b.files, b.cur)
-	b.gz, b.cw, b.pending = nil, nil, 0
 	return nil
 }
 
@@ -506,14 +482,13 @@ func (b *tlsBuilder) finishPart() error {
 func (b *tlsBuilder) tryWrite(blob []byte, rows int, sessions uint64) (bool, error) {
 	n := int64(len(blob)) + 2
 	if !b.fits(n) {
-		if b.pending == 0 {
+		if b.part.pending == 0 {
 			return false, nil
 		}
 		// Measure exactly what the pending input compressed to.
-		if err := b.gz.Flush(); err != nil {
+		if err := b.part.flush(); err != nil {
 			return false, err
 		}
-		b.pending = 0
 		if !b.fits(n) {
 			return false, nil
 		}
@@ -522,13 +497,12 @@ func (b *tlsBuilder) tryWrite(blob []byte, rows int, sessions uint64) (bool, err
 	if b.npol > 0 {
 		sep = ",\n"
 	}
-	if _, err := io.WriteString(b.gz, sep); err != nil {
+	if err := b.part.write([]byte(sep)); err != nil {
 		return false, err
 	}
-	if _, err := b.gz.Write(blob); err != nil {
+	if err := b.part.write(blob); err != nil {
 		return false, err
 	}
-	b.pending += n
 	b.npol++
 	b.cur.Rows += rows
 	b.cur.Messages += sessions
@@ -543,7 +517,7 @@ func (b *tlsBuilder) addPolicy(pd *TLSPolicyData, rows int, maySplit bool) error
 		return err
 	}
 	sessions := pd.Summary.TotalSuccessfulSessionCount + pd.Summary.TotalFailureSessionCount
-	if b.gz == nil {
+	if !b.part.isOpen() {
 		if err := b.startPart(); err != nil {
 			return err
 		}
