@@ -20,6 +20,7 @@ import (
 type reportFlags struct {
 	config  string
 	dataDir string
+	grace   time.Duration
 	domain  string
 	day     string
 	kind    string
@@ -28,6 +29,7 @@ type reportFlags struct {
 func (rf *reportFlags) registerCommon(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&rf.config, "config", "", "YAML configuration `file` of 'authpipe run' (its report and data-dir keys apply; the others are skipped)")
 	cmd.Flags().StringVar(&rf.dataDir, "data-dir", "./authpipe-data", "data `directory` of 'authpipe run': the report store is DIR/reports/reports.db")
+	cmd.Flags().DurationVar(&rf.grace, "report-grace", reportgen.DefaultGrace, "how long after a UTC day ends its window stays open (as run's --report-grace)")
 }
 
 func (rf *reportFlags) registerWindow(cmd *cobra.Command) {
@@ -71,7 +73,15 @@ func (rf *reportFlags) open() (*reportgen.Store, error) {
 	if _, err := os.Stat(filepath.Join(dir, reportgen.StoreFile)); err != nil {
 		return nil, fmt.Errorf("no report store under --data-dir %s (is it the data directory of 'authpipe run'?): %w", rf.dataDir, err)
 	}
-	return reportgen.OpenStore(dir, time.Now)
+	if rf.grace <= 0 {
+		return nil, usagef("--report-grace must be positive, got %s", rf.grace)
+	}
+	st, err := reportgen.OpenStore(dir, time.Now)
+	if err != nil {
+		return nil, err
+	}
+	st.Grace = rf.grace
+	return st, nil
 }
 
 func newReportCmd() *cobra.Command {

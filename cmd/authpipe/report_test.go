@@ -175,3 +175,22 @@ func TestDeliveryFlagsCapsAndSuppression(t *testing.T) {
 		}
 	}
 }
+
+// TestReportGrace: --report-grace decides which days are due. The store's
+// day (2026-11-20) ended days ago: with a grace of 1000 hours it is still
+// open, with the default it closes.
+func TestReportGrace(t *testing.T) {
+	dir := t.TempDir()
+	fillReportStore(t, dir)
+	out, code := runCmd(t, "report", "close", "--data-dir", dir, "--due", "--report-grace", "1000h")
+	if code != 0 || strings.Contains(out, "closed dmarc example.com/2026-11-20") {
+		t.Fatalf("grace 1000h (%d): %s", code, out)
+	}
+	out, code = runCmd(t, "report", "close", "--data-dir", dir, "--due")
+	if code != 0 || !strings.Contains(out, "closed dmarc example.com/2026-11-20") {
+		t.Fatalf("default grace (%d): %s", code, out)
+	}
+	if _, code := runCmd(t, "report", "close", "--data-dir", dir, "--due", "--report-grace", "0s"); code != exitUsage {
+		t.Fatalf("grace 0: exit %d, want %d", code, exitUsage)
+	}
+}

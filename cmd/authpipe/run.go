@@ -56,6 +56,7 @@ type runFlags struct {
 	// `report send`), and how often it runs a reporting round.
 	report         deliveryFlags
 	reportInterval time.Duration
+	reportGrace    time.Duration
 	tlsTopic       string
 	stateTopic     string
 	reportGroup    string
@@ -89,7 +90,7 @@ the defaults; docs/configuration.md lists them all.
 The report role (--role report or all) merges the partial aggregates of
 authpipe.aggregates and the TLS session results of mail.tls-results (group
 --report-group) into the report store under --data-dir/reports. Every
---report-interval it closes the UTC days past their grace period (1h) of the
+--report-interval it closes the UTC days past their grace period (--report-grace, 1h) of the
 domains whose partitions it owns and, when --receiver and --from are set,
 builds their RFC 9990 DMARC and RFC 8460 TLS reports into the durable outbox
 and delivers them to the rua addresses: SMTP to the destination MX or
@@ -134,6 +135,7 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	f.DurationVar(&rf.retention, "broker-retention", 7*24*time.Hour, "embedded broker: how long records are kept (log.retention.ms); must cover a report day plus its grace for replays")
 	f.Int64Var(&rf.retentionB, "broker-retention-bytes", -1, "embedded broker: `bytes` kept per partition (log.retention.bytes; -1: no size limit)")
 	f.StringVar(&rf.role, "role", "all", "`role`: verify (mail.raw to verdicts and aggregates), report (aggregates into the report store under --data-dir/reports; reports built and delivered), or all")
+	f.DurationVar(&rf.reportGrace, "report-grace", reportgen.DefaultGrace, "report role: how long after a UTC day ends late results are still merged before the day closes")
 	f.DurationVar(&rf.reportInterval, "report-interval", time.Minute, "report role: how often to close due days, build their reports and deliver due outbox items")
 	f.StringVar(&rf.tlsTopic, "tls-topic", "mail.tls-results", "report role: `topic` of JSON TLS session results (RFC 8460 reports); malformed ones go to TOPIC.dlq")
 	f.StringVar(&rf.stateTopic, "report-state-topic", "authpipe.report-state", "report role: compacted `topic` of report delivery state shared by the reporters")
@@ -196,6 +198,9 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	case "all", "verify", "report":
 	default:
 		return usagef("--role %q: want verify, report or all", rf.role)
+	}
+	if rf.reportGrace <= 0 {
+		return usagef("--report-grace must be positive, got %s", rf.reportGrace)
 	}
 	if rf.reportInterval <= 0 {
 		return usagef("--report-interval must be positive, got %s", rf.reportInterval)
@@ -296,7 +301,7 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 			AggregateDLQTopic: p.Config().AggregateTopic + ".dlq", TLSTopic: rf.tlsTopic, TLSDLQTopic: rf.tlsTopic + ".dlq",
 			StateTopic: rf.stateTopic, Group: rf.reportGroup, TickInterval: rf.reportInterval, CreateTopics: rf.createTopics,
 			Partitions: cfg.Partitions, ReplicationFactor: cfg.ReplicationFactor, Clock: now},
-		dir: reportStoreDir(rf.dataDir), reporter: rep, delivery: &rf.report, reg: reg, log: log, kopts: reportKopts,
+		dir: reportStoreDir(rf.dataDir), grace: rf.reportGrace, reporter: rep, delivery: &rf.report, reg: reg, log: log, kopts: reportKopts,
 	})
 	if err != nil {
 		return err // nothing started
@@ -315,6 +320,8 @@ type reportRole struct {
 	cfg pipeline.ReporterConfig
 	// dir holds the report store (reports.db).
 	dir string
+	// grace is how long after a UTC day ends its window stays open.
+	grace time.Duration
 	// reporter builds and delivers; nil when --receiver and --from are
 	// not set (the role then merges and closes days only).
 	reporter *reportgen.Reporter
@@ -340,6 +347,7 @@ func startReportRole(ctx context.Context, g *errgroup.Group, rr reportRole) (fun
 	if err != nil {
 		return nil, err
 	}
+	st.Grace = rr.grace
 	log := rr.log.With("component", "report")
 	rep := rr.reporter
 	if rep != nil {
