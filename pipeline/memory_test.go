@@ -117,6 +117,9 @@ func TestMemoryBoundSustained(t *testing.T) {
 	if testing.Short() {
 		t.Skip("sustained stream")
 	}
+	if raceEnabled {
+		t.Skip("the race detector's shadow memory multiplies RSS")
+	}
 	n := 30000
 	if v, err := strconv.Atoi(os.Getenv("AUTHPIPE_TEST_MEM_N")); err == nil && v > 0 {
 		n = v

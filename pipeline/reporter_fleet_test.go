@@ -588,7 +588,10 @@ func TestReporterKillMidStream(t *testing.T) {
 func TestReporterTLSResults(t *testing.T) {
 	b := startTestBroker(t)
 	brokers := b.Addrs()
-	clock := &testClock{t: time.Date(2026, 5, 2, 10, 0, 0, 0, time.UTC)}
+	// Before 2026-05-01's grace period ends (01:00 the next day): no
+	// window may close while the stream is still arriving, or its later
+	// events would be counted as late instead of merged.
+	clock := &testClock{t: time.Date(2026, 5, 2, 0, 30, 0, 0, time.UTC)}
 	st, err := reportgen.OpenStore(t.TempDir(), clock.Now)
 	if err != nil {
 		t.Fatal(err)
