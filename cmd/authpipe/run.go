@@ -90,10 +90,11 @@ the defaults; docs/configuration.md lists them all.
 The report role (--role report or all) merges the partial aggregates of
 authpipe.aggregates and the TLS session results of mail.tls-results (group
 --report-group) into the report store under --data-dir/reports. Every
---report-interval it closes the UTC days past their grace period (--report-grace, 1h) of the
-domains whose partitions it owns and, when --receiver and --from are set,
-builds their RFC 9990 DMARC and RFC 8460 TLS reports into the durable outbox
-and delivers them to the rua addresses: SMTP to the destination MX or
+--report-interval it closes the UTC days past their grace period
+(--report-grace, 1h) of the domains whose partitions it owns and, when
+--receiver and --from are set, builds their RFC 9990 DMARC and RFC 8460 TLS
+reports into the durable outbox and delivers them to the rua addresses: SMTP
+to the destination MX or
 --smarthost, DKIM-signed with each --dkim-key, or HTTPS POST for TLS reports.
 Without --receiver and --from it only merges and closes days, says so once
 in the log, and keeps the closed days for 'authpipe report send'.
