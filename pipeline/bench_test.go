@@ -9,6 +9,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -114,7 +115,16 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	_, done := runPipeline(b, ctx, cfg, e)
+	p, done := runPipeline(b, ctx, cfg, e)
+	// The collector settings `authpipe run` ships with (GOGC 400, memory
+	// limit at 75% of the pipeline's bound), unless GOGC or GOMEMLIMIT is
+	// set in the environment; both phases run under them.
+	if os.Getenv("GOGC") == "" {
+		defer debug.SetGCPercent(debug.SetGCPercent(400))
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		defer debug.SetMemoryLimit(debug.SetMemoryLimit(MemoryBound(p.Config(), 64<<20).GoMemoryLimit()))
+	}
 
 	// Warm the DNS cache and the group join outside the measurement.
 	ld.run(b, 100)
