@@ -99,7 +99,6 @@ func (p *Pipeline) kafkaOpts() []kgo.Opt {
 		opts = append(opts,
 			kgo.TransactionalID(c.TransactionalID),
 			kgo.TransactionTimeout(c.TransactionTimeout),
-			kgo.RequireStableFetchOffsets(),
 		)
 	} else {
 		opts = append(opts, kgo.BlockRebalanceOnPoll())

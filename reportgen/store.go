@@ -12,6 +12,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Window states, in order. A window is open until its UTC day ended more
@@ -154,7 +155,7 @@ func OpenStore(dir string, now func() time.Time) (*Store, error) {
 		return nil, fmt.Errorf("reportgen: data dir: %w", err)
 	}
 	db, err := bolt.Open(filepath.Join(dir, StoreFile), 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		// bbolt takes an exclusive file lock: one process per store.
 		return nil, fmt.Errorf("reportgen: open store %s: locked by another process (a running 'authpipe run'?); one process at a time can use a store: %w",
 			filepath.Join(dir, StoreFile), err)
@@ -590,7 +591,7 @@ func (s *Store) DeleteWindow(kind Kind, w Window) error {
 func deleteRows(tx *bolt.Tx, kind Kind, w Window) error {
 	_, rowsName := kind.buckets()
 	err := tx.Bucket(rowsName).DeleteBucket(windowKey(w))
-	if errors.Is(err, bolt.ErrBucketNotFound) {
+	if errors.Is(err, berrors.ErrBucketNotFound) {
 		return nil
 	}
 	return err

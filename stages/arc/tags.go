@@ -154,7 +154,7 @@ func unfold(s string) string {
 // stripWSP removes all white space (used for b= and bh= values, RFC 6376
 // 3.5: white space in them is ignored).
 func stripWSP(s string) string {
-	if strings.IndexAny(s, " \t\r\n") < 0 {
+	if !strings.ContainsAny(s, " \t\r\n") {
 		return s
 	}
 	var b strings.Builder

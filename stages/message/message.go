@@ -299,7 +299,7 @@ func headerNeedsTail(raw []byte) bool {
 	if raw[0] == '\n' || (len(raw) > 1 && raw[0] == '\r' && raw[1] == '\n') {
 		return false // empty header section
 	}
-	return bytes.Index(raw, []byte("\n\n")) < 0 && bytes.Index(raw, []byte("\n\r\n")) < 0
+	return !bytes.Contains(raw, []byte("\n\n")) && !bytes.Contains(raw, []byte("\n\r\n"))
 }
 
 // fieldEnd returns the offset just past the CRLF that ends the field
