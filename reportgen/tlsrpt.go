@@ -400,8 +400,7 @@ func BuildTLSRPTParts(s *Store, w Window, cfg TLSReportConfig, maxSize int64, op
 }
 
 // tlsBuilder writes the parts of a TLSRPT report, measuring the gzip
-// output as it goes (like the DMARC builder): cw.n is what the deflater
-// emitted, pending what it was given since its last flush.
+// output as it goes (gzPart, like the DMARC builder).
 type tlsBuilder struct {
 	w     Window
 	cfg   TLSReportConfig

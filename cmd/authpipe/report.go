@@ -193,24 +193,23 @@ func newReportShowCmd() *cobra.Command {
 			if id.email == "" {
 				id.email = "postmaster@" + id.receiver
 			}
-			var gz [][]byte
+			var gz []*bytes.Buffer // one per report part
 			if kind == reportgen.KindTLS {
-				var buf bytes.Buffer
-				if _, err := reportgen.BuildTLSRPT(s, w, id.tlsConfig(), &buf); err != nil {
+				gz = append(gz, new(bytes.Buffer))
+				if _, err := reportgen.BuildTLSRPT(s, w, id.tlsConfig(), gz[0]); err != nil {
 					return err
 				}
-				gz = append(gz, buf.Bytes())
 			} else {
 				_, err := reportgen.BuildDMARC(s, w, wi.Policy, id.dmarcConfig(), func(reportgen.ReportFile) (io.Writer, error) {
-					gz = append(gz, nil)
-					return &sliceWriter{p: &gz[len(gz)-1]}, nil
+					gz = append(gz, new(bytes.Buffer))
+					return gz[len(gz)-1], nil
 				})
 				if err != nil {
 					return err
 				}
 			}
 			for _, b := range gz {
-				zr, err := gzip.NewReader(bytes.NewReader(b))
+				zr, err := gzip.NewReader(b)
 				if err != nil {
 					return err
 				}
@@ -226,10 +225,6 @@ func newReportShowCmd() *cobra.Command {
 	id.register(cmd.Flags())
 	return cmd
 }
-
-type sliceWriter struct{ p *[]byte }
-
-func (w *sliceWriter) Write(b []byte) (int, error) { *w.p = append(*w.p, b...); return len(b), nil }
 
 func newReportCloseCmd() *cobra.Command {
 	var rf reportFlags

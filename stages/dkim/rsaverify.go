@@ -140,10 +140,7 @@ func (c *rsaCtx) powMont(s *big.Int, sc *rsaScratch) *big.Int {
 	copy(mw, xw)
 	m.SetBits(mw)
 	e := c.e
-	top := 0
-	for b := e; b > 1; b >>= 1 {
-		top++
-	}
+	top := bits.Len(uint(e)) - 1 // the exponent's leading bit is consumed by the start value
 	for i := top - 1; i >= 0; i-- {
 		sqrWords(tw, xw)
 		montRedc(xw, tw, c.nw, c.n0inv)
@@ -251,10 +248,7 @@ func (c *rsaCtx) powBarrett(s *big.Int, sc *rsaScratch) *big.Int {
 	x, t, u := &sc.x, &sc.t, &sc.u
 	x.Set(s)
 	e := c.e
-	top := 0
-	for b := e; b > 1; b >>= 1 {
-		top++
-	}
+	top := bits.Len(uint(e)) - 1 // the exponent's leading bit is consumed by the start value
 	for i := top - 1; i >= 0; i-- {
 		u.Mul(x, x)
 		x, u = u, x
