@@ -32,12 +32,19 @@ func newBatchAggregates() *batchAggregates {
 
 // add counts v; verdicts without a DMARC policy are not reportable and
 // are skipped.
+// The row is built outside the lock; the lock covers the count only.
 func (b *batchAggregates) add(v *verdict.Verdict) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if err := b.agg.Add(v); err != nil && !errors.Is(err, reportgen.ErrNoPolicy) {
+	var buf [256]byte
+	r, err := reportgen.VerdictRowOf(v, buf[:0])
+	if errors.Is(err, reportgen.ErrNoPolicy) {
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("pipeline: aggregate verdict: %w", err)
 	}
+	b.mu.Lock()
+	b.agg.AddRow(&r)
+	b.mu.Unlock()
 	return nil
 }
 

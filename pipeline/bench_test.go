@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-msgauth/dkim"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/resolvercache"
 	"github.com/authpipe/authpipe/resolvercache/dnstest"
@@ -115,7 +116,7 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p, done := runPipeline(b, ctx, cfg, e)
+	p, done := runPipeline(b, ctx, cfg, e, WithKafkaOpts(kgo.ProducerBatchCompression(benchCodec("AUTHPIPE_BENCH_CODEC")...)))
 	// The collector settings `authpipe run` ships with (GOGC 400, memory
 	// limit at 75% of the pipeline's bound), unless GOGC or GOMEMLIMIT is
 	// set in the environment; both phases run under them.
@@ -188,6 +189,9 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 // AUTHPIPE_BENCH_DATADIR=1.
 func benchBroker(b *testing.B) *Broker {
 	cfg := BrokerConfig{Addr: "127.0.0.1:0", MinSessionTimeout: 100 * time.Millisecond}
+	if n, err := strconv.ParseInt(os.Getenv("AUTHPIPE_BENCH_SEGMENT"), 10, 64); err == nil {
+		cfg.SegmentBytes = n
+	}
 	if os.Getenv("AUTHPIPE_BENCH_DATADIR") == "1" {
 		cfg.DataDir = b.TempDir()
 	}

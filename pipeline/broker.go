@@ -35,7 +35,20 @@ type BrokerConfig struct {
 	Retention      time.Duration
 	RetentionBytes int64
 	RetentionCheck time.Duration
+	// SegmentBytes is the size at which a partition's log rolls to a new
+	// segment (Kafka's log.segment.bytes; default DefaultSegmentBytes).
+	// Retention advances a partition's start batch by batch but frees
+	// storage a whole segment at a time, so a partition holds up to one
+	// segment more than RetentionBytes.
+	SegmentBytes int64
 }
+
+// DefaultSegmentBytes is the embedded broker's segment size. kfake's own
+// default is 100 MiB; without a DataDir its segments are in-memory buffers
+// grown by doubling, so each partition then carried up to 28 MiB of slack
+// and the broker spent its time copying and zeroing buffers of up to
+// 128 MiB (docs/configuration.md has the measurement).
+const DefaultSegmentBytes = 16 << 20
 
 // Broker is an embedded single-node Kafka-compatible broker (franz-go's
 // kfake): real Kafka protocol on TCP, consumer groups, transactions,
@@ -73,6 +86,9 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 	if cfg.RetentionCheck <= 0 {
 		cfg.RetentionCheck = 5 * time.Minute
 	}
+	if cfg.SegmentBytes <= 0 {
+		cfg.SegmentBytes = DefaultSegmentBytes
+	}
 	mmb := strconv.Itoa(cfg.MaxMessageBytes)
 	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
@@ -84,6 +100,7 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 			"message.max.bytes":   mmb,
 			"log.retention.ms":    strconv.FormatInt(cfg.Retention.Milliseconds(), 10),
 			"log.retention.bytes": strconv.FormatInt(cfg.RetentionBytes, 10),
+			"log.segment.bytes":   strconv.FormatInt(cfg.SegmentBytes, 10),
 		}),
 		kfake.ClusterID("authpipe-embedded"),
 	}

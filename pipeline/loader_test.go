@@ -149,7 +149,7 @@ func TestBenchLoader(t *testing.T) {
 }
 
 func loaderMain(brokers []string, stdin io.Reader, stdout io.Writer) error {
-	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(time.Millisecond))
+	prod, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(time.Millisecond), kgo.ProducerBatchCompression(benchCodec("AUTHPIPE_BENCH_LOADER_CODEC")...))
 	if err != nil {
 		return err
 	}
@@ -229,4 +229,18 @@ func selfCPU() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// benchCodec is the compression named by env (none, snappy, lz4, zstd;
+// default snappy, franz-go's default).
+func benchCodec(env string) []kgo.CompressionCodec {
+	switch os.Getenv(env) {
+	case "none":
+		return []kgo.CompressionCodec{kgo.NoCompression()}
+	case "lz4":
+		return []kgo.CompressionCodec{kgo.Lz4Compression()}
+	case "zstd":
+		return []kgo.CompressionCodec{kgo.ZstdCompression()}
+	}
+	return []kgo.CompressionCodec{kgo.SnappyCompression()}
 }

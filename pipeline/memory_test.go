@@ -270,4 +270,20 @@ func TestBrokerRetention(t *testing.T) {
 	if before < 1<<20 || after > 64<<10 || so.Offset == 0 {
 		t.Fatalf("retention not applied: %d → %d bytes, start offset %d", before, after, so.Offset)
 	}
+	// The segment size the broker runs with (kfake's own is 100 MiB).
+	rcs, err := adm.DescribeBrokerConfigs(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seg string
+	for _, rc := range rcs {
+		for _, c := range rc.Configs {
+			if c.Key == "log.segment.bytes" {
+				seg = c.MaybeValue()
+			}
+		}
+	}
+	if seg != strconv.Itoa(DefaultSegmentBytes) {
+		t.Fatalf("log.segment.bytes = %q, want %d", seg, DefaultSegmentBytes)
+	}
 }

@@ -172,8 +172,9 @@ func (p *PartialAggregate) UnmarshalBinary(data []byte) error {
 var ErrNoPolicy = errors.New("reportgen: verdict has no DMARC policy")
 
 // Aggregator accumulates verdicts into partial aggregates in memory. It is
-// not safe for concurrent use: give each worker its own and Flush it at
-// each transaction commit.
+// not safe for concurrent use: callers that share one compute each
+// verdict's VerdictRow (VerdictRowOf, safe to run concurrently) outside their lock and
+// hold it only for AddRow.
 type Aggregator struct {
 	wins map[Window]*aggWindow
 	buf  []byte
@@ -181,34 +182,66 @@ type Aggregator struct {
 
 type aggWindow struct {
 	policy PolicyPublished
-	rows   map[string]uint64
+	rows   map[string]*uint64 // a pointer, so a repeated row counts without a map assignment (and its key conversion)
 	msgs   uint64
 }
 
 // NewAggregator returns an empty Aggregator.
 func NewAggregator() *Aggregator { return &Aggregator{wins: map[Window]*aggWindow{}} }
 
-// Add counts v in the window of its policy domain and day (VerdictTime).
-// Verdicts without a DMARC policy give ErrNoPolicy and are not counted.
-func (a *Aggregator) Add(v *verdict.Verdict) error {
+// VerdictRow is where one verdict counts: its window, the policy it was evaluated
+// under and its row key (RowKey.AppendBinary).
+type VerdictRow struct {
+	Window Window
+	Policy PolicyPublished
+	Key    []byte
+}
+
+// VerdictRowOf returns v's VerdictRow, its key appended to buf. Verdicts without a DMARC
+// policy give ErrNoPolicy.
+func VerdictRowOf(v *verdict.Verdict, buf []byte) (VerdictRow, error) {
 	if v == nil || v.DMARC == nil || v.DMARC.Policy == nil || v.DMARC.PolicyDomain == "" {
-		return ErrNoPolicy
+		return VerdictRow{}, ErrNoPolicy
 	}
 	k, err := RowKeyOf(v)
 	if err != nil {
+		return VerdictRow{}, err
+	}
+	return VerdictRow{
+		Window: Window{Domain: strings.ToLower(v.DMARC.PolicyDomain), Day: DayOf(VerdictTime(v))},
+		Policy: policyOf(v.DMARC),
+		Key:    k.AppendBinary(buf),
+	}, nil
+}
+
+// Add counts v in the window of its policy domain and day (VerdictTime).
+// Verdicts without a DMARC policy give ErrNoPolicy and are not counted.
+func (a *Aggregator) Add(v *verdict.Verdict) error {
+	r, err := VerdictRowOf(v, a.buf[:0])
+	if err != nil {
 		return err
 	}
-	w := Window{Domain: strings.ToLower(v.DMARC.PolicyDomain), Day: DayOf(VerdictTime(v))}
-	aw := a.wins[w]
-	if aw == nil {
-		aw = &aggWindow{rows: map[string]uint64{}}
-		a.wins[w] = aw
-	}
-	aw.policy = policyOf(v.DMARC)
-	a.buf = k.AppendBinary(a.buf[:0])
-	aw.rows[string(a.buf)]++
-	aw.msgs++
+	a.buf = r.Key
+	a.AddRow(&r)
 	return nil
+}
+
+// AddRow counts one message in r. The window's policy becomes r's (the
+// latest verdict's); r.Key is copied when the row is new.
+func (a *Aggregator) AddRow(r *VerdictRow) {
+	aw := a.wins[r.Window]
+	if aw == nil {
+		aw = &aggWindow{rows: map[string]*uint64{}}
+		a.wins[r.Window] = aw
+	}
+	aw.policy = r.Policy
+	if c := aw.rows[string(r.Key)]; c != nil {
+		*c++
+	} else {
+		n := uint64(1)
+		aw.rows[string(r.Key)] = &n
+	}
+	aw.msgs++
 }
 
 // Len returns the number of distinct rows held.
@@ -227,7 +260,7 @@ func (a *Aggregator) Flush() []PartialAggregate {
 	for w, aw := range a.wins {
 		p := PartialAggregate{Window: w, Policy: aw.policy, Messages: aw.msgs, Rows: make([]RowCount, 0, len(aw.rows))}
 		for k, c := range aw.rows {
-			p.Rows = append(p.Rows, RowCount{Key: []byte(k), Count: c})
+			p.Rows = append(p.Rows, RowCount{Key: []byte(k), Count: *c})
 		}
 		sort.Slice(p.Rows, func(i, j int) bool { return string(p.Rows[i].Key) < string(p.Rows[j].Key) })
 		out = append(out, p)

@@ -51,6 +51,7 @@ type runFlags struct {
 	gcPercent    int
 	retention    time.Duration
 	retentionB   int64
+	segmentB     int64
 	cfg          pipeline.Config
 	// report: the report role's identity and delivery (shared with
 	// `report send`), and how often it runs a reporting round.
@@ -135,6 +136,7 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	f.IntVar(&rf.gcPercent, "gc-percent", 400, "Go GC target `percent` (GOGC); the memory limit still holds memory under the bound, so collecting less often only saves CPU; GOGC in the environment wins")
 	f.DurationVar(&rf.retention, "broker-retention", 7*24*time.Hour, "embedded broker: how long records are kept (log.retention.ms); must cover a report day plus its grace for replays")
 	f.Int64Var(&rf.retentionB, "broker-retention-bytes", -1, "embedded broker: `bytes` kept per partition (log.retention.bytes; -1: no size limit)")
+	f.Int64Var(&rf.segmentB, "broker-segment-bytes", pipeline.DefaultSegmentBytes, "embedded broker: `bytes` per log segment (log.segment.bytes); storage is freed a segment at a time")
 	f.StringVar(&rf.role, "role", "all", "`role`: verify (mail.raw to verdicts and aggregates), report (aggregates into the report store under --data-dir/reports; reports built and delivered), or all")
 	f.DurationVar(&rf.reportGrace, "report-grace", reportgen.DefaultGrace, "report role: how long after a UTC day ends late results are still merged before the day closes")
 	f.DurationVar(&rf.reportInterval, "report-interval", time.Minute, "report role: how often to close due days, build their reports and deliver due outbox items")
@@ -247,9 +249,12 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 		if rf.retention <= 0 {
 			return usagef("--broker-retention must be positive, got %s", rf.retention)
 		}
+		if rf.segmentB < 1<<20 {
+			return usagef("--broker-segment-bytes must be at least 1 MiB (1048576), got %d", rf.segmentB)
+		}
 		b, err := pipeline.StartBroker(pipeline.BrokerConfig{
 			Addr: rf.listen, DataDir: rf.dataDir, MaxMessageBytes: cfg.MaxMessageBytes + 1<<20,
-			Retention: rf.retention, RetentionBytes: rf.retentionB,
+			Retention: rf.retention, RetentionBytes: rf.retentionB, SegmentBytes: rf.segmentB,
 		})
 		if err != nil {
 			return err

@@ -313,3 +313,18 @@ func TestMemorySettings(t *testing.T) {
 		}
 	}
 }
+
+// TestRunBrokerFlagsChecked: embedded-broker sizes out of range are usage
+// errors, reported before anything starts.
+func TestRunBrokerFlagsChecked(t *testing.T) {
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"--broker-retention", "0s"},
+		{"--broker-segment-bytes", "4096"},
+	} {
+		code, _, stderr := authpipe(t, "", append([]string{"run", "--listen", "127.0.0.1:0", "--data-dir", dir}, args...)...)
+		if code != exitUsage || !strings.Contains(stderr, args[0]) {
+			t.Errorf("%v: exit %d, want %d; stderr %q", args, code, exitUsage, stderr)
+		}
+	}
+}
