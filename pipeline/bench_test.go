@@ -88,7 +88,13 @@ const signedDistinct = 1024
 func BenchmarkPipelineVsEngine(b *testing.B) {
 	const n = 20000
 	const conc = 256
-	br := benchBroker(b)
+	var brokers []string
+	var brProc *brokerProc
+	if os.Getenv("AUTHPIPE_BENCH_BROKER") == "process" {
+		brProc, brokers = startBrokerProc(b)
+	} else {
+		brokers = benchBroker(b).Addrs()
+	}
 	dns := startTestDNS(b)
 	msgs := signedCorpus(b, dns, n)
 	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dns.Addr), resolvercache.WithTimeout(time.Second))
@@ -103,7 +109,6 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	if v := e.Verify(context.Background(), msgs[0].raw, msgs[0].env); v.DMARC == nil || len(v.DKIM) != 1 || v.DKIM[0].Result != "pass" {
 		b.Fatalf("corpus verdict: %+v %+v", v.DMARC, v.DKIM)
 	}
-	brokers := br.Addrs()
 	createTopics(b, brokers, 4)
 	ld := startLoader(b, brokers)
 	ld.load(b, writeCorpusFile(b, b.TempDir(), msgs))
@@ -130,16 +135,23 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	// Warm the DNS cache and the group join outside the measurement.
 	ld.run(b, 100)
 
-	var pipeDur, engDur, pipeCPU, engCPU, loadCPU time.Duration
+	var pipeDur, engDur, pipeCPU, engCPU, loadCPU, brokerCPU time.Duration
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
 		// The clock runs from the first record produced to the last verdict
 		// committed: producing is part of the loop.
 		stopProf := phaseProfile(b, "pipeline")
+		var bcpu0 time.Duration
+		if brProc != nil {
+			bcpu0 = brProc.cpu(b)
+		}
 		cpu0 := cpuTime()
 		wall, lcpu := ld.run(b, n)
 		pipeCPU += cpuTime() - cpu0
+		if brProc != nil {
+			brokerCPU += brProc.cpu(b) - bcpu0
+		}
 		pipeDur += wall
 		loadCPU += lcpu
 		stopProf()
@@ -177,6 +189,10 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	b.ReportMetric(loadCPU.Seconds()/pipeDur.Seconds(), "loader-cpus")
 	b.ReportMetric(float64(pipeCPU.Microseconds())/float64(n*b.N), "pipeline-µs/msg")
 	b.ReportMetric(float64(engCPU.Microseconds())/float64(n*b.N), "engine-µs/msg")
+	b.ReportMetric(float64((pipeCPU-engCPU).Microseconds())/float64(n*b.N), "overhead-µs/msg")
+	if brProc != nil {
+		b.ReportMetric(float64(brokerCPU.Microseconds())/float64(n*b.N), "broker-µs/msg")
+	}
 	b.ReportMetric(0, "ns/op")
 	cancel()
 	if err := <-done; err != nil {

@@ -71,8 +71,16 @@ type loader struct {
 
 func startLoader(tb testing.TB, brokers []string) *loader {
 	tb.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestBenchLoader$", "-test.v=false")
-	cmd.Env = append(os.Environ(), "AUTHPIPE_BENCH_LOADER="+strings.Join(brokers, ","))
+	return startHelperProc(tb, "TestBenchLoader", "AUTHPIPE_BENCH_LOADER="+strings.Join(brokers, ","))
+}
+
+// startHelperProc runs this test binary again as the test named test, with env
+// added to the environment, and returns the handle on its stdin/stdout.
+// The child is stopped (stdin closed, killed after 10s) at cleanup.
+func startHelperProc(tb testing.TB, test, env string) *loader {
+	tb.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.v=false")
+	cmd.Env = append(os.Environ(), env)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -243,4 +251,52 @@ func benchCodec(env string) []kgo.CompressionCodec {
 		return []kgo.CompressionCodec{kgo.ZstdCompression()}
 	}
 	return []kgo.CompressionCodec{kgo.SnappyCompression()}
+}
+
+// brokerProc is the embedded broker run in a process of its own
+// (TestBenchBroker), as a Kafka cluster reached with --brokers would be, so
+// that a benchmark can charge the broker's CPU apart from the pipeline's.
+//
+// Protocol: the child prints "addr <host:port>" once started; on "cpu" it
+// replies "cpu <ns>", its CPU time so far.
+type brokerProc struct{ *loader }
+
+func startBrokerProc(tb testing.TB) (*brokerProc, []string) {
+	tb.Helper()
+	l := startHelperProc(tb, "TestBenchBroker", "AUTHPIPE_BENCH_BROKER_CHILD=1")
+	return &brokerProc{l}, l.call(tb, "addr", "hello")
+}
+
+// cpu returns the broker process's CPU time so far.
+func (b *brokerProc) cpu(tb testing.TB) time.Duration {
+	f := b.call(tb, "cpu", "cpu")
+	ns, _ := strconv.ParseInt(f[0], 10, 64)
+	return time.Duration(ns)
+}
+
+// TestBenchBroker is the broker process of startBrokerProc; it does nothing
+// unless started by it.
+func TestBenchBroker(t *testing.T) {
+	if os.Getenv("AUTHPIPE_BENCH_BROKER_CHILD") != "1" {
+		t.Skip("broker process for the pipeline benchmarks")
+	}
+	cfg := BrokerConfig{Addr: "127.0.0.1:0", MinSessionTimeout: 100 * time.Millisecond}
+	if n, err := strconv.ParseInt(os.Getenv("AUTHPIPE_BENCH_SEGMENT"), 10, 64); err == nil {
+		cfg.SegmentBytes = n
+	}
+	br, err := StartBroker(cfg)
+	if err != nil {
+		fmt.Fprintf(os.Stdout, "error %v\n", err)
+		t.Fatal(err)
+	}
+	defer br.Close()
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		switch sc.Text() {
+		case "hello":
+			fmt.Fprintf(os.Stdout, "addr %s\n", strings.Join(br.Addrs(), " "))
+		case "cpu":
+			fmt.Fprintf(os.Stdout, "cpu %d\n", int64(selfCPU()))
+		}
+	}
 }

@@ -50,6 +50,7 @@ type Engine struct {
 	dkim       dkim.Verifier
 	arc        arc.Validator
 	dmarc      dmarc.Evaluator
+	helpers    *helpers
 }
 
 // Option configures an Engine.
@@ -132,6 +133,7 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 		now:        time.Now,
 		authservID: "authpipe",
 		dnsBudget:  10 * time.Second,
+		helpers:    newHelpers(helperIdle),
 	}
 	for _, o := range opts {
 		o(e)
@@ -191,8 +193,9 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	// SPF, DKIM and ARC are independent; run them side by side so the
 	// message waits for the slowest DNS chain, not the sum of them. DKIM
 	// stays on this goroutine: its RSA path is stack-hungry, and a fresh
-	// goroutine would pay for growing its stack on every message. ARC gets
-	// a goroutine only when there is a chain to validate.
+	// goroutine would pay for growing its stack on every message. SPF runs
+	// on a reused helper goroutine (helpers); ARC gets one only when there
+	// is a chain to validate.
 	var (
 		wg      sync.WaitGroup
 		spfRes  *verdict.SPF
@@ -200,10 +203,10 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 		arcRes  arc.Result
 	)
 	wg.Add(1)
-	go func() { defer wg.Done(); spfRes = e.checkSPF(ctx, env) }()
+	e.helpers.Go(func() { defer wg.Done(); spfRes = e.checkSPF(ctx, env) })
 	if len(msg.FieldsByKey("arc-seal")) > 0 {
 		wg.Add(1)
-		go func() { defer wg.Done(); arcRes = e.arc.Validate(ctx, msg) }()
+		e.helpers.Go(func() { defer wg.Done(); arcRes = e.arc.Validate(ctx, msg) })
 	} else {
 		arcRes = e.arc.Validate(ctx, msg) // no chain: returns none without DNS
 	}
