@@ -64,6 +64,9 @@ func checkVerdictJSON(t *testing.T, v *Verdict) {
 var jsonSpecialStrings = []string{
 	"", "plain", `quote " backslash \ slash /`, "<script>&amp;</script>", "ctl \x00\x01\b\f\n\r\t\x1f\x7f",
 	"utf8 é ü 日本", "bad \xff\xfe utf8 \xc3", "sep \u2028 \u2029", "emoji 😀", string([]byte{0xe2, 0x80}),
+	// Escapes after runs of safe text, at every offset modulo 8.
+	"mx.example; dkim=pass header.d=example.com\"x1<x12>x123&x1234\\x12345\nx123456\x7fx1234567\xffz",
+	"abcdefgh\u2028abcdefghijklmno\x00abcdefg\xc3\xa9abcdefgh",
 }
 
 // TestJSONMatchesReflection: every field set, every field empty, and
