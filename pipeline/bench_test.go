@@ -84,7 +84,18 @@ const signedDistinct = 1024
 // of this process / wall time); ratio is the per-core ratio, messages per
 // CPU-second of the pipeline over that of the engine (the target,
 // ≥ 0.8); wall-ratio is the plain rate ratio, which on a shared 2-core
-// machine also depends on what else runs (the load driver included).
+// machine also depends on what else runs (the load driver included);
+// overhead-µs/msg is this process's CPU a message beyond the engine's.
+//
+// Knobs (environment): AUTHPIPE_BENCH_BROKER=process runs the broker in a
+// process of its own (TestBenchBroker), as a cluster reached with --brokers
+// would be, and reports its CPU as broker-µs/msg; AUTHPIPE_BENCH_SEGMENT
+// sets its segment size and AUTHPIPE_BENCH_DATADIR=1 puts it on disk;
+// AUTHPIPE_BENCH_CODEC and AUTHPIPE_BENCH_LOADER_CODEC (none, snappy, lz4,
+// zstd) choose the compression of the verdicts and of mail.raw;
+// AUTHPIPE_BENCH_DELIVERY, AUTHPIPE_BENCH_BATCH and
+// AUTHPIPE_BENCH_BATCH_RECORDS set the delivery mode, batch interval and
+// batch size; AUTHPIPE_BENCH_PROFILE writes a CPU profile per phase.
 func BenchmarkPipelineVsEngine(b *testing.B) {
 	const n = 20000
 	const conc = 256

@@ -28,7 +28,7 @@ import (
 // second pass over the same corpus finds them cached. It reports both
 // rates and cold/warm (target ≥ 0.5). DNS latency is hidden by keeping
 // many messages in flight, not by more cores: AUTHPIPE_BENCH_INFLIGHT
-// (default 1024) sets how many.
+// (default 1024) sets how many, AUTHPIPE_BENCH_BATCH the batch interval.
 //
 // AUTHPIPE_BENCH_COLD_PER_DOMAIN (default 1) sets how many messages each
 // fresh domain sends: 1 is the worst case (every message misses three
@@ -77,6 +77,7 @@ func BenchmarkPipelineColdCache(b *testing.B) {
 	dir := b.TempDir()
 	cfg := testConfig(brokers, "bench-cold")
 	cfg.MaxInFlight = inflight
+	cfg.BatchInterval = benchDuration("AUTHPIPE_BENCH_BATCH", cfg.BatchInterval)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	_, done := runPipeline(b, ctx, cfg, e)

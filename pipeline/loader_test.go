@@ -284,6 +284,9 @@ func TestBenchBroker(t *testing.T) {
 	if n, err := strconv.ParseInt(os.Getenv("AUTHPIPE_BENCH_SEGMENT"), 10, 64); err == nil {
 		cfg.SegmentBytes = n
 	}
+	if os.Getenv("AUTHPIPE_BENCH_DATADIR") == "1" {
+		cfg.DataDir = t.TempDir()
+	}
 	br, err := StartBroker(cfg)
 	if err != nil {
 		fmt.Fprintf(os.Stdout, "error %v\n", err)
