@@ -31,8 +31,8 @@ func newBatchAggregates() *batchAggregates {
 }
 
 // add counts v; verdicts without a DMARC policy are not reportable and
-// are skipped.
-// The row is built outside the lock; the lock covers the count only.
+// are skipped. The row is built outside the lock, which covers the count
+// only.
 func (b *batchAggregates) add(v *verdict.Verdict) error {
 	var buf [256]byte
 	r, err := reportgen.VerdictRowOf(v, buf[:0])

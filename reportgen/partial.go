@@ -173,8 +173,8 @@ var ErrNoPolicy = errors.New("reportgen: verdict has no DMARC policy")
 
 // Aggregator accumulates verdicts into partial aggregates in memory. It is
 // not safe for concurrent use: callers that share one compute each
-// verdict's VerdictRow (VerdictRowOf, safe to run concurrently) outside their lock and
-// hold it only for AddRow.
+// verdict's VerdictRow (VerdictRowOf, safe to run concurrently) outside
+// their lock and hold it only for AddRow.
 type Aggregator struct {
 	wins map[Window]*aggWindow
 	buf  []byte
@@ -182,23 +182,23 @@ type Aggregator struct {
 
 type aggWindow struct {
 	policy PolicyPublished
-	rows   map[string]*uint64 // a pointer, so a repeated row counts without a map assignment (and its key conversion)
+	rows   map[string]*uint64 // pointers: a repeated row counts without a map assignment and its key copy
 	msgs   uint64
 }
 
 // NewAggregator returns an empty Aggregator.
 func NewAggregator() *Aggregator { return &Aggregator{wins: map[Window]*aggWindow{}} }
 
-// VerdictRow is where one verdict counts: its window, the policy it was evaluated
-// under and its row key (RowKey.AppendBinary).
+// VerdictRow is where one verdict counts: its window, the policy it was
+// evaluated under and its row key (RowKey.AppendBinary).
 type VerdictRow struct {
 	Window Window
 	Policy PolicyPublished
 	Key    []byte
 }
 
-// VerdictRowOf returns v's VerdictRow, its key appended to buf. Verdicts without a DMARC
-// policy give ErrNoPolicy.
+// VerdictRowOf returns v's VerdictRow, its key appended to buf. Verdicts
+// without a DMARC policy give ErrNoPolicy.
 func VerdictRowOf(v *verdict.Verdict, buf []byte) (VerdictRow, error) {
 	if v == nil || v.DMARC == nil || v.DMARC.Policy == nil || v.DMARC.PolicyDomain == "" {
 		return VerdictRow{}, ErrNoPolicy
