@@ -302,7 +302,7 @@ func (k *KeyFetcher) Fetch(ctx context.Context, domain, selector string) (*Publi
 			return e.key, e.err
 		}
 	}
-	key, err, ttl := k.lookup(ctx, domain, selector, now)
+	key, ttl, err := k.lookup(ctx, domain, selector, now)
 	if ttl > 0 && k.MaxEntries >= 0 && (err == nil || !IsTemporary(err)) {
 		exp := now().Add(ttl)
 		if key != nil {
@@ -346,9 +346,9 @@ func (k *KeyFetcher) Len() int {
 	return len(k.entries)
 }
 
-func (k *KeyFetcher) lookup(ctx context.Context, domain, selector string, now func() time.Time) (*PublicKey, error, time.Duration) {
-	fail := func(temp bool, reason string, err error) (*PublicKey, error, time.Duration) {
-		return nil, &KeyError{Domain: domain, Selector: selector, Temp: temp, Reason: reason, Err: err}, 0
+func (k *KeyFetcher) lookup(ctx context.Context, domain, selector string, now func() time.Time) (*PublicKey, time.Duration, error) {
+	fail := func(temp bool, reason string, err error) (*PublicKey, time.Duration, error) {
+		return nil, 0, &KeyError{Domain: domain, Selector: selector, Temp: temp, Reason: reason, Err: err}
 	}
 	if k.Resolver == nil {
 		return fail(true, "key unavailable", errors.New("no resolver configured"))
@@ -370,14 +370,14 @@ func (k *KeyFetcher) lookup(ctx context.Context, domain, selector string, now fu
 		if ans.NXDomain() {
 			what = "no key for signature (NXDOMAIN)"
 		}
-		_, e, _ := fail(false, what, nil)
-		return nil, e, ttl
+		_, _, e := fail(false, what, nil)
+		return nil, ttl, e
 	}
 	var firstErr error
 	for _, txt := range ans.TXT {
 		key, err := ParseKeyRecord(txt)
 		if err == nil {
-			return key, nil, ttl
+			return key, ttl, nil
 		}
 		if firstErr == nil {
 			firstErr = err
@@ -385,5 +385,5 @@ func (k *KeyFetcher) lookup(ctx context.Context, domain, selector string, now fu
 	}
 	ke := firstErr.(*KeyError)
 	ke.Domain, ke.Selector = domain, selector
-	return nil, ke, ttl
+	return nil, ttl, ke
 }

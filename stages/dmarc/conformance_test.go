@@ -343,7 +343,7 @@ func loadSyntax(t testing.TB) *syntaxSuite {
 func uris(us []URI) []syntaxURI {
 	var out []syntaxURI
 	for _, u := range us {
-		out = append(out, syntaxURI{Address: u.Address, MaxSize: u.MaxSize, Unit: u.Unit})
+		out = append(out, syntaxURI(u))
 	}
 	return out
 }
