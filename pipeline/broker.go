@@ -30,8 +30,9 @@ type BrokerConfig struct {
 	// Both are enforced every RetentionCheck (default 5 minutes, Kafka's
 	// log.retention.check.interval.ms). Without a DataDir the topics live
 	// in this process's memory, about 0.8 KiB per verified message (input,
-	// verdict, aggregates, compressed), so these bound its growth; with one
-	// they bound the disk.
+	// verdict, aggregates, compressed), so these bound its growth (plus up
+	// to two segments a partition: see SegmentBytes); with one they bound
+	// the disk.
 	Retention      time.Duration
 	RetentionBytes int64
 	RetentionCheck time.Duration
@@ -39,7 +40,8 @@ type BrokerConfig struct {
 	// segment (Kafka's log.segment.bytes; default DefaultSegmentBytes).
 	// Retention advances a partition's start batch by batch but frees
 	// storage a whole segment at a time, so a partition holds up to one
-	// segment more than RetentionBytes.
+	// segment more than RetentionBytes, and without a DataDir the segment
+	// being filled may have as much again allocated ahead.
 	SegmentBytes int64
 }
 
