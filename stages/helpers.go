@@ -47,6 +47,7 @@ func (h *helpers) loop(f func()) {
 	defer idle.Stop()
 	for {
 		f()
+		f = nil // do not keep the last message's closure alive while idle
 		idle.Reset(h.idle)
 		select {
 		case f = <-h.work:
