@@ -1,0 +1,89 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/authpipe/authpipe/resolvercache"
+	"github.com/authpipe/authpipe/stages"
+)
+
+// BenchmarkPipelineSlowDNS measures what a few messages whose DNS never
+// answers do to everyone else's throughput. The corpus is
+// BenchmarkPipelineVsEngine's, warm; in the slow pass, one message in
+// AUTHPIPE_BENCH_SLOW_EVERY (default 100) has a MAIL FROM domain of its own
+// whose SPF record lookup times out (1 s per attempt, one retry, as the
+// benchmark's client is configured), so its verdict takes about 2 s.
+//
+// A batch commits only when all its messages are done (their offsets and
+// verdicts go into one transaction), so each batch that holds a slow
+// message waits for it: slow-msgs/s over clean-msgs/s (slow/clean) shows
+// how much. It reports both rates and their ratio.
+func BenchmarkPipelineSlowDNS(b *testing.B) {
+	const n = 10000
+	every := 100
+	if v, err := strconv.Atoi(envOr("AUTHPIPE_BENCH_SLOW_EVERY", "")); err == nil && v > 0 {
+		every = v
+	}
+	brokers := benchBroker(b).Addrs()
+	dns := startTestDNS(b)
+	msgs := signedCorpus(b, dns, n)
+	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dns.Addr), resolvercache.WithTimeout(time.Second))
+	if err != nil {
+		b.Fatal(err)
+	}
+	res, err := resolvercache.NewCache(c)
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := stages.New(res)
+	createTopics(b, brokers, 4)
+	ld := startLoader(b, brokers)
+	dir := b.TempDir()
+	clean := writeCorpusFile(b, dir, msgs)
+	slowMsgs := make([]testMsg, n)
+	copy(slowMsgs, msgs)
+	cfg := testConfig(brokers, "bench-slow")
+	cfg.MaxInFlight = 1024
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, done := runPipeline(b, ctx, cfg, e)
+	ld.load(b, clean)
+	ld.run(b, n) // warm the cache and join the group
+
+	var cleanDur, slowDur time.Duration
+	b.ResetTimer()
+	for iter := range b.N {
+		b.StopTimer()
+		for i := range slowMsgs {
+			slowMsgs[i].key = fmt.Sprintf("slow%d-%d", iter, i)
+			if i%every == every-1 {
+				d := fmt.Sprintf("timeout%d-%d.example", iter, i)
+				dns.AddTimeout(d)
+				slowMsgs[i].env.MailFrom = "bounce@" + d
+			}
+		}
+		slow := writeCorpusFile(b, dir, slowMsgs)
+		b.StartTimer()
+		ld.load(b, clean)
+		wall, _ := ld.run(b, n)
+		cleanDur += wall
+		ld.load(b, slow)
+		wall, _ = ld.run(b, n)
+		slowDur += wall
+	}
+	b.StopTimer()
+	cleanRate := float64(n*b.N) / cleanDur.Seconds()
+	slowRate := float64(n*b.N) / slowDur.Seconds()
+	b.ReportMetric(cleanRate, "clean-msgs/s")
+	b.ReportMetric(slowRate, "slow-msgs/s")
+	b.ReportMetric(slowRate/cleanRate, "slow/clean")
+	b.ReportMetric(0, "ns/op")
+	cancel()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+}
