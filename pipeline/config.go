@@ -93,6 +93,41 @@ type Config struct {
 	RebalanceTimeout time.Duration
 	// TransactionTimeout is the broker-side transaction timeout (default 60s).
 	TransactionTimeout time.Duration
+
+	// RetryTopic and StragglerWait keep one slow message from holding the
+	// stream. A batch commits only when every message in it is done, so a
+	// message whose DNS never answers (seconds, up to the engine's DNS
+	// budget) would stop all progress for that long. With both set, a batch
+	// that has stopped taking records waits at most StragglerWait for the
+	// messages still being verified; each of those is then written to
+	// RetryTopic as it came (key, value, envelope headers, plus header
+	// authpipe.deferred with the number of deferrals), in the batch's
+	// transaction, and its verification is cancelled. A second pipeline
+	// reading RetryTopic, with RetryTopic "" (wait for every message), gives
+	// them their verdicts; exactly once still holds, since each input
+	// record yields one committed verdict, DLQ record or deferral. Default
+	// "" and 0: every message is waited for.
+	RetryTopic    string
+	StragglerWait time.Duration
+}
+
+// RetryStage returns the configuration of the pipeline that reads c's
+// RetryTopic: the same topics and bounds otherwise, its own group
+// (c.Group + "-retry") and transactional ID (+ "-retry"), a quarter of the
+// in-flight bounds (deferred messages are few, and slow on DNS rather than
+// CPU), and no deferral of its own: it waits for every message, bounded by
+// the engine's DNS budget.
+func RetryStage(c Config) Config {
+	r := c
+	r.InputTopic = c.RetryTopic
+	r.Group = c.Group + "-retry"
+	r.TransactionalID = c.TransactionalID + "-retry"
+	r.MaxInFlight = max(c.MaxInFlight/4, 16)
+	r.MaxInFlightBytes = max(c.MaxInFlightBytes/4, int64(c.MaxMessageBytes))
+	r.BatchMaxRecords = 16 * r.MaxInFlight
+	r.RetryTopic, r.StragglerWait = "", 0
+	r.SkipCreateTopics = true // the first stage creates them, RetryTopic included
+	return r
 }
 
 // Defaults returns the default configuration.
@@ -174,6 +209,10 @@ func (c Config) withDefaults(hostname string) (Config, error) {
 		c.TransactionTimeout = d.TransactionTimeout
 	}
 	switch {
+	case (c.RetryTopic == "") != (c.StragglerWait <= 0):
+		return c, fmt.Errorf("pipeline: RetryTopic %q and StragglerWait %s: set both (deferral on) or neither", c.RetryTopic, c.StragglerWait)
+	case c.RetryTopic != "" && (c.RetryTopic == c.InputTopic || c.RetryTopic == c.VerdictTopic || c.RetryTopic == c.DLQTopic || c.RetryTopic == c.AggregateTopic):
+		return c, fmt.Errorf("pipeline: RetryTopic %q must differ from the input, verdict, DLQ and aggregate topics", c.RetryTopic)
 	case c.Delivery != ExactlyOnce && c.Delivery != AtLeastOnce:
 		return c, fmt.Errorf("pipeline: delivery %q: want %q or %q", c.Delivery, ExactlyOnce, AtLeastOnce)
 	case c.MaxInFlight < 0 || c.MaxInFlightBytes < 0 || c.MaxMessageBytes < 0 || c.BatchMaxRecords < 0:
@@ -212,6 +251,9 @@ type MemoryBudget struct {
 	// Aggregates bounds a batch's partial aggregates: at most one row per
 	// record of the batch, aggregateRowBytes each.
 	Aggregates int64
+	// Retry is the retry stage's share (RetryStage: its in-flight, work,
+	// fetch, produce and aggregate terms) when c defers stragglers.
+	Retry int64
 	// GCHeadroom multiplies the live total: with GOGC=100 the heap grows
 	// to twice the live heap before a collection (set GOMEMLIMIT to the
 	// Total to hold it there under pressure).
@@ -241,7 +283,11 @@ func MemoryBound(c Config, dnsCacheBytes int64) MemoryBudget {
 		Aggregates: int64(c.BatchMaxRecords) * aggregateRowBytes,
 		GCHeadroom: 2,
 	}
-	b.Total = int64(b.GCHeadroom * float64(b.InFlight+b.Work+b.Fetch+b.Produce+b.DNSCache+b.Aggregates))
+	if c.RetryTopic != "" {
+		r := MemoryBound(RetryStage(c), 0)
+		b.Retry = r.InFlight + r.Work + r.Fetch + r.Produce + r.Aggregates
+	}
+	b.Total = int64(b.GCHeadroom * float64(b.InFlight+b.Work+b.Fetch+b.Produce+b.DNSCache+b.Aggregates+b.Retry))
 	return b
 }
 

@@ -146,8 +146,11 @@ func (p *Pipeline) ensureTopics(ctx context.Context) error {
 	defer cl.Close()
 	maxBytes := strconv.Itoa(p.cfg.MaxMessageBytes + 1<<20)
 	cfg := map[string]*string{"max.message.bytes": &maxBytes}
-	if err := EnsureTopics(ctx, cl, p.cfg.Partitions, p.cfg.ReplicationFactor, cfg,
-		p.cfg.InputTopic, p.cfg.VerdictTopic, p.cfg.DLQTopic, p.cfg.AggregateTopic); err != nil {
+	topics := []string{p.cfg.InputTopic, p.cfg.VerdictTopic, p.cfg.DLQTopic, p.cfg.AggregateTopic}
+	if p.cfg.RetryTopic != "" {
+		topics = append(topics, p.cfg.RetryTopic)
+	}
+	if err := EnsureTopics(ctx, cl, p.cfg.Partitions, p.cfg.ReplicationFactor, cfg, topics...); err != nil {
 		return fmt.Errorf("pipeline: %w", err)
 	}
 	return nil

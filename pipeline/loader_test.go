@@ -29,9 +29,13 @@ import (
 // Protocol on the child's stdin/stdout, one line each:
 //
 //	load <file>   → ok            read a corpus written by writeCorpusFile
-//	run <count>   → done <cpu-ns> produce the first count messages to
+//	run <count> [<early>]
+//	              → done <cpu-ns> <early-ns>
+//	                              produce the first count messages to
 //	                              mail.raw, wait until count more verdicts
-//	                              are visible read_committed on mail.verdicts
+//	                              are visible read_committed on mail.verdicts;
+//	                              early-ns is when early of them were (default
+//	                              count)
 
 // loaderRec is one mail.raw record in a corpus file.
 type loaderRec struct {
@@ -143,6 +147,17 @@ func (l *loader) run(tb testing.TB, n int) (wall, cpu time.Duration) {
 	return wall, time.Duration(ns)
 }
 
+// runEarly is run that also returns how long the first early verdicts
+// took to be visible (the loader's clock, from just before producing).
+func (l *loader) runEarly(tb testing.TB, n, early int) (wall, earlyWall time.Duration) {
+	tb.Helper()
+	start := time.Now()
+	f := l.call(tb, "done", "run %d %d", n, early)
+	wall = time.Since(start)
+	ns, _ := strconv.ParseInt(f[1], 10, 64)
+	return wall, time.Duration(ns)
+}
+
 // TestBenchLoader is the load-driver process; it does nothing unless
 // started by startLoader.
 func TestBenchLoader(t *testing.T) {
@@ -207,11 +222,21 @@ func loaderMain(brokers []string, stdin io.Reader, stdout io.Writer) error {
 			}
 			fmt.Fprintln(stdout, "ok")
 		case "run":
-			n, err := strconv.Atoi(arg)
+			count, earlyArg, _ := strings.Cut(arg, " ")
+			n, err := strconv.Atoi(count)
 			if err != nil || n > len(recs) {
 				return fmt.Errorf("run %q: %d records loaded", arg, len(recs))
 			}
+			early := n
+			if earlyArg != "" {
+				if early, err = strconv.Atoi(earlyArg); err != nil || early > n {
+					return fmt.Errorf("run %q: bad early count", arg)
+				}
+			}
+			start := time.Now()
+			var earlyWall time.Duration
 			cpu0 := selfCPU()
+			earlyTarget := seen.Load() + int64(early)
 			target := seen.Load() + int64(n)
 			krecs := make([]*kgo.Record, n)
 			for i := range krecs {
@@ -222,9 +247,15 @@ func loaderMain(brokers []string, stdin io.Reader, stdout io.Writer) error {
 				return fmt.Errorf("produce: %w", err)
 			}
 			for seen.Load() < target {
+				if earlyWall == 0 && seen.Load() >= earlyTarget {
+					earlyWall = time.Since(start)
+				}
 				time.Sleep(time.Millisecond)
 			}
-			fmt.Fprintf(stdout, "done %d\n", int64(selfCPU()-cpu0))
+			if earlyWall == 0 {
+				earlyWall = time.Since(start)
+			}
+			fmt.Fprintf(stdout, "done %d %d\n", int64(selfCPU()-cpu0), int64(earlyWall))
 		default:
 			return fmt.Errorf("unknown command %q", cmd)
 		}

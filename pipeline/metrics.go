@@ -19,6 +19,7 @@ type Metrics struct {
 	batches    *prometheus.CounterVec
 	batchSize  prometheus.Histogram
 	retries    prometheus.Counter
+	deferred   prometheus.Counter
 	pausedTime prometheus.Counter
 
 	// The per-message collectors, resolved once: a label lookup hashes
@@ -29,46 +30,60 @@ type Metrics struct {
 
 type verdictLabel struct{ check, result string }
 
-// NewMetrics creates the collectors and registers them on reg (nil: not
-// registered, for tests that do not look).
+// NewMetrics creates the collectors, named authpipe_pipeline_*, and
+// registers them on reg (nil: not registered, for tests that do not look).
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	return newMetrics(reg, "authpipe_pipeline_")
+}
+
+// NewRetryMetrics is NewMetrics for the retry stage (RetryStage): the same
+// collectors, named authpipe_retry_*.
+func NewRetryMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	return newMetrics(reg, "authpipe_retry_")
+}
+
+func newMetrics(reg prometheus.Registerer, prefix string) (*Metrics, error) {
 	m := &Metrics{
 		verdicts: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "authpipe_pipeline_messages_total",
+			Name: prefix + "messages_total",
 			Help: "Messages verified, by check (spf, dkim, arc, dmarc) and result. A message with several DKIM signatures counts once per signature.",
 		}, []string{"check", "result"}),
 		dlq: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "authpipe_pipeline_dlq_total",
+			Name: prefix + "dlq_total",
 			Help: "Records sent to the dead-letter topic, by reason kind.",
 		}, []string{"kind"}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "authpipe_pipeline_in_flight_messages",
+			Name: prefix + "in_flight_messages",
 			Help: "Messages being verified now.",
 		}),
 		inFlightB: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "authpipe_pipeline_in_flight_bytes",
+			Name: prefix + "in_flight_bytes",
 			Help: "Bytes of the messages being verified now.",
 		}),
 		stage: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name:    "authpipe_pipeline_stage_seconds",
+			Name:    prefix + "stage_seconds",
 			Help:    "Latency per pipeline stage: decode, verify, encode, commit (end of a batch: flush, offsets, transaction).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}, []string{"stage"}),
 		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "authpipe_pipeline_batches_total",
+			Name: prefix + "batches_total",
 			Help: "Batches ended, by outcome: committed, aborted (the records are redone).",
 		}, []string{"outcome"}),
 		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "authpipe_pipeline_batch_records",
+			Name:    prefix + "batch_records",
 			Help:    "Records per batch (transaction or offset commit).",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 9),
 		}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "authpipe_pipeline_temperror_retries_total",
+			Name: prefix + "temperror_retries_total",
 			Help: "Verifications repeated because the verdict held a temperror.",
 		}),
+		deferred: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: prefix + "deferred_total",
+			Help: "Messages written to the retry topic because their verification outlasted the straggler wait.",
+		}),
 		pausedTime: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "authpipe_pipeline_backpressure_seconds_total",
+			Name: prefix + "backpressure_seconds_total",
 			Help: "Time spent not fetching because the in-flight bounds were reached.",
 		}),
 	}
@@ -77,7 +92,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m.encodeObs = m.stage.WithLabelValues("encode")
 	m.commitObs = m.stage.WithLabelValues("commit")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.verdicts, m.dlq, m.inFlight, m.inFlightB, m.stage, m.batches, m.batchSize, m.retries, m.pausedTime} {
+		for _, c := range []prometheus.Collector{m.verdicts, m.dlq, m.inFlight, m.inFlightB, m.stage, m.batches, m.batchSize, m.retries, m.deferred, m.pausedTime} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

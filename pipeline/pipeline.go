@@ -14,6 +14,15 @@
 // records, waits for its in-flight work to finish, and commits. Only
 // finished work is ever committed.
 //
+// One message whose DNS never answers would hold its batch, and so the
+// whole stream, for seconds. With Config.RetryTopic and
+// Config.StragglerWait set, a batch waits at most StragglerWait for its
+// last messages; those still being verified are written to RetryTopic in
+// the batch (and their verifications cancelled), and a second pipeline
+// reading RetryTopic gives them their verdicts (RetryStage builds its
+// configuration). Each input record still yields exactly one of: a
+// verdict, a DLQ record, a deferral.
+//
 // With ExactlyOnce (the default) a batch is a Kafka transaction (KIP-98)
 // opened with kgo.GroupTransactSession: the verdicts, the DLQ records and
 // the batch's input offsets (KIP-447, RequireStableFetchOffsets, input read
@@ -49,8 +58,9 @@
 // left uncommitted) and redone by the next owner.
 //
 // DNS failures do not stall the stream: the engine bounds each message's
-// DNS time and reports temperror; Config.RetryTemperror optionally
-// re-verifies such a message after Config.RetryDelay before emitting it.
+// DNS time and reports temperror (and slow messages can be deferred, as
+// above); Config.RetryTemperror optionally re-verifies such a message after
+// Config.RetryDelay before emitting it.
 package pipeline
 
 import (
@@ -215,6 +225,11 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 	var deadline time.Time
 	began := false
 	idleGap := batchIdleGap(p.cfg.BatchInterval)
+	// work is the context of this batch's verifications: hard, also ended
+	// when stragglers are deferred (deferStragglers).
+	work, cancelWork := context.WithCancel(hard)
+	defer cancelWork()
+	var tasks []*recordTask
 	for n < p.cfg.BatchMaxRecords {
 		pctx, cancel := ctx, context.CancelFunc(func() {})
 		if began {
@@ -255,12 +270,14 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 			n++
 			size := int64(len(r.Value))
 			start := time.Now()
+			t := &recordTask{r: r}
+			tasks = append(tasks, t)
 			blocked, err := pool.Go(hard, size, func() {
 				p.metrics.inFlight.Inc()
 				p.metrics.inFlightB.Add(float64(size))
 				defer p.metrics.inFlight.Dec()
 				defer p.metrics.inFlightB.Sub(float64(size))
-				p.handle(hard, st, r, aggs, fail)
+				p.handle(work, st, t, aggs, fail)
 			})
 			if blocked {
 				p.metrics.pausedTime.Add(time.Since(start).Seconds())
@@ -276,6 +293,9 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 	}
 	if !began {
 		return false, 0, nil
+	}
+	if p.cfg.RetryTopic != "" && hard.Err() == nil {
+		p.deferStragglers(ctx, st, pool, tasks, cancelWork, fail)
 	}
 	pool.Wait()
 	p.metrics.batchSize.Observe(float64(n))
@@ -318,22 +338,101 @@ func batchIdleGap(interval time.Duration) time.Duration {
 	return max(min(interval/10, 20*time.Millisecond), time.Millisecond)
 }
 
+// recordTask is one record of a batch being handled. Its state moves once, from
+// taskRunning to taskDone (handle emits its verdict or DLQ record) or to
+// taskDeferred (deferStragglers writes it to RetryTopic); whichever moves
+// it writes the record's one output.
+type recordTask struct {
+	r     *kgo.Record
+	state atomic.Int32
+}
+
+const (
+	taskRunning int32 = iota
+	taskDone
+	taskDeferred
+)
+
+func (t *recordTask) claim() bool { return t.state.CompareAndSwap(taskRunning, taskDone) }
+
+// HeaderDeferred is set on a record written to RetryTopic: how many times
+// the message has been deferred.
+const HeaderDeferred = "authpipe.deferred"
+
+// deferStragglers waits up to StragglerWait for the batch's work; the
+// messages still being verified then go to RetryTopic (in the batch's
+// stream) and their verifications are cancelled, so the batch can commit.
+func (p *Pipeline) deferStragglers(ctx context.Context, st stream, pool *Pool, tasks []*recordTask, cancelWork context.CancelFunc, fail func(error)) {
+	done := make(chan struct{})
+	go func() { pool.Wait(); close(done) }()
+	timer := time.NewTimer(p.cfg.StragglerWait)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return
+	case <-timer.C:
+	}
+	deferred := 0
+	for _, t := range tasks {
+		if !t.state.CompareAndSwap(taskRunning, taskDeferred) {
+			continue
+		}
+		deferred++
+		out := p.retryRecord(t.r)
+		st.produce(context.WithoutCancel(ctx), out, func(_ *kgo.Record, err error) {
+			if err != nil {
+				fail(fmt.Errorf("pipeline: produce to %s: %w", out.Topic, err))
+			}
+		})
+	}
+	cancelWork()
+	if deferred > 0 {
+		p.metrics.deferred.Add(float64(deferred))
+		p.log.Debug("deferred slow messages", "topic", p.cfg.RetryTopic, "messages", deferred, "after", p.cfg.StragglerWait)
+	}
+	<-done
+}
+
+// retryRecord is r as written to RetryTopic: key, value, timestamp and
+// headers kept, HeaderDeferred set to one more than r's.
+func (p *Pipeline) retryRecord(r *kgo.Record) *kgo.Record {
+	hs := make([]kgo.RecordHeader, 0, len(r.Headers)+1)
+	times := 0
+	for _, h := range r.Headers {
+		if h.Key == HeaderDeferred {
+			times, _ = strconv.Atoi(string(h.Value))
+			continue
+		}
+		hs = append(hs, h)
+	}
+	hs = append(hs, kgo.RecordHeader{Key: HeaderDeferred, Value: []byte(strconv.Itoa(times + 1))})
+	return &kgo.Record{Topic: p.cfg.RetryTopic, Key: r.Key, Value: r.Value, Headers: hs, Timestamp: r.Timestamp}
+}
+
 // handle turns one input record into one output record: a verdict, or the
 // record itself with an error header for the DLQ.
-func (p *Pipeline) handle(ctx context.Context, st stream, r *kgo.Record, aggs *batchAggregates, fail func(error)) {
+func (p *Pipeline) handle(ctx context.Context, st stream, t *recordTask, aggs *batchAggregates, fail func(error)) {
+	r := t.r
 	start := time.Now()
 	in, err := Decode(r, p.cfg.MaxMessageBytes)
 	p.metrics.decodeObs.Observe(time.Since(start).Seconds())
 	var out *kgo.Record
 	var buf *[]byte // the verdict's encoding, reused once the record is produced
 	if err != nil {
+		if !t.claim() {
+			return
+		}
 		out = p.dlqRecord(r, err)
 	} else {
 		v := p.verify(ctx, in)
 		if ctx.Err() != nil {
-			// Past the grace period: the verdict may be a spurious
-			// temperror. The batch aborts; do not emit it.
-			fail(ctx.Err())
+			// Deferred (the record went to RetryTopic; deferStragglers
+			// marks it before it cancels), or past the grace period: the
+			// verdict may be a spurious temperror, so the batch aborts.
+			// Either way this verdict is not emitted.
+			if t.state.Load() != taskDeferred {
+				fail(ctx.Err())
+			}
 			return
 		}
 		v.Key = string(r.Key)
@@ -345,6 +444,10 @@ func (p *Pipeline) handle(ctx context.Context, st stream, r *kgo.Record, aggs *b
 			p.jsonBufs.Put(buf)
 			fail(fmt.Errorf("pipeline: encode verdict: %w", err))
 			return
+		}
+		if !t.claim() {
+			p.jsonBufs.Put(buf)
+			return // deferred while being encoded
 		}
 		p.metrics.countVerdict(v)
 		if err := aggs.add(v); err != nil {

@@ -158,6 +158,8 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	f.DurationVar(&rf.cfg.ShutdownGrace, "shutdown-grace", d.ShutdownGrace, "time in-flight messages get to finish at shutdown")
 	f.IntVar(&rf.cfg.RetryTemperror, "retry-temperror", 0, "re-verify a message with a temperror up to this many `times` before emitting its verdict")
 	f.DurationVar(&rf.cfg.RetryDelay, "retry-delay", d.RetryDelay, "wait before such a retry")
+	f.DurationVar(&rf.cfg.StragglerWait, "straggler-wait", 100*time.Millisecond, "how long a batch that has stopped taking records waits for its last messages; those still on DNS then go to --retry-topic, where a second stage of this process gives them their verdicts, so one slow DNS answer does not hold the stream (0: wait for every message, no retry stage)")
+	f.StringVar(&rf.cfg.RetryTopic, "retry-topic", "mail.raw.retry", "`topic` of the messages deferred by --straggler-wait")
 	f.DurationVar(&rf.cfg.SessionTimeout, "session-timeout", d.SessionTimeout, "consumer group session timeout")
 	f.DurationVar(&rf.cfg.RebalanceTimeout, "rebalance-timeout", d.RebalanceTimeout, "consumer group rebalance timeout")
 	f.DurationVar(&rf.cfg.TransactionTimeout, "transaction-timeout", d.TransactionTimeout, "broker-side transaction timeout")
@@ -190,6 +192,14 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	}
 	cfg := rf.cfg
 	cfg.Delivery = pipeline.Delivery(rf.delivery)
+	switch {
+	case cfg.StragglerWait < 0:
+		return usagef("--straggler-wait must not be negative, got %s", cfg.StragglerWait)
+	case cfg.StragglerWait == 0:
+		cfg.RetryTopic = "" // no deferral, no retry stage
+	case cfg.RetryTopic == "":
+		return usagef("--retry-topic is empty: set it, or --straggler-wait 0 to wait for every message")
+	}
 	cfg.SkipCreateTopics = !rf.createTopics
 	if cfg.MaxInFlight == 0 {
 		if rf.perCore <= 0 {
@@ -239,8 +249,10 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	// The reporter's client gets no kprom hooks (they register once per registry).
+	// The reporter's and the retry stage's clients get no kprom hooks
+	// (they register once per registry).
 	reportKopts := append(append([]kgo.Opt(nil), kopts...), kgo.WithLogger(kslog.New(kLog.With("component", "kafka-report"))))
+	retryKopts := append(append([]kgo.Opt(nil), kopts...), kgo.WithLogger(kslog.New(kLog.With("component", "kafka-retry"))))
 	kopts = append(kopts,
 		kgo.WithHooks(kprom.NewMetrics("authpipe_kafka", kprom.Registerer(reg), kprom.Gatherer(reg))),
 		kgo.WithLogger(kslog.New(kLog.With("component", "kafka"))))
@@ -276,12 +288,35 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	if err != nil {
 		return usageError{err}
 	}
+	// The retry stage: the messages the first stage deferred, waited for
+	// to the end (pipeline.RetryStage).
+	var retry *pipeline.Pipeline
+	if p.Config().RetryTopic != "" {
+		rm, err := pipeline.NewRetryMetrics(reg)
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		retry, err = pipeline.New(pipeline.RetryStage(p.Config()), engine, pipeline.WithLogger(log.With("stage", "retry")),
+			pipeline.WithMetrics(rm), pipeline.WithKafkaOpts(retryKopts...))
+		if err != nil {
+			return usageError{err}
+		}
+	}
+	verify := func(ctx context.Context) error {
+		if retry == nil {
+			return p.Run(ctx)
+		}
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error { return p.Run(gctx) })
+		g.Go(func() error { return retry.Run(gctx) })
+		return g.Wait()
+	}
 	restoreMemory, err := applyMemorySettings(rf, pipeline.MemoryBound(p.Config(), rf.dns.cacheBytes), os.Getenv, log)
 	if err != nil {
 		return err
 	}
 	defer restoreMemory()
-	ready := p.Ready
+	ready := func() bool { return p.Ready() && (retry == nil || retry.Ready()) }
 	var reportReady atomic.Bool
 	if rf.role == "report" {
 		ready = reportReady.Load
@@ -299,7 +334,7 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 		}()
 	}
 	if rf.role == "verify" {
-		return p.Run(ctx)
+		return verify(ctx)
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	closeStore, err := startReportRole(gctx, g, reportRole{
@@ -315,7 +350,7 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	defer closeStore()
 	reportReady.Store(true)
 	if rf.role == "all" {
-		g.Go(func() error { return p.Run(gctx) })
+		g.Go(func() error { return verify(gctx) })
 	}
 	return g.Wait()
 }

@@ -206,6 +206,10 @@ func TestRunEmbeddedProduceTail(t *testing.T) {
 	if !strings.Contains(string(metrics), "authpipe_kafka_") {
 		t.Error("no kprom metrics")
 	}
+	// The retry stage runs beside the first (--straggler-wait defaults on).
+	if !strings.Contains(string(metrics), "authpipe_retry_batches_total") && !strings.Contains(string(metrics), "authpipe_retry_in_flight_messages") {
+		t.Error("no retry-stage metrics (authpipe_retry_*)")
+	}
 	if code := stop(); code != 0 {
 		t.Fatalf("run exit %d:\n%s", code, logs)
 	}
@@ -314,16 +318,19 @@ func TestMemorySettings(t *testing.T) {
 	}
 }
 
-// TestRunBrokerFlagsChecked: embedded-broker sizes out of range are usage
-// errors, reported before anything starts.
+// TestRunBrokerFlagsChecked: embedded-broker sizes and straggler settings
+// out of range are usage errors, reported before anything starts.
 func TestRunBrokerFlagsChecked(t *testing.T) {
 	dir := t.TempDir()
 	for _, args := range [][]string{
 		{"--broker-retention", "0s"},
 		{"--broker-segment-bytes", "4096"},
+		{"--straggler-wait", "-1s"},
+		{"--retry-topic", ""},
+		{"--retry-topic", "mail.raw"},
 	} {
 		code, _, stderr := authpipe(t, "", append([]string{"run", "--listen", "127.0.0.1:0", "--data-dir", dir}, args...)...)
-		if code != exitUsage || !strings.Contains(stderr, args[0]) {
+		if code != exitUsage || !strings.Contains(stderr, strings.TrimPrefix(args[0], "--")) && !strings.Contains(stderr, "RetryTopic") {
 			t.Errorf("%v: exit %d, want %d; stderr %q", args, code, exitUsage, stderr)
 		}
 	}

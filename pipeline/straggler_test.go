@@ -1,0 +1,136 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// TestStragglersDeferred: messages whose DNS never answers (their MAIL
+// FROM domain times out: 2 × 150 ms in the test engine) are written to the
+// retry topic once a batch has waited StragglerWait for them, so batches
+// commit without them; a second pipeline on the retry topic gives them
+// their verdicts. Every message gets exactly one verdict, equal to the
+// engine's own.
+func TestStragglersDeferred(t *testing.T) {
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	e := testEngine(t, dns.Addr)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	msgs := corpus(400, "s")
+	slow := map[string]bool{}
+	for i := 7; i < len(msgs); i += 20 {
+		d := fmt.Sprintf("dead%d.example", i)
+		dns.AddTimeout(d)
+		msgs[i].env.MailFrom = "bounce@" + d
+		slow[msgs[i].key] = true
+	}
+	out := collect(t, brokers, "mail.verdicts")
+	retried := collect(t, brokers, "mail.raw.retry")
+
+	cfg := testConfig(brokers, "t-strag")
+	cfg.RetryTopic = "mail.raw.retry"
+	cfg.StragglerWait = 30 * time.Millisecond
+	retryCfg := testConfig(brokers, "t-strag-retry")
+	retryCfg.InputTopic = "mail.raw.retry"
+	retryCfg.Group = "authpipe-verify-retry"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, done := runPipeline(t, ctx, cfg, e)
+	_, retryDone := runPipeline(t, ctx, retryCfg, e)
+	produceCorpus(t, brokers, "mail.raw", msgs)
+
+	recs := out.waitCount(t, len(msgs), 60*time.Second)
+	// The dead domains' verdicts name the client's ephemeral port in
+	// their error text, so those are checked for exactly one temperror
+	// each; the others against the engine's own verdicts.
+	var fastMsgs []testMsg
+	var fastRecs []*kgo.Record
+	for _, m := range msgs {
+		if !slow[m.key] {
+			fastMsgs = append(fastMsgs, m)
+		}
+	}
+	slowSeen := map[string]int{}
+	for _, r := range recs {
+		if !slow[string(r.Key)] {
+			fastRecs = append(fastRecs, r)
+			continue
+		}
+		slowSeen[string(r.Key)]++
+		if v := decodeVerdict(t, r); v.SPF == nil || v.SPF.Result != "temperror" {
+			t.Errorf("verdict for %s: spf %+v, want temperror", r.Key, v.SPF)
+		}
+	}
+	for k := range slow {
+		if slowSeen[k] != 1 {
+			t.Errorf("message %s: %d verdicts, want 1", k, slowSeen[k])
+		}
+	}
+	checkVerdicts(t, e, fastMsgs, fastRecs)
+	deferred := retried.snapshot()
+	t.Logf("%d messages, %d with a dead domain, %d deferred", len(msgs), len(slow), len(deferred))
+	seen := map[string]bool{}
+	for _, r := range deferred {
+		if h := headerValue(r, HeaderDeferred); h != "1" {
+			t.Errorf("deferred record %s: %s = %q, want 1", r.Key, HeaderDeferred, h)
+		}
+		if headerValue(r, HeaderClientIP) == "" {
+			t.Errorf("deferred record %s lost its envelope headers", r.Key)
+		}
+		seen[string(r.Key)] = true
+	}
+	for k := range slow {
+		if !seen[k] {
+			t.Errorf("message %s (dead domain, 300 ms of DNS) was not deferred", k)
+		}
+	}
+	cancel()
+	for _, d := range []chan error{done, retryDone} {
+		if err := <-d; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestStragglerConfig: RetryTopic and StragglerWait go together, and the
+// retry topic is a topic of its own.
+func TestStragglerConfig(t *testing.T) {
+	for _, c := range []Config{
+		{RetryTopic: "mail.raw.retry"},
+		{StragglerWait: time.Second},
+		{RetryTopic: "mail.raw", StragglerWait: time.Second},
+		{RetryTopic: "mail.verdicts", StragglerWait: time.Second},
+	} {
+		if _, err := New(c, nil); err == nil {
+			t.Errorf("%+v: want an error", c)
+		}
+	}
+	p, err := New(Config{RetryTopic: "mail.raw.retry", StragglerWait: time.Second}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The retry stage's share is part of the stated memory bound.
+	with, without := MemoryBound(p.Config(), 64<<20), MemoryBound(Defaults(), 64<<20)
+	if with.Retry <= 0 || with.Total <= without.Total {
+		t.Errorf("bound with a retry stage %+v, without %+v", with, without)
+	}
+	r := RetryStage(p.Config())
+	if r.InputTopic != "mail.raw.retry" || r.RetryTopic != "" || r.StragglerWait != 0 || r.Group == p.Config().Group || r.TransactionalID == p.Config().TransactionalID {
+		t.Errorf("retry stage config %+v", r)
+	}
+}
+
+// headerValue is the value of r's header key, "" when absent.
+func headerValue(r *kgo.Record, key string) string {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
