@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -10,6 +11,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/authpipe/authpipe/stages"
+	"github.com/authpipe/authpipe/stages/verdict"
 )
 
 // TestMain lets the test binary re-execute itself as a pipeline process
@@ -31,16 +35,56 @@ func childMain() int {
 	cfg := testConfig(brokers, os.Getenv("AUTHPIPE_TEST_TXNID"))
 	cfg.MaxInFlight = 8
 	cfg.Delivery = Delivery(envOr("AUTHPIPE_TEST_DELIVERY", string(ExactlyOnce)))
-	p, err := New(cfg, &slowVerifier{Verifier: e, delay: delay}, WithKafkaOpts(testKafkaOpts()...))
+	var v Verifier = &slowVerifier{Verifier: e, delay: delay}
+	if wait, err := time.ParseDuration(os.Getenv("AUTHPIPE_TEST_STRAGGLER")); err == nil {
+		// Stragglers deferred to a retry stage in this process; one
+		// message in ten takes 200ms more.
+		cfg.RetryTopic, cfg.StragglerWait = "mail.raw.retry", wait
+		v = &tailVerifier{Verifier: v, delay: 200 * time.Millisecond}
+	}
+	p, err := New(cfg, v, WithKafkaOpts(testKafkaOpts()...))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	if err := p.Run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	run := []*Pipeline{p}
+	if cfg.RetryTopic != "" {
+		r, err := New(RetryStage(p.Config()), v, WithKafkaOpts(testKafkaOpts()...))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		run = append(run, r)
 	}
-	return 0
+	errc := make(chan error, len(run))
+	for _, p := range run {
+		go func() { errc <- p.Run(ctx) }()
+	}
+	code := 0
+	for range run {
+		if err := <-errc; err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	return code
+}
+
+// tailVerifier delays the messages whose body ends in 7 (one in ten of
+// corpus): the slow tail that straggler deferral is for.
+type tailVerifier struct {
+	Verifier
+	delay time.Duration
+}
+
+func (s *tailVerifier) Verify(ctx context.Context, raw []byte, env stages.Envelope) *verdict.Verdict {
+	if bytes.HasSuffix(raw, []byte("7\r\n")) {
+		select {
+		case <-time.After(s.delay):
+		case <-ctx.Done():
+		}
+	}
+	return s.Verifier.Verify(ctx, raw, env)
 }
 
 // startChild starts this test binary as a pipeline process.
