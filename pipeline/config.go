@@ -98,9 +98,10 @@ type Config struct {
 	// stream. A batch commits only when every message in it is done, so a
 	// message whose DNS never answers (seconds, up to the engine's DNS
 	// budget) would stop all progress for that long. With both set, a batch
-	// that has stopped taking records waits at most StragglerWait for the
-	// messages still being verified; each of those is then written to
-	// RetryTopic as it came (key, value, envelope headers, plus header
+	// that has stopped taking records waits for its last messages while
+	// they progress; once none has finished for StragglerWait (or after
+	// ten StragglerWaits in all), each message still being verified is
+	// written to RetryTopic as it came (key, value, envelope headers, plus header
 	// authpipe.deferred with the number of deferrals), in the batch's
 	// transaction, and its verification is cancelled. A second pipeline
 	// reading RetryTopic, with RetryTopic "" (wait for every message), gives

@@ -230,6 +230,7 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 	work, cancelWork := context.WithCancel(hard)
 	defer cancelWork()
 	var tasks []*recordTask
+	var finished atomic.Int64 // tasks whose handle returned, for deferStragglers
 	for n < p.cfg.BatchMaxRecords {
 		pctx, cancel := ctx, context.CancelFunc(func() {})
 		if began {
@@ -277,6 +278,7 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 				p.metrics.inFlightB.Add(float64(size))
 				defer p.metrics.inFlight.Dec()
 				defer p.metrics.inFlightB.Sub(float64(size))
+				defer finished.Add(1)
 				p.handle(work, st, t, aggs, fail)
 			})
 			if blocked {
@@ -295,7 +297,7 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 		return false, 0, nil
 	}
 	if p.cfg.RetryTopic != "" && hard.Err() == nil {
-		p.deferStragglers(ctx, st, pool, tasks, cancelWork, fail)
+		p.deferStragglers(ctx, st, pool, tasks, &finished, cancelWork, fail)
 	}
 	pool.Wait()
 	p.metrics.batchSize.Observe(float64(n))
@@ -355,22 +357,42 @@ const (
 
 func (t *recordTask) claim() bool { return t.state.CompareAndSwap(taskRunning, taskDone) }
 
+// stragglerMaxWaits bounds a batch's wait for its last messages at this
+// many StragglerWaits, however they progress.
+const stragglerMaxWaits = 10
+
 // HeaderDeferred is set on a record written to RetryTopic: how many times
 // the message has been deferred.
 const HeaderDeferred = "authpipe.deferred"
 
-// deferStragglers waits up to StragglerWait for the batch's work; the
-// messages still being verified then go to RetryTopic (in the batch's
-// stream) and their verifications are cancelled, so the batch can commit.
-func (p *Pipeline) deferStragglers(ctx context.Context, st stream, pool *Pool, tasks []*recordTask, cancelWork context.CancelFunc, fail func(error)) {
+// deferStragglers waits for the batch's work while it progresses. Once no
+// message has finished for StragglerWait (those left are waiting on DNS,
+// not on the CPUs), or after stragglerMaxWaits × StragglerWait in all, the
+// messages still being verified go to RetryTopic (in the batch's stream)
+// and their verifications are cancelled, so the batch can commit. Waiting
+// for progress rather than a fixed time keeps a slow but answering
+// resolver's messages in the stream, and defers only the ones stuck.
+func (p *Pipeline) deferStragglers(ctx context.Context, st stream, pool *Pool, tasks []*recordTask, finished *atomic.Int64, cancelWork context.CancelFunc, fail func(error)) {
 	done := make(chan struct{})
 	go func() { pool.Wait(); close(done) }()
-	timer := time.NewTimer(p.cfg.StragglerWait)
-	defer timer.Stop()
-	select {
-	case <-done:
-		return
-	case <-timer.C:
+	quiet := p.cfg.StragglerWait
+	tick := time.NewTicker(max(quiet/8, time.Millisecond))
+	defer tick.Stop()
+	start := time.Now()
+	last, lastAt := finished.Load(), start
+wait:
+	for {
+		select {
+		case <-done:
+			return
+		case now := <-tick.C:
+			if n := finished.Load(); n != last {
+				last, lastAt = n, now
+			}
+			if now.Sub(lastAt) >= quiet || now.Sub(start) >= stragglerMaxWaits*quiet {
+				break wait
+			}
+		}
 	}
 	deferred := 0
 	for _, t := range tasks {

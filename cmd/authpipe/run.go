@@ -158,7 +158,7 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	f.DurationVar(&rf.cfg.ShutdownGrace, "shutdown-grace", d.ShutdownGrace, "time in-flight messages get to finish at shutdown")
 	f.IntVar(&rf.cfg.RetryTemperror, "retry-temperror", 0, "re-verify a message with a temperror up to this many `times` before emitting its verdict")
 	f.DurationVar(&rf.cfg.RetryDelay, "retry-delay", d.RetryDelay, "wait before such a retry")
-	f.DurationVar(&rf.cfg.StragglerWait, "straggler-wait", 100*time.Millisecond, "how long a batch that has stopped taking records waits for its last messages; those still on DNS then go to --retry-topic, where a second stage of this process gives them their verdicts, so one slow DNS answer does not hold the stream (0: wait for every message, no retry stage)")
+	f.DurationVar(&rf.cfg.StragglerWait, "straggler-wait", 50*time.Millisecond, "when a batch that has stopped taking records sees none of its last messages finish for this long (at most ten times this in all), those still on DNS go to --retry-topic, where a second stage of this process gives them their verdicts, so one slow DNS answer does not hold the stream (0: wait for every message, no retry stage)")
 	f.StringVar(&rf.cfg.RetryTopic, "retry-topic", "mail.raw.retry", "`topic` of the messages deferred by --straggler-wait")
 	f.DurationVar(&rf.cfg.SessionTimeout, "session-timeout", d.SessionTimeout, "consumer group session timeout")
 	f.DurationVar(&rf.cfg.RebalanceTimeout, "rebalance-timeout", d.RebalanceTimeout, "consumer group rebalance timeout")
