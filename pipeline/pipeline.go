@@ -371,7 +371,8 @@ const HeaderDeferred = "authpipe.deferred"
 // messages still being verified go to RetryTopic (in the batch's stream)
 // and their verifications are cancelled, so the batch can commit. Waiting
 // for progress rather than a fixed time keeps a slow but answering
-// resolver's messages in the stream, and defers only the ones stuck.
+// resolver's traffic in the stream: only the last few messages of a batch,
+// once they stop finishing, are deferred.
 func (p *Pipeline) deferStragglers(ctx context.Context, st stream, pool *Pool, tasks []*recordTask, finished *atomic.Int64, cancelWork context.CancelFunc, fail func(error)) {
 	done := make(chan struct{})
 	go func() { pool.Wait(); close(done) }()
