@@ -16,9 +16,10 @@
 //
 // One message whose DNS never answers would hold its batch, and so the
 // whole stream, for seconds. With Config.RetryTopic and
-// Config.StragglerWait set, a batch waits at most StragglerWait for its
-// last messages; those still being verified are written to RetryTopic in
-// the batch (and their verifications cancelled), and a second pipeline
+// Config.StragglerWait set, a batch waits for its last messages only while
+// they keep finishing: once none has finished for StragglerWait, those
+// still being verified are written to RetryTopic in the batch (and their
+// verifications cancelled), and a second pipeline
 // reading RetryTopic gives them their verdicts (RetryStage builds its
 // configuration). Each input record still yields exactly one of: a
 // verdict, a DLQ record, a deferral.
