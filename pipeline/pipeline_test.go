@@ -58,18 +58,32 @@ func TestAtLeastOnceNInNOut(t *testing.T) {
 // again: a read_committed consumer still sees exactly one verdict per
 // message.
 func TestCrashRestart(t *testing.T) {
+	crashRestart(t, "crash", 3000, 500, nil)
+}
+
+// crashRestart produces n corpus messages, starts a pipeline process
+// (txnID, extraEnv), SIGKILLs it once minBefore verdicts are committed
+// and the condition watch returns holds (watch nil: none), restarts it,
+// and checks that every message then has exactly one verdict, equal to
+// the engine's.
+func crashRestart(t *testing.T, txnID string, n, minBefore int, watch func(brokers []string) func() bool, extraEnv ...string) {
+	t.Helper()
 	b := startTestBroker(t)
 	dns := startTestDNS(t)
 	e := testEngine(t, dns.Addr)
 	brokers := b.Addrs()
 	createTopics(t, brokers, 4)
-	msgs := corpus(3000, "c")
+	msgs := corpus(n, txnID[:1])
 	produceCorpus(t, brokers, "mail.raw", msgs)
 	out := collect(t, brokers, "mail.verdicts")
+	ready := func() bool { return true }
+	if watch != nil {
+		ready = watch(brokers)
+	}
 
-	child := startChild(t, brokers, dns.Addr, "crash")
+	child := startChild(t, brokers, dns.Addr, txnID, extraEnv...)
 	deadline := time.Now().Add(30 * time.Second)
-	for out.count() < 500 {
+	for out.count() < minBefore || !ready() {
 		if time.Now().After(deadline) {
 			t.Fatalf("only %d verdicts before the crash", out.count())
 		}
@@ -85,8 +99,8 @@ func TestCrashRestart(t *testing.T) {
 		t.Fatalf("the stream finished before the kill (%d verdicts); slow it down", before)
 	}
 
-	child = startChild(t, brokers, dns.Addr, "crash")
-	recs := out.waitCount(t, len(msgs), 60*time.Second)
+	child = startChild(t, brokers, dns.Addr, txnID, extraEnv...)
+	recs := out.waitCount(t, len(msgs), 90*time.Second)
 	checkVerdicts(t, e, msgs, recs)
 	stopChild(t, child)
 }

@@ -3,7 +3,6 @@ package pipeline
 import (
 	"context"
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 
@@ -138,40 +137,12 @@ func headerValue(r *kgo.Record, key string) string {
 
 // TestCrashRestartWithStragglers is TestCrashRestart with deferral on: one
 // message in ten outlasts the straggler wait and goes through the retry
-// stage. The process is SIGKILLed mid-stream and restarted; every message
-// still has exactly one verdict, equal to the engine's.
+// stage. The process is SIGKILLed mid-stream, once deferrals have been
+// committed, and restarted; every message still has exactly one verdict,
+// equal to the engine's.
 func TestCrashRestartWithStragglers(t *testing.T) {
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
-	msgs := corpus(2000, "k")
-	produceCorpus(t, brokers, "mail.raw", msgs)
-	out := collect(t, brokers, "mail.verdicts")
-	retried := collect(t, brokers, "mail.raw.retry")
-
-	env := "AUTHPIPE_TEST_STRAGGLER=20ms"
-	child := startChild(t, brokers, dns.Addr, "crash-strag", env)
-	deadline := time.Now().Add(30 * time.Second)
-	for out.count() < 300 || retried.count() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d verdicts and %d deferrals before the crash", out.count(), retried.count())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	_ = child.Wait()
-	before := out.count()
-	t.Logf("killed after %d committed verdicts, %d committed deferrals", before, retried.count())
-	if before >= len(msgs) {
-		t.Fatalf("the stream finished before the kill (%d verdicts); slow it down", before)
-	}
-	child = startChild(t, brokers, dns.Addr, "crash-strag", env)
-	recs := out.waitCount(t, len(msgs), 90*time.Second)
-	checkVerdicts(t, e, msgs, recs)
-	t.Logf("%d deferrals committed in all", retried.count())
-	stopChild(t, child)
+	crashRestart(t, "kcrash-strag", 2000, 300, func(brokers []string) func() bool {
+		retried := collect(t, brokers, "mail.raw.retry")
+		return func() bool { return retried.count() > 0 }
+	}, "AUTHPIPE_TEST_STRAGGLER=20ms")
 }
