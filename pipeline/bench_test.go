@@ -95,7 +95,9 @@ const signedDistinct = 1024
 // zstd) choose the compression of the verdicts and of mail.raw;
 // AUTHPIPE_BENCH_DELIVERY, AUTHPIPE_BENCH_BATCH and
 // AUTHPIPE_BENCH_BATCH_RECORDS set the delivery mode, batch interval and
-// batch size; AUTHPIPE_BENCH_PROFILE writes a CPU profile per phase.
+// batch size; AUTHPIPE_BENCH_STRAGGLER_WAIT turns straggler deferral on
+// with its retry stage (as `authpipe run` has it); AUTHPIPE_BENCH_PROFILE
+// writes a CPU profile per phase.
 func BenchmarkPipelineVsEngine(b *testing.B) {
 	const n = 20000
 	const conc = 256
@@ -132,7 +134,22 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	p, done := runPipeline(b, ctx, cfg, e, WithKafkaOpts(kgo.ProducerBatchCompression(benchCodec("AUTHPIPE_BENCH_CODEC")...)))
+	kopts := WithKafkaOpts(kgo.ProducerBatchCompression(benchCodec("AUTHPIPE_BENCH_CODEC")...))
+	if wait := benchDuration("AUTHPIPE_BENCH_STRAGGLER_WAIT", 0); wait > 0 {
+		// Deferral on, with its retry stage, as `authpipe run` has it.
+		cfg.RetryTopic, cfg.StragglerWait = "mail.raw.retry", wait
+		c, err := cfg.withDefaults("bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, retryDone := runPipeline(b, ctx, RetryStage(c), e, kopts)
+		defer func() {
+			if err := <-retryDone; err != nil {
+				b.Error(err)
+			}
+		}()
+	}
+	p, done := runPipeline(b, ctx, cfg, e, kopts)
 	// The collector settings `authpipe run` ships with (GOGC 400, memory
 	// limit at 75% of the pipeline's bound), unless GOGC or GOMEMLIMIT is
 	// set in the environment; both phases run under them.
