@@ -146,3 +146,62 @@ func TestCrashRestartWithStragglers(t *testing.T) {
 		return func() bool { return retried.count() > 0 }
 	}, "AUTHPIPE_TEST_STRAGGLER=20ms")
 }
+
+// TestTwoInstancesWithStragglers is TestTwoInstancesOneLeaves with
+// deferral on: two instances, each with its retry stage, share the
+// partitions of both topics; one message in ten outlasts the straggler
+// wait; instance b leaves mid-stream (SIGTERM-like, its context ends).
+// Every message still has exactly one verdict, equal to the engine's.
+func TestTwoInstancesWithStragglers(t *testing.T) {
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	e := testEngine(t, dns.Addr)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	msgs := corpus(1500, "w")
+	out := collect(t, brokers, "mail.verdicts")
+	retried := collect(t, brokers, "mail.raw.retry")
+
+	start := func(name string) (context.CancelFunc, []chan error) {
+		v := &tailVerifier{Verifier: &slowVerifier{Verifier: e, delay: 2 * time.Millisecond}, delay: 200 * time.Millisecond}
+		cfg := testConfig(brokers, name)
+		cfg.MaxInFlight = 8
+		cfg.RetryTopic, cfg.StragglerWait = "mail.raw.retry", 20*time.Millisecond
+		c, err := cfg.withDefaults(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		_, done := runPipeline(t, ctx, cfg, v)
+		_, retryDone := runPipeline(t, ctx, RetryStage(c), v)
+		return cancel, []chan error{done, retryDone}
+	}
+	cancelA, doneA := start("inst-sa")
+	defer cancelA()
+	cancelB, doneB := start("inst-sb")
+	time.Sleep(500 * time.Millisecond) // let both join
+	produceCorpus(t, brokers, "mail.raw", msgs)
+	deadline := time.Now().Add(30 * time.Second)
+	for out.count() < 300 || retried.count() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d verdicts and %d deferrals", out.count(), retried.count())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancelB()
+	for _, d := range doneB {
+		if err := <-d; err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("instance b left after %d verdicts, %d deferrals", out.count(), retried.count())
+	recs := out.waitCount(t, len(msgs), 90*time.Second)
+	cancelA()
+	for _, d := range doneA {
+		if err := <-d; err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d deferrals in all", retried.count())
+	checkVerdicts(t, e, msgs, recs)
+}
