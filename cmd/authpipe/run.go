@@ -79,6 +79,12 @@ verifies each one and produces its JSON verdict to mail.verdicts; records that
 cannot be decoded go to mail.raw.dlq with an authpipe.error header. By default
 it does so exactly once, in Kafka transactions.
 
+A message whose DNS does not answer would hold its batch, and the stream,
+for seconds: once a batch's last messages stop finishing for
+--straggler-wait (50ms), those left are written to --retry-topic
+(mail.raw.retry) and a second stage in this process (group GROUP-retry)
+gives them their verdicts, still exactly once.
+
 Without --brokers it starts an embedded single-node broker on --listen
 (127.0.0.1:9092), persisted under --data-dir, which any Kafka client can
 produce to (see 'authpipe produce'). With --brokers it joins that cluster;
