@@ -155,3 +155,20 @@ func (p *Pipeline) ensureTopics(ctx context.Context) error {
 	}
 	return nil
 }
+
+// checkTopic returns an error unless topic exists.
+func (p *Pipeline) checkTopic(ctx context.Context, topic string) error {
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(p.cfg.Brokers...)}, p.kopts...)...)
+	if err != nil {
+		return fmt.Errorf("pipeline: kafka admin client: %w", err)
+	}
+	defer cl.Close()
+	tds, err := kadm.NewClient(cl).ListTopics(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("pipeline: look up topic %s: %w", topic, err)
+	}
+	if !tds.Has(topic) || tds[topic].Err != nil {
+		return fmt.Errorf("pipeline: retry topic %s does not exist and topic creation is off: create it, or turn deferral off (StragglerWait 0; run --straggler-wait 0)", topic)
+	}
+	return nil
+}

@@ -159,6 +159,15 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			}
 			return err
 		}
+	} else if p.cfg.RetryTopic != "" {
+		// Deferring to a topic that does not exist would fail every batch
+		// with a straggler, and so redo it for ever: say so at start.
+		if err := p.checkTopic(ctx, p.cfg.RetryTopic); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
 	}
 	st, err := p.openStream()
 	if err != nil {

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -204,4 +205,26 @@ func TestTwoInstancesWithStragglers(t *testing.T) {
 	}
 	t.Logf("%d deferrals in all", retried.count())
 	checkVerdicts(t, e, msgs, recs)
+}
+
+// TestRetryTopicMustExist: with topic creation off, a missing retry topic
+// is an error at start, not a batch that fails and is redone for ever at
+// the first straggler.
+func TestRetryTopicMustExist(t *testing.T) {
+	b := startTestBroker(t)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	cfg := testConfig(brokers, "t-noretry")
+	cfg.SkipCreateTopics = true
+	cfg.RetryTopic, cfg.StragglerWait = "mail.raw.missing", 20*time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, err := New(cfg, nil, WithKafkaOpts(testKafkaOpts()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = p.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "mail.raw.missing") {
+		t.Fatalf("Run = %v, want an error naming the missing retry topic", err)
+	}
 }
