@@ -12,11 +12,18 @@ import (
 
 // TestStragglersDeferred: messages whose DNS never answers (their MAIL
 // FROM domain times out: 2 × 150 ms in the test engine) are written to the
-// retry topic once a batch has waited StragglerWait for them, so batches
+// retry topic once they stop finishing for StragglerWait, so batches
 // commit without them; a second pipeline on the retry topic gives them
 // their verdicts. Every message gets exactly one verdict, equal to the
-// engine's own.
+// engine's own, in both delivery modes (no crash here, so at-least-once
+// duplicates nothing either).
 func TestStragglersDeferred(t *testing.T) {
+	for _, d := range []Delivery{ExactlyOnce, AtLeastOnce} {
+		t.Run(string(d), func(t *testing.T) { stragglersDeferred(t, d) })
+	}
+}
+
+func stragglersDeferred(t *testing.T, delivery Delivery) {
 	b := startTestBroker(t)
 	dns := startTestDNS(t)
 	e := testEngine(t, dns.Addr)
@@ -34,9 +41,11 @@ func TestStragglersDeferred(t *testing.T) {
 	retried := collect(t, brokers, "mail.raw.retry")
 
 	cfg := testConfig(brokers, "t-strag")
+	cfg.Delivery = delivery
 	cfg.RetryTopic = "mail.raw.retry"
 	cfg.StragglerWait = 30 * time.Millisecond
 	retryCfg := testConfig(brokers, "t-strag-retry")
+	retryCfg.Delivery = delivery
 	retryCfg.InputTopic = "mail.raw.retry"
 	retryCfg.Group = "authpipe-verify-retry"
 	ctx, cancel := context.WithCancel(context.Background())
