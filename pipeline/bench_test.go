@@ -138,18 +138,8 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	if wait := benchDuration("AUTHPIPE_BENCH_STRAGGLER_WAIT", 0); wait > 0 {
 		// Deferral on, with its retry stage, as `authpipe run` has it.
 		cfg.RetryTopic, cfg.StragglerWait = "mail.raw.retry", wait
-		c, err := cfg.withDefaults("bench")
-		if err != nil {
-			b.Fatal(err)
-		}
-		_, retryDone := runPipeline(b, ctx, RetryStage(c), e, kopts)
-		defer func() {
-			if err := <-retryDone; err != nil {
-				b.Error(err)
-			}
-		}()
 	}
-	p, done := runPipeline(b, ctx, cfg, e, kopts)
+	p, wait := runStages(b, ctx, cfg, e, kopts)
 	// The collector settings `authpipe run` ships with (GOGC 400, memory
 	// limit at 75% of the pipeline's bound), unless GOGC or GOMEMLIMIT is
 	// set in the environment; both phases run under them.
@@ -226,9 +216,7 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	b.ReportMetric(float64(dns.Queries.Load()-q0)/float64(2*n*b.N), "dns-queries/msg")
 	b.ReportMetric(0, "ns/op")
 	cancel()
-	if err := <-done; err != nil {
-		b.Fatal(err)
-	}
+	wait()
 }
 
 // benchBroker starts the embedded broker with its topics in memory, or

@@ -267,6 +267,28 @@ func runPipeline(t testing.TB, ctx context.Context, cfg Config, v Verifier, opts
 	return p, done
 }
 
+// runStages runs a pipeline as runPipeline does and, when cfg defers
+// stragglers, its retry stage (RetryStage of the first's effective
+// configuration) beside it, as `authpipe run` does. wait waits for both to
+// return and fails on an error.
+func runStages(t testing.TB, ctx context.Context, cfg Config, v Verifier, opts ...Option) (p *Pipeline, wait func()) {
+	t.Helper()
+	p, done := runPipeline(t, ctx, cfg, v, opts...)
+	dones := []chan error{done}
+	if cfg.RetryTopic != "" {
+		_, retryDone := runPipeline(t, ctx, RetryStage(p.Config()), v, opts...)
+		dones = append(dones, retryDone)
+	}
+	return p, func() {
+		t.Helper()
+		for _, d := range dones {
+			if err := <-d; err != nil {
+				t.Error(err)
+			}
+		}
+	}
+}
+
 // slowVerifier adds a fixed delay (standing in for DNS latency) and counts
 // calls.
 type slowVerifier struct {

@@ -138,10 +138,20 @@ func EnsureTopics(ctx context.Context, cl *kgo.Client, partitions int32, rf int1
 	return nil
 }
 
-func (p *Pipeline) ensureTopics(ctx context.Context) error {
+// adminClient is a plain client (no group, no transactions) for topic
+// administration.
+func (p *Pipeline) adminClient() (*kgo.Client, error) {
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(p.cfg.Brokers...)}, p.kopts...)...)
 	if err != nil {
-		return fmt.Errorf("pipeline: kafka admin client: %w", err)
+		return nil, fmt.Errorf("pipeline: kafka admin client: %w", err)
+	}
+	return cl, nil
+}
+
+func (p *Pipeline) ensureTopics(ctx context.Context) error {
+	cl, err := p.adminClient()
+	if err != nil {
+		return err
 	}
 	defer cl.Close()
 	maxBytes := strconv.Itoa(p.cfg.MaxMessageBytes + 1<<20)
@@ -158,9 +168,9 @@ func (p *Pipeline) ensureTopics(ctx context.Context) error {
 
 // checkTopic returns an error unless topic exists.
 func (p *Pipeline) checkTopic(ctx context.Context, topic string) error {
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(p.cfg.Brokers...)}, p.kopts...)...)
+	cl, err := p.adminClient()
 	if err != nil {
-		return fmt.Errorf("pipeline: kafka admin client: %w", err)
+		return err
 	}
 	defer cl.Close()
 	tds, err := kadm.NewClient(cl).ListTopics(ctx, topic)

@@ -140,22 +140,20 @@ func (l *loader) load(tb testing.TB, file string) { l.call(tb, "ok", "load %s", 
 // verdicts. It returns the wall time and the load driver's CPU time.
 func (l *loader) run(tb testing.TB, n int) (wall, cpu time.Duration) {
 	tb.Helper()
-	start := time.Now()
-	f := l.call(tb, "done", "run %d", n)
-	wall = time.Since(start)
-	ns, _ := strconv.ParseInt(f[0], 10, 64)
-	return wall, time.Duration(ns)
+	wall, cpu, _ = l.runEarly(tb, n, n)
+	return wall, cpu
 }
 
 // runEarly is run that also returns how long the first early verdicts
 // took to be visible (the loader's clock, from just before producing).
-func (l *loader) runEarly(tb testing.TB, n, early int) (wall, earlyWall time.Duration) {
+func (l *loader) runEarly(tb testing.TB, n, early int) (wall, cpu, earlyWall time.Duration) {
 	tb.Helper()
 	start := time.Now()
 	f := l.call(tb, "done", "run %d %d", n, early)
 	wall = time.Since(start)
-	ns, _ := strconv.ParseInt(f[1], 10, 64)
-	return wall, time.Duration(ns)
+	cpuNs, _ := strconv.ParseInt(f[0], 10, 64)
+	earlyNs, _ := strconv.ParseInt(f[1], 10, 64)
+	return wall, time.Duration(cpuNs), time.Duration(earlyNs)
 }
 
 // TestBenchLoader is the load-driver process; it does nothing unless

@@ -239,7 +239,7 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 	// when stragglers are deferred (deferStragglers).
 	work, cancelWork := context.WithCancel(hard)
 	defer cancelWork()
-	var tasks []*recordTask
+	var tasks []*recordTask   // with deferral on: the batch's records
 	var finished atomic.Int64 // tasks whose handle returned, for deferStragglers
 	for n < p.cfg.BatchMaxRecords {
 		pctx, cancel := ctx, context.CancelFunc(func() {})
@@ -282,7 +282,9 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 			size := int64(len(r.Value))
 			start := time.Now()
 			t := &recordTask{r: r}
-			tasks = append(tasks, t)
+			if p.cfg.RetryTopic != "" {
+				tasks = append(tasks, t) // for deferStragglers only
+			}
 			blocked, err := pool.Go(hard, size, func() {
 				p.metrics.inFlight.Inc()
 				p.metrics.inFlightB.Add(float64(size))

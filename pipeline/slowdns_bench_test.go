@@ -58,15 +58,10 @@ func BenchmarkPipelineSlowDNS(b *testing.B) {
 	cfg.BatchInterval = benchDuration("AUTHPIPE_BENCH_BATCH", 250*time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var retryDone chan error
 	if wait := benchDuration("AUTHPIPE_BENCH_STRAGGLER_WAIT", 0); wait > 0 {
 		cfg.RetryTopic, cfg.StragglerWait = "mail.raw.retry", wait
-		rc := testConfig(brokers, "bench-slow-retry")
-		rc.MaxInFlight = 1024
-		rc.InputTopic, rc.Group = "mail.raw.retry", "authpipe-verify-retry"
-		_, retryDone = runPipeline(b, ctx, rc, e)
 	}
-	_, done := runPipeline(b, ctx, cfg, e)
+	_, wait := runStages(b, ctx, cfg, e)
 	ld.load(b, clean)
 	ld.run(b, n) // warm the cache and join the group
 
@@ -89,7 +84,7 @@ func BenchmarkPipelineSlowDNS(b *testing.B) {
 		wall, _ := ld.run(b, n)
 		cleanDur += wall
 		ld.load(b, slow)
-		wall, early := ld.runEarly(b, n, n-slowCount)
+		wall, _, early := ld.runEarly(b, n, n-slowCount)
 		slowDur += wall
 		slowFastDur += early
 	}
@@ -104,12 +99,5 @@ func BenchmarkPipelineSlowDNS(b *testing.B) {
 	b.ReportMetric(othersRate/cleanRate, "others/clean")
 	b.ReportMetric(0, "ns/op")
 	cancel()
-	if err := <-done; err != nil {
-		b.Fatal(err)
-	}
-	if retryDone != nil {
-		if err := <-retryDone; err != nil {
-			b.Fatal(err)
-		}
-	}
+	wait()
 }

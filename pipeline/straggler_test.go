@@ -44,14 +44,9 @@ func stragglersDeferred(t *testing.T, delivery Delivery) {
 	cfg.Delivery = delivery
 	cfg.RetryTopic = "mail.raw.retry"
 	cfg.StragglerWait = 30 * time.Millisecond
-	retryCfg := testConfig(brokers, "t-strag-retry")
-	retryCfg.Delivery = delivery
-	retryCfg.InputTopic = "mail.raw.retry"
-	retryCfg.Group = "authpipe-verify-retry"
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	_, done := runPipeline(t, ctx, cfg, e)
-	_, retryDone := runPipeline(t, ctx, retryCfg, e)
+	_, wait := runStages(t, ctx, cfg, e)
 	produceCorpus(t, brokers, "mail.raw", msgs)
 
 	recs := out.waitCount(t, len(msgs), 60*time.Second)
@@ -100,11 +95,7 @@ func stragglersDeferred(t *testing.T, delivery Delivery) {
 		}
 	}
 	cancel()
-	for _, d := range []chan error{done, retryDone} {
-		if err := <-d; err != nil {
-			t.Fatal(err)
-		}
-	}
+	wait()
 }
 
 // TestStragglerConfig: RetryTopic and StragglerWait go together, and the
@@ -172,23 +163,18 @@ func TestTwoInstancesWithStragglers(t *testing.T) {
 	out := collect(t, brokers, "mail.verdicts")
 	retried := collect(t, brokers, "mail.raw.retry")
 
-	start := func(name string) (context.CancelFunc, []chan error) {
+	start := func(name string) (context.CancelFunc, func()) {
 		v := &tailVerifier{Verifier: &slowVerifier{Verifier: e, delay: 2 * time.Millisecond}, delay: 200 * time.Millisecond}
 		cfg := testConfig(brokers, name)
 		cfg.MaxInFlight = 8
 		cfg.RetryTopic, cfg.StragglerWait = "mail.raw.retry", 20*time.Millisecond
-		c, err := cfg.withDefaults(name)
-		if err != nil {
-			t.Fatal(err)
-		}
 		ctx, cancel := context.WithCancel(context.Background())
-		_, done := runPipeline(t, ctx, cfg, v)
-		_, retryDone := runPipeline(t, ctx, RetryStage(c), v)
-		return cancel, []chan error{done, retryDone}
+		_, wait := runStages(t, ctx, cfg, v)
+		return cancel, wait
 	}
-	cancelA, doneA := start("inst-sa")
+	cancelA, waitA := start("inst-sa")
 	defer cancelA()
-	cancelB, doneB := start("inst-sb")
+	cancelB, waitB := start("inst-sb")
 	time.Sleep(500 * time.Millisecond) // let both join
 	produceCorpus(t, brokers, "mail.raw", msgs)
 	deadline := time.Now().Add(30 * time.Second)
@@ -199,19 +185,11 @@ func TestTwoInstancesWithStragglers(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	cancelB()
-	for _, d := range doneB {
-		if err := <-d; err != nil {
-			t.Fatal(err)
-		}
-	}
+	waitB()
 	t.Logf("instance b left after %d verdicts, %d deferrals", out.count(), retried.count())
 	recs := out.waitCount(t, len(msgs), 90*time.Second)
 	cancelA()
-	for _, d := range doneA {
-		if err := <-d; err != nil {
-			t.Fatal(err)
-		}
-	}
+	waitA()
 	t.Logf("%d deferrals in all", retried.count())
 	checkVerdicts(t, e, msgs, recs)
 }
