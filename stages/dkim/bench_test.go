@@ -3,6 +3,7 @@ package dkim
 import (
 	"bytes"
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -99,5 +100,27 @@ func BenchmarkVerifyOnlyRSA2048_10KB(b *testing.B) {
 		if res := v.Verify(ctx, m); res[0].Result != Pass {
 			b.Fatal(res)
 		}
+	}
+}
+
+// BenchmarkKeyFetcherFull fetches a new key into a full cache of the
+// default size, as a receiver does once it has seen DefaultKeyCacheEntries
+// keys: go test -run '^$' -bench KeyFetcherFull -benchmem ./stages/dkim/.
+// The keys are missing (NXDOMAIN, a cached permanent error) so that the
+// figure is the cache's own cost, not the key parse.
+func BenchmarkKeyFetcherFull(b *testing.B) {
+	kf := &KeyFetcher{Resolver: newMapResolver()}
+	ctx := context.Background()
+	for i := range DefaultKeyCacheEntries {
+		kf.Fetch(ctx, "example.org", "s"+strconv.Itoa(i))
+	}
+	i := DefaultKeyCacheEntries
+	b.ReportAllocs()
+	for b.Loop() {
+		i++
+		kf.Fetch(ctx, "example.org", "s"+strconv.Itoa(i))
+	}
+	if n := kf.Len(); n > DefaultKeyCacheEntries {
+		b.Fatalf("%d entries", n)
 	}
 }

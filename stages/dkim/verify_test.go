@@ -335,6 +335,58 @@ func TestKeyFetcherCache(t *testing.T) {
 	}
 }
 
+// TestKeyFetcherEviction: a full cache drops its expired entries first,
+// then arbitrary ones down to 7/8 of the bound, so the next eighth of new
+// keys is stored without another pass.
+func TestKeyFetcherEviction(t *testing.T) {
+	const max = 16
+	r := newMapResolver()
+	clock := time.Unix(1_800_000_000, 0)
+	now := func() time.Time { return clock }
+	r.now = now
+	kf := &KeyFetcher{Resolver: r, Now: now, MaxEntries: max}
+	ctx := context.Background()
+	fetch := func(sel string) { kf.Fetch(ctx, "example.org", sel) } // NXDOMAIN: a cached permanent error
+	r.ttl = 60
+	for i := range max / 2 {
+		fetch(fmt.Sprintf("short%d", i))
+	}
+	r.ttl = 600
+	for i := range max / 2 {
+		fetch(fmt.Sprintf("long%d", i))
+	}
+	if kf.Len() != max {
+		t.Fatalf("len %d, want %d", kf.Len(), max)
+	}
+	// Expired entries go first, and suffice: every long-lived one stays.
+	clock = clock.Add(61 * time.Second)
+	fetch("new0")
+	if kf.Len() != max/2+1 {
+		t.Fatalf("after expiry: len %d, want %d", kf.Len(), max/2+1)
+	}
+	before := r.lookups.Load()
+	for i := range max / 2 {
+		fetch(fmt.Sprintf("long%d", i))
+	}
+	if got := r.lookups.Load() - before; got != 0 {
+		t.Errorf("%d long-lived entries were evicted", got)
+	}
+	// Full of live entries: one new key frees max/8 slots beyond its own.
+	for i := 1; kf.Len() < max; i++ {
+		fetch(fmt.Sprintf("new%d", i))
+	}
+	fetch("over")
+	if want := max - max/8; kf.Len() != want {
+		t.Fatalf("after overflow: len %d, want %d", kf.Len(), want)
+	}
+	for i := range max/8 - 1 {
+		fetch(fmt.Sprintf("more%d", i))
+	}
+	if kf.Len() != max-1 {
+		t.Fatalf("len %d, want %d: evicted again before full", kf.Len(), max-1)
+	}
+}
+
 func TestMaxSignatures(t *testing.T) {
 	v, r := testEnv(t)
 	signed := []byte(baseMsg)
