@@ -14,10 +14,9 @@ package verdict
 
 import (
 	"strconv"
-	"strings"
 	"time"
-
-	"github.com/emersion/go-msgauth/authres"
+	"unicode"
+	"unicode/utf8"
 )
 
 // SchemaVersion is the version of the JSON form produced by this package.
@@ -167,105 +166,242 @@ type Reason struct {
 // AuthenticationResults renders the Authentication-Results value (RFC 8601)
 // for v as added by authservID. Methods appear in the order spf, dkim (one
 // per signature), arc, dmarc.
+//
+// It runs for every message, so it writes into one buffer rather than
+// going through authres.Format (a map of properties per method, sorted
+// keys, string concatenation), which cost about a tenth of a verification.
+// The output is byte for byte what the former authres.Format-based code
+// produced, quirks included, so that verdicts do not change;
+// FuzzAuthenticationResults holds the two together.
 func AuthenticationResults(authservID string, v *Verdict) string {
-	results := make([]authres.Result, 0, 3+len(v.DKIM))
-	if s := v.SPF; s != nil {
-		r := &authres.SPFResult{Value: authres.ResultValue(s.Result), Reason: reasonToken(s.Error)}
-		if s.Identity == "helo" {
-			r.Helo = s.Domain
-		} else {
-			r.From = s.Sender
-			if r.From == "" {
-				r.From = s.Domain
-			}
-		}
-		results = append(results, r)
+	// On the stack, so that the string is the only allocation; a typical
+	// header is under 200 bytes, a longer one grows onto the heap.
+	var buf [512]byte
+	b, bare := appendAuthenticationResults(buf[:0], authservID, v, false)
+	if bare { // rare: a result with no property changes the white space
+		b, _ = appendAuthenticationResults(b[:0], authservID, v, true)
 	}
-	for _, d := range v.DKIM {
-		params := make(map[string]string, 6)
-		setParam(params, "reason", reasonToken(d.Reason))
-		setParam(params, "header.d", d.Domain)
-		setParam(params, "header.s", d.Selector)
-		setParam(params, "header.a", d.Algorithm)
-		setParam(params, "header.b", d.HeaderB)
-		setParam(params, "header.i", d.Identity)
-		results = append(results, &authres.GenericResult{Method: "dkim", Value: authres.ResultValue(d.Result), Params: params})
+	return string(b)
+}
+
+// appendAuthenticationResults appends to b the authserv-id followed by one
+// "; resinfo" per method (RFC 8601 2.2), or by "; none" when there is no
+// result. A resinfo is "method=result" and then " ptype.property=pvalue"
+// for each non-empty property (RFC 8601 2.7), in the order authres.Format
+// wrote them: reason first, the others sorted by name. The authserv-id
+// and the result values are written as they are, as authres.Format did.
+//
+// It reports whether some result had no property. The former code then
+// rendered each result apart and passed it through strings.TrimSpace, to
+// drop the space authres.Format leaves after a bare result; that also
+// dropped any trailing Unicode white space (U+00A0, say, which needs no
+// quoting) of the last value of every result. With trim set, each result
+// is trimmed the same way. Otherwise nothing is trimmed: the former
+// strings.TrimRight(…, " ") found no space to remove, as the header then
+// ends with a property value, which ends in '"' or in a byte above SPACE.
+func appendAuthenticationResults(b []byte, authservID string, v *Verdict, trim bool) (_ []byte, bare bool) {
+	b = append(b, authservID...)
+	if v.SPF == nil && len(v.DKIM) == 0 && v.ARC == nil && v.DMARC == nil {
+		return append(b, "; none"...), false
+	}
+	if s := v.SPF; s != nil {
+		b = append(b, "; spf="...)
+		b = append(b, s.Result...)
+		props := len(b)
+		b = appendReason(b, s.Error)
+		if s.Identity == "helo" {
+			b = appendProperty(b, " smtp.helo=", s.Domain)
+		} else {
+			from := s.Sender
+			if from == "" {
+				from = s.Domain
+			}
+			b = appendProperty(b, " smtp.mailfrom=", from)
+		}
+		b, bare = endResult(b, props, trim, bare)
+	}
+	for i := range v.DKIM {
+		d := &v.DKIM[i]
+		b = append(b, "; dkim="...)
+		b = append(b, d.Result...)
+		props := len(b)
+		b = appendReason(b, d.Reason)
+		b = appendProperty(b, " header.a=", d.Algorithm)
+		b = appendProperty(b, " header.b=", d.HeaderB)
+		b = appendProperty(b, " header.d=", d.Domain)
+		b = appendProperty(b, " header.i=", d.Identity)
+		b = appendProperty(b, " header.s=", d.Selector)
+		b, bare = endResult(b, props, trim, bare)
 	}
 	if a := v.ARC; a != nil {
-		params := make(map[string]string, 3)
-		setParam(params, "reason", reasonToken(a.Reason))
+		b = append(b, "; arc="...)
+		b = append(b, a.Result...)
+		props := len(b)
+		b = appendReason(b, a.Reason)
 		if a.OldestPass > 0 {
-			params["header.oldest-pass"] = strconv.Itoa(a.OldestPass)
+			b = append(b, " header.oldest-pass="...)
+			b = strconv.AppendInt(b, int64(a.OldestPass), 10)
 		}
-		setParam(params, "smtp.remote-ip", v.Envelope.ClientIP)
-		results = append(results, &authres.GenericResult{Method: "arc", Value: authres.ResultValue(a.Result), Params: params})
+		b = appendProperty(b, " smtp.remote-ip=", v.Envelope.ClientIP)
+		b, bare = endResult(b, props, trim, bare)
 	}
 	if d := v.DMARC; d != nil {
+		b = append(b, "; dmarc="...)
+		b = append(b, d.Result...)
+		props := len(b)
+		b = appendReason(b, d.Error)
 		from := d.AuthorDomain
 		if from == "" && len(v.HeaderFrom) > 0 {
 			from = v.HeaderFrom[0]
 		}
-		params := make(map[string]string, 3)
-		setParam(params, "header.from", from)
-		setParam(params, "reason", reasonToken(d.Error))
-		setParam(params, "policy.dmarc", d.appliedPolicyValue())
-		results = append(results, &authres.GenericResult{Method: "dmarc", Value: authres.ResultValue(d.Result), Params: params})
+		b = appendProperty(b, " header.from=", from)
+		b = appendProperty(b, " policy.dmarc=", d.appliedPolicyValue())
+		b, bare = endResult(b, props, trim, bare)
 	}
-	if len(results) == 0 {
-		return authres.Format(authservID, nil)
-	}
-	// authres.Format writes a space after each method's value, so a method
-	// whose parameters are all empty leaves " ;" or a trailing space. In the
-	// usual case every method has a parameter and one call suffices.
-	oneCall := true
-	for _, r := range results {
-		switch r := r.(type) {
-		case *authres.GenericResult:
-			oneCall = oneCall && len(r.Params) > 0
-		case *authres.SPFResult:
-			oneCall = oneCall && r.From+r.Helo+r.Reason != ""
+	return b, bare
+}
+
+// endResult finishes a result whose properties start at props: it notes in
+// bare whether there were none and, with trim, drops trailing white space
+// as strings.TrimSpace does (the "method=" before props stops it).
+func endResult(b []byte, props int, trim, bare bool) ([]byte, bool) {
+	bare = bare || len(b) == props
+	for trim {
+		r, size := utf8.DecodeLastRune(b)
+		if !unicode.IsSpace(r) {
+			break
 		}
+		b = b[:len(b)-size]
 	}
-	if oneCall {
-		return strings.TrimRight(authres.Format(authservID, results), " ")
-	}
-	var b strings.Builder
-	b.WriteString(authservID)
-	for _, r := range results {
-		one := authres.Format("", []authres.Result{r})
-		b.WriteString("; ")
-		b.WriteString(strings.TrimSpace(strings.TrimPrefix(one, "; ")))
-	}
-	return b.String()
+	return b, bare
 }
 
-// setParam records a non-empty parameter (authres.Format skips empty
-// ones, but sorts every key first).
-func setParam(m map[string]string, k, v string) {
-	if v != "" {
-		m[k] = v
-	}
-}
-
-// reasonToken turns free text into an RFC 2045 token for the reason
-// property: every run of characters outside [A-Za-z0-9.+_-] becomes one
-// hyphen. RFC 8601 allows a quoted-string there, but common parsers
-// (go-msgauth's among them) split values on white space and ';', and the
-// header must parse back everywhere. The verdict's JSON keeps the full text.
-func reasonToken(s string) string {
-	var b strings.Builder
+// appendReason appends the reason property for free text, or nothing when
+// no token is left. The value is an RFC 2045 token: every run of
+// characters outside [A-Za-z0-9.+_-] becomes one hyphen (none at the
+// start), and trailing hyphens go. RFC 8601 allows a quoted-string there,
+// but common parsers (go-msgauth's among them) split values on white space
+// and ';', and the header must parse back everywhere. The verdict's JSON
+// keeps the full text.
+func appendReason(b []byte, text string) []byte {
+	start := len(b)
+	b = append(b, " reason="...)
+	token := len(b)
 	dash := false
-	for _, c := range s {
-		ok := c < 0x80 && (c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune(".+_-", c))
-		if ok {
-			b.WriteRune(c)
+	// Byte by byte: the bytes of a non-ASCII character are all outside the
+	// set, and being adjacent they make one run.
+	for i := 0; i < len(text); i++ {
+		if c := text[i]; 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			c == '.' || c == '+' || c == '_' || c == '-' {
+			b = append(b, c)
 			dash = false
-		} else if !dash && b.Len() > 0 {
-			b.WriteByte('-')
+		} else if !dash && len(b) > token {
+			b = append(b, '-')
 			dash = true
 		}
 	}
-	return strings.TrimRight(b.String(), "-")
+	for len(b) > token && b[len(b)-1] == '-' {
+		b = b[:len(b)-1]
+	}
+	if len(b) == token {
+		return b[:start]
+	}
+	return b
+}
+
+// ASCII byte classes of authres.Format's pvalue rule, as 128-bit sets: bit
+// c of lo for c < 64, bit c-64 of hi above.
+const (
+	// quoteLo, quoteHi: SPACE, the controls and the RFC 2045 tspecials,
+	// which make a value a quoted-string.
+	quoteLo = 1<<(' '+1) - 1 | 1<<'(' | 1<<')' | 1<<'<' | 1<<'>' | 1<<',' | 1<<';' |
+		1<<':' | 1<<'"' | 1<<'/' | 1<<'?' | 1<<'='
+	quoteHi = 1<<('@'-64) | 1<<('\\'-64) | 1<<('['-64) | 1<<(']'-64)
+	// addressLo, addressHi: digits, letters and the punctuation that
+	// authres.Format leaves bare in an address-like value: all but
+	// ! " ( ) : ; < = > ? (so ',', '/', '@', '[', ']', '\' are in).
+	addressLo = (1<<10-1)<<'0' | 1<<'#' | 1<<'$' | 1<<'%' | 1<<'&' | 1<<'\'' | 1<<'*' |
+		1<<'+' | 1<<',' | 1<<'.' | 1<<'/' | 1<<'-'
+	addressHi = (1<<26-1)<<('A'-64) | (1<<26-1)<<('a'-64) | 1<<('@'-64) | 1<<('['-64) |
+		1<<(']'-64) | 1<<('\\'-64) | 1<<('^'-64) | 1<<('_'-64) | 1<<('`'-64) | 1<<('{'-64) |
+		1<<('|'-64) | 1<<('}'-64) | 1<<('~'-64)
+)
+
+// inASCIISet reports whether the ASCII byte c is in the set lo, hi.
+func inASCIISet(lo, hi uint64, c byte) bool {
+	set := lo
+	if c >= 64 {
+		set = hi
+	}
+	return set>>(c&63)&1 != 0
+}
+
+// appendProperty appends key (" ptype.property=") and the value, or
+// nothing when the value is empty, as authres.Format does (RFC 8601 2.7):
+// the value stays bare when it looks like an address or holds nothing
+// that needs quoting; otherwise it is a quoted-string (RFC 2045 5.1,
+// RFC 5322 3.2.4).
+//
+// Unlike authres.Format, which escapes only '"', a backslash is escaped
+// too, and CR, LF and the other controls but HTAB become '?'. Values such
+// as smtp.mailfrom come from the sender: with the backslash left alone,
+// MAIL FROM:<"x\" ; dkim=pass"@example.org> closed the quoted-string
+// early and added a "dkim=pass" of the sender's making for every
+// RFC-conforming reader of the header; a bare CR or LF would end the
+// header field itself. The verdict's JSON keeps every value exactly.
+func appendProperty(b []byte, key, value string) []byte {
+	if value == "" {
+		return b
+	}
+	b = append(b, key...)
+	if addressLike(value) || !needsQuotes(value) {
+		return append(b, value...)
+	}
+	b = append(b, '"')
+	for i := 0; i < len(value); i++ {
+		switch c := value[i]; {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c < ' ' && c != '\t' || c == 0x7f:
+			b = append(b, '?')
+		default:
+			b = append(b, c)
+		}
+	}
+	return append(b, '"')
+}
+
+// addressLike reports whether every character of s is a letter, a digit
+// or address punctuation: authres.Format leaves such a value bare even
+// though '@', '/' and others are tspecials. Most values (domains,
+// addresses, selectors) are, and this test alone settles them.
+func addressLike(s string) bool {
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if !inASCIISet(addressLo, addressHi, c) {
+				return false
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if !unicode.IsLetter(r) && !unicode.IsDigit(r) {
+			return false
+		}
+		i += size
+	}
+	return true
+}
+
+// needsQuotes reports whether s holds SPACE, a control or a tspecial,
+// which authres.Format quotes. No character beyond ASCII does.
+func needsQuotes(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < utf8.RuneSelf && inASCIISet(quoteLo, quoteHi, c) {
+			return true
+		}
+	}
+	return false
 }
 
 // appliedPolicyValue returns the value (none, quarantine, reject) of the
