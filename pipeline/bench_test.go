@@ -140,15 +140,7 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 		cfg.RetryTopic, cfg.StragglerWait = "mail.raw.retry", wait
 	}
 	p, wait := runStages(b, ctx, cfg, e, kopts)
-	// The collector settings `authpipe run` ships with (GOGC 400, memory
-	// limit at 75% of the pipeline's bound), unless GOGC or GOMEMLIMIT is
-	// set in the environment; both phases run under them.
-	if os.Getenv("GOGC") == "" {
-		defer debug.SetGCPercent(debug.SetGCPercent(400))
-	}
-	if os.Getenv("GOMEMLIMIT") == "" {
-		defer debug.SetMemoryLimit(debug.SetMemoryLimit(MemoryBound(p.Config(), 64<<20).GoMemoryLimit()))
-	}
+	defer runGCSettings(p.Config())() // both phases run under them
 
 	// Warm the DNS cache and the group join outside the measurement.
 	ld.run(b, 100)
@@ -242,6 +234,28 @@ func benchBroker(b *testing.B) *Broker {
 // $AUTHPIPE_BENCH_PROFILE.<phase>.<unix ns> (go tool pprof merges several) when that variable is set (run without
 // -cpuprofile then), so the profile holds the measured work only, not the
 // corpus signing. The returned function stops it.
+// runGCSettings applies the collector settings `authpipe run` ships with
+// (GOGC 400, memory limit at 75% of the pipeline's bound computed with the
+// default 64 MiB DNS cache), unless GOGC or GOMEMLIMIT is set in the
+// environment, and returns the function that restores the previous ones.
+func runGCSettings(cfg Config) (restore func()) {
+	gc, limit := -2, int64(-1)
+	if os.Getenv("GOGC") == "" {
+		gc = debug.SetGCPercent(400)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		limit = debug.SetMemoryLimit(MemoryBound(cfg, 64<<20).GoMemoryLimit())
+	}
+	return func() {
+		if gc != -2 {
+			debug.SetGCPercent(gc)
+		}
+		if limit >= 0 {
+			debug.SetMemoryLimit(limit)
+		}
+	}
+}
+
 func phaseProfile(b *testing.B, phase string) func() {
 	prefix := os.Getenv("AUTHPIPE_BENCH_PROFILE")
 	if prefix == "" {

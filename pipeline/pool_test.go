@@ -83,3 +83,20 @@ func TestPoolWorkerKeepsStack(t *testing.T) {
 		t.Fatalf("functions ran on goroutines %v, want one worker reused", ids)
 	}
 }
+
+// BenchmarkPool measures the pool's own cost per function: admission, the
+// hand-off to a kept worker, and the release, with functions that do
+// nothing (go test ./pipeline -run '^$' -bench Pool$ -benchmem).
+func BenchmarkPool(b *testing.B) {
+	p := NewPool(256, 1<<30)
+	defer p.Close()
+	ctx := context.Background()
+	fn := func() {}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := p.Go(ctx, 4096, fn); err != nil {
+			b.Fatal(err)
+		}
+	}
+	p.Wait()
+}
