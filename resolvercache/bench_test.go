@@ -89,7 +89,7 @@ func benchClient(b *testing.B, opts ...resolvercache.ClientOption) *resolvercach
 }
 
 // BenchmarkClientMissLoopback is one full wire query per lookup (no cache)
-// against dnstest over loopback UDP, with pooled sockets.
+// against dnstest over loopback UDP, on shared sockets.
 func BenchmarkClientMissLoopback(b *testing.B) {
 	c := benchClient(b)
 	ctx := context.Background()
@@ -101,9 +101,10 @@ func BenchmarkClientMissLoopback(b *testing.B) {
 	}
 }
 
-// BenchmarkClientMissLoopbackNoPool opens a new socket per query.
+// BenchmarkClientMissLoopbackNoPool opens a new socket per query
+// (WithUDPSockets(0)).
 func BenchmarkClientMissLoopbackNoPool(b *testing.B) {
-	c := benchClient(b, resolvercache.WithUDPPoolSize(0))
+	c := benchClient(b, resolvercache.WithUDPSockets(0))
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {

@@ -8,7 +8,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -16,13 +18,39 @@ import (
 
 // Client defaults. Each can be changed with a ClientOption.
 const (
-	DefaultTimeout       = 2 * time.Second // per wire query (WithTimeout)
-	DefaultRetries       = 1               // extra attempts, rotating over upstreams (WithRetries)
-	DefaultMaxCNAMEHops  = 8               // aliases followed per lookup (WithMaxCNAMEHops)
-	DefaultNegativeTTL   = 30 * time.Second
-	DefaultUDPPoolSize   = 256  // idle UDP sockets kept per upstream (WithUDPPoolSize)
-	DefaultMaxInFlight   = 1024 // wire queries in flight per upstream (WithMaxInFlight)
-	udpSocketMaxUses     = 256  // a pooled socket is replaced after this many queries
+	DefaultTimeout      = 2 * time.Second // per wire query (WithTimeout)
+	DefaultRetries      = 1               // extra attempts, rotating over upstreams (WithRetries)
+	DefaultMaxCNAMEHops = 8               // aliases followed per lookup (WithMaxCNAMEHops)
+	DefaultNegativeTTL  = 30 * time.Second
+
+	// DefaultUDPSockets is how many connected UDP sockets the queries to
+	// one upstream share (WithUDPSockets). Each has one reader goroutine,
+	// which reads and decodes every reply on it (about 6 µs of CPU), so 8
+	// readers decode in parallel on up to 8 cores, far more replies per
+	// second than a resolver sends; at the default MaxInFlight each socket
+	// has about 128 replies outstanding, which fit its receive buffer
+	// (udpReadBuffer). More sockets buy no spoofing resistance (see
+	// Client) and cost a descriptor and a goroutine each.
+	DefaultUDPSockets  = 8
+	DefaultMaxInFlight = 1024 // wire queries in flight per upstream (WithMaxInFlight)
+
+	// udpSocketMaxUses is how many queries a UDP socket carries before it
+	// is retired and a new one (a new source port) takes its place. At 256
+	// a busy client moves to new ports many times a second while opening
+	// a socket (about 20 µs) costs under 0.1 µs a query, and a socket's
+	// IDs in use (never reused, see udpConn.waiters) stay below 256 of
+	// 65536, so drawing a free one rarely takes two draws.
+	udpSocketMaxUses = 256
+	// udpSocketMaxAge retires a socket by age too, so that a quiet client
+	// does not keep the same few source ports for hours (RFC 5452 10).
+	udpSocketMaxAge = 10 * time.Second
+	// udpReadBuffer is the SO_RCVBUF asked for each shared socket (the
+	// kernel caps it at net.core.rmem_max): 128 replies of up to UDPSize
+	// octets, with the kernel's overhead, overflow the usual 208 KiB
+	// default when they come together.
+	udpReadBuffer = 1 << 20
+
+	maxUDPSockets        = 1024
 	maxRetries           = 16
 	maxCNAMEHopsLimit    = 64
 	defaultResolvConf    = "/etc/resolv.conf"
@@ -33,15 +61,37 @@ const (
 // Client is a stub resolver over github.com/miekg/dns that asks recursive
 // upstream servers and implements Resolver.
 //
-// Each wire query goes over UDP with an EDNS0 OPT record advertising
-// UDPSize octets (RFC 6891) and RD set; a reply with TC set is asked again
-// over TCP (RFC 1035 4.2.2, RFC 7766 5; one connection per such query). UDP
-// sockets are connected, pooled per upstream and reused (at most
-// udpSocketMaxUses queries each, so source ports keep changing); a socket
-// that saw a timeout or error is closed, never reused. Every query has a
-// fresh random ID; replies with another ID, another question or no QR bit
-// are ignored while waiting (and reported as KindMalformed if nothing else
-// comes); over TCP they are KindMalformed at once.
+// Each wire query goes over UDP (RFC 1035 4.2.1) with an EDNS0 OPT record
+// advertising UDPSize octets (RFC 6891 6.2.5) and RD set; a reply with TC
+// set is asked again over TCP (RFC 1035 4.2.2, RFC 7766 5; one connection
+// per such query).
+//
+// UDP sockets are connected and shared: the queries to one upstream take
+// turns over a few sockets (WithUDPSockets, default 8), many of them
+// outstanding on a socket at once and told apart by their message ID. One
+// goroutine per socket reads the replies and hands each to the query with
+// its ID, which waits for it, its timeout or its context, whichever comes
+// first. A socket per outstanding query would instead be opened and closed
+// for most queries of a cold cache, with a thousand queries in flight and
+// a few hundred sockets worth keeping idle: a fifth of the client's CPU.
+//
+// Forged replies are kept out as RFC 5452 9.1 and 9.2 ask. Every ID is
+// drawn at random over all 16 bits (math/rand/v2's global generator,
+// ChaCha8 seeded by the OS) and is never used twice on a socket; every
+// socket is retired after udpSocketMaxUses (256) queries or
+// udpSocketMaxAge (10s), whichever comes first: it takes no new query,
+// closes once its last one has ended, and a new socket, on a new
+// ephemeral port chosen by the kernel, takes its place. With K queries outstanding a forger must hit one of K (port, ID)
+// pairs, as many as with a socket per query, so sharing costs no entropy.
+// A reply must match the query's ID, question and QR bit (RFC 5452 9.1): a
+// datagram whose ID no query on the socket has used is dropped, one whose
+// ID matches but whose question or QR bit does not is ignored while the
+// query waits, and either turns that query's timeout into KindMalformed;
+// late or repeated replies to queries that have ended are dropped. Over
+// TCP a mismatch is KindMalformed at once. A read error (ICMP port
+// unreachable: nothing listens upstream) fails every query on the socket
+// with KindNetwork and retires it; a write error fails its own query and
+// retires the socket.
 //
 // A lookup is bounded: each wire query by the timeout (default 2s) and the
 // caller's context; failed attempts are retried on the next upstream
@@ -52,38 +102,76 @@ const (
 // At most MaxInFlight wire queries (default 1024) are outstanding to one
 // upstream at a time; a query over the bound waits for a slot, or for its
 // context to end (KindCanceled). A cold cache under load (thousands of
-// messages in flight, each with several lookups) would otherwise open as
-// many sockets at once and flood the resolver.
+// messages in flight, each with several lookups) would otherwise flood the
+// resolver.
 type Client struct {
 	upstreams []*upstream
 	timeout   time.Duration
 	retries   int
 	maxHops   int
 	negTTL    uint32
-	poolSize  int
 	clock     func() time.Time
 	metrics   *Metrics
 	dialer    net.Dialer
+	newID     func() uint16 // message IDs; tests replace it
+	maxAge    time.Duration // udpSocketMaxAge; tests shorten it
 
-	closeOnce sync.Once
+	waiterPool sync.Pool      // *waiter, to spare a query's channel, timer and buffer
+	readers    sync.WaitGroup // reader goroutines of the sockets Close closes
+	reading    atomic.Int64   // reader goroutines running, of any socket
+	closeOnce  sync.Once
 }
 
-// upstream is one server with its pool of idle connected UDP sockets.
+// upstream is one server with its shared UDP sockets.
 type upstream struct {
+	c    *Client
 	addr string
 	udp  *net.UDPAddr
-	pool chan *udpConn
 	sem  chan struct{} // one token per wire query in flight; capacity MaxInFlight
 
 	mu     sync.Mutex
+	slots  []*udpConn            // the sockets taking new queries; nil: dial at next use
+	next   uint                  // round robin over slots
+	open   map[*udpConn]struct{} // every socket Close must close, retired ones too
 	closed bool
 }
 
+// udpConn is one connected UDP socket and the queries waiting on it.
 type udpConn struct {
-	*net.UDPConn
-	buf  [UDPSize + 1]byte // a reply that fills this is larger than advertised
-	wbuf [maxQueryOctets]byte
-	uses int
+	u      *upstream
+	conn   *net.UDPConn
+	uses   int               // queries given this socket; under u.mu
+	opened time.Time         // when dialled; a socket older than udpSocketMaxAge retires
+	buf    [UDPSize + 1]byte // the reader's; a reply that fills it is larger than advertised
+
+	mu sync.Mutex
+	// waiters holds every ID used on this socket: the waiting query, or
+	// nil once it has ended. IDs are never reused on a socket, so a late
+	// reply cannot reach a later query.
+	waiters map[uint16]*waiter
+	pending int    // non-nil waiters
+	retired bool   // takes no new query; closes when pending is 0
+	done    bool   // closed or closing; waiters failed
+	strays  uint64 // datagrams whose ID no query here has used
+	strayID int    // the ID of the last of them, -1 if it had none
+}
+
+// waiter is one query waiting on a udpConn.
+type waiter struct {
+	q     question   // a copy, decoded against by the reader
+	ch    chan reply // capacity 1: one send, under udpConn.mu, as it leaves waiters
+	timer *time.Timer
+
+	// Under udpConn.mu.
+	mismatch error  // the last reply with this ID that did not match
+	strays   uint64 // udpConn.strays when it was registered
+
+	wbuf [maxQueryOctets]byte // the packed query
+}
+
+type reply struct {
+	m   *dns.Msg
+	err error
 }
 
 // ClientOption configures a Client.
@@ -96,7 +184,7 @@ type clientConfig struct {
 	retries    int
 	maxHops    int
 	negTTL     time.Duration
-	poolSize   int
+	udpSockets int
 	maxFlight  int
 	clock      func() time.Time
 	metrics    *Metrics
@@ -170,17 +258,17 @@ func WithNegativeTTL(d time.Duration) ClientOption {
 	}
 }
 
-// WithUDPPoolSize sets how many idle UDP sockets are kept per upstream
-// (default 256; 0 opens a new socket for every query). With fewer idle
-// sockets than queries in flight, a burst of misses opens and closes a
-// socket per query (socket, connect, epoll registration, close: about
-// 20 µs of CPU each, 10% of a cold-cache pipeline run at 16).
-func WithUDPPoolSize(n int) ClientOption {
+// WithUDPSockets sets how many connected UDP sockets the queries to each
+// upstream share (default 8, at most 1024); each has a goroutine reading
+// its replies, and is replaced by a new one every 256 queries. 0 gives
+// every query a socket of its own, closed after its reply, which costs
+// about 20 µs of CPU a query for the socket alone.
+func WithUDPSockets(n int) ClientOption {
 	return func(c *clientConfig) error {
-		if n < 0 {
-			return fmt.Errorf("WithUDPPoolSize: %d is negative", n)
+		if n < 0 || n > maxUDPSockets {
+			return fmt.Errorf("WithUDPSockets: %d is outside [0, %d]", n, maxUDPSockets)
 		}
-		c.poolSize = n
+		c.udpSockets = n
 		return nil
 	}
 }
@@ -216,7 +304,7 @@ func WithMetrics(m *Metrics) ClientOption {
 }
 
 // NewClient builds a Client. Without WithUpstreams it reads the name servers
-// (and their port) from /etc/resolv.conf.
+// (and their port) from /etc/resolv.conf. Sockets are opened at first use.
 func NewClient(opts ...ClientOption) (*Client, error) {
 	cfg := clientConfig{
 		resolvConf: defaultResolvConf,
@@ -224,7 +312,7 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 		retries:    DefaultRetries,
 		maxHops:    DefaultMaxCNAMEHops,
 		negTTL:     DefaultNegativeTTL,
-		poolSize:   DefaultUDPPoolSize,
+		udpSockets: DefaultUDPSockets,
 		maxFlight:  DefaultMaxInFlight,
 		clock:      time.Now,
 	}
@@ -247,13 +335,14 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 		}
 	}
 	c := &Client{
-		timeout:  cfg.timeout,
-		retries:  cfg.retries,
-		maxHops:  cfg.maxHops,
-		negTTL:   uint32(min(cfg.negTTL/time.Second, 1<<31-1)),
-		poolSize: cfg.poolSize,
-		clock:    cfg.clock,
-		metrics:  cfg.metrics,
+		timeout: cfg.timeout,
+		retries: cfg.retries,
+		maxHops: cfg.maxHops,
+		negTTL:  uint32(min(cfg.negTTL/time.Second, 1<<31-1)),
+		clock:   cfg.clock,
+		metrics: cfg.metrics,
+		newID:   func() uint16 { return uint16(rand.Uint32()) },
+		maxAge:  udpSocketMaxAge,
 	}
 	for _, a := range addrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -264,10 +353,12 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 			return nil, fmt.Errorf("resolvercache: upstream %q: %w", a, err)
 		}
 		c.upstreams = append(c.upstreams, &upstream{
-			addr: ua.String(),
-			udp:  ua,
-			pool: make(chan *udpConn, cfg.poolSize),
-			sem:  make(chan struct{}, cfg.maxFlight),
+			c:     c,
+			addr:  ua.String(),
+			udp:   ua,
+			sem:   make(chan struct{}, cfg.maxFlight),
+			slots: make([]*udpConn, cfg.udpSockets),
+			open:  map[*udpConn]struct{}{},
 		})
 	}
 	return c, nil
@@ -282,24 +373,17 @@ func (c *Client) Upstreams() []string {
 	return out
 }
 
-// Close closes the pooled sockets. Lookups after Close still work but do
-// not pool sockets.
+// Close closes the UDP sockets, failing the queries waiting on them with
+// KindNetwork (a lookup retries on a socket of its own if it has attempts
+// left), and returns once their reader goroutines have exited. Lookups
+// after Close still work, each wire query on a socket of its own, closed
+// after it.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		for _, u := range c.upstreams {
-			u.mu.Lock()
-			u.closed = true
-			u.mu.Unlock()
-			for {
-				select {
-				case uc := <-u.pool:
-					_ = uc.Close()
-					continue
-				default:
-				}
-				break
-			}
+			u.close()
 		}
+		c.readers.Wait()
 	})
 	return nil
 }
@@ -377,12 +461,11 @@ func (c *Client) try(ctx context.Context, u *upstream, q *question) (*dns.Msg, e
 		}
 	}
 	defer func() { <-u.sem }()
-	q.id = uint16(rand.Uint32())
 	m, err := c.exchangeUDP(ctx, u, q)
 	if !errors.Is(err, errTruncated) {
 		return m, err
 	}
-	q.id = uint16(rand.Uint32())
+	q.id = c.newID()
 	return c.exchangeTCP(ctx, u, q)
 }
 
@@ -413,62 +496,78 @@ func ioError(ctx context.Context, q *question, err error, ctxBound bool, deadlin
 
 var longAgo = time.Unix(1, 0)
 
-func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question) (_ *dns.Msg, err error) {
+// exchangeUDP asks q over one of u's shared sockets and waits for the
+// reply, the per-query timeout or the end of ctx.
+func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question) (*dns.Msg, error) {
 	start := time.Now()
 	defer func() { c.metrics.query(false, time.Since(start).Seconds()) }()
 	deadline, ctxBound := c.deadline(ctx)
-	uc, err := u.get()
+	w := c.waiterFor(q)
+	uc, err := u.register(w)
 	if err != nil {
+		c.waiterPool.Put(w)
 		return nil, q.fail(KindNetwork, err)
 	}
-	keep := false
-	var stop func() bool
-	defer func() {
-		if stop != nil && !stop() {
-			keep = false // the cancel hook ran or is running: do not reuse
-		}
-		if keep {
-			u.put(uc, c.poolSize)
-		} else {
-			_ = uc.Close()
-		}
-	}()
-	wire, err := q.pack(uc.wbuf[:0])
+	q.id = w.q.id
+	wire, err := q.pack(w.wbuf[:0])
 	if err != nil {
+		c.drop(uc, w)
 		return nil, q.fail(KindBadName, fmt.Errorf("pack query: %w", err))
 	}
-	if err := uc.SetDeadline(deadline); err != nil {
-		return nil, q.fail(KindNetwork, err)
-	}
-	if ctx.Done() != nil {
-		stop = context.AfterFunc(ctx, func() { _ = uc.SetReadDeadline(longAgo) })
-	}
-	uc.uses++
-	if _, err := uc.Write(wire); err != nil {
+	if _, err := uc.conn.Write(wire); err != nil {
+		c.drop(uc, w)
+		uc.retire()
 		return nil, ioError(ctx, q, err, ctxBound, deadline)
 	}
-	var mismatch error
-	for {
-		n, err := uc.Read(uc.buf[:])
-		if err != nil {
-			e := ioError(ctx, q, err, ctxBound, deadline)
-			if e.Kind == KindTimeout && mismatch != nil {
-				return nil, mismatch
-			}
-			return nil, e
-		}
-		if n > UDPSize {
-			keep = true
-			return nil, q.fail(KindMalformed, fmt.Errorf("UDP reply larger than the advertised %d octets", UDPSize))
-		}
-		m, err := decodeReply(uc.buf[:n], q, true)
-		if errors.Is(err, errMismatch) {
-			mismatch = err
-			continue
-		}
-		keep = true
-		return m, err
+	w.timer.Reset(time.Until(deadline))
+	var r reply
+	select {
+	case r = <-w.ch:
+		w.timer.Stop()
+		c.waiterPool.Put(w)
+		return r.m, r.err
+	case <-ctx.Done():
+		w.timer.Stop()
+	case <-w.timer.C:
 	}
+	mismatch, ok := uc.abandon(w)
+	if !ok { // the reply came after all
+		r = <-w.ch
+	}
+	c.waiterPool.Put(w)
+	switch {
+	case !ok:
+		return r.m, r.err
+	case ctx.Err() != nil:
+		return nil, q.fail(KindCanceled, ctx.Err())
+	case ctxBound:
+		return nil, q.fail(KindCanceled, context.DeadlineExceeded)
+	case mismatch != nil:
+		return nil, mismatch
+	}
+	return nil, q.fail(KindTimeout, fmt.Errorf("no reply from %s in %v: %w", u.addr, c.timeout, os.ErrDeadlineExceeded))
+}
+
+// waiterFor returns a waiter for q from the pool. A waiter goes back to
+// the pool only once out of its socket's waiters with its channel empty;
+// the reader may still hold it then, but finds its ID taken by nil.
+func (c *Client) waiterFor(q *question) *waiter {
+	w, _ := c.waiterPool.Get().(*waiter)
+	if w == nil {
+		w = &waiter{ch: make(chan reply, 1), timer: time.NewTimer(time.Hour)}
+		w.timer.Stop()
+	}
+	w.q, w.mismatch = *q, nil
+	return w
+}
+
+// drop takes w out of uc before its query was sent, or as the write
+// failed, and returns it to the pool.
+func (c *Client) drop(uc *udpConn, w *waiter) {
+	if _, ok := uc.abandon(w); !ok {
+		<-w.ch // failed by shutdown meanwhile
+	}
+	c.waiterPool.Put(w)
 }
 
 func (c *Client) exchangeTCP(ctx context.Context, u *upstream, q *question) (_ *dns.Msg, err error) {
@@ -510,33 +609,249 @@ func (c *Client) exchangeTCP(ctx context.Context, u *upstream, q *question) (_ *
 	return decodeReply(body, q, false)
 }
 
-func (u *upstream) get() (*udpConn, error) {
-	select {
-	case uc := <-u.pool:
-		return uc, nil
-	default:
+// register gives w a socket and an ID on it.
+func (u *upstream) register(w *waiter) (*udpConn, error) {
+	for range 3 { // a socket retired or failed since acquire: take the next
+		uc, last, err := u.acquire()
+		if err != nil {
+			return nil, err
+		}
+		if uc.register(w, last) {
+			return uc, nil
+		}
 	}
+	return nil, fmt.Errorf("no usable socket to %s", u.addr)
+}
+
+// acquire returns the socket for the next query in turn, opening it if
+// needed, and whether that query is its last: the socket is then already
+// out of the rotation. After Close, or without shared sockets, every query
+// gets a socket of its own.
+func (u *upstream) acquire() (uc *udpConn, last bool, err error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed || len(u.slots) == 0 {
+		uc, err := u.dial()
+		return uc, true, err
+	}
+	i := u.next % uint(len(u.slots))
+	u.next++
+	if uc = u.slots[i]; uc == nil {
+		if uc, err = u.dial(); err != nil {
+			return nil, false, err
+		}
+		_ = uc.conn.SetReadBuffer(udpReadBuffer)
+		u.slots[i] = uc
+	}
+	uc.uses++
+	if uc.uses >= udpSocketMaxUses || time.Since(uc.opened) >= u.c.maxAge {
+		u.slots[i] = nil
+		return uc, true, nil
+	}
+	return uc, false, nil
+}
+
+// dial opens a socket and starts its reader. Called with u.mu held.
+func (u *upstream) dial() (*udpConn, error) {
 	conn, err := net.DialUDP("udp", nil, u.udp)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", u.addr, err)
 	}
-	return &udpConn{UDPConn: conn}, nil
+	uc := &udpConn{u: u, conn: conn, opened: time.Now(), waiters: map[uint16]*waiter{}}
+	// Close waits for the readers it can reach; those of sockets opened
+	// after it end with their single query.
+	tracked := !u.closed
+	if tracked {
+		u.open[uc] = struct{}{}
+		u.c.readers.Add(1)
+	}
+	u.c.reading.Add(1)
+	go uc.read(tracked)
+	return uc, nil
 }
 
-func (u *upstream) put(uc *udpConn, size int) {
-	if uc.uses >= udpSocketMaxUses || size == 0 {
-		_ = uc.Close()
+// close shuts every socket of u down; later queries get their own.
+func (u *upstream) close() {
+	u.mu.Lock()
+	u.closed = true
+	open := u.open
+	u.open = nil
+	clear(u.slots)
+	u.mu.Unlock()
+	for uc := range open {
+		uc.shutdown(fmt.Errorf("client closed: %w", net.ErrClosed))
+	}
+}
+
+// register enters w under a random ID not used on uc before, unless uc
+// takes no new queries. last makes it uc's final query: uc retires.
+func (uc *udpConn) register(w *waiter, last bool) bool {
+	uc.mu.Lock()
+	defer uc.mu.Unlock()
+	if uc.done || uc.retired {
+		return false
+	}
+	id := uc.u.c.newID()
+	for _, used := uc.waiters[id]; used; _, used = uc.waiters[id] {
+		id = uc.u.c.newID()
+	}
+	w.q.id = id
+	w.strays = uc.strays
+	uc.waiters[id] = w
+	uc.pending++
+	uc.retired = last
+	return true
+}
+
+// abandon takes w out when its query gives up (timeout, cancellation,
+// failed write). It returns the mismatch to report instead of a timeout,
+// if any, and false if a reply or failure was handed to w first: it is
+// then in w.ch.
+func (uc *udpConn) abandon(w *waiter) (mismatch error, ok bool) {
+	uc.mu.Lock()
+	if uc.waiters[w.q.id] != w {
+		uc.mu.Unlock()
+		return nil, false
+	}
+	uc.waiters[w.q.id] = nil
+	uc.pending--
+	mismatch = w.mismatch
+	if mismatch == nil && uc.strays > w.strays {
+		err := fmt.Errorf("%w: ID %d, want %d", errMismatch, uc.strayID, w.q.id)
+		if uc.strayID < 0 {
+			err = fmt.Errorf("%w: a datagram too short for an ID", errMismatch)
+		}
+		mismatch = w.q.fail(KindMalformed, err)
+	}
+	drained := uc.drainedLocked()
+	uc.mu.Unlock()
+	if drained {
+		uc.close()
+	}
+	return mismatch, true
+}
+
+// retire takes uc out of the rotation; it closes once its queries end.
+func (uc *udpConn) retire() {
+	uc.u.unslot(uc)
+	uc.mu.Lock()
+	uc.retired = true
+	drained := uc.drainedLocked()
+	uc.mu.Unlock()
+	if drained {
+		uc.close()
+	}
+}
+
+// drainedLocked reports, once, that uc is retired and has no query left:
+// the caller must close it.
+func (uc *udpConn) drainedLocked() bool {
+	if uc.retired && uc.pending == 0 && !uc.done {
+		uc.done = true
+		return true
+	}
+	return false
+}
+
+// shutdown closes uc at once, failing its queries with KindNetwork.
+func (uc *udpConn) shutdown(cause error) {
+	uc.mu.Lock()
+	if uc.done {
+		uc.mu.Unlock()
 		return
 	}
+	uc.done = true
+	for _, w := range uc.waiters {
+		if w != nil {
+			w.ch <- reply{err: w.q.fail(KindNetwork, cause)}
+		}
+	}
+	uc.waiters, uc.pending = nil, 0
+	uc.mu.Unlock()
+	uc.close()
+}
+
+// close closes the socket, which ends its reader, and forgets it.
+func (uc *udpConn) close() {
+	_ = uc.conn.Close()
+	uc.u.unslot(uc)
+}
+
+func (u *upstream) unslot(uc *udpConn) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if u.closed {
-		_ = uc.Close()
+	for i, s := range u.slots {
+		if s == uc {
+			u.slots[i] = nil
+		}
+	}
+	delete(u.open, uc)
+}
+
+// read is uc's reader goroutine: it hands each datagram to the query
+// with its ID until the socket fails or is closed.
+func (uc *udpConn) read(tracked bool) {
+	defer func() {
+		uc.u.c.reading.Add(-1)
+		if tracked {
+			uc.u.c.readers.Done()
+		}
+	}()
+	for {
+		n, err := uc.conn.Read(uc.buf[:])
+		if err != nil {
+			uc.shutdown(err) // nothing left to fail if uc was closed on purpose
+			return
+		}
+		uc.dispatch(uc.buf[:n])
+	}
+}
+
+// dispatch checks one datagram against the query with its ID (decodeReply)
+// and hands it over, unless it does not match: the query then keeps
+// waiting and remembers the mismatch.
+func (uc *udpConn) dispatch(b []byte) {
+	id := -1
+	if len(b) >= 2 {
+		id = int(binary.BigEndian.Uint16(b))
+	}
+	uc.mu.Lock()
+	w, used := uc.waiters[uint16(id)]
+	if id < 0 || !used {
+		if !uc.done {
+			uc.strays++
+			uc.strayID = id
+		}
+		uc.mu.Unlock()
 		return
 	}
-	select {
-	case u.pool <- uc:
-	default:
-		_ = uc.Close()
+	if w == nil { // a late or repeated reply to a query that has ended
+		uc.mu.Unlock()
+		return
+	}
+	q := w.q
+	uc.mu.Unlock()
+
+	var r reply
+	if len(b) > UDPSize {
+		r.err = q.fail(KindMalformed, fmt.Errorf("UDP reply larger than the advertised %d octets", UDPSize))
+	} else {
+		r.m, r.err = decodeReply(b, &q, true)
+	}
+
+	uc.mu.Lock()
+	if uc.waiters[q.id] == w { // w may have given up meanwhile
+		if errors.Is(r.err, errMismatch) {
+			w.mismatch = r.err
+		} else {
+			uc.waiters[q.id] = nil
+			uc.pending--
+			w.ch <- r
+		}
+	}
+	drained := uc.drainedLocked()
+	uc.mu.Unlock()
+	if drained {
+		uc.close()
 	}
 }

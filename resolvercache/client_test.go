@@ -236,7 +236,7 @@ func TestClientTimeout(t *testing.T) {
 		t.Errorf("%d queries, want 2 (one retry)", n)
 	}
 	t.Logf("timeout after %v", time.Since(start))
-	// The pooled sockets that timed out were discarded: the next query works.
+	// The shared socket stays usable after its queries timed out.
 	s.AddRR(dnstest.TXT("fast.example.com", "ok", 60))
 	if a := lookup(t, c, "fast.example.com", dns.TypeTXT); len(a.TXT) != 1 {
 		t.Errorf("after timeout: %+v", a)
@@ -420,7 +420,7 @@ func TestClientOptions(t *testing.T) {
 	for _, o := range []resolvercache.ClientOption{
 		resolvercache.WithTimeout(0), resolvercache.WithRetries(-1), resolvercache.WithRetries(100),
 		resolvercache.WithMaxCNAMEHops(-1), resolvercache.WithUpstreams(), resolvercache.WithClock(nil),
-		resolvercache.WithNegativeTTL(-time.Second), resolvercache.WithUDPPoolSize(-1),
+		resolvercache.WithNegativeTTL(-time.Second), resolvercache.WithUDPSockets(-1), resolvercache.WithUDPSockets(1025),
 	} {
 		if _, err := resolvercache.NewClient(resolvercache.WithUpstreams("127.0.0.1:53"), o); err == nil {
 			t.Errorf("bad option accepted")
@@ -434,8 +434,8 @@ func TestClientOptions(t *testing.T) {
 func TestClientConcurrent(t *testing.T) {
 	s := startServer(t)
 	s.AddRR(dnstest.TXT("c.example.com", "v=spf1 -all", 300))
-	for _, pool := range []int{0, 4} {
-		c := clientFor(t, s, resolvercache.WithUDPPoolSize(pool))
+	for _, sockets := range []int{0, 1, 4} {
+		c := clientFor(t, s, resolvercache.WithUDPSockets(sockets))
 		var wg sync.WaitGroup
 		errs := make(chan error, 32)
 		for range 32 {
@@ -456,7 +456,7 @@ func TestClientConcurrent(t *testing.T) {
 		wg.Wait()
 		close(errs)
 		for err := range errs {
-			t.Errorf("pool %d: %v", pool, err)
+			t.Errorf("%d sockets: %v", sockets, err)
 		}
 	}
 }

@@ -1,5 +1,21 @@
 package resolvercache
 
+import "time"
+
 // JoinedForTest reports how many misses have joined an in-flight upstream
 // lookup, so tests can release a gated upstream once all have joined.
 func (c *Cache) JoinedForTest() int64 { return c.joined.Load() }
+
+// SetQueryIDsForTest replaces the client's source of message IDs. next
+// must not return only IDs already used on a socket.
+func SetQueryIDsForTest(c *Client, next func() uint16) { c.newID = next }
+
+// ReadersForTest reports how many socket reader goroutines are running.
+func ReadersForTest(c *Client) int64 { return c.reading.Load() }
+
+// UDPSocketMaxUses is how many queries a UDP socket carries before it is
+// replaced.
+const UDPSocketMaxUses = udpSocketMaxUses
+
+// SetSocketMaxAgeForTest shortens the age at which a UDP socket retires.
+func SetSocketMaxAgeForTest(c *Client, d time.Duration) { c.maxAge = d }
