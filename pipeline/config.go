@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"runtime"
 	"time"
+
+	"github.com/authpipe/authpipe/stages"
 )
 
 // Delivery is the delivery guarantee of a Pipeline.
@@ -249,6 +251,11 @@ type MemoryBudget struct {
 	Produce int64
 	// DNSCache is the resolver cache's byte budget (resolvercache.WithMaxBytes).
 	DNSCache int64
+	// Engine is what the verification engine's own caches (DKIM keys,
+	// parsed SPF and DMARC records) may hold: stages.CacheBytes. They grow
+	// with the sender domains seen, not with the traffic; one Engine serves
+	// the pipeline and its retry stage.
+	Engine int64
 	// Aggregates bounds a batch's partial aggregates: at most one row per
 	// record of the batch, aggregateRowBytes each.
 	Aggregates int64
@@ -270,10 +277,10 @@ const (
 )
 
 // MemoryBound returns the memory budget of a pipeline with configuration c
-// (defaults filled in, as Pipeline.Config returns it) and a DNS cache of
-// dnsCacheBytes. The embedded broker is not included: its topic data is on
-// disk with a data directory (resident only without one), its index a few
-// hundred bytes per stored batch.
+// (defaults filled in, as Pipeline.Config returns it), a DNS cache of
+// dnsCacheBytes and one stages.Engine. The embedded broker is not included:
+// its topic data is on disk with a data directory (resident only without
+// one), its index a few hundred bytes per stored batch.
 func MemoryBound(c Config, dnsCacheBytes int64) MemoryBudget {
 	b := MemoryBudget{
 		InFlight:   c.MaxInFlightBytes,
@@ -281,6 +288,7 @@ func MemoryBound(c Config, dnsCacheBytes int64) MemoryBudget {
 		Fetch:      2 * int64(fetchMaxBytes(c)) * fetchDecompression,
 		Produce:    producerBufferBytes(c),
 		DNSCache:   dnsCacheBytes,
+		Engine:     stages.CacheBytes,
 		Aggregates: int64(c.BatchMaxRecords) * aggregateRowBytes,
 		GCHeadroom: 2,
 	}
@@ -288,7 +296,7 @@ func MemoryBound(c Config, dnsCacheBytes int64) MemoryBudget {
 		r := MemoryBound(RetryStage(c), 0)
 		b.Retry = r.InFlight + r.Work + r.Fetch + r.Produce + r.Aggregates
 	}
-	b.Total = int64(b.GCHeadroom * float64(b.InFlight+b.Work+b.Fetch+b.Produce+b.DNSCache+b.Aggregates+b.Retry))
+	b.Total = int64(b.GCHeadroom * float64(b.InFlight+b.Work+b.Fetch+b.Produce+b.DNSCache+b.Engine+b.Aggregates+b.Retry))
 	return b
 }
 

@@ -181,8 +181,8 @@ func TestMemoryBoundSustained(t *testing.T) {
 
 	t.Logf("%d messages of %d bytes in %v (%.0f/s); %d samples", n, msgBytes, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), sm.samples)
 	t.Logf("bound %s over a base of RSS %s (Go runtime %s)", mib(bound.Total), mib(baseRSS), mib(baseGo))
-	t.Logf("  in flight %s + per-message work %s + fetch %s + producer %s + DNS cache %s + aggregates %s, ×%.1f GC headroom",
-		mib(bound.InFlight), mib(bound.Work), mib(bound.Fetch), mib(bound.Produce), mib(bound.DNSCache), mib(bound.Aggregates), bound.GCHeadroom)
+	t.Logf("  in flight %s + per-message work %s + fetch %s + producer %s + DNS cache %s + engine caches %s + aggregates %s, ×%.1f GC headroom",
+		mib(bound.InFlight), mib(bound.Work), mib(bound.Fetch), mib(bound.Produce), mib(bound.DNSCache), mib(bound.Engine), mib(bound.Aggregates), bound.GCHeadroom)
 	t.Logf("peak RSS %s (+%s), Go runtime total %s (+%s), live heap %s", mib(sm.peakRSS), mib(sm.peakRSS-baseRSS),
 		mib(sm.peakGo), mib(sm.peakGo-baseGo), mib(sm.peakLive))
 

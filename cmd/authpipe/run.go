@@ -478,7 +478,7 @@ func applyMemorySettings(rf *runFlags, bound pipeline.MemoryBudget, getenv func(
 	}
 	log.Info("memory: the pipeline's bound and the Go limits",
 		"bound_bytes", bound.Total, "in_flight", bound.InFlight, "work", bound.Work, "fetch", bound.Fetch,
-		"produce", bound.Produce, "dns_cache", bound.DNSCache, "aggregates", bound.Aggregates,
+		"produce", bound.Produce, "dns_cache", bound.DNSCache, "engine_caches", bound.Engine, "aggregates", bound.Aggregates, "retry_stage", bound.Retry,
 		"memory_limit", debug.SetMemoryLimit(-1), "gc_percent", gc)
 	return func() {
 		if oldGC != -2 {

@@ -7,9 +7,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"math/big"
+	"math/bits"
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/authpipe/authpipe/resolvercache"
 )
@@ -246,8 +249,30 @@ func splitColonList(v string) []string {
 	return out
 }
 
-// DefaultKeyCacheEntries is the default bound on a KeyFetcher's cache.
-const DefaultKeyCacheEntries = 10000
+// Bounds of a KeyFetcher's cache: DefaultKeyCacheEntries entries by
+// default (KeyFetcher.MaxEntries), and at most KeyCacheBytes by
+// entryBytes' measure.
+//
+// The byte bound is needed besides the count because an entry's size is
+// the publisher's choice: a key record may be 16 KiB (maxKeyRecord), the
+// verifier's limits on RSA key size apply only after the key is cached,
+// and an error text may quote the record. KeyCacheBytes is 10000 entries
+// of 3.4 KB, what a 4096-bit RSA key is charged with its record and its
+// verification constants (the largest size RFC 8301 3.2 requires
+// verifiers to accept); a 2048-bit key is charged 2.0 KB, so a cache of
+// common keys is bound by its count. See stages.CacheBytes for what the
+// bounds come to.
+const (
+	DefaultKeyCacheEntries = 10000
+	KeyCacheBytes          = 32 << 20
+)
+
+// keyEntryFixed is what one cached key or error holds besides the
+// variable parts entryBytes adds: the PublicKey, rsa.PublicKey, rsaCtx
+// and big.Int structures (about 370 bytes), or the KeyError and its
+// wrapped error, with allocation rounding. The map slot is not charged
+// (a map keeps its slots when entries are deleted; see stages.CacheBytes).
+const keyEntryFixed = 512
 
 // typeTXT is the DNS TXT record type (RFC 1035 3.2.2).
 const typeTXT uint16 = 16
@@ -257,8 +282,9 @@ const typeTXT uint16 = 16
 // domain) for the remaining TTL of the DNS answer, so each key is parsed
 // once per TTL, not once per message. Permanent failures (no key, bad
 // record) are cached the same way; temporary ones are not. The cache holds
-// at most MaxEntries keys (default 10000); when full, expired entries are
-// dropped first, then arbitrary ones, until an eighth of the room is free.
+// at most MaxEntries keys (default 10000) and at most KeyCacheBytes; when
+// full, expired entries are dropped first, then arbitrary ones, until an
+// eighth of the room is free.
 //
 // A KeyFetcher is safe for concurrent use. The zero value is not usable:
 // Resolver must be set.
@@ -273,6 +299,8 @@ type KeyFetcher struct {
 
 	mu      sync.Mutex
 	entries map[keyID]keyEntry
+	bytes   int // charged to the entries (entryBytes)
+	deleted int // entries deleted since the map was made
 }
 
 type keyID struct{ selector, domain string }
@@ -281,6 +309,44 @@ type keyEntry struct {
 	key     *PublicKey
 	err     error
 	expires time.Time
+	bytes   int
+}
+
+// entryBytes is what a cache entry keeps alive besides its map slot, for
+// the byte bound: keyEntryFixed, the names, the error text (of a KeyError,
+// that of the error it wraps: its names are the entry's and its reason a
+// constant), and for a key the record text it was parsed from (the h=, s=,
+// t= and k= values are substrings of it), the list headers, and the key
+// material: the Ed25519 key, or the RSA modulus with the constants
+// newRSACtx derives from it (its words again and R² mod n, or Barrett's
+// constant: about four times the modulus in all).
+func entryBytes(id keyID, rec string, key *PublicKey, err error) int {
+	n := keyEntryFixed + len(id.selector) + len(id.domain)
+	if ke, ok := err.(*KeyError); ok {
+		err = ke.Err
+	}
+	if err != nil {
+		n += len(err.Error())
+	}
+	if key == nil {
+		return n
+	}
+	n += len(rec) + cap(key.Ed25519) + int(unsafe.Sizeof(""))*(cap(key.HashAlgs)+cap(key.ServiceTypes)+cap(key.Flags))
+	if key.RSA != nil {
+		n += wordBytes(key.RSA.N)
+	}
+	if c := key.rsaCtx; c != nil {
+		n += cap(c.nw)*bits.UintSize/8 + wordBytes(c.rr) + wordBytes(c.mu)
+	}
+	return n
+}
+
+// wordBytes is the size of x's backing array.
+func wordBytes(x *big.Int) int {
+	if x == nil {
+		return 0
+	}
+	return cap(x.Bits()) * bits.UintSize / 8
 }
 
 // Fetch returns the key for selector and domain. Errors are *[KeyError];
@@ -301,14 +367,18 @@ func (k *KeyFetcher) Fetch(ctx context.Context, domain, selector string) (*Publi
 		if ok && now().Before(e.expires) {
 			return e.key, e.err
 		}
+		// The entry and a cached KeyError keep copies of the names, not
+		// the strings passed (substrings of a whole DKIM-Signature field).
+		id = keyID{strings.Clone(selector), strings.Clone(domain)}
+		domain, selector = id.domain, id.selector
 	}
-	key, ttl, err := k.lookup(ctx, domain, selector, now)
+	key, rec, ttl, err := k.lookup(ctx, domain, selector, now)
 	if ttl > 0 && k.MaxEntries >= 0 && (err == nil || !IsTemporary(err)) {
 		exp := now().Add(ttl)
 		if key != nil {
 			key.Expires = exp
 		}
-		k.store(id, keyEntry{key: key, err: err, expires: exp}, now())
+		k.store(id, keyEntry{key: key, err: err, expires: exp, bytes: entryBytes(id, rec, key, err)}, now())
 	}
 	return key, err
 }
@@ -318,34 +388,54 @@ func (k *KeyFetcher) store(id keyID, e keyEntry, now time.Time) {
 	if max == 0 {
 		max = DefaultKeyCacheEntries
 	}
+	if e.bytes > KeyCacheBytes/8 { // never with records of at most maxKeyRecord; keeps evict's target positive
+		return
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.entries == nil {
 		k.entries = make(map[keyID]keyEntry)
 	}
-	if _, ok := k.entries[id]; !ok && len(k.entries) >= max {
-		k.evict(max-1-max/8, now)
+	if old, ok := k.entries[id]; ok {
+		k.bytes -= old.bytes
+	} else if len(k.entries) >= max || k.bytes+e.bytes > KeyCacheBytes {
+		k.evict(max-1-max/8, KeyCacheBytes-KeyCacheBytes/8-e.bytes, now)
 	}
 	k.entries[id] = e
+	k.bytes += e.bytes
 }
 
 // evict drops expired entries, then arbitrary ones (Go randomises map
-// iteration), until at most target remain. Freeing an eighth of the bound
-// at once makes a full cache cost one pass over the map per max/8 new keys;
-// freeing one slot per key cost a pass per key (200 µs at 10000 entries,
-// under the lock every verifier takes: BenchmarkKeyFetcherFull), half the
-// CPU of a pipeline seeing 16000 sender domains.
-func (k *KeyFetcher) evict(target int, now time.Time) {
+// iteration), until at most target remain holding at most targetBytes.
+// Freeing an eighth of the bound at once makes a full cache cost one pass
+// over the map per max/8 new keys; freeing one slot per key cost a pass
+// per key (200 µs at 10000 entries, under the lock every verifier takes:
+// BenchmarkKeyFetcherFull), half the CPU of a pipeline seeing 16000 sender
+// domains.
+func (k *KeyFetcher) evict(target, targetBytes int, now time.Time) {
+	n := len(k.entries)
 	for kid, old := range k.entries {
 		if !now.Before(old.expires) {
 			delete(k.entries, kid)
+			k.bytes -= old.bytes
 		}
 	}
-	for kid := range k.entries {
-		if len(k.entries) <= target {
-			return
+	for kid, old := range k.entries {
+		if len(k.entries) <= target && k.bytes <= targetBytes {
+			break
 		}
 		delete(k.entries, kid)
+		k.bytes -= old.bytes
+	}
+	// A Go map keeps growing under steady deletion and insertion (see
+	// parsecache's compact): copy the entries into a new map once as many
+	// have been deleted as the cache holds.
+	if k.deleted += n - len(k.entries); k.deleted >= n {
+		fresh := make(map[keyID]keyEntry, len(k.entries))
+		for kid, e := range k.entries {
+			fresh[kid] = e
+		}
+		k.entries, k.deleted = fresh, 0
 	}
 }
 
@@ -356,9 +446,18 @@ func (k *KeyFetcher) Len() int {
 	return len(k.entries)
 }
 
-func (k *KeyFetcher) lookup(ctx context.Context, domain, selector string, now func() time.Time) (*PublicKey, time.Duration, error) {
-	fail := func(temp bool, reason string, err error) (*PublicKey, time.Duration, error) {
-		return nil, 0, &KeyError{Domain: domain, Selector: selector, Temp: temp, Reason: reason, Err: err}
+// Bytes returns the bytes charged to the cached entries (see KeyCacheBytes).
+func (k *KeyFetcher) Bytes() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.bytes
+}
+
+// lookup fetches and parses the key; the string is the record text the key
+// was parsed from.
+func (k *KeyFetcher) lookup(ctx context.Context, domain, selector string, now func() time.Time) (*PublicKey, string, time.Duration, error) {
+	fail := func(temp bool, reason string, err error) (*PublicKey, string, time.Duration, error) {
+		return nil, "", 0, &KeyError{Domain: domain, Selector: selector, Temp: temp, Reason: reason, Err: err}
 	}
 	if k.Resolver == nil {
 		return fail(true, "key unavailable", errors.New("no resolver configured"))
@@ -380,14 +479,14 @@ func (k *KeyFetcher) lookup(ctx context.Context, domain, selector string, now fu
 		if ans.NXDomain() {
 			what = "no key for signature (NXDOMAIN)"
 		}
-		_, _, e := fail(false, what, nil)
-		return nil, ttl, e
+		_, _, _, e := fail(false, what, nil)
+		return nil, "", ttl, e
 	}
 	var firstErr error
 	for _, txt := range ans.TXT {
 		key, err := ParseKeyRecord(txt)
 		if err == nil {
-			return key, ttl, nil
+			return key, txt, ttl, nil
 		}
 		if firstErr == nil {
 			firstErr = err
@@ -395,5 +494,5 @@ func (k *KeyFetcher) lookup(ctx context.Context, domain, selector string, now fu
 	}
 	ke := firstErr.(*KeyError)
 	ke.Domain, ke.Selector = domain, selector
-	return nil, ttl, ke
+	return nil, "", ttl, ke
 }

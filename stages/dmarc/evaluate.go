@@ -187,7 +187,7 @@ func (e *Evaluator) parse(txt string) (*Record, error) {
 	rc := e.records.Load()
 	if rc == nil || rc.mode != e.Mode {
 		mode := e.Mode
-		rc = &recordCache{mode: mode, cache: parsecache.New[*Record](0, 0),
+		rc = &recordCache{mode: mode, cache: parsecache.New(0, 0, (*Record).bytes),
 			parse: func(t string) (*Record, error) { return parseRecord(t, mode) }}
 		e.records.Store(rc)
 	}

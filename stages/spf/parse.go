@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"unsafe"
 )
 
 // mechKind identifies a mechanism (RFC 7208 5).
@@ -40,6 +41,17 @@ type record struct {
 	hasRedirect bool
 	hasExp      bool
 	hasAll      bool
+}
+
+// bytes is what r keeps alive besides its text, for the parse cache's byte
+// bound: the record and its terms (their strings are substrings of the
+// text). A record of many short terms ("a a a …") is the worst case, 96
+// bytes a term on 64-bit platforms for 2 octets of text.
+func (r *record) bytes() int {
+	if r == nil {
+		return 0
+	}
+	return int(unsafe.Sizeof(*r)) + cap(r.terms)*int(unsafe.Sizeof(term{}))
 }
 
 // errRecordTooLong is returned for records over MaxRecordLength.

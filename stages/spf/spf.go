@@ -145,7 +145,7 @@ func (c *Checker) recordCache() *parsecache.Cache[*record] {
 	if p := c.records.Load(); p != nil {
 		return p
 	}
-	c.records.CompareAndSwap(nil, parsecache.New[*record](0, 0))
+	c.records.CompareAndSwap(nil, parsecache.New(0, 0, (*record).bytes))
 	return c.records.Load()
 }
 
