@@ -15,31 +15,10 @@ import (
 )
 
 // rawServer is a UDP server that answers each query with whatever datagrams
-// reply returns, to feed the client crafted bytes.
+// reply returns, at once and in order, to feed the client crafted bytes.
 func rawServer(t *testing.T, reply func(q *dns.Msg) [][]byte) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		buf := make([]byte, 65535)
-		for {
-			n, addr, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			q := new(dns.Msg)
-			if q.Unpack(buf[:n]) != nil {
-				continue
-			}
-			for _, d := range reply(q) {
-				_, _ = pc.WriteTo(d, addr)
-			}
-		}
-	}()
-	return pc.LocalAddr().String()
+	return startUDPServer(t, func(_ int, q *dns.Msg) (time.Duration, [][]byte) { return 0, reply(q) }).addr
 }
 
 func pack(t *testing.T, m *dns.Msg) []byte {
