@@ -171,33 +171,17 @@ func TestClientNegativeTTLFromSOA(t *testing.T) {
 
 func TestClientTCPMismatchIsMalformed(t *testing.T) {
 	// UDP says TC; TCP answers with the wrong ID.
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	l, err := net.Listen("tcp", pc.LocalAddr().String())
+	udp := rawServer(t, func(q *dns.Msg) [][]byte {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Truncated = true
+		return [][]byte{pack(t, m)}
+	})
+	l, err := net.Listen("tcp", udp)
 	if err != nil {
 		t.Skipf("no TCP on the same port: %v", err)
 	}
 	defer l.Close()
-	go func() {
-		buf := make([]byte, 512)
-		for {
-			n, addr, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			q := new(dns.Msg)
-			if q.Unpack(buf[:n]) != nil {
-				continue
-			}
-			m := new(dns.Msg)
-			m.SetReply(q)
-			m.Truncated = true
-			_, _ = pc.WriteTo(pack(t, m), addr)
-		}
-	}()
 	go func() {
 		for {
 			conn, err := l.Accept()
@@ -214,7 +198,7 @@ func TestClientTCPMismatchIsMalformed(t *testing.T) {
 			conn.Close()
 		}
 	}()
-	c := newClient(t, resolvercache.WithUpstreams(pc.LocalAddr().String()), resolvercache.WithRetries(0))
+	c := newClient(t, resolvercache.WithUpstreams(udp), resolvercache.WithRetries(0))
 	_, err = c.Lookup(context.Background(), "tcp.example.com", dns.TypeTXT)
 	var e *resolvercache.Error
 	if !errors.As(err, &e) || e.Kind != resolvercache.KindMalformed {
