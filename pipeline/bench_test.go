@@ -21,9 +21,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/authpipe/authpipe/resolvercache"
 	"github.com/authpipe/authpipe/resolvercache/dnstest"
-	"github.com/authpipe/authpipe/stages"
 )
 
 // signedCorpus returns n messages of about 4 KiB, each DKIM-signed with
@@ -110,15 +108,7 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	}
 	dns := startTestDNS(b)
 	msgs := signedCorpus(b, dns, n)
-	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dns.Addr), resolvercache.WithTimeout(time.Second))
-	if err != nil {
-		b.Fatal(err)
-	}
-	res, err := resolvercache.NewCache(c)
-	if err != nil {
-		b.Fatal(err)
-	}
-	e := stages.New(res) // real clock: the signatures carry t= of now
+	e := cachedEngine(b, dns.Addr)
 	if v := e.Verify(context.Background(), msgs[0].raw, msgs[0].env); v.DMARC == nil || len(v.DKIM) != 1 || v.DKIM[0].Result != "pass" {
 		b.Fatalf("corpus verdict: %+v %+v", v.DMARC, v.DKIM)
 	}

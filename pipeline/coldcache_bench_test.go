@@ -16,7 +16,6 @@ import (
 
 	"github.com/emersion/go-msgauth/dkim"
 
-	"github.com/authpipe/authpipe/resolvercache"
 	"github.com/authpipe/authpipe/resolvercache/dnstest"
 	"github.com/authpipe/authpipe/stages"
 )
@@ -66,15 +65,7 @@ func BenchmarkPipelineColdCache(b *testing.B) {
 	}
 	pub, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
 
-	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dns.Addr), resolvercache.WithTimeout(time.Second))
-	if err != nil {
-		b.Fatal(err)
-	}
-	res, err := resolvercache.NewCache(c)
-	if err != nil {
-		b.Fatal(err)
-	}
-	e := stages.New(res)
+	e := cachedEngine(b, dns.Addr)
 	brokers := br.Addrs()
 	createTopics(b, brokers, 4)
 	ld := startLoader(b, brokers)

@@ -75,6 +75,23 @@ func testEngineNoT(dnsAddr string) *stages.Engine {
 	return stages.New(c, stages.WithClock(func() time.Time { return fixedNow }), stages.WithDNSBudget(600*time.Millisecond))
 }
 
+// cachedEngine builds the engine `authpipe run` has: the real DNS client
+// against dnsAddr behind the cache (options such as its size in cacheOpts),
+// and the real clock, as the benchmarks' signatures carry t= of now.
+func cachedEngine(tb testing.TB, dnsAddr string, cacheOpts ...resolvercache.CacheOption) *stages.Engine {
+	tb.Helper()
+	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dnsAddr), resolvercache.WithTimeout(time.Second))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	res, err := resolvercache.NewCache(c, cacheOpts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(res.Close)
+	return stages.New(res)
+}
+
 type testMsg struct {
 	key string
 	raw []byte

@@ -18,7 +18,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/resolvercache"
-	"github.com/authpipe/authpipe/stages"
 )
 
 // memSampler samples this process's RSS (/proc/self/status VmRSS) and the
@@ -132,16 +131,7 @@ func TestMemoryBoundSustained(t *testing.T) {
 	dns := startTestDNS(t)
 	msgs := signedCorpus(t, dns, n)
 	const cacheBytes = 4 << 20
-	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dns.Addr), resolvercache.WithTimeout(time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := resolvercache.NewCache(c, resolvercache.WithMaxBytes(cacheBytes))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(res.Close)
-	e := stages.New(res)
+	e := cachedEngine(t, dns.Addr, resolvercache.WithMaxBytes(cacheBytes))
 	brokers := br.Addrs()
 	createTopics(t, brokers, 4)
 	ld := startLoader(t, brokers)

@@ -3,13 +3,10 @@ package pipeline
 import (
 	"context"
 	"testing"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/authpipe/authpipe/resolvercache"
-	"github.com/authpipe/authpipe/stages"
 	"github.com/authpipe/authpipe/stages/verdict"
 )
 
@@ -21,15 +18,7 @@ import (
 func BenchmarkHandleOverhead(b *testing.B) {
 	dns := startTestDNS(b)
 	msgs := signedCorpus(b, dns, 1)
-	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dns.Addr), resolvercache.WithTimeout(time.Second))
-	if err != nil {
-		b.Fatal(err)
-	}
-	res, err := resolvercache.NewCache(c)
-	if err != nil {
-		b.Fatal(err)
-	}
-	e := stages.New(res)
+	e := cachedEngine(b, dns.Addr)
 	m := &msgs[0]
 	v := e.Verify(context.Background(), m.raw, m.env)
 	v.Key = m.key

@@ -6,9 +6,6 @@ import (
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/authpipe/authpipe/resolvercache"
-	"github.com/authpipe/authpipe/stages"
 )
 
 // BenchmarkPipelineSlowDNS measures what a few messages whose DNS never
@@ -38,15 +35,7 @@ func BenchmarkPipelineSlowDNS(b *testing.B) {
 	brokers := benchBroker(b).Addrs()
 	dns := startTestDNS(b)
 	msgs := signedCorpus(b, dns, n)
-	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dns.Addr), resolvercache.WithTimeout(time.Second))
-	if err != nil {
-		b.Fatal(err)
-	}
-	res, err := resolvercache.NewCache(c)
-	if err != nil {
-		b.Fatal(err)
-	}
-	e := stages.New(res)
+	e := cachedEngine(b, dns.Addr)
 	createTopics(b, brokers, 4)
 	ld := startLoader(b, brokers)
 	dir := b.TempDir()
