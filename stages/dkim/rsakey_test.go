@@ -1,0 +1,99 @@
+package dkim
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"testing"
+)
+
+// FuzzParseRSAPublicKey holds the direct SubjectPublicKeyInfo reader to
+// x509: whatever it accepts, x509.ParsePKIXPublicKey accepts too, as an RSA
+// key with the same modulus and exponent; and parseRSAPublicKey as a whole
+// accepts exactly the inputs the former x509-only code accepted.
+func FuzzParseRSAPublicKey(f *testing.F) {
+	for _, bits := range []int{1024, 2048} {
+		k, err := rsa.GenerateKey(rand.Reader, bits)
+		if err != nil {
+			f.Fatal(err)
+		}
+		spki, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+		f.Add(spki)
+		f.Add(x509.MarshalPKCS1PublicKey(&k.PublicKey))
+		f.Add(append(spki[:len(spki):len(spki)], 0))   // trailing byte
+		f.Add(append([]byte{}, spki[:len(spki)-1]...)) // truncated
+		withParams := append([]byte{}, spki...)        // parameters not NULL
+		withParams[17] = 0x04
+		f.Add(withParams)
+	}
+	for _, s := range []string{rsaKeyText, edKeyText} {
+		k, err := ParseKeyRecord(s)
+		if err == nil && k.RSA != nil {
+			spki, _ := x509.MarshalPKIXPublicKey(k.RSA)
+			f.Add(spki)
+		}
+	}
+	ed, _ := base64.StdEncoding.DecodeString("MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=")
+	f.Add(ed) // an Ed25519 SubjectPublicKeyInfo: k=rsa with another key type
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, der []byte) {
+		if k := parseRSASPKI(der); k != nil {
+			pub, err := x509.ParsePKIXPublicKey(der)
+			if err != nil {
+				t.Fatalf("direct reader accepts what x509 rejects (%v)", err)
+			}
+			rk, ok := pub.(*rsa.PublicKey)
+			if !ok || rk.N.Cmp(k.N) != 0 || rk.E != k.E {
+				t.Fatalf("direct reader: N=%x E=%d; x509: %#v", k.N, k.E, pub)
+			}
+		}
+		got, err := parseRSAPublicKey(der)
+		want, werr := x509Only(der)
+		if (err == nil) != (werr == nil) {
+			t.Fatalf("parseRSAPublicKey err=%v, x509 err=%v", err, werr)
+		}
+		if err == nil && (got.N.Cmp(want.N) != 0 || got.E != want.E) {
+			t.Fatalf("parseRSAPublicKey N=%x E=%d, x509 N=%x E=%d", got.N, got.E, want.N, want.E)
+		}
+		if err != nil && err.Error() != werr.Error() {
+			t.Fatalf("error %q, x509 %q", err, werr)
+		}
+	})
+}
+
+// x509Only is the former key parsing: x509 only.
+func x509Only(der []byte) (*rsa.PublicKey, error) {
+	pub, err := x509.ParsePKIXPublicKey(der)
+	if err != nil {
+		pk, err2 := x509.ParsePKCS1PublicKey(der)
+		if err2 != nil {
+			return nil, err
+		}
+		return pk, nil
+	}
+	rk, ok := pub.(*rsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("k=rsa but p= holds a %T", pub)
+	}
+	return rk, nil
+}
+
+// BenchmarkParseKeyRecord is the cost of a key fetched cold: the tag list,
+// base64, the SubjectPublicKeyInfo and the Montgomery set-up of a 2048-bit
+// RSA key.
+func BenchmarkParseKeyRecord(b *testing.B) {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		b.Fatal(err)
+	}
+	spki, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	rec := "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(spki)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseKeyRecord(rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
