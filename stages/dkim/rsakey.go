@@ -27,6 +27,12 @@ func parseRSAPublicKey(der []byte) (*rsa.PublicKey, error) {
 	if k := parseRSASPKI(der); k != nil {
 		return k, nil
 	}
+	return parseRSAPublicKeyX509(der)
+}
+
+// parseRSAPublicKeyX509 is the general path: SubjectPublicKeyInfo of any
+// form through x509, then PKCS #1.
+func parseRSAPublicKeyX509(der []byte) (*rsa.PublicKey, error) {
 	pub, err := x509.ParsePKIXPublicKey(der)
 	if err != nil {
 		pk, err2 := x509.ParsePKCS1PublicKey(der)
