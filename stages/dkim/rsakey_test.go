@@ -10,8 +10,8 @@ import (
 
 // FuzzParseRSAPublicKey holds the direct SubjectPublicKeyInfo reader to
 // x509: whatever it accepts, x509.ParsePKIXPublicKey accepts too, as an RSA
-// key with the same modulus and exponent; and parseRSAPublicKey as a whole
-// gives what the x509 path alone (the former code) gives, errors included.
+// key with the same modulus and exponent. Whatever it declines goes to
+// that x509 path (parseRSAPublicKeyX509, the former code) unchanged.
 func FuzzParseRSAPublicKey(f *testing.F) {
 	for _, bits := range []int{1024, 2048} {
 		k, err := rsa.GenerateKey(rand.Reader, bits)
@@ -48,23 +48,13 @@ func FuzzParseRSAPublicKey(f *testing.F) {
 				t.Fatalf("direct reader: N=%x E=%d; x509: %#v", k.N, k.E, pub)
 			}
 		}
-		got, err := parseRSAPublicKey(der)
-		want, werr := parseRSAPublicKeyX509(der)
-		if (err == nil) != (werr == nil) {
-			t.Fatalf("parseRSAPublicKey err=%v, x509 err=%v", err, werr)
-		}
-		if err == nil && (got.N.Cmp(want.N) != 0 || got.E != want.E) {
-			t.Fatalf("parseRSAPublicKey N=%x E=%d, x509 N=%x E=%d", got.N, got.E, want.N, want.E)
-		}
-		if err != nil && err.Error() != werr.Error() {
-			t.Fatalf("error %q, x509 %q", err, werr)
-		}
 	})
 }
 
-// BenchmarkParseKeyRecord is the cost of a key fetched cold: the tag list,
-// base64, the SubjectPublicKeyInfo and the Montgomery set-up of a 2048-bit
-// RSA key.
+// BenchmarkParseKeyRecord is the cost of a 2048-bit key fetched cold:
+// "record" is the whole of ParseKeyRecord (tag list, base64, key, RSA
+// set-up); "spki-direct" and "spki-x509" the SubjectPublicKeyInfo read
+// directly and through x509; "rsa-setup" the Montgomery constants.
 func BenchmarkParseKeyRecord(b *testing.B) {
 	k, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
@@ -72,10 +62,22 @@ func BenchmarkParseKeyRecord(b *testing.B) {
 	}
 	spki, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
 	rec := "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(spki)
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := ParseKeyRecord(rec); err != nil {
-			b.Fatal(err)
-		}
+	for _, bc := range []struct {
+		name string
+		fn   func() error
+	}{
+		{"record", func() error { _, err := ParseKeyRecord(rec); return err }},
+		{"spki-direct", func() error { _, err := parseRSAPublicKey(spki); return err }},
+		{"spki-x509", func() error { _, err := parseRSAPublicKeyX509(spki); return err }},
+		{"rsa-setup", func() error { newRSACtx(&k.PublicKey); return nil }},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := bc.fn(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
