@@ -19,3 +19,14 @@ const UDPSocketMaxUses = udpSocketMaxUses
 
 // SetSocketMaxAgeForTest shortens the age at which a UDP socket retires.
 func SetSocketMaxAgeForTest(c *Client, d time.Duration) { c.maxAge = d }
+
+// FlightsForTest reports how many entries the flights map holds: lookups in
+// progress and kept fills.
+func (c *Cache) FlightsForTest() int {
+	c.fmu.Lock()
+	defer c.fmu.Unlock()
+	return len(c.flights)
+}
+
+// KeptFills is how many filled entries stay in the flights map.
+const KeptFills = keptFills
