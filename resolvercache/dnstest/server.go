@@ -93,37 +93,43 @@ type Server struct {
 func Start() (*Server, error) {
 	// Find a port free for both protocols.
 	for range 20 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		u, addr, err := listenUDP()
 		if err != nil {
 			return nil, fmt.Errorf("dnstest: listen udp: %w", err)
 		}
-		// A burst of concurrent queries (thousands of messages in flight
-		// against a cold cache) overflows the default 208 KiB receive
-		// buffer and the kernel drops queries, which then wait out the
-		// client's timeout. Ask for more (the kernel caps it at rmem_max).
-		if uc, ok := pc.(*net.UDPConn); ok {
-			_ = uc.SetReadBuffer(8 << 20)
-		}
-		addr := pc.LocalAddr().String()
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
-			pc.Close()
+			u.close()
 			continue
 		}
-		return serve(pc, l)
+		return serve(u, addr, l)
 	}
 	return nil, fmt.Errorf("dnstest: no free port for UDP and TCP")
 }
 
-func serve(pc net.PacketConn, l net.Listener) (*Server, error) {
+// udpReadBuffer is the SO_RCVBUF asked for the UDP socket. A burst of
+// concurrent queries (thousands of messages in flight against a cold
+// cache) overflows the default 208 KiB receive buffer and the kernel
+// drops queries, which then wait out the client's timeout. The kernel
+// caps it at net.core.rmem_max.
+const udpReadBuffer = 8 << 20
+
+// newServer returns a Server's state, empty, serving nothing yet.
+func newServer(addr string) *Server {
 	s := &Server{
-		Addr:    pc.LocalAddr().String(),
+		Addr:    addr,
 		owners:  map[string][]item{},
 		parents: map[string]struct{}{},
 		rcodes:  map[string]int{},
 	}
 	s.setNegativeTTL(300)
-	s.tcp = &dns.Server{Listener: l, Handler: dns.HandlerFunc(s.handleTCP)}
+	return s
+}
+
+func serve(u *udpServer, addr string, l net.Listener) (*Server, error) {
+	s := newServer(addr)
+	s.udp = u
+	s.tcp = &dns.Server{Listener: l, Handler: dns.HandlerFunc(s.handle)}
 	started := make(chan error, 1)
 	s.tcp.NotifyStartedFunc = func() { started <- nil }
 	go func() {
@@ -132,11 +138,14 @@ func serve(pc net.PacketConn, l net.Listener) (*Server, error) {
 		}
 	}()
 	if err := <-started; err != nil {
-		pc.Close()
+		u.close()
+		_ = l.Close()
+		return nil, fmt.Errorf("dnstest: serve: %w", err)
+	}
+	if err := u.start(s); err != nil {
 		_ = s.tcp.Shutdown()
 		return nil, fmt.Errorf("dnstest: serve: %w", err)
 	}
-	s.udp = startUDP(s, pc.(*net.UDPConn))
 	return s, nil
 }
 
@@ -204,7 +213,12 @@ func (s *Server) ResetPeak() { s.peak.Store(s.active.Load()) }
 // SetDelay holds every answer back by d, simulating the round trip to a
 // distant server. Queries are answered concurrently, so the delay adds
 // latency, not serialisation.
-func (s *Server) SetDelay(d time.Duration) { s.delay.Store(int64(d)) }
+func (s *Server) SetDelay(d time.Duration) {
+	s.delay.Store(int64(d))
+	if s.udp != nil {
+		s.udp.delayChanged()
+	}
+}
 
 // SetTruncateUDP makes every UDP answer that has records come back empty
 // with the TC bit set, so clients must retry over TCP.
@@ -316,15 +330,17 @@ const maxCNAMEHops = 8
 // headerLen is the size of a DNS message header.
 const headerLen = 12
 
-// handleTCP serves one query over TCP (miekg/dns's server calls it).
-func (s *Server) handleTCP(w dns.ResponseWriter, req *dns.Msg) {
+// handle serves one query for miekg/dns's server: over TCP, and over UDP
+// where this package has no UDP loop of its own (udp_other.go).
+func (s *Server) handle(w dns.ResponseWriter, req *dns.Msg) {
 	s.Queries.Add(1)
 	if d := s.delay.Load(); d > 0 {
 		s.hold()
 		time.Sleep(time.Duration(d))
 		s.active.Add(-1) // before the reply, so a client's next query cannot overlap it
 	}
-	if m := s.reply(req, false); m != nil {
+	_, isUDP := w.RemoteAddr().(*net.UDPAddr)
+	if m := s.reply(req, isUDP); m != nil {
 		_ = w.WriteMsg(m)
 	}
 }

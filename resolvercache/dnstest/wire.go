@@ -31,6 +31,11 @@ const (
 	bitCD = 0x0010
 )
 
+// udpReadSize is how much of a datagram is read. miekg's server read into
+// buffers of its default UDPSize, dns.MinMsgSize, cutting longer queries
+// short; this server reads the same.
+const udpReadSize = dns.MinMsgSize
+
 // maxNameWire is the budget miekg's UnpackDomainName gives a name: the
 // label octets plus one per label must stay below it.
 const maxNameWire = 255
@@ -182,4 +187,94 @@ func (s *Server) fastReply(dst, msg []byte, q query, name string, scratch []*ite
 		}
 	}
 	return dst, true, true
+}
+
+// answerer is one goroutine's scratch space for answering queries.
+type answerer struct {
+	s     *Server
+	name  []byte  // the question name, canonical
+	items []*item // the answer records; a longer answer allocates
+}
+
+func newAnswerer(s *Server) *answerer {
+	return &answerer{s: s, name: make([]byte, 0, maxNameWire), items: make([]*item, 0, 16)}
+}
+
+// receive does what miekg's server did with a datagram on receipt, before
+// any handler: drop it (shorter than a header, or a response), answer it at
+// once (FORMERR or NOTIMP, appended to dst: reply), or accept it, for the
+// handler to answer after the delay. Accepted queries are counted in
+// Queries.
+func (a *answerer) receive(dst, msg []byte) (_ []byte, reply, accepted bool) {
+	var ok bool
+	if _, a.name, ok = parseQuery(msg, a.name[:0]); ok {
+		a.s.Queries.Add(1)
+		return dst, false, true
+	}
+	if len(msg) < headerLen {
+		return dst, false, false
+	}
+	dh := dns.Header{
+		Id:      binary.BigEndian.Uint16(msg),
+		Bits:    binary.BigEndian.Uint16(msg[2:]),
+		Qdcount: binary.BigEndian.Uint16(msg[4:]),
+		Ancount: binary.BigEndian.Uint16(msg[6:]),
+		Nscount: binary.BigEndian.Uint16(msg[8:]),
+		Arcount: binary.BigEndian.Uint16(msg[10:]),
+	}
+	req := new(dns.Msg)
+	action := dns.DefaultMsgAcceptFunc(dh)
+	switch action {
+	case dns.MsgIgnore:
+		return dst, false, false
+	case dns.MsgAccept:
+		if req.Unpack(msg) == nil {
+			a.s.Queries.Add(1)
+			return dst, false, true
+		}
+	default:
+		_ = req.Unpack(msg[:headerLen]) // the header alone, as miekg's server rejects
+	}
+	// As miekg's Server.serveDNS answers a message it rejects or fails to
+	// unpack.
+	opcode := req.Opcode
+	req.SetRcodeFormatError(req)
+	req.Zero = false
+	if action == dns.MsgRejectNotImplemented {
+		req.Opcode = opcode
+		req.Rcode = dns.RcodeNotImplemented
+	}
+	req.Ns, req.Answer, req.Extra = nil, nil, nil
+	b, err := req.Pack()
+	if err != nil {
+		return dst, false, false
+	}
+	return append(dst, b...), true, false
+}
+
+// answer appends to dst the answer to an accepted query, once its delay
+// is over; send is false for no answer.
+func (a *answerer) answer(dst, msg []byte) (_ []byte, send bool) {
+	q, name, ok := parseQuery(msg, a.name[:0])
+	a.name = name
+	if ok {
+		var b []byte
+		if b, send, ok = a.s.fastReply(dst, msg, q, string(name), a.items[:0]); ok {
+			return b, send
+		}
+	}
+	// The slow path: the handler, on the message miekg's server unpacked.
+	req := new(dns.Msg)
+	if req.Unpack(msg) != nil {
+		return dst, false // cannot happen: it was unpacked on receipt
+	}
+	m := a.s.reply(req, true)
+	if m == nil {
+		return dst, false
+	}
+	b, err := m.Pack()
+	if err != nil {
+		return dst, false // as miekg's WriteMsg failed to pack it
+	}
+	return append(dst, b...), true
 }
