@@ -14,23 +14,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The UDP server on Linux: one goroutine on a socket of its own, outside
-// Go's network poller, reading and writing in batches (recvmmsg,
-// sendmmsg: one system call for up to udpBatch datagrams).
+// The UDP server on Linux: one goroutine serves the socket, reading and
+// writing in batches (recvmmsg, sendmmsg: one system call for up to
+// udpBatch datagrams).
 //
-// Without a delay it blocks in recvmmsg and answers each batch as it
-// comes. With SetDelay it polls instead: every tick (at most a
-// millisecond, tickFor) it reads whatever has arrived without blocking,
-// holds each query until its arrival (the kernel's receive timestamp)
-// plus the delay, and sends every answer that is due in one sendmmsg.
-// Waking once a tick rather than once a datagram is what makes a held
-// query cheap: on a socket in Go's poller every arriving datagram wakes a
-// thread out of epoll_wait when the process is otherwise idle, and each
-// such wakeup costs more than answering. An answer so goes out at most a
-// tick after its delay is over (Go's own timers, which held answers
-// before, are as late when the process is idle). Answers are computed
-// when they are sent, as the handler did after sleeping, so a record
-// added or SetDown during the delay applies.
+// Without a delay it waits in Go's poller, through a duplicate of the
+// socket's descriptor registered there (poll), and answers each batch as it
+// arrives. With SetDelay it takes the socket out of the poller (unpoll) and
+// polls it itself: every tick (tickFor, at most 250 µs) it reads whatever
+// has arrived without blocking, holds each query until its arrival (the
+// kernel's receive timestamp, SO_TIMESTAMPNS) plus the delay, and sends
+// every answer then due in one sendmmsg. Waking once a tick rather than once
+// a datagram is what makes a held query cheap: while a socket is in Go's
+// poller, every datagram that arrives wakes a thread out of epoll_wait
+// whenever the process is otherwise idle, which costs more than answering
+// the query (BenchmarkServerDelayedBurst). An answer so goes out at most a
+// tick after its delay is over, or up to a millisecond while the process is
+// otherwise idle, as Go's timers then wake it to the millisecond (as they
+// did the sleeping handlers before). Answers are computed when they are
+// sent, as the handler did after sleeping, so a record added or SetDown
+// during the delay applies.
 
 const (
 	// udpBatch is how many datagrams one recvmmsg or sendmmsg moves at
@@ -203,6 +206,9 @@ func (u *udpServer) serve() {
 				return err != unix.EAGAIN
 			})
 			if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+				if u.stopped() {
+					return // close closed polled
+				}
 				time.Sleep(maxTick) // cannot be, but do not spin
 			}
 			u.take(n)

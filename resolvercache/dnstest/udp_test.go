@@ -280,6 +280,21 @@ func TestUDPCloseDropsHeld(t *testing.T) {
 	}
 }
 
+// TestUDPCloseIdle: Close wakes the goroutine waiting for datagrams.
+func TestUDPCloseIdle(t *testing.T) {
+	s, err := Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	unpack(t, exchange(t, s.Addr, packQuery(t, "x.example", dns.TypeTXT), 5*time.Second))
+	time.Sleep(10 * time.Millisecond)
+	t0 := time.Now()
+	s.Close()
+	if el := time.Since(t0); el > 2*time.Second {
+		t.Errorf("Close took %v", el)
+	}
+}
+
 // TestUDPTruncation: SetTruncateUDP, and answers larger than the client's
 // UDP size, come back with TC over UDP and whole over TCP.
 func TestUDPTruncation(t *testing.T) {
