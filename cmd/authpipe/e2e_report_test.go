@@ -163,7 +163,8 @@ tlsrpt.gamma.example. 300 IN A 127.0.0.1
 	// the aggregates arrive.
 	clock := &testClock{}
 	clock.Set(day1.Add(12 * time.Hour))
-	addr, httpAddr, dataDir := freeAddr(t), freeAddr(t), t.TempDir()
+	addrs, dataDir := freeAddrs(t, 2), t.TempDir()
+	addr, httpAddr := addrs[0], addrs[1]
 	stop, logs := startRunWith(t, httpAddr, func(ctx context.Context, args []string, stderr io.Writer) int {
 		cmd := newRunCmdClock(clock.Now)
 		cmd.SetArgs(args[1:]) // without "run"

@@ -45,12 +45,25 @@ func (s *syncBuffer) String() string {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freeAddrs(t, 1)[0]
+}
+
+// freeAddrs returns n distinct free loopback addresses. All n listeners
+// stay open until every port is chosen: picking them one by one, the
+// kernel can hand out a just-closed port again, and a broker and an HTTP
+// server given the same port fail at start.
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	addrs := make([]string, n)
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		addrs[i] = l.Addr().String()
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addrs
 }
 
 // startRun runs `authpipe run args...` in-process until the returned stop
@@ -117,7 +130,8 @@ func cli(t *testing.T, timeout time.Duration, args ...string) (int, string, stri
 // file, `tail` of the verdicts; then a restart on the same data directory
 // keeps the topics and committed offsets (nothing is verified twice).
 func TestRunEmbeddedProduceTail(t *testing.T) {
-	addr, httpAddr, dataDir := freeAddr(t), freeAddr(t), t.TempDir()
+	addrs, dataDir := freeAddrs(t, 2), t.TempDir()
+	addr, httpAddr := addrs[0], addrs[1]
 	zone := "../../examples/example.zone"
 	runArgs := []string{"--listen", addr, "--data-dir", dataDir, "--zone", zone, "--batch-interval", "50ms"}
 	stop, logs := startRun(t, httpAddr, runArgs...)

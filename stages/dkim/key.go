@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rsa"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/big"
@@ -206,17 +205,9 @@ func ParseKeyRecord(rec string) (*PublicKey, error) {
 	}
 	switch key.Algorithm {
 	case "rsa":
-		pub, err := x509.ParsePKIXPublicKey(der)
+		rk, err := parseRSAPublicKey(der)
 		if err != nil {
-			pk, err2 := x509.ParsePKCS1PublicKey(der)
-			if err2 != nil {
-				return bad("key syntax error", err)
-			}
-			pub = pk
-		}
-		rk, ok := pub.(*rsa.PublicKey)
-		if !ok {
-			return bad("key syntax error", fmt.Errorf("k=rsa but p= holds a %T", pub))
+			return bad("key syntax error", err)
 		}
 		key.RSA = rk
 		key.Bits = rk.N.BitLen()
