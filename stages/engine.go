@@ -17,6 +17,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/authpipe/authpipe/resolvercache"
 	"github.com/authpipe/authpipe/stages/arc"
 	"github.com/authpipe/authpipe/stages/dkim"
@@ -51,6 +53,7 @@ type Engine struct {
 	arc        arc.Validator
 	dmarc      dmarc.Evaluator
 	helpers    *helpers
+	cached     cacheChecker // res, if it can say what it holds: for prefetchDMARC
 }
 
 // Option configures an Engine.
@@ -147,6 +150,7 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 	e.arc.Keys = keys
 	e.arc.Now = e.now
 	e.dmarc.Resolver = res
+	e.cached, _ = res.(cacheChecker)
 	return e
 }
 
@@ -204,6 +208,7 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	)
 	wg.Add(1)
 	e.helpers.Go(func() { defer wg.Done(); spfRes = e.checkSPF(ctx, env) })
+	e.prefetchDMARC(ctx, msg)
 	if len(msg.FieldsByKey("arc-seal")) > 0 {
 		wg.Add(1)
 		e.helpers.Go(func() { defer wg.Done(); arcRes = e.arc.Validate(ctx, msg) })
@@ -219,6 +224,31 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	v.DMARC = e.checkDMARC(ctx, env, v, dkimRes, arcRes)
 	v.AuthenticationResults = verdict.AuthenticationResults(e.authservID, v)
 	return v
+}
+
+// prefetchDMARC starts the lookup DMARC policy discovery makes first (the
+// first author domain's _dmarc record) on a helper, beside SPF and DKIM, when
+// the resolver says it is not cached. checkDMARC then finds it cached or
+// joins the lookup in flight, so a message from a domain seen for the first
+// time waits one DNS round trip instead of two (SPF and DKIM, then DMARC).
+// Only resolvers that can tell what they hold (resolvercache.Cache) get
+// prefetches: without that a warm message would pay a goroutine hand-off
+// for nothing. The lookup ends with ctx, when Verify returns.
+func (e *Engine) prefetchDMARC(ctx context.Context, msg *message.Message) {
+	if e.cached == nil || len(msg.From) == 0 {
+		return
+	}
+	name, ok := dmarc.FirstQuery(msg.From[0].Domain)
+	if !ok || e.cached.Cached(name, dns.TypeTXT) {
+		return
+	}
+	e.helpers.Go(func() { _, _ = e.dmarc.Resolver.Lookup(ctx, name, dns.TypeTXT) })
+}
+
+// cacheChecker is a resolver that can say whether it holds an answer
+// without asking upstream (resolvercache.Cache).
+type cacheChecker interface {
+	Cached(name string, qtype uint16) bool
 }
 
 func (e *Engine) dmarcMode() string {

@@ -280,3 +280,42 @@ func TestForwardedThroughTrustedARCSealer(t *testing.T) {
 		t.Errorf("trusted: dmarc %+v", v.DMARC)
 	}
 }
+
+// TestDMARCLookupStartsWithSPFAndDKIM: with nothing cached, the DMARC
+// record's lookup goes out beside SPF's and DKIM's (prefetchDMARC), so a
+// message from a new domain waits one round trip before DMARC, not two;
+// and it is the same single query DMARC evaluation then uses. The server
+// holds every answer back 100 ms, so the three queries are outstanding
+// together however the goroutines are scheduled.
+func TestDMARCLookupStartsWithSPFAndDKIM(t *testing.T) {
+	w := newWorld(t)
+	e := newEngine(w)
+	msg := sign(t, newMessage("alice@example.com", 1<<10), "rsa", w.rsaKey)
+	w.srv.SetDelay(100 * time.Millisecond)
+	w.srv.ResetPeak()
+	v := e.Verify(context.Background(), msg, stages.Envelope{ClientIP: goodIP, HELO: "mail.example.com", MailFrom: "bounce@example.com"})
+	check(t, v)
+	if v.DMARC.Result != "pass" || v.SPF.Result != "pass" || len(v.DKIM) != 1 || v.DKIM[0].Result != "pass" {
+		t.Fatalf("verdict spf %+v dkim %+v dmarc %+v", v.SPF, v.DKIM, v.DMARC)
+	}
+	// SPF's first TXT, the DKIM key and _dmarc.example.com at once; then
+	// SPF's include, then the tree walk's _dmarc.com.
+	if p := w.srv.PeakConcurrent(); p != 3 {
+		t.Errorf("peak concurrent queries %d, want 3", p)
+	}
+	// One query for _dmarc.example.com, shared by the prefetch and DMARC
+	// evaluation; _dmarc.com is the tree walk's next step (RFC 9989 4.10.1).
+	if q := w.srv.Queries.Load(); q != 5 {
+		t.Errorf("%d queries, want 5 (example.com, _spf, rsa._domainkey, _dmarc, _dmarc.com)", q)
+	}
+	// Warm: everything cached (once the cache has taken its writes), nothing
+	// asked.
+	w.res.(*resolvercache.Cache).Wait()
+	v = e.Verify(context.Background(), msg, stages.Envelope{ClientIP: goodIP, HELO: "mail.example.com", MailFrom: "bounce@example.com"})
+	if v.DMARC.Result != "pass" {
+		t.Fatalf("warm dmarc %+v", v.DMARC)
+	}
+	if q := w.srv.Queries.Load(); q != 5 {
+		t.Errorf("%d queries after a warm message, want 5", q)
+	}
+}

@@ -292,6 +292,20 @@ func canonicalDomain(d string) (string, error) {
 	return d, nil
 }
 
+// FirstQuery returns the name policy discovery looks up first for the
+// RFC5322.From domain fromDomain, _dmarc.<author domain> as Evaluate
+// canonicalises it (RFC 9989 4.10.1 step 1 of the tree walk; RFC 7489
+// 6.6.3 step 1), and false for a domain Evaluate would not look up. A
+// caller uses it to start that lookup beside SPF and DKIM, so a message
+// whose DMARC record is not cached waits one DNS round trip, not two.
+func FirstQuery(fromDomain string) (string, bool) {
+	d, err := canonicalDomain(fromDomain)
+	if err != nil {
+		return "", false
+	}
+	return "_dmarc." + d, true
+}
+
 // Evaluate runs DMARC for one message. It never panics on bad input: an
 // unusable author domain gives permerror, DNS failures temperror.
 //
