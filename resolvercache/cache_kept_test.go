@@ -70,3 +70,47 @@ func TestCacheKeptFillExpires(t *testing.T) {
 		t.Errorf("%d upstream queries after both expired, want 4", q)
 	}
 }
+
+// TestCacheCached: Cached is true while a lookup is in flight, once it is
+// filled (whether ristretto shows it yet or not), and false once expired;
+// asking it sends nothing upstream.
+func TestCacheCached(t *testing.T) {
+	f := newCacheFixture(t)
+	f.srv.AddRR(dnstest.TXT("c.example.com", "x", 60))
+	if f.cache.Cached("c.example.com", dns.TypeTXT) {
+		t.Fatal("Cached before any lookup")
+	}
+	f.srv.SetDelay(100 * time.Millisecond)
+	done := make(chan error)
+	go func() {
+		_, err := f.cache.Lookup(context.Background(), "c.example.com", dns.TypeTXT)
+		done <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for f.srv.Queries.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if !f.cache.Cached("C.example.com.", dns.TypeTXT) {
+		t.Error("Cached false while the lookup is in flight")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !f.cache.Cached("c.example.com", dns.TypeTXT) {
+		t.Error("Cached false right after the fill")
+	}
+	f.cache.Wait()
+	if !f.cache.Cached("c.example.com", dns.TypeTXT) {
+		t.Error("Cached false once ristretto holds it")
+	}
+	if f.cache.Cached("c.example.com", dns.TypeA) {
+		t.Error("Cached true for another type")
+	}
+	f.clock.Advance(61 * time.Second)
+	if f.cache.Cached("c.example.com", dns.TypeTXT) {
+		t.Error("Cached true after expiry")
+	}
+	if q := f.queries(); q != 1 {
+		t.Errorf("%d upstream queries, want 1", q)
+	}
+}

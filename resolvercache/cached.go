@@ -1,15 +1,22 @@
 package resolvercache
 
-// Cached reports whether an unexpired answer (or cached error) for name and
-// qtype is in the cache, without asking upstream and without counting a hit
-// or a miss. Callers use it to decide whether starting a lookup early is
-// worth a goroutine: a lookup that would hit costs nothing to make later.
+// Cached reports whether a lookup of name and qtype made now would be
+// answered without a new upstream query: an unexpired answer (or cached
+// error) is in the cache, or a lookup of it is already in flight. It asks
+// nothing upstream and counts neither a hit nor a miss. Callers use it to
+// decide whether starting a lookup early is worth a goroutine: a lookup
+// that would hit or join costs nothing to make later.
 func (c *Cache) Cached(name string, qtype uint16) bool {
 	var buf [maxKey]byte
 	n, h, ok := cacheKey(&buf, name, qtype)
 	if !ok {
 		return false
 	}
-	e, found := c.rc.Get(h)
-	return found && e.qtype == qtype && e.name == string(buf[:n]) && c.clock().Before(e.expires)
+	if e, found := c.rc.Get(h); found && e.qtype == qtype && e.name == string(buf[:n]) && c.clock().Before(e.expires) {
+		return true
+	}
+	c.fmu.Lock()
+	f := c.flights[string(buf[:n+2])]
+	c.fmu.Unlock()
+	return f != nil && (f.stored == nil || c.clock().Before(f.stored.expires))
 }
