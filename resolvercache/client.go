@@ -58,8 +58,10 @@ const (
 	tcpLengthPrefixBytes = 2
 )
 
-// Client is a stub resolver over github.com/miekg/dns that asks recursive
-// upstream servers and implements Resolver.
+// Client is a stub resolver that asks recursive upstream servers and
+// implements Resolver. It packs its queries and reads the replies in place
+// itself (wire.go), with miekg/dns's constants; FuzzDecodeMatchesMiekg
+// holds it to what dns.Msg reads from the same bytes.
 //
 // Each wire query goes over UDP (RFC 1035 4.2.1) with an EDNS0 OPT record
 // advertising UDPSize octets (RFC 6891 6.2.5) and RD set; a reply with TC
@@ -116,7 +118,7 @@ type Client struct {
 	newID     func() uint16 // message IDs; tests replace it
 	maxAge    time.Duration // udpSocketMaxAge; tests shorten it
 
-	waiterPool sync.Pool      // *waiter, to spare a query's channel, timer and buffer
+	waiterPool sync.Pool      // *waiter, to spare a lookup's channel, timer and buffers
 	readers    sync.WaitGroup // reader goroutines of the sockets Close closes
 	reading    atomic.Int64   // reader goroutines running, of any socket
 	closeOnce  sync.Once
@@ -156,7 +158,9 @@ type udpConn struct {
 	strayID int    // the ID of the last of them, -1 if it had none
 }
 
-// waiter is one query waiting on a udpConn.
+// waiter carries one lookup's wire queries over UDP, one at a time: each
+// waits on a udpConn under an ID of its own. A lookup takes one from the
+// pool and reads its replies in place (rbuf) until its Answer is built.
 type waiter struct {
 	q     question   // a copy, decoded against by the reader
 	ch    chan reply // capacity 1: one send, under udpConn.mu, as it leaves waiters
@@ -167,10 +171,13 @@ type waiter struct {
 	strays   uint64 // udpConn.strays when it was registered
 
 	wbuf [maxQueryOctets]byte // the packed query
+	// rbuf holds the reply: the reader copies it here under udpConn.mu,
+	// only while this waiter is registered under the reply's ID.
+	rbuf [UDPSize]byte
 }
 
 type reply struct {
-	m   *dns.Msg
+	m   replyView
 	err error
 }
 
@@ -405,18 +412,21 @@ func (c *Client) lookup(ctx context.Context, name string, qtype uint16) (*Answer
 	if err := ValidateName(canon); err != nil {
 		return nil, &Error{Name: canon, Type: qtype, Kind: KindBadName, Err: err}
 	}
-	q := question{name: EscapeName(canon), qtype: qtype, orig: canon, otype: qtype}
+	q := question{name: wireName(canon), qtype: qtype, orig: canon, otype: qtype}
 	if err := ctx.Err(); err != nil {
 		return nil, q.fail(KindCanceled, err)
 	}
 	received := c.clock()
-	ch := newChain(q.name, qtype, c.maxHops, c.negTTL)
+	w := c.waiter()
+	defer c.waiterPool.Put(w)
+	var ch chain
+	ch.init(q.name, qtype, c.maxHops, c.negTTL)
 	for {
-		m, err := c.query(ctx, &q)
+		m, err := c.query(ctx, &q, w)
 		if err != nil {
 			return nil, err
 		}
-		next, err := ch.absorb(m, q.name, &q)
+		next, err := ch.absorb(&m, q.name, &q)
 		if err != nil {
 			return nil, err
 		}
@@ -428,11 +438,11 @@ func (c *Client) lookup(ctx context.Context, name string, qtype uint16) (*Answer
 }
 
 // query asks q of the upstreams in turn until one gives a usable reply.
-func (c *Client) query(ctx context.Context, q *question) (*dns.Msg, error) {
+func (c *Client) query(ctx context.Context, q *question, w *waiter) (replyView, error) {
 	var last error
 	for attempt := 0; attempt <= c.retries; attempt++ {
 		u := c.upstreams[attempt%len(c.upstreams)]
-		m, err := c.try(ctx, u, q)
+		m, err := c.try(ctx, u, q, w)
 		if err == nil {
 			return m, nil
 		}
@@ -446,22 +456,22 @@ func (c *Client) query(ctx context.Context, q *question) (*dns.Msg, error) {
 			break
 		}
 	}
-	return nil, last
+	return replyView{}, last
 }
 
 // try sends q to u over UDP, and again over TCP if the reply is truncated.
-func (c *Client) try(ctx context.Context, u *upstream, q *question) (*dns.Msg, error) {
+func (c *Client) try(ctx context.Context, u *upstream, q *question, w *waiter) (replyView, error) {
 	select {
 	case u.sem <- struct{}{}:
 	default:
 		select {
 		case u.sem <- struct{}{}:
 		case <-ctx.Done():
-			return nil, q.fail(KindCanceled, ctx.Err())
+			return replyView{}, q.fail(KindCanceled, ctx.Err())
 		}
 	}
 	defer func() { <-u.sem }()
-	m, err := c.exchangeUDP(ctx, u, q)
+	m, err := c.exchangeUDP(ctx, u, q, w)
 	if !errors.Is(err, errTruncated) {
 		return m, err
 	}
@@ -496,35 +506,29 @@ func ioError(ctx context.Context, q *question, err error, ctxBound bool, deadlin
 
 var longAgo = time.Unix(1, 0)
 
-// exchangeUDP asks q over one of u's shared sockets and waits for the
-// reply, the per-query timeout or the end of ctx.
-func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question) (*dns.Msg, error) {
+// exchangeUDP asks q over one of u's shared sockets through w and waits
+// for the reply, the per-query timeout or the end of ctx. The reply it
+// returns is in w.rbuf.
+func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *waiter) (replyView, error) {
 	start := time.Now()
 	defer func() { c.metrics.query(false, time.Since(start).Seconds()) }()
 	deadline, ctxBound := c.deadline(ctx)
-	w := c.waiterFor(q)
+	w.q, w.mismatch = *q, nil
 	uc, err := u.register(w)
 	if err != nil {
-		c.waiterPool.Put(w)
-		return nil, q.fail(KindNetwork, err)
+		return replyView{}, q.fail(KindNetwork, err)
 	}
 	q.id = w.q.id
-	wire, err := q.pack(w.wbuf[:0])
-	if err != nil {
-		c.drop(uc, w)
-		return nil, q.fail(KindBadName, fmt.Errorf("pack query: %w", err))
-	}
-	if _, err := uc.conn.Write(wire); err != nil {
-		c.drop(uc, w)
+	if _, err := uc.conn.Write(q.pack(w.wbuf[:0])); err != nil {
+		uc.drop(w)
 		uc.retire()
-		return nil, ioError(ctx, q, err, ctxBound, deadline)
+		return replyView{}, ioError(ctx, q, err, ctxBound, deadline)
 	}
 	w.timer.Reset(time.Until(deadline))
 	var r reply
 	select {
 	case r = <-w.ch:
 		w.timer.Stop()
-		c.waiterPool.Put(w)
 		return r.m, r.err
 	case <-ctx.Done():
 		w.timer.Stop()
@@ -534,43 +538,42 @@ func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question) (*dn
 	if !ok { // the reply came after all
 		r = <-w.ch
 	}
-	c.waiterPool.Put(w)
 	switch {
 	case !ok:
 		return r.m, r.err
 	case ctx.Err() != nil:
-		return nil, q.fail(KindCanceled, ctx.Err())
+		return replyView{}, q.fail(KindCanceled, ctx.Err())
 	case ctxBound:
-		return nil, q.fail(KindCanceled, context.DeadlineExceeded)
+		return replyView{}, q.fail(KindCanceled, context.DeadlineExceeded)
 	case mismatch != nil:
-		return nil, mismatch
+		return replyView{}, mismatch
 	}
-	return nil, q.fail(KindTimeout, fmt.Errorf("no reply from %s in %v: %w", u.addr, c.timeout, os.ErrDeadlineExceeded))
+	return replyView{}, q.fail(KindTimeout, fmt.Errorf("no reply from %s in %v: %w", u.addr, c.timeout, os.ErrDeadlineExceeded))
 }
 
-// waiterFor returns a waiter for q from the pool. A waiter goes back to
-// the pool only once out of its socket's waiters with its channel empty;
-// the reader may still hold it then, but finds its ID taken by nil.
-func (c *Client) waiterFor(q *question) *waiter {
+// waiter returns a waiter from the pool for one lookup. Each of its wire
+// queries leaves it out of its socket's waiters with its channel empty,
+// so the next may reuse it, and so may another lookup once it is back in
+// the pool: the reader of an earlier query may still hold it, but finds
+// that query's ID taken by nil (IDs are never reused on a socket) and
+// leaves it alone.
+func (c *Client) waiter() *waiter {
 	w, _ := c.waiterPool.Get().(*waiter)
 	if w == nil {
 		w = &waiter{ch: make(chan reply, 1), timer: time.NewTimer(time.Hour)}
 		w.timer.Stop()
 	}
-	w.q, w.mismatch = *q, nil
 	return w
 }
 
-// drop takes w out of uc before its query was sent, or as the write
-// failed, and returns it to the pool.
-func (c *Client) drop(uc *udpConn, w *waiter) {
+// drop takes w out of uc as its write failed.
+func (uc *udpConn) drop(w *waiter) {
 	if _, ok := uc.abandon(w); !ok {
 		<-w.ch // failed by shutdown meanwhile
 	}
-	c.waiterPool.Put(w)
 }
 
-func (c *Client) exchangeTCP(ctx context.Context, u *upstream, q *question) (_ *dns.Msg, err error) {
+func (c *Client) exchangeTCP(ctx context.Context, u *upstream, q *question) (_ replyView, err error) {
 	start := time.Now()
 	defer func() { c.metrics.query(true, time.Since(start).Seconds()) }()
 	deadline, ctxBound := c.deadline(ctx)
@@ -578,33 +581,28 @@ func (c *Client) exchangeTCP(ctx context.Context, u *upstream, q *question) (_ *
 	defer cancel()
 	conn, err := c.dialer.DialContext(dctx, "tcp", u.addr)
 	if err != nil {
-		return nil, ioError(ctx, q, err, ctxBound, deadline)
+		return replyView{}, ioError(ctx, q, err, ctxBound, deadline)
 	}
 	defer conn.Close()
 	if err := conn.SetDeadline(deadline); err != nil {
-		return nil, q.fail(KindNetwork, err)
+		return replyView{}, q.fail(KindNetwork, err)
 	}
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(longAgo) })
 	defer stop()
 	var buf [tcpLengthPrefixBytes + maxQueryOctets]byte
-	wire, err := q.pack(buf[tcpLengthPrefixBytes:tcpLengthPrefixBytes])
-	if err != nil {
-		return nil, q.fail(KindBadName, fmt.Errorf("pack query: %w", err))
-	}
-	out := make([]byte, tcpLengthPrefixBytes+len(wire))
-	binary.BigEndian.PutUint16(out, uint16(len(wire)))
-	copy(out[tcpLengthPrefixBytes:], wire)
+	out := q.pack(buf[:tcpLengthPrefixBytes])
+	binary.BigEndian.PutUint16(out, uint16(len(out)-tcpLengthPrefixBytes))
 	if _, err := conn.Write(out); err != nil {
-		return nil, ioError(ctx, q, err, ctxBound, deadline)
+		return replyView{}, ioError(ctx, q, err, ctxBound, deadline)
 	}
 	var lenBuf [tcpLengthPrefixBytes]byte
 	if _, err := io.ReadFull(conn, lenBuf[:]); err != nil {
-		return nil, ioError(ctx, q, fmt.Errorf("read TCP length: %w", err), ctxBound, deadline)
+		return replyView{}, ioError(ctx, q, fmt.Errorf("read TCP length: %w", err), ctxBound, deadline)
 	}
 	n := int(binary.BigEndian.Uint16(lenBuf[:]))
 	body := make([]byte, n) // at most 65535 octets by construction
 	if _, err := io.ReadFull(conn, body); err != nil {
-		return nil, ioError(ctx, q, fmt.Errorf("read TCP reply of %d octets: %w", n, err), ctxBound, deadline)
+		return replyView{}, ioError(ctx, q, fmt.Errorf("read TCP reply of %d octets: %w", n, err), ctxBound, deadline)
 	}
 	return decodeReply(body, q, false)
 }
@@ -846,6 +844,9 @@ func (uc *udpConn) dispatch(b []byte) {
 		} else {
 			uc.waiters[q.id] = nil
 			uc.pending--
+			if r.err == nil { // the view moves from the reader's buffer to w's
+				r.m.b = w.rbuf[:copy(w.rbuf[:], b)]
+			}
 			w.ch <- r
 		}
 	}

@@ -13,9 +13,10 @@ import (
 )
 
 // This file holds the pure steps of a lookup: checking one wire-format reply
-// against the question (decodeReply), folding it into a CNAME chain
+// against the question (decodeReply, wire.go), folding it into a CNAME chain
 // (chain.absorb) and building the Answer (chain.answer). The Client wraps
-// them in I/O; the fuzz target FuzzParseResponse drives them directly.
+// them in I/O; the fuzz targets FuzzParseResponse and FuzzDecodeMatchesMiekg
+// drive them directly. addRecords serves the Zone, which holds dns.RR.
 
 // UDPSize is the EDNS0 payload size the Client advertises (RFC 6891 6.2.5;
 // 1232 octets avoids IP fragmentation on any path, as recommended by DNS Flag
@@ -35,7 +36,7 @@ var errMismatch = errors.New("reply does not match the query")
 // question is one wire query.
 type question struct {
 	id    uint16
-	name  string // presentation form, fully qualified (EscapeName)
+	name  string // wire form (RFC 1035 3.1), uncompressed; from wireName or a CNAME target
 	qtype uint16
 	orig  string // the caller's canonical raw name, for errors
 	otype uint16 // the caller's type, for errors
@@ -45,79 +46,31 @@ func (q *question) fail(kind ErrorKind, err error) *Error {
 	return &Error{Name: q.orig, Type: q.otype, Kind: kind, Err: err}
 }
 
-// pack encodes the query: RD set (the upstream is a recursive resolver),
-// AD set to ask for the authentication status (RFC 6840 5.7), and an EDNS0
-// OPT record advertising UDPSize (RFC 6891).
-func (q *question) pack(buf []byte) ([]byte, error) {
-	m := dns.Msg{
-		MsgHdr: dns.MsgHdr{
-			Id:                q.id,
-			Opcode:            dns.OpcodeQuery,
-			RecursionDesired:  true,
-			AuthenticatedData: true,
-		},
-		Question: []dns.Question{{Name: q.name, Qtype: q.qtype, Qclass: dns.ClassINET}},
-	}
-	m.SetEdns0(UDPSize, false)
-	return m.PackBuffer(buf)
-}
-
-// decodeReply checks one reply against q and unpacks it. It returns
-// errTruncated for a UDP reply with TC set, an *Error wrapping errMismatch
-// for a reply to some other query, an *Error of KindMalformed for bytes that
-// do not parse, and an *Error of KindServFail for any RCODE other than
-// NOERROR and NXDOMAIN (RFC 1035 4.1.1).
-func decodeReply(wire []byte, q *question, udp bool) (*dns.Msg, error) {
-	if len(wire) < 12 {
-		return nil, q.fail(KindMalformed, fmt.Errorf("reply of %d octets is shorter than a header", len(wire)))
-	}
-	if id := binary.BigEndian.Uint16(wire); id != q.id {
-		return nil, q.fail(KindMalformed, fmt.Errorf("%w: ID %d, want %d", errMismatch, id, q.id))
-	}
-	if wire[2]&0x80 == 0 {
-		return nil, q.fail(KindMalformed, fmt.Errorf("%w: QR bit not set", errMismatch))
-	}
-	if udp && wire[2]&0x02 != 0 {
-		return nil, errTruncated
-	}
-	m := new(dns.Msg)
-	if err := m.Unpack(wire); err != nil {
-		return nil, q.fail(KindMalformed, fmt.Errorf("unpack reply: %w", err))
-	}
-	if m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeNameError {
-		e := q.fail(KindServFail, nil)
-		e.Rcode = m.Rcode
-		return nil, e
-	}
-	if len(m.Question) != 1 {
-		return nil, q.fail(KindMalformed, fmt.Errorf("%w: %d questions in reply", errMismatch, len(m.Question)))
-	}
-	if rq := m.Question[0]; !equalName(rq.Name, q.name) || rq.Qtype != q.qtype || rq.Qclass != dns.ClassINET {
-		return nil, q.fail(KindMalformed, fmt.Errorf("%w: reply is for %s %s", errMismatch,
-			UnescapeName(rq.Name), dns.TypeToString[rq.Qtype]))
-	}
-	return m, nil
-}
-
 // chain accumulates one lookup across the replies of a CNAME chain.
 type chain struct {
 	qtype   uint16
 	maxHops int
-	defNeg  uint32   // negative TTL when a negative reply has no SOA
-	seen    []string // names visited, presentation form, for loop detection
-	cnames  []string // aliases followed, raw
-	recs    []dns.RR // records of qtype at the end of the chain
+	defNeg  uint32    // negative TTL when a negative reply has no SOA
+	seen    []string  // names visited, wire form, for loop detection
+	cnames  []string  // aliases followed, raw
+	seen0   [2]string // seen's first elements, sparing an allocation
 	ttl     uint32
 	neg     uint32 // negative TTL of the last reply, if it had no records
 	rcode   int
 	ad      bool
+	found   bool // records of qtype at the end of the chain
+
+	// The records of qtype at the end of the chain, as Answer keeps them.
+	txt   []string
+	ips   []netip.Addr
+	mx    []MX
+	names []string
 }
 
-func newChain(qname string, qtype uint16, maxHops int, defNeg uint32) *chain {
-	return &chain{
-		qtype: qtype, maxHops: maxHops, defNeg: defNeg,
-		seen: []string{qname}, ttl: math.MaxUint32, ad: true,
-	}
+// init starts the chain at the wire name qname.
+func (c *chain) init(qname string, qtype uint16, maxHops int, defNeg uint32) {
+	*c = chain{qtype: qtype, maxHops: maxHops, defNeg: defNeg, ttl: math.MaxUint32, ad: true}
+	c.seen = append(c.seen0[:0], qname)
 }
 
 // absorb folds the reply m to the question (cur, c.qtype) into the chain. It
@@ -128,61 +81,114 @@ func newChain(qname string, qtype uint16, maxHops int, defNeg uint32) *chain {
 // target: the server did not chase it (it is out of its zone, or the chain
 // was cut short), and it must be asked again. Loops and chains longer than
 // maxHops aliases are KindCNAMELoop errors.
-func (c *chain) absorb(m *dns.Msg, cur string, q *question) (next string, err error) {
-	c.ad = c.ad && m.AuthenticatedData
+func (c *chain) absorb(m *replyView, cur string, q *question) (next string, err error) {
+	c.ad = c.ad && m.ad
 	start := cur
 	for {
-		var cname *dns.CNAME
-		found := false
-		for _, rr := range m.Answer {
-			h := rr.Header()
-			if h.Class != dns.ClassINET || !equalName(h.Name, cur) {
+		cname := rrHeader{end: -1}
+		it := m.answers()
+		for h, owner, ok := it.next(); ok; h, owner, ok = it.next() {
+			if h.class != dns.ClassINET || !equalWire(owner, cur) {
 				continue
 			}
-			if h.Rrtype == c.qtype {
-				c.recs = append(c.recs, rr)
-				c.minTTL(h.Ttl)
-				found = true
-			} else if cn, ok := rr.(*dns.CNAME); ok && cname == nil {
-				cname = cn
+			if h.typ == c.qtype {
+				c.addRecord(m.b, h)
+				c.minTTL(h.ttl)
+				c.found = true
+			} else if h.typ == dns.TypeCNAME && cname.end < 0 {
+				cname = h
 			}
 		}
-		if found {
+		if c.found {
 			// Records at the end of the chain: the name exists, whatever
 			// RCODE a confused server set.
 			c.rcode = dns.RcodeSuccess
 			return "", nil
 		}
-		if cname == nil {
+		if cname.end < 0 {
 			break
 		}
-		if err := c.follow(cname, q); err != nil {
+		var buf [maxNameOctets]byte
+		target, _, err := readName(m.b[:cname.end], cname.rdata, &buf)
+		if err != nil { // not after decodeReply
+			return "", q.fail(KindMalformed, fmt.Errorf("CNAME target: %w", err))
+		}
+		if err := c.follow(target, cname.ttl, q); err != nil {
 			return "", err
 		}
-		cur = cname.Target
+		cur = c.seen[len(c.seen)-1]
 	}
-	c.rcode = m.Rcode
-	if m.Rcode == dns.RcodeSuccess && !equalName(cur, start) {
+	c.rcode = m.rcode
+	if m.rcode == dns.RcodeSuccess && !equalWire(cur, start) {
 		return cur, nil
 	}
 	c.neg = negativeTTL(m, c.defNeg)
 	return "", nil
 }
 
-func (c *chain) follow(cn *dns.CNAME, q *question) error {
-	target := cn.Target
+func (c *chain) follow(target []byte, ttl uint32, q *question) error {
 	for _, s := range c.seen {
-		if equalName(s, target) {
-			return q.fail(KindCNAMELoop, fmt.Errorf("CNAME loop at %s", UnescapeName(target)))
+		if equalWire(s, target) {
+			return q.fail(KindCNAMELoop, fmt.Errorf("CNAME loop at %s", rawName(target)))
 		}
 	}
 	if len(c.cnames) >= c.maxHops {
 		return q.fail(KindCNAMELoop, fmt.Errorf("CNAME chain longer than %d", c.maxHops))
 	}
-	c.seen = append(c.seen, target)
-	c.cnames = append(c.cnames, UnescapeName(target))
-	c.minTTL(cn.Hdr.Ttl)
+	c.seen = append(c.seen, string(target))
+	c.cnames = append(c.cnames, rawName(target))
+	c.minTTL(ttl)
 	return nil
+}
+
+// addRecord converts one record of the asked type into the Answer's
+// fields, as addRecords does for a dns.RR: TXT and SPF into TXT
+// (character-strings joined, raw octets, RFC 7208 3.3, RFC 6376 3.6.2.2),
+// A and AAAA into IPs, MX into MX, and name-valued types (PTR, NS, CNAME,
+// DNAME) into Names. Other types have no field. decodeReply has checked
+// the RDATA of these types.
+func (c *chain) addRecord(msg []byte, h rrHeader) {
+	rd := msg[h.rdata:h.end]
+	var buf [maxNameOctets]byte
+	switch h.typ {
+	case dns.TypeTXT, dns.TypeSPF:
+		c.txt = append(c.txt, joinStrings(rd))
+	case dns.TypeA:
+		if len(rd) == 4 {
+			c.ips = append(c.ips, netip.AddrFrom4([4]byte(rd)))
+		}
+	case dns.TypeAAAA:
+		if len(rd) == 16 {
+			c.ips = append(c.ips, netip.AddrFrom16([16]byte(rd)))
+		}
+	case dns.TypeMX:
+		if len(rd) >= 2 {
+			if host, _, err := readName(msg[:h.end], h.rdata+2, &buf); err == nil {
+				c.mx = append(c.mx, MX{Preference: binary.BigEndian.Uint16(rd), Host: rawName(host)})
+			}
+		}
+	case dns.TypePTR, dns.TypeNS, dns.TypeCNAME, dns.TypeDNAME:
+		if name, _, err := readName(msg[:h.end], h.rdata, &buf); err == nil {
+			c.names = append(c.names, rawName(name))
+		}
+	}
+}
+
+// joinStrings joins the character-strings of TXT RDATA (RFC 1035 3.3.14)
+// into one string of raw octets.
+func joinStrings(rd []byte) string {
+	if len(rd) > 0 && int(rd[0]) == len(rd)-1 {
+		return string(rd[1:])
+	}
+	n := 0
+	for i := 0; i < len(rd); i += 1 + int(rd[i]) {
+		n += min(int(rd[i]), len(rd)-i-1)
+	}
+	b := make([]byte, 0, n)
+	for i := 0; i < len(rd); i += 1 + int(rd[i]) {
+		b = append(b, rd[i+1:min(i+1+int(rd[i]), len(rd))]...)
+	}
+	return string(b)
 }
 
 func (c *chain) minTTL(t uint32) {
@@ -200,11 +206,13 @@ func (c *chain) answer(name string, received time.Time) *Answer {
 		CNAMEs:        c.cnames,
 		Received:      received,
 		Authenticated: c.ad,
+		TXT:           c.txt,
+		IPs:           c.ips,
+		MX:            c.mx,
+		Names:         c.names,
 	}
-	if len(c.recs) == 0 {
+	if !c.found {
 		c.minTTL(c.neg)
-	} else {
-		addRecords(a, c.recs)
 	}
 	a.TTL = c.ttl
 	return a
@@ -213,12 +221,13 @@ func (c *chain) answer(name string, received time.Time) *Answer {
 // negativeTTL returns the RFC 2308 section 5 negative TTL of a reply: the
 // minimum of the TTL and the MINIMUM field of the SOA records in the
 // authority section, or def if there are none.
-func negativeTTL(m *dns.Msg, def uint32) uint32 {
+func negativeTTL(m *replyView, def uint32) uint32 {
 	ttl, ok := uint32(math.MaxUint32), false
-	for _, rr := range m.Ns {
-		if soa, isSOA := rr.(*dns.SOA); isSOA {
+	it := m.authority()
+	for h, _, more := it.next(); more; h, _, more = it.next() {
+		if h.typ == dns.TypeSOA && h.end-h.rdata >= 4 {
 			ok = true
-			ttl = min(ttl, soa.Hdr.Ttl, soa.Minttl)
+			ttl = min(ttl, h.ttl, binary.BigEndian.Uint32(m.b[h.end-4:]))
 		}
 	}
 	if !ok {
@@ -277,32 +286,6 @@ func joinTXT(parts []string) string {
 	return b.String()
 }
 
-// equalName compares two presentation-form names case-insensitively (ASCII
-// only, RFC 4343), ignoring one trailing dot on either.
-func equalName(a, b string) bool {
-	a = strings.TrimSuffix(a, ".")
-	b = strings.TrimSuffix(b, ".")
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if x == y {
-			continue
-		}
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
-}
-
 // parseResponse is the pure core of one client step: it checks the wire
 // reply against q, folds it into c and reports the alias target to ask next
 // ("" when the chain is complete). The fuzz target drives it directly.
@@ -311,5 +294,5 @@ func parseResponse(wire []byte, q *question, c *chain, udp bool) (next string, e
 	if err != nil {
 		return "", err
 	}
-	return c.absorb(m, q.name, q)
+	return c.absorb(&m, q.name, q)
 }

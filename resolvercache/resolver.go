@@ -10,7 +10,7 @@
 //
 // The parts:
 //
-//   - [Client] (client.go, parse.go) is a stub resolver asking recursive
+//   - [Client] (client.go, parse.go, wire.go) is a stub resolver asking recursive
 //     upstreams (from /etc/resolv.conf or [WithUpstreams]). Queries carry RD,
 //     AD (RFC 6840 5.7) and an EDNS0 OPT record advertising [UDPSize] octets
 //     (RFC 6891 6.2.5); a truncated UDP reply (TC, RFC 1035 4.1.1) is asked
