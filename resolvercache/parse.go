@@ -50,10 +50,10 @@ func (q *question) fail(kind ErrorKind, err error) *Error {
 type chain struct {
 	qtype   uint16
 	maxHops int
-	defNeg  uint32    // negative TTL when a negative reply has no SOA
-	seen    []string  // names visited, wire form, for loop detection
-	cnames  []string  // aliases followed, raw
-	seen0   [2]string // seen's first elements, sparing an allocation
+	defNeg  uint32   // negative TTL when a negative reply has no SOA
+	qname   string   // the name asked first, wire form
+	seen    []string // alias targets visited, wire form, for loop detection
+	cnames  []string // aliases followed, raw
 	ttl     uint32
 	neg     uint32 // negative TTL of the last reply, if it had no records
 	rcode   int
@@ -69,8 +69,7 @@ type chain struct {
 
 // init starts the chain at the wire name qname.
 func (c *chain) init(qname string, qtype uint16, maxHops int, defNeg uint32) {
-	*c = chain{qtype: qtype, maxHops: maxHops, defNeg: defNeg, ttl: math.MaxUint32, ad: true}
-	c.seen = append(c.seen0[:0], qname)
+	*c = chain{qtype: qtype, maxHops: maxHops, defNeg: defNeg, qname: qname, ttl: math.MaxUint32, ad: true}
 }
 
 // absorb folds the reply m to the question (cur, c.qtype) into the chain. It
@@ -127,10 +126,12 @@ func (c *chain) absorb(m *replyView, cur string, q *question) (next string, err 
 }
 
 func (c *chain) follow(target []byte, ttl uint32, q *question) error {
+	loop := equalWire(c.qname, target)
 	for _, s := range c.seen {
-		if equalWire(s, target) {
-			return q.fail(KindCNAMELoop, fmt.Errorf("CNAME loop at %s", rawName(target)))
-		}
+		loop = loop || equalWire(s, target)
+	}
+	if loop {
+		return q.fail(KindCNAMELoop, fmt.Errorf("CNAME loop at %s", rawName(target)))
 	}
 	if len(c.cnames) >= c.maxHops {
 		return q.fail(KindCNAMELoop, fmt.Errorf("CNAME chain longer than %d", c.maxHops))
@@ -184,11 +185,12 @@ func joinStrings(rd []byte) string {
 	for i := 0; i < len(rd); i += 1 + int(rd[i]) {
 		n += min(int(rd[i]), len(rd)-i-1)
 	}
-	b := make([]byte, 0, n)
+	var b strings.Builder // one allocation, no copy
+	b.Grow(n)
 	for i := 0; i < len(rd); i += 1 + int(rd[i]) {
-		b = append(b, rd[i+1:min(i+1+int(rd[i]), len(rd))]...)
+		b.Write(rd[i+1 : min(i+1+int(rd[i]), len(rd))])
 	}
-	return string(b)
+	return b.String()
 }
 
 func (c *chain) minTTL(t uint32) {
