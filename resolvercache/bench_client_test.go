@@ -76,6 +76,46 @@ func BenchmarkClientColdConcurrent(b *testing.B) {
 	}
 }
 
+// BenchmarkCacheColdConcurrent is BenchmarkClientColdConcurrent's steady
+// case through a Cache, as the engine looks names up on a cold cache:
+// every name new (a miss, one flight, one fill), each lookup under a
+// context with a 10 s deadline, as the engine's per-message DNS budget
+// gives (stages.WithDNSBudget).
+func BenchmarkCacheColdConcurrent(b *testing.B) {
+	s := startServer(b)
+	s.SetDelay(20 * time.Millisecond)
+	cache, err := resolvercache.NewCache(clientFor(b, s, resolvercache.WithTimeout(5*time.Second)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(cache.Close)
+	var next atomic.Int64
+	b.ReportAllocs()
+	cpu0 := cpuTime(b)
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for range 2048 {
+		wg.Go(func() {
+			for {
+				i := next.Add(1)
+				if i > int64(b.N) {
+					return
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_, err := cache.Lookup(ctx, fmt.Sprintf("n%d.cold.example", i), dns.TypeTXT)
+				cancel()
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
+}
+
 // cpuTime returns the CPU time (user and system) used by the process.
 func cpuTime(b *testing.B) time.Duration {
 	var ru syscall.Rusage

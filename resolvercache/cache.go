@@ -289,7 +289,8 @@ func (c *Cache) Lookup(ctx context.Context, name string, qtype uint16) (*Answer,
 		c.metrics.lookup("cache", e.err)
 		return e.ans, e.err
 	}
-	ans, err := c.miss(ctx, string(buf[:n]), qtype, h, string(buf[:n+2]))
+	key := string(buf[:n+2])
+	ans, err := c.miss(ctx, key[:n], qtype, h, key)
 	c.metrics.lookup("cache", err)
 	return ans, err
 }
@@ -301,7 +302,10 @@ type fillResult struct {
 
 // flight is one upstream lookup shared by identical misses.
 type flight struct {
-	done chan struct{} // closed when res is set
+	// done is closed when res is set. The first miss to join makes it,
+	// under Cache.fmu; most flights (a cold cache, a domain per message)
+	// have no one joining and need none.
+	done chan struct{}
 	res  fillResult
 	// abandoned: the leader's context ended before the answer came, so res
 	// is its cancellation, not an answer; waiters ask again.
@@ -355,10 +359,16 @@ func (c *Cache) miss(ctx context.Context, canon string, qtype uint16, h uint64, 
 			f = nil
 		}
 		if f != nil {
+			// In flight (a finished flight is kept with stored set, or
+			// gone), so its leader has not yet taken done.
+			if f.done == nil {
+				f.done = make(chan struct{})
+			}
+			done := f.done
 			c.fmu.Unlock()
 			c.joined.Add(1)
 			select {
-			case <-f.done:
+			case <-done:
 				if f.abandoned {
 					continue
 				}
@@ -369,7 +379,7 @@ func (c *Cache) miss(ctx context.Context, canon string, qtype uint16, h uint64, 
 				return nil, &Error{Name: canon, Type: qtype, Kind: KindCanceled, Err: ctx.Err()}
 			}
 		}
-		f = &flight{done: make(chan struct{})}
+		f = &flight{}
 		c.flights[key] = f
 		c.fmu.Unlock()
 		c.joined.Add(1)
@@ -383,18 +393,28 @@ func (c *Cache) miss(ctx context.Context, canon string, qtype uint16, h uint64, 
 		} else {
 			delete(c.flights, key)
 		}
+		done := f.done
 		c.fmu.Unlock()
-		close(f.done)
+		if done != nil {
+			close(done)
+		}
 		c.metrics.cacheMiss(false)
 		return f.res.ans, f.res.err
 	}
 }
 
 // fill asks the upstream and stores the outcome; stored is the entry given
-// to ristretto, nil if the outcome is not cached.
+// to ristretto, nil if the outcome is not cached. The lookup is bounded by
+// the fill timeout unless ctx ends sooner anyway, as it does under the
+// engine's per-message DNS budget: a context of its own would then be a
+// cancelCtx for nothing, entered in ctx's children and taken out again.
 func (c *Cache) fill(ctx context.Context, canon string, qtype uint16, h uint64) (_ fillResult, stored *entry) {
-	fctx, cancel := context.WithTimeout(ctx, c.fillTimeout)
-	defer cancel()
+	fctx := ctx
+	if d, ok := ctx.Deadline(); !ok || time.Until(d) > c.fillTimeout {
+		var cancel context.CancelFunc
+		fctx, cancel = context.WithTimeout(ctx, c.fillTimeout)
+		defer cancel()
+	}
 	ans, err := c.up.Lookup(fctx, canon, qtype)
 	if err == nil && ans == nil {
 		err = &Error{Name: canon, Type: qtype, Kind: KindMalformed, Err: errors.New("upstream returned no answer")}
