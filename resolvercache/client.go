@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 )
 
 // Client defaults. Each can be changed with a ClientOption.
@@ -51,14 +49,6 @@ const (
 	// octets, with the kernel's overhead, overflow the usual 208 KiB
 	// default when they come together.
 	udpReadBuffer = 1 << 20
-	// udpReadBatch is how many datagrams a reader takes from its socket in
-	// one recvmmsg(2) call (ReadBatch). Replies come in bursts under load
-	// (a cold cache asks hundreds of names at once, and their answers
-	// come back together): the loopback benchmarks see 9 to 12 datagrams
-	// a call, each then costing a tenth of a system call and of a wakeup
-	// of the reader. 16 buffers of UDPSize+1 octets are 20 KiB a reader,
-	// pooled across the sockets that come and go.
-	udpReadBatch = 16
 
 	maxUDPSockets        = 1024
 	maxRetries           = 16
@@ -129,7 +119,6 @@ type Client struct {
 	maxAge    time.Duration // udpSocketMaxAge; tests shorten it
 
 	waiterPool sync.Pool      // *waiter, to spare a lookup's channel, timer and buffers
-	batchPool  sync.Pool      // *readBatch, the buffers of reader goroutines
 	readers    sync.WaitGroup // reader goroutines of the sockets Close closes
 	reading    atomic.Int64   // reader goroutines running, of any socket
 	closeOnce  sync.Once
@@ -153,9 +142,9 @@ type upstream struct {
 type udpConn struct {
 	u      *upstream
 	conn   *net.UDPConn
-	batch  batchReader // conn, read a burst of datagrams at a time
-	uses   int         // queries given this socket; under u.mu
-	opened time.Time   // when dialled; a socket older than udpSocketMaxAge retires
+	uses   int               // queries given this socket; under u.mu
+	opened time.Time         // when dialled; a socket older than udpSocketMaxAge retires
+	buf    [UDPSize + 1]byte // the reader's; a reply that fills it is larger than advertised
 
 	mu sync.Mutex
 	// waiters holds every ID used on this socket: the waiting query, or
@@ -190,29 +179,6 @@ type waiter struct {
 type reply struct {
 	m   replyView
 	err error
-}
-
-// batchReader is an ipv4.PacketConn or ipv6.PacketConn (their Message
-// types are one type): ReadBatch is recvmmsg(2) on Linux and reads one
-// datagram a call elsewhere.
-type batchReader interface {
-	ReadBatch(ms []ipv4.Message, flags int) (int, error)
-}
-
-// readBatch is a reader's buffers: udpReadBatch of UDPSize+1 octets, so
-// that a reply that fills one is larger than advertised.
-type readBatch struct {
-	ms []ipv4.Message
-}
-
-func newReadBatch() *readBatch {
-	const size = UDPSize + 1
-	b := &readBatch{ms: make([]ipv4.Message, udpReadBatch)}
-	bufs := make([]byte, udpReadBatch*size)
-	for i := range b.ms {
-		b.ms[i].Buffers = [][]byte{bufs[i*size : (i+1)*size : (i+1)*size]}
-	}
-	return b
 }
 
 // ClientOption configures a Client.
@@ -689,12 +655,9 @@ func (u *upstream) dial() (*udpConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", u.addr, err)
 	}
+	// The waiters map holds every ID the socket will carry: sized for all
+	// of them at once rather than grown in steps.
 	uc := &udpConn{u: u, conn: conn, opened: time.Now(), waiters: make(map[uint16]*waiter, udpSocketMaxUses)}
-	if u.udp.IP.To4() != nil {
-		uc.batch = ipv4.NewPacketConn(conn)
-	} else {
-		uc.batch = ipv6.NewPacketConn(conn)
-	}
 	// Close waits for the readers it can reach; those of sockets opened
 	// after it end with their single query.
 	tracked := !u.closed
@@ -826,31 +789,28 @@ func (u *upstream) unslot(uc *udpConn) {
 }
 
 // read is uc's reader goroutine: it hands each datagram to the query
-// with its ID until the socket fails or is closed. It takes as many
-// datagrams as are queued, up to udpReadBatch, in one system call.
+// with its ID until the socket fails or is closed.
+//
+// It reads one datagram a call. recvmmsg(2) (x/net's ReadBatch, 16
+// buffers) was measured in session 5: the cold benchmarks' replies come
+// in bursts of 9 to 12 a call, yet neither the reader's CPU nor the
+// process's changed beyond the noise; the kernel's work per datagram
+// (about 1.3 µs on the test machine) dominates the system call's, and
+// ReadBatch allocates the source address of every datagram.
 func (uc *udpConn) read(tracked bool) {
-	c := uc.u.c
-	b, _ := c.batchPool.Get().(*readBatch)
-	if b == nil {
-		b = newReadBatch()
-	}
 	defer func() {
-		c.batchPool.Put(b)
-		c.reading.Add(-1)
+		uc.u.c.reading.Add(-1)
 		if tracked {
-			c.readers.Done()
+			uc.u.c.readers.Done()
 		}
 	}()
 	for {
-		n, err := uc.batch.ReadBatch(b.ms, 0)
+		n, err := uc.conn.Read(uc.buf[:])
 		if err != nil {
 			uc.shutdown(err) // nothing left to fail if uc was closed on purpose
 			return
 		}
-		for i := range b.ms[:n] {
-			m := &b.ms[i]
-			uc.dispatch(m.Buffers[0][:m.N])
-		}
+		uc.dispatch(uc.buf[:n])
 	}
 }
 
