@@ -479,10 +479,10 @@ func (c *Client) try(ctx context.Context, u *upstream, q *question, w *waiter) (
 	return c.exchangeTCP(ctx, u, q)
 }
 
-// deadline returns the end of one wire query, and whether it is the
-// caller's context deadline rather than the per-query timeout.
-func (c *Client) deadline(ctx context.Context) (time.Time, bool) {
-	d := time.Now().Add(c.timeout)
+// deadline returns the end of one wire query starting at now, and whether
+// it is the caller's context deadline rather than the per-query timeout.
+func (c *Client) deadline(ctx context.Context, now time.Time) (time.Time, bool) {
+	d := now.Add(c.timeout)
 	if cd, ok := ctx.Deadline(); ok && !cd.After(d) {
 		return cd, true
 	}
@@ -510,11 +510,15 @@ var longAgo = time.Unix(1, 0)
 // for the reply, the per-query timeout or the end of ctx. The reply it
 // returns is in w.rbuf.
 func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *waiter) (replyView, error) {
+	// One reading of the clock serves the deadline, the socket's age and
+	// the metrics.
 	start := time.Now()
-	defer func() { c.metrics.query(false, time.Since(start).Seconds()) }()
-	deadline, ctxBound := c.deadline(ctx)
+	if c.metrics != nil {
+		defer func() { c.metrics.query(false, time.Since(start).Seconds()) }()
+	}
+	deadline, ctxBound := c.deadline(ctx, start)
 	w.q, w.mismatch = *q, nil
-	uc, err := u.register(w)
+	uc, err := u.register(w, start)
 	if err != nil {
 		return replyView{}, q.fail(KindNetwork, err)
 	}
@@ -524,7 +528,7 @@ func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *w
 		uc.retire()
 		return replyView{}, ioError(ctx, q, err, ctxBound, deadline)
 	}
-	w.timer.Reset(time.Until(deadline))
+	w.timer.Reset(deadline.Sub(start))
 	var r reply
 	select {
 	case r = <-w.ch:
@@ -576,7 +580,7 @@ func (uc *udpConn) drop(w *waiter) {
 func (c *Client) exchangeTCP(ctx context.Context, u *upstream, q *question) (_ replyView, err error) {
 	start := time.Now()
 	defer func() { c.metrics.query(true, time.Since(start).Seconds()) }()
-	deadline, ctxBound := c.deadline(ctx)
+	deadline, ctxBound := c.deadline(ctx, start)
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	conn, err := c.dialer.DialContext(dctx, "tcp", u.addr)
@@ -608,9 +612,9 @@ func (c *Client) exchangeTCP(ctx context.Context, u *upstream, q *question) (_ r
 }
 
 // register gives w a socket and an ID on it.
-func (u *upstream) register(w *waiter) (*udpConn, error) {
+func (u *upstream) register(w *waiter, now time.Time) (*udpConn, error) {
 	for range 3 { // a socket retired or failed since acquire: take the next
-		uc, last, err := u.acquire()
+		uc, last, err := u.acquire(now)
 		if err != nil {
 			return nil, err
 		}
@@ -625,7 +629,7 @@ func (u *upstream) register(w *waiter) (*udpConn, error) {
 // needed, and whether that query is its last: the socket is then already
 // out of the rotation. After Close, or without shared sockets, every query
 // gets a socket of its own.
-func (u *upstream) acquire() (uc *udpConn, last bool, err error) {
+func (u *upstream) acquire(now time.Time) (uc *udpConn, last bool, err error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed || len(u.slots) == 0 {
@@ -642,7 +646,7 @@ func (u *upstream) acquire() (uc *udpConn, last bool, err error) {
 		u.slots[i] = uc
 	}
 	uc.uses++
-	if uc.uses >= udpSocketMaxUses || time.Since(uc.opened) >= u.c.maxAge {
+	if uc.uses >= udpSocketMaxUses || now.Sub(uc.opened) >= u.c.maxAge {
 		u.slots[i] = nil
 		return uc, true, nil
 	}
