@@ -233,6 +233,28 @@ func TestClientLateReplyNotMisdelivered(t *testing.T) {
 	}
 }
 
+// TestClientRetryLateReplyNotMisdelivered: a lookup's wire queries share
+// one waiter, and its reply buffer. The first attempt times out; its late
+// reply comes while the retry, on the same socket, waits: it must be
+// dropped, not copied over the retry's reply, which must come through.
+func TestClientRetryLateReplyNotMisdelivered(t *testing.T) {
+	s := startUDPServer(t, func(n int, q *dns.Msg) (time.Duration, [][]byte) {
+		if n == 0 { // at 500 ms, while the retry (sent at 400 ms) waits
+			return 500 * time.Millisecond, [][]byte{txtReply(t, q, "stale")}
+		}
+		return 250 * time.Millisecond, [][]byte{txtReply(t, q, "fresh")} // at 650 ms
+	})
+	c := newClient(t, resolvercache.WithUpstreams(s.addr), resolvercache.WithUDPSockets(1),
+		resolvercache.WithTimeout(400*time.Millisecond), resolvercache.WithRetries(1))
+	v, err := txtOf(t, c, context.Background(), "retry.example")
+	if err != nil || v != "fresh" {
+		t.Fatalf("lookup: %q, %v; want the retry's answer %q", v, err, "fresh")
+	}
+	if ports, ids := s.seen(); len(ids) != 2 || ports != 1 {
+		t.Fatalf("server saw IDs %v from %d ports, want 2 queries on one socket", ids, ports)
+	}
+}
+
 // TestClientCancelOneWaiter: one of ten queries outstanding on a socket is
 // cancelled; it returns at once and the other nine get their answers.
 func TestClientCancelOneWaiter(t *testing.T) {
