@@ -32,7 +32,7 @@ var (
 	errLongName  = errors.New("name longer than 255 octets")
 	errPointers  = errors.New("too many compression pointers")
 	errLabelType = errors.New("reserved label type")
-	errRdata     = errors.New("record data does not fill its RDLENGTH")
+	errRdata     = errors.New("record data does not match its RDLENGTH")
 )
 
 // wireName returns the wire form of a raw, dot-separated name that
@@ -173,7 +173,6 @@ func readName(msg []byte, off int, dst *[maxNameOctets]byte) ([]byte, int, error
 
 // rrHeader is the fixed part of one resource record (RFC 1035 4.1.3).
 type rrHeader struct {
-	owner int // offset of the owner name
 	typ   uint16
 	class uint16
 	ttl   uint32
@@ -192,7 +191,6 @@ func readRR(msg []byte, off int, scratch *[maxNameOctets]byte) (rrHeader, error)
 		return rrHeader{}, errShortMsg
 	}
 	h := rrHeader{
-		owner: off,
 		typ:   binary.BigEndian.Uint16(msg[p:]),
 		class: binary.BigEndian.Uint16(msg[p+2:]),
 		ttl:   binary.BigEndian.Uint32(msg[p+4:]),
@@ -200,10 +198,10 @@ func readRR(msg []byte, off int, scratch *[maxNameOctets]byte) (rrHeader, error)
 	}
 	h.end = h.rdata + int(binary.BigEndian.Uint16(msg[p+8:]))
 	if h.end > len(msg) {
-		return rrHeader{}, fmt.Errorf("%s record: RDLENGTH past the end", dns.TypeToString[h.typ])
+		return rrHeader{}, fmt.Errorf("%v record: RDLENGTH past the end", dns.Type(h.typ))
 	}
 	if err := checkRdata(msg[:h.end], h.typ, h.rdata, scratch); err != nil {
-		return rrHeader{}, fmt.Errorf("%s record: %w", dns.TypeToString[h.typ], err)
+		return rrHeader{}, fmt.Errorf("%v record: %w", dns.Type(h.typ), err)
 	}
 	return h, nil
 }
@@ -289,7 +287,6 @@ func (it *rrIter) next() (rrHeader, []byte, bool) {
 		return rrHeader{}, nil, false // not after decodeReply
 	}
 	h := rrHeader{
-		owner: it.off,
 		typ:   binary.BigEndian.Uint16(it.msg[p:]),
 		class: binary.BigEndian.Uint16(it.msg[p+2:]),
 		ttl:   binary.BigEndian.Uint32(it.msg[p+4:]),
