@@ -634,13 +634,13 @@ func (u *upstream) acquire(now time.Time) (uc *udpConn, last bool, err error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed || len(u.slots) == 0 {
-		uc, err := u.dial()
+		uc, err := u.dial(1)
 		return uc, true, err
 	}
 	i := u.next % uint(len(u.slots))
 	u.next++
 	if uc = u.slots[i]; uc == nil {
-		if uc, err = u.dial(); err != nil {
+		if uc, err = u.dial(udpSocketMaxUses); err != nil {
 			return nil, false, err
 		}
 		_ = uc.conn.SetReadBuffer(udpReadBuffer)
@@ -654,15 +654,16 @@ func (u *upstream) acquire(now time.Time) (uc *udpConn, last bool, err error) {
 	return uc, false, nil
 }
 
-// dial opens a socket and starts its reader. Called with u.mu held.
-func (u *upstream) dial() (*udpConn, error) {
+// dial opens a socket for up to uses queries and starts its reader.
+// Called with u.mu held.
+func (u *upstream) dial(uses int) (*udpConn, error) {
 	conn, err := net.DialUDP("udp", nil, u.udp)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", u.addr, err)
 	}
 	// The waiters map holds every ID the socket will carry: sized for all
 	// of them at once rather than grown in steps.
-	uc := &udpConn{u: u, conn: conn, opened: time.Now(), waiters: make(map[uint16]*waiter, udpSocketMaxUses)}
+	uc := &udpConn{u: u, conn: conn, opened: time.Now(), waiters: make(map[uint16]*waiter, uses)}
 	// Close waits for the readers it can reach; those of sockets opened
 	// after it end with their single query.
 	tracked := !u.closed
