@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -203,5 +204,64 @@ func TestClientTCPMismatchIsMalformed(t *testing.T) {
 	var e *resolvercache.Error
 	if !errors.As(err, &e) || e.Kind != resolvercache.KindMalformed {
 		t.Errorf("err = %v, want malformed", err)
+	}
+}
+
+// TestClientAliasTargetOnTheWire: the client asks an alias target again
+// exactly as it stands on the wire, whatever octets its labels hold; a
+// target with a '.' octet inside a label, which the raw names of Answer
+// cannot tell from a name of more labels, is refused, and neither it nor
+// the name of more labels is asked.
+func TestClientAliasTargetOnTheWire(t *testing.T) {
+	for _, tc := range []struct {
+		target string // presentation form
+		kind   resolvercache.ErrorKind
+		cname  string // raw, as reported
+	}{
+		{`X\\y\"z\ w\000\255.alias.test.`, 0, "x\\y\"z w\x00\xff.alias.test"},
+		{`a\.b.alias.test.`, resolvercache.KindMalformed, ""},
+	} {
+		t.Run(tc.target, func(t *testing.T) {
+			var mu sync.Mutex
+			var asked []string
+			addr := rawServer(t, func(q *dns.Msg) [][]byte {
+				name := q.Question[0].Name
+				mu.Lock()
+				asked = append(asked, name)
+				mu.Unlock()
+				m := new(dns.Msg)
+				m.SetReply(q)
+				if strings.EqualFold(name, "start.alias.test.") {
+					m.Answer = append(m.Answer, &dns.CNAME{
+						Hdr:    dns.RR_Header{Name: name, Rrtype: dns.TypeCNAME, Class: dns.ClassINET, Ttl: 60},
+						Target: tc.target})
+				} else {
+					m.Answer = append(m.Answer, &dns.TXT{
+						Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60},
+						Txt: []string{"aliased"}})
+				}
+				return [][]byte{pack(t, m)}
+			})
+			c := newClient(t, resolvercache.WithUpstreams(addr), resolvercache.WithRetries(0))
+			a, err := c.Lookup(context.Background(), "start.alias.test", dns.TypeTXT)
+			mu.Lock()
+			defer mu.Unlock()
+			if tc.kind != 0 {
+				if kindOf(err) != tc.kind || len(asked) != 1 {
+					t.Fatalf("got %+v, %v after asking %q; want %s after asking only start.alias.test", a, err, asked, tc.kind)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := tc.target // octet for octet, case included
+			if len(asked) != 2 || asked[1] != want {
+				t.Fatalf("asked %q, want the alias %q second", asked, want)
+			}
+			if len(a.CNAMEs) != 1 || a.CNAMEs[0] != tc.cname || len(a.TXT) != 1 || a.TXT[0] != "aliased" {
+				t.Errorf("answer %+v", a)
+			}
+		})
 	}
 }

@@ -63,7 +63,9 @@ func replySeeds(f *testing.F) {
 	}), "example.com", uint16(dns.TypeTXT), true)
 	f.Add(seedReply(f, func(m *dns.Msg) { m.Truncated = true }), "example.com", uint16(dns.TypeTXT), true)
 	f.Add(seedReply(f, func(m *dns.Msg) { m.Rcode = dns.RcodeServerFailure }), "example.com", uint16(dns.TypeTXT), true)
-	// Compressed names, mixed case, records off the chain, empty TXT.
+	// Compressed names, mixed case, records off the chain, empty TXT,
+	// through an alias with a '.' octet in a label (refused by the wire
+	// path; see FuzzDecodeMatchesMiekg).
 	f.Add(seedReply(f, func(m *dns.Msg) {
 		m.Compress = true
 		m.Question[0].Name = "EXAMPLE.com."
@@ -71,6 +73,30 @@ func replySeeds(f *testing.F) {
 			txtRR("unrelated.example.", 5, "x"), txtRR("A\\.b.example.com.", 7), txtRR("a\\.b.example.com.", 9, "p", "q"))
 		m.Ns = append(m.Ns, soaRR("example.com.", 100, 50))
 	}), "example.com", uint16(dns.TypeTXT), true)
+	// The same through an alias whose label holds the other octets
+	// miekg/dns escapes (space, '\\', '"', '(', ')', ';', '@', '\'') and
+	// '$', '\x00', '\x7f', '\xff': raw form keeps them as they are.
+	f.Add(seedReply(f, func(m *dns.Msg) {
+		m.Compress = true
+		m.Question[0].Name = "EXAMPLE.com."
+		m.Answer = append(m.Answer, cnameRR("Example.COM.", `A\ b\\c\"d\(\)\;\@\'$\000\127\255.example.com.`, 60),
+			txtRR("unrelated.example.", 5, "x"), txtRR(`a\ B\\c\"d\(\)\;\@\'$\000\127\255.example.com.`, 9, "p", "q"))
+	}), "example.com", uint16(dns.TypeTXT), true)
+	// Names with a '.' octet inside a label, which the wire path refuses
+	// (checkRaw): an alias target ending in one, an MX host, a PTR target.
+	f.Add(seedReply(f, func(m *dns.Msg) {
+		m.Answer = append(m.Answer, cnameRR("example.com.", `0.000000\..`, 60))
+	}), "example.com", uint16(dns.TypeTXT), true)
+	f.Add(seedReply(f, func(m *dns.Msg) {
+		m.Question[0].Qtype = dns.TypeMX
+		m.Answer = append(m.Answer, &dns.MX{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypeMX, Class: dns.ClassINET, Ttl: 20},
+			Preference: 10, Mx: `mail\.victim.example.`})
+	}), "example.com", uint16(dns.TypeMX), true)
+	f.Add(seedReply(f, func(m *dns.Msg) {
+		m.Question[0].Qtype = dns.TypePTR
+		m.Answer = append(m.Answer, &dns.PTR{Hdr: dns.RR_Header{Name: "example.com.", Rrtype: dns.TypePTR, Class: dns.ClassINET, Ttl: 20},
+			Ptr: `a\046b.example.`})
+	}), "example.com", uint16(dns.TypePTR), true)
 	// The other types with fields, and an OPT record with extended RCODE bits.
 	f.Add(seedReply(f, func(m *dns.Msg) {
 		m.Compress = true
@@ -143,6 +169,11 @@ func FuzzParseResponse(f *testing.F) {
 			}
 			if next == "" {
 				break
+			}
+			// The alias is reported raw (Answer.CNAMEs): that raw form
+			// must name the very name asked next.
+			if w := wireName(rawName(next)); !equalWire(w, next) {
+				t.Fatalf("alias %q reported as %q, which is %q on the wire", next, rawName(next), w)
 			}
 			q.name = next
 		}
@@ -247,6 +278,16 @@ func FuzzPackQuery(f *testing.F) {
 // they differ on taking it at all, each must fail with an *Error (the
 // wire reader checks the RDATA of the types it reads, dns.Msg that of
 // every type it knows).
+//
+// One difference is deliberate: a name the chain would follow or report
+// (an alias target, or the name in an MX, PTR, NS, CNAME or DNAME record
+// of the asked type) whose label holds a '.' octet. dns.Msg writes that
+// octet as \. and the reference takes the reply, but UnescapeName turns
+// it into a label boundary, so the reference reports another name
+// (a\.b. as "a.b"; 0.000000\.. as "0.000000"). The wire path refuses
+// such a reply (errDotInLabel, see checkRaw). The target holds both sides
+// to that: the wire path fails with errDotInLabel exactly when the
+// reference followed or collected such a name (refSawDotLabel).
 func FuzzDecodeMatchesMiekg(f *testing.F) {
 	replySeeds(f)
 	f.Fuzz(func(t *testing.T, wire []byte, name string, qtype uint16, udp bool) {
@@ -270,6 +311,10 @@ func FuzzDecodeMatchesMiekg(f *testing.F) {
 			m, rerr := refDecodeReply(wire, rq, udp)
 			if rerr == nil {
 				rnext, rerr = rch.absorb(m, rq.name, rq)
+			}
+			if dot := errors.Is(err, errDotInLabel); dot != (rerr == nil && rch.sawDotLabel()) {
+				t.Fatalf("wire path: %v; reference (error %v) followed or reported a name with a '.' octet in a label: %v",
+					err, rerr, !dot)
 			}
 			if err != nil || rerr != nil {
 				if (err == nil) != (rerr == nil) {

@@ -91,7 +91,9 @@ func (c *chain) absorb(m *replyView, cur string, q *question) (next string, err 
 				continue
 			}
 			if h.typ == c.qtype {
-				c.addRecord(m.b, h)
+				if err := c.addRecord(m.b, h); err != nil {
+					return "", q.fail(KindMalformed, fmt.Errorf("%v record: %w", dns.Type(h.typ), err))
+				}
 				c.minTTL(h.ttl)
 				c.found = true
 			} else if h.typ == dns.TypeCNAME && cname.end < 0 {
@@ -109,7 +111,12 @@ func (c *chain) absorb(m *replyView, cur string, q *question) (next string, err 
 		}
 		var buf [maxNameOctets]byte
 		target, _, err := readName(m.b[:cname.end], cname.rdata, &buf)
-		if err != nil { // not after decodeReply
+		if err == nil {
+			// The target is asked again exactly as it stands on the
+			// wire, but reported raw (Answer.CNAMEs), which must name it.
+			err = checkRaw(target)
+		}
+		if err != nil { // checkRaw's, or a read error (none after decodeReply)
 			return "", q.fail(KindMalformed, fmt.Errorf("CNAME target: %w", err))
 		}
 		if err := c.follow(target, cname.ttl, q); err != nil {
@@ -147,8 +154,9 @@ func (c *chain) follow(target []byte, ttl uint32, q *question) error {
 // (character-strings joined, raw octets, RFC 7208 3.3, RFC 6376 3.6.2.2),
 // A and AAAA into IPs, MX into MX, and name-valued types (PTR, NS, CNAME,
 // DNAME) into Names. Other types have no field. decodeReply has checked
-// the RDATA of these types.
-func (c *chain) addRecord(msg []byte, h rrHeader) {
+// the RDATA of these types. A name that raw form cannot hold (checkRaw)
+// is an error: callers look these names up again.
+func (c *chain) addRecord(msg []byte, h rrHeader) error {
 	rd := msg[h.rdata:h.end]
 	var buf [maxNameOctets]byte
 	switch h.typ {
@@ -164,15 +172,26 @@ func (c *chain) addRecord(msg []byte, h rrHeader) {
 		}
 	case dns.TypeMX:
 		if len(rd) >= 2 {
-			if host, _, err := readName(msg[:h.end], h.rdata+2, &buf); err == nil {
-				c.mx = append(c.mx, MX{Preference: binary.BigEndian.Uint16(rd), Host: rawName(host)})
+			host, _, err := readName(msg[:h.end], h.rdata+2, &buf)
+			if err == nil {
+				err = checkRaw(host)
 			}
+			if err != nil {
+				return err
+			}
+			c.mx = append(c.mx, MX{Preference: binary.BigEndian.Uint16(rd), Host: rawName(host)})
 		}
 	case dns.TypePTR, dns.TypeNS, dns.TypeCNAME, dns.TypeDNAME:
-		if name, _, err := readName(msg[:h.end], h.rdata, &buf); err == nil {
-			c.names = append(c.names, rawName(name))
+		name, _, err := readName(msg[:h.end], h.rdata, &buf)
+		if err == nil {
+			err = checkRaw(name)
 		}
+		if err != nil {
+			return err
+		}
+		c.names = append(c.names, rawName(name))
 	}
+	return nil
 }
 
 // joinStrings joins the character-strings of TXT RDATA (RFC 1035 3.3.14)

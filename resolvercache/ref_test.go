@@ -224,3 +224,55 @@ func refEqualName(a, b string) bool {
 	}
 	return true
 }
+
+// sawDotLabel reports whether the chain followed an alias, or collected a
+// record naming a name, with a '.' octet inside a label (written \. or
+// \046 in presentation form): what the wire path refuses (checkRaw).
+func (c *refChain) sawDotLabel() bool {
+	for _, s := range c.seen {
+		if refDotInLabel(s) {
+			return true
+		}
+	}
+	for _, rr := range c.recs {
+		var name string
+		switch r := rr.(type) {
+		case *dns.MX:
+			name = r.Mx
+		case *dns.PTR:
+			name = r.Ptr
+		case *dns.NS:
+			name = r.Ns
+		case *dns.CNAME:
+			name = r.Target
+		case *dns.DNAME:
+			name = r.Target
+		}
+		if refDotInLabel(name) {
+			return true
+		}
+	}
+	return false
+}
+
+// refDotInLabel reports whether a presentation-form name has an escaped
+// '.' (\. or \046).
+func refDotInLabel(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' || i+1 >= len(s) {
+			continue
+		}
+		if i+3 < len(s) && isDigit(s[i+1]) && isDigit(s[i+2]) && isDigit(s[i+3]) {
+			if s[i+1:i+4] == "046" {
+				return true
+			}
+			i += 3
+			continue
+		}
+		if s[i+1] == '.' {
+			return true
+		}
+		i++
+	}
+	return false
+}

@@ -22,6 +22,11 @@
 //     records used; NXDOMAIN and NODATA get min(SOA TTL, SOA MINIMUM) from
 //     the authority section (RFC 2308 3, 5). Bounds: per-query timeout,
 //     retries, hops, UDPSize-octet UDP replies, 65535-octet TCP replies.
+//     Alias targets are asked again exactly as they stand on the wire; a
+//     reply that would hand the caller a name with a '.' octet inside a
+//     label (an alias followed, an MX host, a PTR or other name-valued
+//     target) is KindMalformed, since the raw form cannot tell that name
+//     from one of more labels.
 //   - [Cache] (cache.go) sits in front of any Resolver: ristretto with a
 //     byte budget, TTLs clamped per kind of answer, negative caching (RFC
 //     2308 5), short caching of failures (RFC 2308 7), and one upstream

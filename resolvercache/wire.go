@@ -33,6 +33,10 @@ var (
 	errPointers  = errors.New("too many compression pointers")
 	errLabelType = errors.New("reserved label type")
 	errRdata     = errors.New("record data does not match its RDLENGTH")
+	// errDotInLabel marks a name the client would follow or report whose
+	// label holds a '.' octet (0x2E): legal on the wire (RFC 2181 11), but
+	// its raw form would read as a name of more labels (see checkRaw).
+	errDotInLabel = errors.New("a label holds a '.' octet, which a raw name cannot tell from a label boundary")
 )
 
 // wireName returns the wire form of a raw, dot-separated name that
@@ -54,7 +58,8 @@ func wireName(raw string) string {
 
 // rawName returns the raw form of a wire name (uncompressed, as readName
 // gives it): labels joined by dots, ASCII lower case, no trailing dot, as
-// UnescapeName gives for the presentation form. The root is "".
+// UnescapeName gives for the presentation form. The root is "". A label
+// holding a '.' octet makes it ambiguous; see checkRaw.
 func rawName[T string | []byte](w T) string {
 	if len(w) <= 1 {
 		return ""
@@ -76,6 +81,32 @@ func rawName[T string | []byte](w T) string {
 		i += 1 + n
 	}
 	return b.String()
+}
+
+// checkRaw returns an error wrapping errDotInLabel unless the
+// uncompressed wire name w can be given to callers in raw form: rawName keeps every octet of a label except that it
+// joins labels with '.', so a label holding a '.' octet (escaped as \. in
+// presentation form, as miekg/dns writes it) would come back as a
+// different name with more labels; a caller looking it up again, or
+// checking it against a domain, would use that other name. Such names
+// are not hostnames (RFC 952, RFC 1123 2.1) and no record the checks use
+// needs them, so a reply that hands one to the caller is refused rather
+// than reported ambiguously (the octets '\\', '"', space and the others
+// miekg/dns escapes are kept as they are: raw form holds them exactly).
+// The error names w in presentation form.
+func checkRaw(w []byte) error {
+	for i := 0; i < len(w) && w[i] != 0; i += 1 + int(w[i]) {
+		for _, c := range w[i+1 : min(i+1+int(w[i]), len(w))] {
+			if c == '.' {
+				name, _, err := dns.UnpackDomainName(w, 0)
+				if err != nil {
+					name = fmt.Sprintf("%q", w)
+				}
+				return fmt.Errorf("%s: %w", name, errDotInLabel)
+			}
+		}
+	}
+	return nil
 }
 
 // equalWire compares two uncompressed wire names ASCII case-insensitively
