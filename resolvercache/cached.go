@@ -15,8 +15,9 @@ func (c *Cache) Cached(name string, qtype uint16) bool {
 	if e, found := c.rc.Get(h); found && e.qtype == qtype && e.name == string(buf[:n]) && c.clock().Before(e.expires) {
 		return true
 	}
+	// f.stored is set under fmu when the flight ends: read it there too.
 	c.fmu.Lock()
+	defer c.fmu.Unlock()
 	f := c.flights[string(buf[:n+2])]
-	c.fmu.Unlock()
 	return f != nil && (f.stored == nil || c.clock().Before(f.stored.expires))
 }
