@@ -26,7 +26,8 @@ type Pool struct {
 	bytes   int64
 	workers int           // live worker goroutines, at most maxN
 	idle    int           // workers waiting for a task and not yet claimed
-	changed chan struct{} // closed and replaced whenever n or bytes drop
+	changed chan struct{} // closed and replaced when n or bytes drop while blocked > 0
+	blocked int           // callers of Go waiting on changed
 	closed  bool
 	wg      sync.WaitGroup
 
@@ -77,11 +78,17 @@ func (p *Pool) Go(ctx context.Context, size int64, fn func()) (blocked bool, err
 			return blocked, nil
 		}
 		ch := p.changed
+		p.blocked++
 		p.mu.Unlock()
 		blocked = true
 		select {
 		case <-ch:
 		case <-ctx.Done():
+			p.mu.Lock()
+			if p.changed == ch { // else release has counted us out
+				p.blocked--
+			}
+			p.mu.Unlock()
 			return blocked, ctx.Err()
 		}
 	}
@@ -131,8 +138,13 @@ func (p *Pool) release(size int64, worker bool) {
 	if worker {
 		p.idle++
 	}
-	close(p.changed)
-	p.changed = make(chan struct{})
+	// A new channel only when someone waits on the old one: in the
+	// pipeline's profile, making one a message cost 1.5% of its CPU.
+	if p.blocked > 0 {
+		close(p.changed)
+		p.changed = make(chan struct{})
+		p.blocked = 0
+	}
 	p.mu.Unlock()
 	p.wg.Done()
 }
