@@ -130,12 +130,60 @@ func parseZone(r io.Reader, origin, file string, opts []ZoneOption) (*Zone, erro
 	}
 	zp := dns.NewZoneParser(r, origin, file)
 	for rr, ok := zp.Next(); ok; rr, ok = zp.Next() {
+		if err := checkZoneNames(rr); err != nil {
+			return nil, err
+		}
 		z.add(rr)
 	}
 	if err := zp.Err(); err != nil {
 		return nil, err
 	}
 	return z, nil
+}
+
+// checkZoneNames refuses a record whose owner, or a name it points to that
+// lookups report or follow (CNAME, MX, NS, PTR), has a '.' octet inside a
+// label (written "\." or "\046"). Such a name has no raw dotted form
+// (UnescapeName would turn "a\.b" into "a.b", a different name of two
+// labels), so a Zone cannot answer it faithfully; the Client refuses such
+// names in replies for the same reason (errDotInLabel).
+func checkZoneNames(rr dns.RR) error {
+	names := []string{rr.Header().Name}
+	switch r := rr.(type) {
+	case *dns.CNAME:
+		names = append(names, r.Target)
+	case *dns.MX:
+		names = append(names, r.Mx)
+	case *dns.NS:
+		names = append(names, r.Ns)
+	case *dns.PTR:
+		names = append(names, r.Ptr)
+	}
+	for _, n := range names {
+		if presentationDotInLabel(n) {
+			return fmt.Errorf("%s: name %q has a '.' inside a label: %w", rr.Header().String(), n, errDotInLabel)
+		}
+	}
+	return nil
+}
+
+// presentationDotInLabel reports whether the presentation-form name s has
+// a '.' octet inside one of its labels.
+func presentationDotInLabel(s string) bool {
+	if !strings.ContainsRune(s, '\\') {
+		return false
+	}
+	var buf [256]byte
+	n, err := dns.PackDomainName(dns.Fqdn(s), buf[:], 0, nil, false)
+	if err != nil {
+		return false // not a name the parser accepted; nothing to check
+	}
+	for i := 0; i < n && buf[i] != 0; i += int(buf[i]) + 1 {
+		if strings.IndexByte(string(buf[i+1:i+1+int(buf[i])]), '.') >= 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (z *Zone) add(rr dns.RR) {

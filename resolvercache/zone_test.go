@@ -188,3 +188,55 @@ func TestZoneFileAndErrors(t *testing.T) {
 		t.Errorf("origin argument: %+v", a)
 	}
 }
+
+// TestZoneRefusesDotInLabel: a zone name with a '.' octet inside a label
+// (an owner, or a CNAME, MX, NS or PTR target) is refused at load, since
+// its raw dotted form would be another name of more labels; other escapes
+// load as before.
+func TestZoneRefusesDotInLabel(t *testing.T) {
+	for _, rr := range []string{
+		`a\.b.example. 300 IN TXT "x"`,
+		`a\046b.example. 300 IN TXT "x"`,
+		`alias.example. 300 IN CNAME a\.b.example.`,
+		`example. 300 IN MX 10 mail\.host.example.`,
+		`example. 300 IN NS ns\.1.example.`,
+		`1.2.0.192.in-addr.arpa. 300 IN PTR host\.x.example.`,
+	} {
+		if _, err := resolvercache.ParseZone(strings.NewReader(rr+"\n"), ""); err == nil || !strings.Contains(err.Error(), "'.' inside a label") {
+			t.Errorf("%s: err %v, want a '.' inside a label error", rr, err)
+		}
+	}
+	z, err := resolvercache.ParseZone(strings.NewReader("foo\\ bar.example. 300 IN TXT \"x\"\nsoa\\@x.example. 300 IN CNAME foo\\ bar.example.\n"), "")
+	if err != nil {
+		t.Fatalf("other escapes refused: %v", err)
+	}
+	a, err := z.Lookup(context.Background(), "soa@x.example", dns.TypeTXT)
+	if err != nil || len(a.TXT) != 1 || len(a.CNAMEs) != 1 || a.CNAMEs[0] != "foo bar.example" {
+		t.Fatalf("lookup through escaped names: %+v, %v", a, err)
+	}
+}
+
+// FuzzParseZone: any zone-file text either fails to load with an error or
+// loads into a Zone whose lookups return an answer or an error; nothing
+// panics, and a loaded zone never hands out a name it refused to load.
+func FuzzParseZone(f *testing.F) {
+	f.Add(testZone)
+	f.Add("a\\.b.example. 300 IN TXT \"x\"\n")
+	f.Add("alias.example. 300 IN CNAME a\\046b.example.\n")
+	f.Add("*.w.example. 60 IN MX 10 mx.example.\nw.example. 60 IN CNAME *.w.example.\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		z, err := resolvercache.ParseZone(strings.NewReader(text), "example.")
+		if err != nil {
+			return
+		}
+		ctx := context.Background()
+		for _, name := range []string{"example", "www.example", "a.b.example", "x.w.example", "alias.example"} {
+			for _, qt := range []uint16{dns.TypeTXT, dns.TypeA, dns.TypeMX, dns.TypeCNAME, dns.TypePTR} {
+				a, err := z.Lookup(ctx, name, qt)
+				if (a == nil) == (err == nil) {
+					t.Fatalf("%s/%d: answer %v and error %v", name, qt, a, err)
+				}
+			}
+		}
+	})
+}
