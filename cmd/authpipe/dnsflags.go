@@ -29,10 +29,10 @@ func (d *dnsFlags) register(f *pflag.FlagSet) {
 	f.Int64Var(&d.cacheBytes, "dns-cache-bytes", 64<<20, "`bytes` the DNS cache may hold (answers, negative answers, errors)")
 }
 
-// resolver builds the resolver the flags ask for. Caches run on the wall
-// clock: --at changes what messages are judged against, not how long DNS
-// answers stay fresh.
-func (d *dnsFlags) resolver() (resolvercache.Resolver, error) {
+// resolver builds the resolver the flags ask for, counting in m (nil: no
+// metrics). Caches run on the wall clock: --at changes what messages are
+// judged against, not how long DNS answers stay fresh.
+func (d *dnsFlags) resolver(m *resolvercache.Metrics) (resolvercache.Resolver, error) {
 	if d.timeout <= 0 {
 		return nil, usagef("--dns-timeout must be positive, got %s", d.timeout)
 	}
@@ -40,13 +40,13 @@ func (d *dnsFlags) resolver() (resolvercache.Resolver, error) {
 		if d.server != "" {
 			return nil, usagef("--zone and --resolver exclude each other")
 		}
-		z, err := resolvercache.LoadZoneFile(d.zone)
+		z, err := resolvercache.LoadZoneFile(d.zone, resolvercache.WithZoneMetrics(m))
 		if err != nil {
 			return nil, fmt.Errorf("load zone: %w", err)
 		}
 		return z, nil
 	}
-	opts := []resolvercache.ClientOption{resolvercache.WithTimeout(d.timeout)}
+	opts := []resolvercache.ClientOption{resolvercache.WithTimeout(d.timeout), resolvercache.WithMetrics(m)}
 	if d.server != "" {
 		if _, _, err := net.SplitHostPort(d.server); err != nil {
 			return nil, usagef("--resolver: want host:port: %v", err)
@@ -57,7 +57,7 @@ func (d *dnsFlags) resolver() (resolvercache.Resolver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dns client: %w", err)
 	}
-	cache, err := resolvercache.NewCache(c, resolvercache.WithMaxBytes(d.cacheBytes))
+	cache, err := resolvercache.NewCache(c, resolvercache.WithMaxBytes(d.cacheBytes), resolvercache.WithCacheMetrics(m))
 	if err != nil {
 		return nil, usagef("--dns-cache-bytes: %v", err)
 	}

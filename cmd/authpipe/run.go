@@ -27,6 +27,7 @@ import (
 
 	"github.com/authpipe/authpipe/pipeline"
 	"github.com/authpipe/authpipe/reportgen"
+	"github.com/authpipe/authpipe/resolvercache"
 	"github.com/authpipe/authpipe/stages"
 )
 
@@ -228,7 +229,13 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	res, err := rf.dns.resolver()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	dnsMetrics, err := resolvercache.NewMetrics(reg)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	res, err := rf.dns.resolver(dnsMetrics)
 	if err != nil {
 		return err
 	}
@@ -249,8 +256,6 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	}
 	engine := stages.New(res, stages.WithAuthServID(rf.authservID), stages.WithDNSBudget(rf.dns.budget))
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics, err := pipeline.NewMetrics(reg)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)

@@ -220,6 +220,12 @@ func TestRunEmbeddedProduceTail(t *testing.T) {
 	if !strings.Contains(string(metrics), "authpipe_kafka_") {
 		t.Error("no kprom metrics")
 	}
+	// The DNS client and cache count into the same registry.
+	for _, name := range []string{"authpipe_dns_cache_hits_total", "authpipe_dns_cache_misses_total", "authpipe_dns_queries_total", "authpipe_dns_lookups_total"} {
+		if !strings.Contains(string(metrics), name) {
+			t.Errorf("no %s on /metrics", name)
+		}
+	}
 	// The retry stage runs beside the first (--straggler-wait defaults on).
 	if !strings.Contains(string(metrics), "authpipe_retry_batches_total") && !strings.Contains(string(metrics), "authpipe_retry_in_flight_messages") {
 		t.Error("no retry-stage metrics (authpipe_retry_*)")
