@@ -96,8 +96,9 @@ const (
 // with KindNetwork and retires it; a write error fails its own query and
 // retires the socket.
 //
-// A lookup is bounded: each wire query by the timeout (default 2s) and the
-// caller's context; failed attempts are retried on the next upstream
+// A lookup is bounded: each wire query by the timeout (default 2s; over
+// UDP one sweeper per upstream ends the queries whose time is up, at most
+// sweepSlack, 1 ms, late) and the caller's context; failed attempts are retried on the next upstream
 // (default one retry; SERVFAIL is not retried on the same single upstream);
 // at most MaxCNAMEHops aliases (default 8) are followed, so a lookup sends at
 // most (hops+1)*(retries+1)*2 wire queries.
@@ -118,8 +119,9 @@ type Client struct {
 	dialer    net.Dialer
 	newID     func() uint16 // message IDs; tests replace it
 	maxAge    time.Duration // udpSocketMaxAge; tests shorten it
+	epoch     time.Time     // origin of the expiry times of UDP queries (expiry.at)
 
-	waiterPool sync.Pool      // *waiter, to spare a lookup's channel, timer and buffers
+	waiterPool sync.Pool      // *waiter, to spare a lookup's channel and buffers
 	readers    sync.WaitGroup // reader goroutines of the sockets Close closes
 	reading    atomic.Int64   // reader goroutines running, of any socket
 	closeOnce  sync.Once
@@ -136,7 +138,14 @@ type upstream struct {
 	slots  []*udpConn            // the sockets taking new queries; nil: dial at next use
 	next   uint                  // round robin over slots
 	open   map[*udpConn]struct{} // every socket Close must close, retired ones too
+	live   map[*udpConn]struct{} // every socket not yet closed, own ones too: what sweep scans
 	closed bool
+
+	// The sweeper times the UDP queries out (see sweep): a timer running
+	// sweep, armed while any query waits.
+	sweeper *time.Timer
+	armed   atomic.Bool  // sweeper armed or running; its holder alone may arm it
+	waiting atomic.Int64 // queries registered on u's sockets and not yet ended
 }
 
 // udpConn is one connected UDP socket and the queries waiting on it.
@@ -152,20 +161,25 @@ type udpConn struct {
 	// nil once it has ended. IDs are never reused on a socket, so a late
 	// reply cannot reach a later query.
 	waiters map[uint16]*waiter
-	pending int    // non-nil waiters
-	retired bool   // takes no new query; closes when pending is 0
-	done    bool   // closed or closing; waiters failed
-	strays  uint64 // datagrams whose ID no query here has used
-	strayID int    // the ID of the last of them, -1 if it had none
+	// expiries lists every query registered, in order, with its deadline;
+	// those before swept have ended. Deadlines are the start of each query
+	// plus the timeout, so they rise with the list but for the moments
+	// between a query's clock reading and its registration.
+	expiries []expiry
+	swept    int
+	pending  int    // non-nil waiters
+	retired  bool   // takes no new query; closes when pending is 0
+	done     bool   // closed or closing; waiters failed
+	strays   uint64 // datagrams whose ID no query here has used
+	strayID  int    // the ID of the last of them, -1 if it had none
 }
 
 // waiter carries one lookup's wire queries over UDP, one at a time: each
 // waits on a udpConn under an ID of its own. A lookup takes one from the
 // pool and reads its replies in place (rbuf) until its Answer is built.
 type waiter struct {
-	q     question   // a copy, decoded against by the reader
-	ch    chan reply // capacity 1: one send, under udpConn.mu, as it leaves waiters
-	timer *time.Timer
+	q  question   // a copy, decoded against by the reader
+	ch chan reply // capacity 1: one send, under udpConn.mu, as it leaves waiters
 
 	// Under udpConn.mu.
 	mismatch error  // the last reply with this ID that did not match
@@ -181,6 +195,22 @@ type reply struct {
 	m   replyView
 	err error
 }
+
+// expiry is when a query on a socket times out, in nanoseconds since the
+// client's epoch.
+type expiry struct {
+	at int64
+	id uint16
+}
+
+// errExpired is the reply sweep hands a query whose time is up:
+// exchangeUDP turns it into the error to report.
+var errExpired = errors.New("resolvercache: wire query expired")
+
+// sweepSlack bounds how often the sweeper wakes while queries time out:
+// at most once per sweepSlack, so that a query times out at most
+// sweepSlack late (see sweep).
+const sweepSlack = time.Millisecond
 
 // ClientOption configures a Client.
 type ClientOption func(*clientConfig) error
@@ -351,6 +381,7 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 		metrics: cfg.metrics,
 		newID:   func() uint16 { return uint16(rand.Uint32()) },
 		maxAge:  udpSocketMaxAge,
+		epoch:   time.Now(),
 	}
 	for _, a := range addrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -360,14 +391,18 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 		if err != nil {
 			return nil, fmt.Errorf("resolvercache: upstream %q: %w", a, err)
 		}
-		c.upstreams = append(c.upstreams, &upstream{
+		u := &upstream{
 			c:     c,
 			addr:  ua.String(),
 			udp:   ua,
 			sem:   make(chan struct{}, cfg.maxFlight),
 			slots: make([]*udpConn, cfg.udpSockets),
 			open:  map[*udpConn]struct{}{},
-		})
+			live:  map[*udpConn]struct{}{},
+		}
+		u.sweeper = time.AfterFunc(time.Hour, u.sweep)
+		u.sweeper.Stop()
+		c.upstreams = append(c.upstreams, u)
 	}
 	return c, nil
 }
@@ -510,6 +545,11 @@ var longAgo = time.Unix(1, 0)
 // exchangeUDP asks q over one of u's shared sockets through w and waits
 // for the reply, the per-query timeout or the end of ctx. The reply it
 // returns is in w.rbuf.
+//
+// The query waits on its channel and ctx alone: its timeout comes from
+// u's sweeper (sweep), as errExpired in the channel, at most sweepSlack
+// late. A timer per query in the select cost about 3 µs of CPU a query
+// (its Reset and Stop, the three-way select).
 func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *waiter) (replyView, error) {
 	// One reading of the clock serves the deadline, the socket's age and
 	// the metrics.
@@ -519,7 +559,7 @@ func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *w
 	}
 	deadline, ctxBound := c.deadline(ctx, start)
 	w.q, w.mismatch = *q, nil
-	uc, err := u.register(w, start)
+	uc, err := u.register(w, start, int64(start.Sub(c.epoch)+c.timeout))
 	if err != nil {
 		return replyView{}, q.fail(KindNetwork, err)
 	}
@@ -529,29 +569,29 @@ func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *w
 		uc.retire()
 		return replyView{}, ioError(ctx, q, err, ctxBound, deadline)
 	}
-	w.timer.Reset(deadline.Sub(start))
 	var r reply
-	select {
-	case r = <-w.ch:
-		w.timer.Stop()
-		return r.m, r.err
-	case <-ctx.Done():
-		w.timer.Stop()
-	case <-w.timer.C:
-	}
-	mismatch, ok := uc.abandon(w)
-	if !ok { // the reply came after all
+	if done := ctx.Done(); done == nil {
 		r = <-w.ch
+	} else {
+		select {
+		case r = <-w.ch:
+		case <-done:
+			if uc.abandon(w) {
+				return replyView{}, q.fail(KindCanceled, ctx.Err())
+			}
+			r = <-w.ch // the reply came after all
+		}
+	}
+	if r.err != errExpired {
+		return r.m, r.err
 	}
 	switch {
-	case !ok:
-		return r.m, r.err
 	case ctx.Err() != nil:
 		return replyView{}, q.fail(KindCanceled, ctx.Err())
 	case ctxBound:
 		return replyView{}, q.fail(KindCanceled, context.DeadlineExceeded)
-	case mismatch != nil:
-		return replyView{}, mismatch
+	case w.mismatch != nil:
+		return replyView{}, w.mismatch
 	}
 	return replyView{}, q.fail(KindTimeout, fmt.Errorf("no reply from %s in %v: %w", u.addr, c.timeout, os.ErrDeadlineExceeded))
 }
@@ -565,15 +605,14 @@ func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *w
 func (c *Client) waiter() *waiter {
 	w, _ := c.waiterPool.Get().(*waiter)
 	if w == nil {
-		w = &waiter{ch: make(chan reply, 1), timer: time.NewTimer(time.Hour)}
-		w.timer.Stop()
+		w = &waiter{ch: make(chan reply, 1)}
 	}
 	return w
 }
 
 // drop takes w out of uc as its write failed.
 func (uc *udpConn) drop(w *waiter) {
-	if _, ok := uc.abandon(w); !ok {
+	if !uc.abandon(w) {
 		<-w.ch // failed by shutdown meanwhile
 	}
 }
@@ -612,18 +651,61 @@ func (c *Client) exchangeTCP(ctx context.Context, u *upstream, q *question) (_ r
 	return decodeReply(body, q, false)
 }
 
-// register gives w a socket and an ID on it.
-func (u *upstream) register(w *waiter, now time.Time) (*udpConn, error) {
+// register gives w a socket and an ID on it, to time out at expiry (in
+// nanoseconds since the client's epoch), and makes sure the sweeper runs.
+func (u *upstream) register(w *waiter, now time.Time, at int64) (*udpConn, error) {
 	for range 3 { // a socket retired or failed since acquire: take the next
 		uc, last, err := u.acquire(now)
 		if err != nil {
 			return nil, err
 		}
-		if uc.register(w, last) {
+		if uc.register(w, last, at) {
+			// u.waiting counts w before this reads armed: sweep, which
+			// clears armed before it reads u.waiting, either sees w or
+			// leaves the sweeper to this query to arm.
+			if !u.armed.Load() && u.armed.CompareAndSwap(false, true) {
+				u.sweeper.Reset(u.c.timeout)
+			}
 			return uc, nil
 		}
 	}
 	return nil, fmt.Errorf("no usable socket to %s", u.addr)
+}
+
+// sweep times out the queries on u's sockets whose deadline has passed:
+// it takes each out of its socket's waiters and hands it errExpired. It
+// runs on u.sweeper's goroutine while any query waits, armed by the first
+// query registered when it is idle, and arms itself again for the next
+// deadline, but no sooner than sweepSlack from now: a query times out at
+// most sweepSlack (1 ms) late, plus the scheduler's latency and the time
+// between the query's clock reading and its registration (a query's
+// per-query timer, before the sweeper, was late by the time from its clock
+// reading to after its write). While no query times out it wakes about
+// once per timeout; while many do, at most once per sweepSlack.
+func (u *upstream) sweep() {
+	u.mu.Lock()
+	socks := make([]*udpConn, 0, len(u.live))
+	for uc := range u.live {
+		socks = append(socks, uc)
+	}
+	u.mu.Unlock()
+	now := int64(time.Since(u.c.epoch))
+	next, pending := int64(0), false
+	for _, uc := range socks {
+		if at, ok := uc.expire(now); ok && (!pending || at < next) {
+			next, pending = at, true
+		}
+	}
+	if !pending {
+		u.armed.Store(false)
+		if u.waiting.Load() == 0 || !u.armed.CompareAndSwap(false, true) {
+			return // idle, or armed by a query registered meanwhile
+		}
+		// Queries registered after their socket was swept end no later
+		// than a timeout from now.
+		next = int64(time.Since(u.c.epoch) + u.c.timeout)
+	}
+	u.sweeper.Reset(max(time.Duration(next-now), sweepSlack))
 }
 
 // acquire returns the socket for the next query in turn, opening it if
@@ -661,9 +743,11 @@ func (u *upstream) dial(uses int) (*udpConn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", u.addr, err)
 	}
-	// The waiters map holds every ID the socket will carry: sized for all
-	// of them at once rather than grown in steps.
-	uc := &udpConn{u: u, conn: conn, opened: time.Now(), waiters: make(map[uint16]*waiter, uses)}
+	// The waiters map and the expiries list hold every ID the socket will
+	// carry: sized for all of them at once rather than grown in steps.
+	uc := &udpConn{u: u, conn: conn, opened: time.Now(), waiters: make(map[uint16]*waiter, uses),
+		expiries: make([]expiry, 0, uses)}
+	u.live[uc] = struct{}{}
 	// Close waits for the readers it can reach; those of sockets opened
 	// after it end with their single query.
 	tracked := !u.closed
@@ -689,9 +773,10 @@ func (u *upstream) close() {
 	}
 }
 
-// register enters w under a random ID not used on uc before, unless uc
-// takes no new queries. last makes it uc's final query: uc retires.
-func (uc *udpConn) register(w *waiter, last bool) bool {
+// register enters w under a random ID not used on uc before, to expire at
+// at, unless uc takes no new queries. last makes it uc's final query: uc
+// retires.
+func (uc *udpConn) register(w *waiter, last bool, at int64) bool {
 	uc.mu.Lock()
 	defer uc.mu.Unlock()
 	if uc.done || uc.retired {
@@ -704,37 +789,78 @@ func (uc *udpConn) register(w *waiter, last bool) bool {
 	w.q.id = id
 	w.strays = uc.strays
 	uc.waiters[id] = w
+	uc.expiries = append(uc.expiries, expiry{at: at, id: id})
 	uc.pending++
+	uc.u.waiting.Add(1)
 	uc.retired = last
 	return true
 }
 
-// abandon takes w out when its query gives up (timeout, cancellation,
-// failed write). It returns the mismatch to report instead of a timeout,
-// if any, and false if a reply or failure was handed to w first: it is
-// then in w.ch.
-func (uc *udpConn) abandon(w *waiter) (mismatch error, ok bool) {
-	uc.mu.Lock()
-	if uc.waiters[w.q.id] != w {
-		uc.mu.Unlock()
-		return nil, false
-	}
-	uc.waiters[w.q.id] = nil
+// endLocked takes the query with ID id out of uc's waiters.
+func (uc *udpConn) endLocked(id uint16) {
+	uc.waiters[id] = nil
 	uc.pending--
-	mismatch = w.mismatch
-	if mismatch == nil && uc.strays > w.strays {
-		err := fmt.Errorf("%w: ID %d, want %d", errMismatch, uc.strayID, w.q.id)
-		if uc.strayID < 0 {
-			err = fmt.Errorf("%w: a datagram too short for an ID", errMismatch)
+	uc.u.waiting.Add(-1)
+}
+
+// expire hands errExpired to the queries on uc whose deadline is at or
+// before now, and returns the deadline of the next query waiting, if any.
+func (uc *udpConn) expire(now int64) (next int64, pending bool) {
+	uc.mu.Lock()
+	for uc.swept < len(uc.expiries) {
+		e := uc.expiries[uc.swept]
+		w := uc.waiters[e.id] // nil once shut down
+		if w == nil {
+			uc.swept++
+			continue
 		}
-		mismatch = w.q.fail(KindMalformed, err)
+		if e.at > now {
+			next, pending = e.at, true
+			break
+		}
+		uc.swept++
+		w.mismatch = uc.mismatchLocked(w)
+		uc.endLocked(e.id)
+		w.ch <- reply{err: errExpired}
 	}
 	drained := uc.drainedLocked()
 	uc.mu.Unlock()
 	if drained {
 		uc.close()
 	}
-	return mismatch, true
+	return next, pending
+}
+
+// mismatchLocked returns the error to report for w instead of a timeout:
+// the last reply with its ID that did not match, or else a datagram with
+// an ID no query used that came while it waited; nil if neither.
+func (uc *udpConn) mismatchLocked(w *waiter) error {
+	if w.mismatch != nil || uc.strays <= w.strays {
+		return w.mismatch
+	}
+	err := fmt.Errorf("%w: ID %d, want %d", errMismatch, uc.strayID, w.q.id)
+	if uc.strayID < 0 {
+		err = fmt.Errorf("%w: a datagram too short for an ID", errMismatch)
+	}
+	return w.q.fail(KindMalformed, err)
+}
+
+// abandon takes w out when its query gives up (cancellation, failed
+// write). It returns false if a reply, failure or expiry was handed to w
+// first: it is then in w.ch.
+func (uc *udpConn) abandon(w *waiter) bool {
+	uc.mu.Lock()
+	if uc.waiters[w.q.id] != w {
+		uc.mu.Unlock()
+		return false
+	}
+	uc.endLocked(w.q.id)
+	drained := uc.drainedLocked()
+	uc.mu.Unlock()
+	if drained {
+		uc.close()
+	}
+	return true
 }
 
 // retire takes uc out of the rotation; it closes once its queries end.
@@ -772,7 +898,8 @@ func (uc *udpConn) shutdown(cause error) {
 			w.ch <- reply{err: w.q.fail(KindNetwork, cause)}
 		}
 	}
-	uc.waiters, uc.pending = nil, 0
+	uc.u.waiting.Add(int64(-uc.pending))
+	uc.waiters, uc.pending, uc.expiries = nil, 0, nil
 	uc.mu.Unlock()
 	uc.close()
 }
@@ -792,6 +919,7 @@ func (u *upstream) unslot(uc *udpConn) {
 		}
 	}
 	delete(u.open, uc)
+	delete(u.live, uc)
 }
 
 // read is uc's reader goroutine: it hands each datagram to the query
@@ -857,8 +985,7 @@ func (uc *udpConn) dispatch(b []byte) {
 		if errors.Is(r.err, errMismatch) {
 			w.mismatch = r.err
 		} else {
-			uc.waiters[q.id] = nil
-			uc.pending--
+			uc.endLocked(q.id)
 			if r.err == nil { // the view moves from the reader's buffer to w's
 				r.m.b = w.rbuf[:copy(w.rbuf[:], b)]
 			}
