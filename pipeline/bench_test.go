@@ -22,6 +22,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/resolvercache/dnstest"
+	"github.com/authpipe/authpipe/stages"
 )
 
 // signedCorpus returns n messages of about 4 KiB, each DKIM-signed with
@@ -234,7 +235,7 @@ func runGCSettings(cfg Config) (restore func()) {
 		gc = debug.SetGCPercent(400)
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
-		limit = debug.SetMemoryLimit(MemoryBound(cfg, 64<<20).GoMemoryLimit())
+		limit = debug.SetMemoryLimit(MemoryBound(cfg, 64<<20, stages.CacheBytes).GoMemoryLimit())
 	}
 	return func() {
 		if gc != -2 {

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"runtime"
 	"time"
-
-	"github.com/authpipe/authpipe/stages"
 )
 
 // Delivery is the delivery guarantee of a Pipeline.
@@ -252,7 +250,8 @@ type MemoryBudget struct {
 	// DNSCache is the resolver cache's byte budget (resolvercache.WithMaxBytes).
 	DNSCache int64
 	// Engine is what the verification engine's own caches (DKIM keys,
-	// parsed SPF and DMARC records) may hold: stages.CacheBytes. They grow
+	// parsed SPF and DMARC records) may hold: its Engine.CacheBytes
+	// (stages.CacheBytes with the default key cache). They grow
 	// with the sender domains seen, not with the traffic; one Engine serves
 	// the pipeline and its retry stage.
 	Engine int64
@@ -278,22 +277,23 @@ const (
 
 // MemoryBound returns the memory budget of a pipeline with configuration c
 // (defaults filled in, as Pipeline.Config returns it), a DNS cache of
-// dnsCacheBytes and one stages.Engine. The embedded broker is not included:
+// dnsCacheBytes and one stages.Engine whose caches hold at most
+// engineCacheBytes (Engine.CacheBytes). The embedded broker is not included:
 // its topic data is on disk with a data directory (resident only without
 // one), its index a few hundred bytes per stored batch.
-func MemoryBound(c Config, dnsCacheBytes int64) MemoryBudget {
+func MemoryBound(c Config, dnsCacheBytes, engineCacheBytes int64) MemoryBudget {
 	b := MemoryBudget{
 		InFlight:   c.MaxInFlightBytes,
 		Work:       int64(c.MaxInFlight)*workPerMessage + c.MaxInFlightBytes,
 		Fetch:      2 * int64(fetchMaxBytes(c)) * fetchDecompression,
 		Produce:    producerBufferBytes(c),
 		DNSCache:   dnsCacheBytes,
-		Engine:     stages.CacheBytes,
+		Engine:     engineCacheBytes,
 		Aggregates: int64(c.BatchMaxRecords) * aggregateRowBytes,
 		GCHeadroom: 2,
 	}
 	if c.RetryTopic != "" {
-		r := MemoryBound(RetryStage(c), 0)
+		r := MemoryBound(RetryStage(c), 0, 0)
 		b.Retry = r.InFlight + r.Work + r.Fetch + r.Produce + r.Aggregates
 	}
 	b.Total = int64(b.GCHeadroom * float64(b.InFlight+b.Work+b.Fetch+b.Produce+b.DNSCache+b.Engine+b.Aggregates+b.Retry))

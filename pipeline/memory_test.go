@@ -18,6 +18,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/resolvercache"
+	"github.com/authpipe/authpipe/stages"
 )
 
 // memSampler samples this process's RSS (/proc/self/status VmRSS) and the
@@ -147,7 +148,7 @@ func TestMemoryBoundSustained(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	p, done := runPipeline(t, ctx, cfg, e)
-	bound := MemoryBound(p.Config(), cacheBytes)
+	bound := MemoryBound(p.Config(), cacheBytes, stages.CacheBytes)
 
 	ld.run(t, 100)       // join the group, warm the DNS cache
 	debug.FreeOSMemory() // the setup's garbage (corpus signing) out of the base

@@ -128,7 +128,7 @@ func TestStragglerConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The retry stage's share is part of the stated memory bound.
-	with, without := MemoryBound(p.Config(), 64<<20), MemoryBound(Defaults(), 64<<20)
+	with, without := MemoryBound(p.Config(), 64<<20, stages.CacheBytes), MemoryBound(Defaults(), 64<<20, stages.CacheBytes)
 	if with.Retry <= 0 || with.Total <= without.Total {
 		t.Errorf("bound with a retry stage %+v, without %+v", with, without)
 	}

@@ -38,6 +38,22 @@ import (
 // this constant and its shares.
 const CacheBytes = keyCacheBytes + 2*parseCacheBytes
 
+// CacheBytesFor is CacheBytes for an Engine whose DKIM key cache holds at
+// most keyEntries keys (WithKeyCacheEntries): the key share scaled as
+// dkim.KeyCacheBytesFor scales the key cache's byte bound.
+func CacheBytesFor(keyEntries int) int64 {
+	return int64(dkim.KeyCacheBytesFor(keyEntries))*5/4 + int64(keyEntries)*keySlotBytes + 2*parseCacheBytes
+}
+
+// CacheBytes is the most memory e's caches keep alive: CacheBytesFor its
+// key cache's bound.
+func (e *Engine) CacheBytes() int64 {
+	if e.keyEntries == 0 {
+		return CacheBytes
+	}
+	return CacheBytesFor(e.keyEntries)
+}
+
 // The shares of CacheBytes: the charged bytes ×5/4 for allocation
 // rounding, plus a map slot for every entry the count allows.
 const (

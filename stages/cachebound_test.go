@@ -229,3 +229,25 @@ func TestCacheBytesBound(t *testing.T) {
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
+
+// TestCacheBytesFor: the bound follows the key cache's size and equals
+// CacheBytes at the default.
+func TestCacheBytesFor(t *testing.T) {
+	if got := CacheBytesFor(dkim.DefaultKeyCacheEntries); got != CacheBytes {
+		t.Fatalf("CacheBytesFor(default) = %d, want CacheBytes %d", got, CacheBytes)
+	}
+	if got := New(nil).CacheBytes(); got != CacheBytes {
+		t.Errorf("default engine: %d, want %d", got, CacheBytes)
+	}
+	e := New(nil, WithKeyCacheEntries(1000))
+	if e.dkim.Keys.MaxEntries != 1000 || e.arc.Keys != e.dkim.Keys {
+		t.Fatalf("key cache bound %d, shared with ARC %v; want 1000, true", e.dkim.Keys.MaxEntries, e.arc.Keys == e.dkim.Keys)
+	}
+	small, big := e.CacheBytes(), New(nil, WithKeyCacheEntries(100000)).CacheBytes()
+	if small >= CacheBytes || big <= CacheBytes {
+		t.Errorf("1,000 keys: %d, 100,000 keys: %d; want them either side of %d", small, big, CacheBytes)
+	}
+	if want := CacheBytes + int64(dkim.KeyCacheBytesFor(100000)-dkim.KeyCacheBytes)*5/4 + 90000*keySlotBytes; big != want {
+		t.Errorf("100,000 keys: %d, want %d", big, want)
+	}
+}

@@ -54,6 +54,7 @@ type Engine struct {
 	dmarc      dmarc.Evaluator
 	helpers    *helpers
 	cached     cacheChecker // res, if it can say what it holds: for prefetchDMARC
+	keyEntries int          // the DKIM key cache's bound (WithKeyCacheEntries)
 }
 
 // Option configures an Engine.
@@ -115,6 +116,19 @@ func WithDKIMPolicy(p DKIMPolicy) Option {
 	}
 }
 
+// WithKeyCacheEntries bounds the DKIM key cache (shared by DKIM and ARC) at
+// n keys, and so at dkim.KeyCacheBytesFor(n) bytes (default
+// dkim.DefaultKeyCacheEntries, 10,000; 32 MiB). A verifier that sees more
+// signing keys than that within their TTLs fetches (from the DNS cache) and
+// parses them again. Engine.CacheBytes follows it. n < 1 keeps the default.
+func WithKeyCacheEntries(n int) Option {
+	return func(e *Engine) {
+		if n >= 1 {
+			e.keyEntries = n
+		}
+	}
+}
+
 // WithARCMaxSets bounds the ARC chain length (default 50, RFC 8617 4.2.1).
 func WithARCMaxSets(n int) Option { return func(e *Engine) { e.arc.MaxSets = n } }
 
@@ -141,7 +155,7 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 	for _, o := range opts {
 		o(e)
 	}
-	keys := &dkim.KeyFetcher{Resolver: res}
+	keys := &dkim.KeyFetcher{Resolver: res, MaxEntries: e.keyEntries}
 	e.spf.Resolver = res
 	e.spf.Hostname = e.authservID
 	e.spf.Now = e.now

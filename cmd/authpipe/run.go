@@ -29,7 +29,11 @@ import (
 	"github.com/authpipe/authpipe/reportgen"
 	"github.com/authpipe/authpipe/resolvercache"
 	"github.com/authpipe/authpipe/stages"
+	"github.com/authpipe/authpipe/stages/dkim"
 )
+
+// maxKeyCache bounds --dkim-key-cache: 10 million keys, about 33 GB.
+const maxKeyCache = 10_000_000
 
 // runFlags are the options of `authpipe run`; docs/configuration.md lists
 // them all with their defaults.
@@ -43,6 +47,7 @@ type runFlags struct {
 	logLevel     string
 	logFormat    string
 	authservID   string
+	keyCache     int
 	perCore      int
 	delivery     string
 	kafkaLogLvl  string
@@ -134,6 +139,7 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	f.StringVar(&rf.logFormat, "log-format", "text", "log `format`: text or json")
 	f.StringVar(&rf.kafkaLogLvl, "kafka-log-level", "warn", "`level` of the Kafka client's own log lines")
 	f.StringVar(&rf.authservID, "authserv-id", "authpipe", "authserv-id for Authentication-Results (RFC 8601)")
+	f.IntVar(&rf.keyCache, "dkim-key-cache", dkim.DefaultKeyCacheEntries, "DKIM `keys` kept parsed for their TTL (about 3.4 KB each; part of the memory bound)")
 	f.StringVar(&rf.cfg.InputTopic, "input-topic", d.InputTopic, "`topic` of raw messages")
 	f.StringVar(&rf.cfg.VerdictTopic, "verdict-topic", d.VerdictTopic, "`topic` for JSON verdicts")
 	f.StringVar(&rf.cfg.DLQTopic, "dlq-topic", d.DLQTopic, "dead-letter `topic` for undecodable records")
@@ -225,6 +231,9 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	if rf.reportInterval <= 0 {
 		return usagef("--report-interval must be positive, got %s", rf.reportInterval)
 	}
+	if rf.keyCache < 1 || rf.keyCache > maxKeyCache {
+		return usagef("--dkim-key-cache must be between 1 and %d, got %d", maxKeyCache, rf.keyCache)
+	}
 	kopts, err := rf.kafka.opts()
 	if err != nil {
 		return err
@@ -254,7 +263,8 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 			}
 		}
 	}
-	engine := stages.New(res, stages.WithAuthServID(rf.authservID), stages.WithDNSBudget(rf.dns.budget))
+	engine := stages.New(res, stages.WithAuthServID(rf.authservID), stages.WithDNSBudget(rf.dns.budget),
+		stages.WithKeyCacheEntries(rf.keyCache))
 
 	metrics, err := pipeline.NewMetrics(reg)
 	if err != nil {
@@ -322,7 +332,7 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 		g.Go(func() error { return retry.Run(gctx) })
 		return g.Wait()
 	}
-	restoreMemory, err := applyMemorySettings(rf, pipeline.MemoryBound(p.Config(), rf.dns.cacheBytes), os.Getenv, log)
+	restoreMemory, err := applyMemorySettings(rf, pipeline.MemoryBound(p.Config(), rf.dns.cacheBytes, engine.CacheBytes()), os.Getenv, log)
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/authpipe/authpipe/internal/schematest"
 	"github.com/authpipe/authpipe/pipeline"
+	"github.com/authpipe/authpipe/stages"
 	"github.com/authpipe/authpipe/stages/verdict"
 )
 
@@ -304,7 +305,7 @@ func kgoPartitions(brokers []string, topic string) (int, error) {
 func TestMemorySettings(t *testing.T) {
 	d := pipeline.Defaults()
 	d.MaxInFlight = 512
-	bound := pipeline.MemoryBound(d, 64<<20)
+	bound := pipeline.MemoryBound(d, 64<<20, stages.CacheBytes)
 	t.Logf("default bound (512 in flight, 64 MiB DNS cache): %d bytes (%.0f MiB): %+v", bound.Total, float64(bound.Total)/(1<<20), bound)
 	log := slog.New(slog.DiscardHandler)
 	noEnv := func(string) string { return "" }
@@ -338,8 +339,9 @@ func TestMemorySettings(t *testing.T) {
 	}
 }
 
-// TestRunBrokerFlagsChecked: embedded-broker sizes and straggler settings
-// out of range are usage errors, reported before anything starts.
+// TestRunBrokerFlagsChecked: embedded-broker sizes, straggler settings and
+// the DKIM key cache size out of range are usage errors, reported before
+// anything starts.
 func TestRunBrokerFlagsChecked(t *testing.T) {
 	dir := t.TempDir()
 	for _, args := range [][]string{
@@ -348,6 +350,8 @@ func TestRunBrokerFlagsChecked(t *testing.T) {
 		{"--straggler-wait", "-1s"},
 		{"--retry-topic", ""},
 		{"--retry-topic", "mail.raw"},
+		{"--dkim-key-cache", "0"},
+		{"--dkim-key-cache", "20000000"},
 	} {
 		code, _, stderr := authpipe(t, "", append([]string{"run", "--listen", "127.0.0.1:0", "--data-dir", dir}, args...)...)
 		if code != exitUsage || !strings.Contains(stderr, strings.TrimPrefix(args[0], "--")) && !strings.Contains(stderr, "RetryTopic") {

@@ -258,6 +258,14 @@ const (
 	KeyCacheBytes          = 32 << 20
 )
 
+// KeyCacheBytesFor is the byte bound of a key cache of at most entries
+// keys: KeyCacheBytes scaled to the count (3.4 KB a key), and at least
+// 1 MiB so that the largest entry (a 16 KiB record) always fits an eighth
+// of it. KeyCacheBytesFor(DefaultKeyCacheEntries) is KeyCacheBytes.
+func KeyCacheBytesFor(entries int) int {
+	return max(int(int64(KeyCacheBytes)*int64(entries)/DefaultKeyCacheEntries), 1<<20)
+}
+
 // keyEntryFixed is what one cached key or error holds besides the
 // variable parts entryBytes adds: the PublicKey, rsa.PublicKey, rsaCtx
 // and big.Int structures (about 370 bytes), or the KeyError and its
@@ -273,7 +281,8 @@ const typeTXT uint16 = 16
 // domain) for the remaining TTL of the DNS answer, so each key is parsed
 // once per TTL, not once per message. Permanent failures (no key, bad
 // record) are cached the same way; temporary ones are not. The cache holds
-// at most MaxEntries keys (default 10000) and at most KeyCacheBytes; when
+// at most MaxEntries keys (default 10000) and at most
+// KeyCacheBytesFor(MaxEntries) bytes (KeyCacheBytes by default); when
 // full, expired entries are dropped first, then arbitrary ones, until an
 // eighth of the room is free.
 //
@@ -379,7 +388,8 @@ func (k *KeyFetcher) store(id keyID, e keyEntry, now time.Time) {
 	if max == 0 {
 		max = DefaultKeyCacheEntries
 	}
-	if e.bytes > KeyCacheBytes/8 { // never with records of at most maxKeyRecord; keeps evict's target positive
+	maxBytes := KeyCacheBytesFor(max)
+	if e.bytes > maxBytes/8 { // never with records of at most maxKeyRecord; keeps evict's target positive
 		return
 	}
 	k.mu.Lock()
@@ -389,8 +399,8 @@ func (k *KeyFetcher) store(id keyID, e keyEntry, now time.Time) {
 	}
 	if old, ok := k.entries[id]; ok {
 		k.bytes -= old.bytes
-	} else if len(k.entries) >= max || k.bytes+e.bytes > KeyCacheBytes {
-		k.evict(max-1-max/8, KeyCacheBytes-KeyCacheBytes/8-e.bytes, now)
+	} else if len(k.entries) >= max || k.bytes+e.bytes > maxBytes {
+		k.evict(max-1-max/8, maxBytes-maxBytes/8-e.bytes, now)
 	}
 	k.entries[id] = e
 	k.bytes += e.bytes
@@ -437,7 +447,8 @@ func (k *KeyFetcher) Len() int {
 	return len(k.entries)
 }
 
-// Bytes returns the bytes charged to the cached entries (see KeyCacheBytes).
+// Bytes returns the bytes charged to the cached entries (see
+// KeyCacheBytesFor).
 func (k *KeyFetcher) Bytes() int {
 	k.mu.Lock()
 	defer k.mu.Unlock()

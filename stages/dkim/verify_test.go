@@ -682,3 +682,37 @@ func TestHashHeadersExported(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestKeyFetcherBytesScale: the byte bound follows MaxEntries
+// (KeyCacheBytesFor): a cache of 1,000 keys filled with entries charged
+// about 6 KB each stops at KeyCacheBytesFor(1000), well before its count.
+func TestKeyFetcherBytesScale(t *testing.T) {
+	if got := KeyCacheBytesFor(DefaultKeyCacheEntries); got != KeyCacheBytes {
+		t.Fatalf("KeyCacheBytesFor(default) = %d, want KeyCacheBytes %d", got, KeyCacheBytes)
+	}
+	if got := KeyCacheBytesFor(10); got != 1<<20 {
+		t.Fatalf("KeyCacheBytesFor(10) = %d, want the 1 MiB floor", got)
+	}
+	const max = 1000
+	r := newMapResolver()
+	kf := &KeyFetcher{Resolver: r, MaxEntries: max}
+	bound := KeyCacheBytesFor(max)
+	// A malformed tag: the error quotes it, \x01 as four octets, so the
+	// entry is charged about 6 KB.
+	bad := "v=DKIM1; p=; " + strings.Repeat("\x01", 1400)
+	ctx := context.Background()
+	for i := range max {
+		sel := fmt.Sprintf("s%d", i)
+		r.set(sel+"._domainkey.example.org", bad)
+		if _, err := kf.Fetch(ctx, "example.org", sel); err == nil {
+			t.Fatal("malformed key accepted")
+		}
+		if b := kf.Bytes(); b > bound {
+			t.Fatalf("after %d keys: %d bytes charged, bound %d", i+1, b, bound)
+		}
+	}
+	if kf.Len() >= max {
+		t.Errorf("%d entries: the byte bound (%d) never applied", kf.Len(), bound)
+	}
+	t.Logf("%d of %d entries, %d bytes charged, bound %d", kf.Len(), max, kf.Bytes(), bound)
+}
