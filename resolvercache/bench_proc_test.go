@@ -8,8 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -77,26 +75,8 @@ func BenchmarkClientColdOwnProcess(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { _ = c.Close() })
-	var next atomic.Int64
-	b.ReportAllocs()
-	cpu0 := cpuTime(b)
-	b.ResetTimer()
-	var wg sync.WaitGroup
-	for range 2048 {
-		wg.Go(func() {
-			for {
-				i := next.Add(1)
-				if i > int64(b.N) {
-					return
-				}
-				if _, err := c.Lookup(context.Background(), fmt.Sprintf("n%d.cold.example", i), dns.TypeTXT); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	b.StopTimer()
-	b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
+	coldLookups(b, func(i int64) error {
+		_, err := c.Lookup(context.Background(), fmt.Sprintf("n%d.cold.example", i), dns.TypeTXT)
+		return err
+	})
 }
