@@ -178,7 +178,8 @@ func WithCacheClock(now func() time.Time) CacheOption {
 }
 
 // WithCacheMetrics makes the cache count hits, misses, shared misses,
-// evictions and its cost.
+// evictions and its cost (cache_cost_bytes reads the last cache made
+// with m).
 func WithCacheMetrics(m *Metrics) CacheOption {
 	return func(c *cacheConfig) error { c.metrics = m; return nil }
 }
@@ -229,6 +230,7 @@ func NewCache(upstream Resolver, opts ...CacheOption) (*Cache, error) {
 		return nil, fmt.Errorf("resolvercache: ristretto: %w", err)
 	}
 	c.rc = rc
+	cfg.metrics.costFrom(c.Cost)
 	return c, nil
 }
 
@@ -467,9 +469,6 @@ func (c *Cache) fill(ctx context.Context, canon string, qtype uint16, h uint64) 
 		}
 	}
 	c.rc.SetWithTTL(h, e, entryCost(e), ttl)
-	if c.metrics != nil {
-		c.metrics.setCacheCost(float64(c.Cost()))
-	}
 	return fillResult{ans: e.ans, err: e.err}, e
 }
 

@@ -3,6 +3,7 @@ package resolvercache
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -20,7 +21,7 @@ import (
 //	cache_hits_total                 lookups answered from the cache (answers and cached errors)
 //	cache_misses_total               lookups that had to go upstream (or join an in-flight query)
 //	cache_shared_total               misses that joined another caller's in-flight query
-//	cache_cost_bytes                 approximate bytes held by the cache (updated on insert)
+//	cache_cost_bytes                 approximate bytes held by the cache (read when scraped)
 //	cache_evictions_total            entries evicted or expired by the cache
 type Metrics struct {
 	lookupsClient, lookupsCache, lookupsZone prometheus.Counter
@@ -28,8 +29,12 @@ type Metrics struct {
 	queriesUDP, queriesTCP                   prometheus.Counter
 	durUDP, durTCP                           prometheus.Observer
 	hits, misses, shared                     prometheus.Counter
-	cacheCost                                prometheus.Gauge
 	evictions                                prometheus.Counter
+	// cost reads the bytes held by the cache counting into these
+	// metrics (the last one made with them), for cache_cost_bytes when
+	// it is scraped: summing ristretto's cost counters on every insert
+	// instead took about 0.25 µs a fill.
+	cost atomic.Pointer[func() int64]
 }
 
 // NewMetrics creates the collectors and registers them with reg. A nil reg
@@ -65,9 +70,15 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		Namespace: "authpipe", Subsystem: "dns", Name: "cache_shared_total",
 		Help: "Cache misses that joined an identical in-flight upstream query.",
 	})
-	cost := prometheus.NewGauge(prometheus.GaugeOpts{
+	m := new(Metrics)
+	cost := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "authpipe", Subsystem: "dns", Name: "cache_cost_bytes",
 		Help: "Approximate bytes held by the DNS cache.",
+	}, func() float64 {
+		if f := m.cost.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
 	})
 	evictions := prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "authpipe", Subsystem: "dns", Name: "cache_evictions_total",
@@ -84,21 +95,17 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			}
 		}
 	}
-	return &Metrics{
-		lookupsClient: lookups.WithLabelValues("client"),
-		lookupsCache:  lookups.WithLabelValues("cache"),
-		lookupsZone:   lookups.WithLabelValues("zone"),
-		errors:        errs,
-		queriesUDP:    queries.WithLabelValues("udp"),
-		queriesTCP:    queries.WithLabelValues("tcp"),
-		durUDP:        dur.WithLabelValues("udp"),
-		durTCP:        dur.WithLabelValues("tcp"),
-		hits:          hits,
-		misses:        misses,
-		shared:        shared,
-		cacheCost:     cost,
-		evictions:     evictions,
-	}, nil
+	m.lookupsClient = lookups.WithLabelValues("client")
+	m.lookupsCache = lookups.WithLabelValues("cache")
+	m.lookupsZone = lookups.WithLabelValues("zone")
+	m.errors = errs
+	m.queriesUDP = queries.WithLabelValues("udp")
+	m.queriesTCP = queries.WithLabelValues("tcp")
+	m.durUDP = dur.WithLabelValues("udp")
+	m.durTCP = dur.WithLabelValues("tcp")
+	m.hits, m.misses, m.shared = hits, misses, shared
+	m.evictions = evictions
+	return m, nil
 }
 
 func (m *Metrics) cacheHit() {
@@ -122,9 +129,10 @@ func (m *Metrics) cacheEvicted() {
 	}
 }
 
-func (m *Metrics) setCacheCost(bytes float64) {
+// costFrom makes cache_cost_bytes read cost.
+func (m *Metrics) costFrom(cost func() int64) {
 	if m != nil {
-		m.cacheCost.Set(bytes)
+		m.cost.Store(&cost)
 	}
 }
 
