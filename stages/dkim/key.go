@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"math/big"
 	"math/bits"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -267,9 +269,9 @@ func KeyCacheBytesFor(entries int) int {
 }
 
 // keyEntryFixed is what one cached key or error holds besides the
-// variable parts entryBytes adds: the PublicKey, rsa.PublicKey, rsaCtx
-// and big.Int structures (about 370 bytes), or the KeyError and its
-// wrapped error, with allocation rounding. The map slot is not charged
+// variable parts entryBytes adds: the keyEntry itself (64 bytes) and the
+// PublicKey, rsa.PublicKey, rsaCtx and big.Int structures (about 370
+// bytes), or the KeyError and its wrapped error, with allocation rounding. The map slot is not charged
 // (a map keeps its slots when entries are deleted; see stages.CacheBytes).
 const keyEntryFixed = 512
 
@@ -298,9 +300,12 @@ type KeyFetcher struct {
 	MaxEntries int
 
 	mu      sync.Mutex
-	entries map[keyID]keyEntry
+	entries map[keyID]*keyEntry
 	bytes   int // charged to the entries (entryBytes)
 	deleted int // entries deleted since the map was made
+	// stores counts the entries stored; an entry's used is its value
+	// when the entry was last stored or found, which orders eviction.
+	stores atomic.Int64
 }
 
 type keyID struct{ selector, domain string }
@@ -310,6 +315,7 @@ type keyEntry struct {
 	err     error
 	expires time.Time
 	bytes   int
+	used    atomic.Int64 // KeyFetcher.stores when last stored or found
 }
 
 // entryBytes is what a cache entry keeps alive besides its map slot, for
@@ -362,9 +368,14 @@ func (k *KeyFetcher) Fetch(ctx context.Context, domain, selector string) (*Publi
 	id := keyID{selector, domain}
 	if k.MaxEntries >= 0 {
 		k.mu.Lock()
-		e, ok := k.entries[id]
+		e := k.entries[id]
 		k.mu.Unlock()
-		if ok && now().Before(e.expires) {
+		if e != nil && now().Before(e.expires) {
+			// Written only when a store came since: a key found again
+			// and again between stores costs no write.
+			if t := k.stores.Load(); e.used.Load() != t {
+				e.used.Store(t)
+			}
 			return e.key, e.err
 		}
 		// The entry and a cached KeyError keep copies of the names, not
@@ -378,12 +389,12 @@ func (k *KeyFetcher) Fetch(ctx context.Context, domain, selector string) (*Publi
 		if key != nil {
 			key.Expires = exp
 		}
-		k.store(id, keyEntry{key: key, err: err, expires: exp, bytes: entryBytes(id, rec, key, err)}, now())
+		k.store(id, &keyEntry{key: key, err: err, expires: exp, bytes: entryBytes(id, rec, key, err)}, now())
 	}
 	return key, err
 }
 
-func (k *KeyFetcher) store(id keyID, e keyEntry, now time.Time) {
+func (k *KeyFetcher) store(id keyID, e *keyEntry, now time.Time) {
 	max := k.MaxEntries
 	if max == 0 {
 		max = DefaultKeyCacheEntries
@@ -392,10 +403,11 @@ func (k *KeyFetcher) store(id keyID, e keyEntry, now time.Time) {
 	if e.bytes > maxBytes/8 { // never with records of at most maxKeyRecord; keeps evict's target positive
 		return
 	}
+	e.used.Store(k.stores.Add(1))
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.entries == nil {
-		k.entries = make(map[keyID]keyEntry)
+		k.entries = make(map[keyID]*keyEntry)
 	}
 	if old, ok := k.entries[id]; ok {
 		k.bytes -= old.bytes
@@ -406,13 +418,18 @@ func (k *KeyFetcher) store(id keyID, e keyEntry, now time.Time) {
 	k.bytes += e.bytes
 }
 
-// evict drops expired entries, then arbitrary ones (Go randomises map
-// iteration), until at most target remain holding at most targetBytes.
-// Freeing an eighth of the bound at once makes a full cache cost one pass
-// over the map per max/8 new keys; freeing one slot per key cost a pass
-// per key (200 µs at 10000 entries, under the lock every verifier takes:
-// BenchmarkKeyFetcherFull), half the CPU of a pipeline seeing 16000 sender
-// domains.
+// evict drops expired entries, then the least recently used ones (by
+// used: the stores since an entry was last stored or found), until at
+// most target remain holding at most targetBytes. Freeing an eighth of the
+// bound at once makes a full cache cost one pass over the map (and a sort
+// of what is left) per max/8 new keys; freeing one slot per key cost a
+// pass per key (200 µs at 10000 entries, under the lock every verifier
+// takes: BenchmarkKeyFetcherFull), half the CPU of a pipeline seeing 16000
+// sender domains. Arbitrary entries (Go's randomised map order) went
+// before session 7: under churn, keys in use were dropped with the rest
+// and parsed again (4% of the CPU of the cold benchmark's warm pass,
+// whose 8000 keys shared the 10000 slots with the 8000 of the pass
+// before).
 func (k *KeyFetcher) evict(target, targetBytes int, now time.Time) {
 	n := len(k.entries)
 	for kid, old := range k.entries {
@@ -421,18 +438,39 @@ func (k *KeyFetcher) evict(target, targetBytes int, now time.Time) {
 			k.bytes -= old.bytes
 		}
 	}
-	for kid, old := range k.entries {
-		if len(k.entries) <= target && k.bytes <= targetBytes {
-			break
+	if len(k.entries) > target || k.bytes > targetBytes {
+		// Sort the ages alone (int64s sort several times faster than
+		// entries), then drop the entries at or below a cut: those
+		// strictly older all, those at the cut (entries found since the
+		// same store share it) only as many as needed. If the bytes are
+		// still over, the cut moves on by an eighth.
+		ages := make([]int64, 0, len(k.entries))
+		for _, e := range k.entries {
+			ages = append(ages, e.used.Load())
 		}
-		delete(k.entries, kid)
-		k.bytes -= old.bytes
+		slices.Sort(ages)
+		for i := max(len(ages)-target, 1) - 1; i < len(ages) && (len(k.entries) > target || k.bytes > targetBytes); i += max(len(ages)/8, 1) {
+			cut := ages[i]
+			first, _ := slices.BinarySearch(ages, cut)
+			ties := i + 1 - first // of those at the cut, to drop
+			for kid, e := range k.entries {
+				// used only grows (Fetch sets it without the lock): an
+				// entry found since the ages were read is kept.
+				if u := e.used.Load(); u < cut || u == cut && ties > 0 {
+					if u == cut {
+						ties--
+					}
+					delete(k.entries, kid)
+					k.bytes -= e.bytes
+				}
+			}
+		}
 	}
 	// A Go map keeps growing under steady deletion and insertion (see
 	// parsecache's compact): copy the entries into a new map once as many
 	// have been deleted as the cache holds.
 	if k.deleted += n - len(k.entries); k.deleted >= n {
-		fresh := make(map[keyID]keyEntry, len(k.entries))
+		fresh := make(map[keyID]*keyEntry, len(k.entries))
 		for kid, e := range k.entries {
 			fresh[kid] = e
 		}

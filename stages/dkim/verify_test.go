@@ -389,6 +389,36 @@ func TestKeyFetcherEviction(t *testing.T) {
 	}
 }
 
+// TestKeyFetcherKeepsRecentlyUsed: a full cache evicts the entries least
+// recently stored or found first, so keys in use survive a stream of new
+// ones: here half the cache is found again before each eighth of new
+// keys, and none of that half is ever looked up again.
+func TestKeyFetcherKeepsRecentlyUsed(t *testing.T) {
+	const max = 64
+	r := newMapResolver()
+	kf := &KeyFetcher{Resolver: r, MaxEntries: max}
+	ctx := context.Background()
+	fetch := func(sel string) { kf.Fetch(ctx, "example.org", sel) } // NXDOMAIN: a cached permanent error
+	for i := range max {
+		fetch(fmt.Sprintf("hot%d", i))
+	}
+	before := r.lookups.Load()
+	for round := range 8 {
+		for i := range max / 2 {
+			fetch(fmt.Sprintf("hot%d", i))
+		}
+		for i := range max / 8 {
+			fetch(fmt.Sprintf("cold%d-%d", round, i))
+		}
+	}
+	if got, want := r.lookups.Load()-before, int64(8*max/8); got != want {
+		t.Errorf("%d lookups, want %d (the new keys only): keys in use were evicted", got, want)
+	}
+	if kf.Len() > max {
+		t.Errorf("len %d over %d", kf.Len(), max)
+	}
+}
+
 // TestKeyFetcherChurn: a full cache replacing its entries stays at its
 // size (evict copies the map once as many entries have been deleted as it
 // holds; without that the cache grew 2.6-fold over 100 rounds of
