@@ -271,8 +271,9 @@ func KeyCacheBytesFor(entries int) int {
 // keyEntryFixed is what one cached key or error holds besides the
 // variable parts entryBytes adds: the keyEntry itself (64 bytes) and the
 // PublicKey, rsa.PublicKey, rsaCtx and big.Int structures (about 370
-// bytes), or the KeyError and its wrapped error, with allocation rounding. The map slot is not charged
-// (a map keeps its slots when entries are deleted; see stages.CacheBytes).
+// bytes), or the KeyError and its wrapped error, with allocation
+// rounding. The map slot is not charged (a map keeps its slots when
+// entries are deleted; see stages.CacheBytes).
 const keyEntryFixed = 512
 
 // typeTXT is the DNS TXT record type (RFC 1035 3.2.2).
@@ -419,7 +420,7 @@ func (k *KeyFetcher) store(id keyID, e *keyEntry, now time.Time) {
 }
 
 // evict drops expired entries, then the least recently used ones (by
-// used: the stores since an entry was last stored or found), until at
+// used: the store count when an entry was last stored or found), until at
 // most target remain holding at most targetBytes. Freeing an eighth of the
 // bound at once makes a full cache cost one pass over the map (and a sort
 // of what is left) per max/8 new keys; freeing one slot per key cost a
@@ -439,11 +440,12 @@ func (k *KeyFetcher) evict(target, targetBytes int, now time.Time) {
 		}
 	}
 	if len(k.entries) > target || k.bytes > targetBytes {
-		// Sort the ages alone (int64s sort several times faster than
-		// entries), then drop the entries at or below a cut: those
-		// strictly older all, those at the cut (entries found since the
-		// same store share it) only as many as needed. If the bytes are
-		// still over, the cut moves on by an eighth.
+		// Sort the ages alone (sorting the entries made a new key into
+		// a full cache cost 3.6 µs, against 2.2), then drop the entries
+		// at or below a cut: those strictly older all, those at the cut
+		// (entries found since the same store share it) only as many as
+		// needed. If the bytes are still over, the cut moves on by an
+		// eighth.
 		ages := make([]int64, 0, len(k.entries))
 		for _, e := range k.entries {
 			ages = append(ages, e.used.Load())
