@@ -53,7 +53,7 @@ type Engine struct {
 	arc        arc.Validator
 	dmarc      dmarc.Evaluator
 	helpers    *helpers
-	cached     cacheChecker // res, if it can say what it holds: for prefetchDMARC
+	cached     cacheChecker // res, if it can say what it holds: for prefetch
 	keyEntries int          // the DKIM key cache's bound (WithKeyCacheEntries)
 }
 
@@ -208,21 +208,36 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 		v.HeaderFrom = append(v.HeaderFrom, a.Domain)
 	}
 
-	// SPF, DKIM and ARC are independent; run them side by side so the
-	// message waits for the slowest DNS chain, not the sum of them. DKIM
-	// stays on this goroutine: its RSA path is stack-hungry, and a fresh
-	// goroutine would pay for growing its stack on every message. SPF runs
-	// on a reused helper goroutine (helpers); ARC gets one only when there
-	// is a chain to validate.
+	// SPF, DKIM and ARC are independent; their DNS waits overlap so the
+	// message waits for the slowest chain, not the sum of them. DKIM stays
+	// on this goroutine: its RSA path is stack-hungry, and a fresh
+	// goroutine would pay for growing its stack on every message. With a
+	// resolver that can say what it holds, SPF runs here too, after DKIM,
+	// and only its first lookup goes out early, on a helper, when it is not
+	// cached (prefetch): a warm message then hands nothing to another
+	// goroutine, which cost about 5 µs a message. With any other resolver
+	// SPF runs on a reused helper goroutine (helpers). ARC gets a helper
+	// only when there is a chain to validate.
 	var (
 		wg      sync.WaitGroup
 		spfRes  *verdict.SPF
 		dkimRes []dkim.Result
 		arcRes  arc.Result
 	)
-	wg.Add(1)
-	e.helpers.Go(func() { defer wg.Done(); spfRes = e.checkSPF(ctx, env) })
-	e.prefetchDMARC(ctx, msg)
+	spfHere := e.cached != nil
+	if spfHere {
+		if name, ok := spf.FirstQuery(spfRequest(env)); ok {
+			e.prefetch(ctx, name)
+		}
+	} else {
+		wg.Add(1)
+		e.helpers.Go(func() { defer wg.Done(); spfRes = e.checkSPF(ctx, env) })
+	}
+	if len(msg.From) > 0 {
+		if name, ok := dmarc.FirstQuery(msg.From[0].Domain); ok {
+			e.prefetch(ctx, name)
+		}
+	}
 	if len(msg.FieldsByKey("arc-seal")) > 0 {
 		wg.Add(1)
 		e.helpers.Go(func() { defer wg.Done(); arcRes = e.arc.Validate(ctx, msg) })
@@ -230,6 +245,9 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 		arcRes = e.arc.Validate(ctx, msg) // no chain: returns none without DNS
 	}
 	dkimRes = e.dkim.Verify(ctx, msg)
+	if spfHere {
+		spfRes = e.checkSPF(ctx, env)
+	}
 	wg.Wait()
 
 	v.SPF = spfRes
@@ -240,20 +258,17 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	return v
 }
 
-// prefetchDMARC starts the lookup DMARC policy discovery makes first (the
-// first author domain's _dmarc record) on a helper, beside SPF and DKIM, when
-// the resolver says it is not cached. checkDMARC then finds it cached or
-// joins the lookup in flight, so a message from a domain seen for the first
-// time waits one DNS round trip instead of two (SPF and DKIM, then DMARC).
-// Only resolvers that can tell what they hold (resolvercache.Cache) get
+// prefetch starts the TXT lookup of name on a helper when the resolver
+// says it is not cached: SPF's first record and the first author domain's
+// _dmarc record (policy discovery's first query). The check that needs it
+// later finds it cached or joins the lookup in flight, so a message from a
+// domain seen for the first time waits one DNS round trip for all three
+// first lookups (SPF, DKIM key, DMARC) instead of one after another. Only
+// resolvers that can tell what they hold (resolvercache.Cache) get
 // prefetches: without that a warm message would pay a goroutine hand-off
 // for nothing. The lookup ends with ctx, when Verify returns.
-func (e *Engine) prefetchDMARC(ctx context.Context, msg *message.Message) {
-	if e.cached == nil || len(msg.From) == 0 {
-		return
-	}
-	name, ok := dmarc.FirstQuery(msg.From[0].Domain)
-	if !ok || e.cached.Cached(name, dns.TypeTXT) {
+func (e *Engine) prefetch(ctx context.Context, name string) {
+	if e.cached == nil || e.cached.Cached(name, dns.TypeTXT) {
 		return
 	}
 	e.helpers.Go(func() { _, _ = e.dmarc.Resolver.Lookup(ctx, name, dns.TypeTXT) })
@@ -276,7 +291,7 @@ func (e *Engine) checkSPF(ctx context.Context, env Envelope) *verdict.SPF {
 	if !env.ClientIP.IsValid() {
 		return &verdict.SPF{Result: string(spf.None), Identity: "mailfrom", Error: "no client IP in the envelope"}
 	}
-	o := e.spf.Verify(ctx, spf.Request{IP: env.ClientIP, HELO: env.HELO, MailFrom: env.MailFrom})
+	o := e.spf.Verify(ctx, spfRequest(env))
 	return &verdict.SPF{
 		Result:      string(o.Result),
 		Domain:      o.Domain,
@@ -288,6 +303,10 @@ func (e *Engine) checkSPF(ctx context.Context, env Envelope) *verdict.SPF {
 		Explanation: o.Explanation,
 		Error:       o.Err,
 	}
+}
+
+func spfRequest(env Envelope) spf.Request {
+	return spf.Request{IP: env.ClientIP, HELO: env.HELO, MailFrom: env.MailFrom}
 }
 
 func dkimVerdicts(rs []dkim.Result) []verdict.DKIM {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"reflect"
 	"testing"
 	"time"
 
@@ -282,7 +283,7 @@ func TestForwardedThroughTrustedARCSealer(t *testing.T) {
 }
 
 // TestDMARCLookupStartsWithSPFAndDKIM: with nothing cached, the DMARC
-// record's lookup goes out beside SPF's and DKIM's (prefetchDMARC), so a
+// record's lookup goes out beside SPF's and DKIM's (prefetch), so a
 // message from a new domain waits one round trip before DMARC, not two;
 // and it is the same single query DMARC evaluation then uses. The server
 // holds every answer back 100 ms, so the three queries are outstanding
@@ -317,5 +318,36 @@ func TestDMARCLookupStartsWithSPFAndDKIM(t *testing.T) {
 	}
 	if q := w.srv.Queries.Load(); q != 5 {
 		t.Errorf("%d queries after a warm message, want 5", q)
+	}
+}
+
+// TestEngineOverPlainResolver: over a resolver that cannot say what it
+// holds (the bare client, no cache), nothing is prefetched and SPF runs on
+// a helper beside DKIM, so their lookups still overlap; the verdict is the
+// one the cached engine gives. The server holds every answer back 100 ms,
+// so the two queries are outstanding together however the goroutines are
+// scheduled.
+func TestEngineOverPlainResolver(t *testing.T) {
+	w := newWorld(t)
+	msg := sign(t, newMessage("alice@example.com", 1<<10), "rsa", w.rsaKey)
+	env := stages.Envelope{ClientIP: goodIP, HELO: "mail.example.com", MailFrom: "bounce@example.com"}
+	want := newEngine(w).Verify(context.Background(), msg, env)
+
+	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(w.srv.Addr), resolvercache.WithTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	plain := &world{srv: w.srv, res: c, rsaKey: w.rsaKey, edKey: w.edKey}
+	w.srv.SetDelay(100 * time.Millisecond)
+	w.srv.ResetPeak()
+	got := newEngine(plain).Verify(context.Background(), msg, env)
+	check(t, got)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("verdict over the bare client\n%+v\nover the cache\n%+v", got, want)
+	}
+	// SPF's first TXT beside the DKIM key; no DMARC prefetch.
+	if p := w.srv.PeakConcurrent(); p != 2 {
+		t.Errorf("peak concurrent queries %d, want 2", p)
 	}
 }

@@ -5,8 +5,9 @@ import (
 	"time"
 )
 
-// helpers runs the checks Verify starts beside DKIM (SPF, and ARC when
-// there is a chain) on reused goroutines. SPF evaluation needs a stack of
+// helpers runs the work Verify starts beside DKIM (the first SPF and DMARC
+// lookups when they are not cached, SPF itself over a resolver that cannot
+// say what it holds, and ARC when there is a chain) on reused goroutines. SPF evaluation needs a stack of
 // several KiB; a fresh goroutine starts with 2 KiB and copies its stack as
 // it grows, which cost 4–7% of a typical message's CPU. A helper that
 // finished waits up to helperIdle for the next function, so the stack it

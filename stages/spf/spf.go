@@ -219,10 +219,7 @@ func (c *Checker) CheckHost(ctx context.Context, ip netip.Addr, domain, sender, 
 // set; callers wanting the separate HELO check of RFC 7208 2.3 use
 // [Checker.VerifyHELO].
 func (c *Checker) Verify(ctx context.Context, r Request) Outcome {
-	mf := strings.TrimSpace(r.MailFrom)
-	if len(mf) >= 2 && mf[0] == '<' && mf[len(mf)-1] == '>' {
-		mf = mf[1 : len(mf)-1]
-	}
+	mf := trimReversePath(r.MailFrom)
 	if mf == "" {
 		o := c.VerifyHELO(ctx, r.IP, r.HELO)
 		return o
@@ -242,6 +239,33 @@ func (c *Checker) Verify(ctx context.Context, r Request) Outcome {
 	return o
 }
 
+// FirstQuery returns the name whose TXT record [Checker.Verify] asks for
+// first on r (its check_host() <domain>: the MAIL FROM domain, or the HELO
+// name for the null reverse-path), and false when Verify would ask nothing.
+// A caller uses it to start that lookup early, beside other work, so the
+// answer is cached or in flight when Verify needs it.
+func FirstQuery(r Request) (string, bool) {
+	if !r.IP.IsValid() {
+		return "", false
+	}
+	mf := trimReversePath(r.MailFrom)
+	local, dom := "postmaster", r.HELO
+	if mf != "" {
+		local, dom = splitSender(mf)
+		if dom == "" {
+			return "", false
+		}
+	}
+	d, ok := normalizeDomain(dom)
+	if local == "" {
+		local = "postmaster" // as run
+	}
+	if !ok || len(local)+1+len(d) > maxSender {
+		return "", false
+	}
+	return d, true
+}
+
 // VerifyHELO checks the HELO identity (RFC 7208 2.3): check_host() with
 // <domain> = helo and <sender> = "postmaster@" + helo. An address literal
 // or a name that is not a multi-label domain gives none (4.3).
@@ -256,10 +280,19 @@ func (c *Checker) VerifyHELO(ctx context.Context, ip netip.Addr, helo string) Ou
 	return o
 }
 
+// trimReversePath strips the angle brackets of a MAIL FROM reverse-path.
+func trimReversePath(mailFrom string) string {
+	mf := strings.TrimSpace(mailFrom)
+	if len(mf) >= 2 && mf[0] == '<' && mf[len(mf)-1] == '>' {
+		mf = mf[1 : len(mf)-1]
+	}
+	return mf
+}
+
 // run evaluates check_host() for a validated, normalised domain.
 func (c *Checker) run(ctx context.Context, ip netip.Addr, domain, local, senderDomain, helo string) Outcome {
 	if local == "" {
-		local = "postmaster"
+		local = "postmaster" // RFC 7208 4.3
 	}
 	sender := local + "@" + senderDomain
 	out := Outcome{Domain: domain, Sender: sender}
