@@ -12,8 +12,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"strings"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
