@@ -165,6 +165,13 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 	e.arc.Now = e.now
 	e.dmarc.Resolver = res
 	e.cached, _ = res.(cacheChecker)
+	if e.cached != nil {
+		// A message signed by several domains seen for the first time
+		// asks for all their keys at once.
+		e.dkim.Prefetch = func(ctx context.Context, domain, selector string) {
+			e.prefetch(ctx, selector+"._domainkey."+domain)
+		}
+	}
 	return e
 }
 
@@ -238,7 +245,7 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 			e.prefetch(ctx, name)
 		}
 	}
-	if len(msg.FieldsByKey("arc-seal")) > 0 {
+	if msg.Count("arc-seal") > 0 {
 		wg.Add(1)
 		e.helpers.Go(func() { defer wg.Done(); arcRes = e.arc.Validate(ctx, msg) })
 	} else {

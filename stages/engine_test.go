@@ -351,3 +351,36 @@ func TestEngineOverPlainResolver(t *testing.T) {
 		t.Errorf("peak concurrent queries %d, want 2", p)
 	}
 }
+
+// TestDKIMKeysFetchedTogether: a message with two signatures whose keys
+// are not cached asks for both keys at once (dkim.Verifier.Prefetch, set
+// by stages.New), beside SPF's
+// and DMARC's first lookups, instead of the second key after the first.
+// The server holds every answer back 100 ms, so the four queries are
+// outstanding together however the goroutines are scheduled. Warm, it
+// asks nothing.
+func TestDKIMKeysFetchedTogether(t *testing.T) {
+	w := newWorld(t)
+	e := newEngine(w)
+	msg := sign(t, sign(t, newMessage("alice@example.com", 1<<10), "rsa", w.rsaKey), "ed", w.edKey)
+	env := stages.Envelope{ClientIP: goodIP, HELO: "mail.example.com", MailFrom: "bounce@example.com"}
+	w.srv.SetDelay(100 * time.Millisecond)
+	w.srv.ResetPeak()
+	v := e.Verify(context.Background(), msg, env)
+	check(t, v)
+	if len(v.DKIM) != 2 || v.DKIM[0].Result != "pass" || v.DKIM[1].Result != "pass" || v.DMARC.Result != "pass" {
+		t.Fatalf("verdict dkim %+v dmarc %+v", v.DKIM, v.DMARC)
+	}
+	if p := w.srv.PeakConcurrent(); p != 4 {
+		t.Errorf("peak concurrent queries %d, want 4 (SPF, DMARC, both keys)", p)
+	}
+	// example.com, _spf, both keys, _dmarc, _dmarc.com: each once.
+	if q := w.srv.Queries.Load(); q != 6 {
+		t.Errorf("%d queries, want 6", q)
+	}
+	w.res.(*resolvercache.Cache).Wait()
+	e.Verify(context.Background(), msg, env)
+	if q := w.srv.Queries.Load(); q != 6 {
+		t.Errorf("%d queries after a warm message, want 6", q)
+	}
+}

@@ -286,8 +286,8 @@ const typeTXT uint16 = 16
 // record) are cached the same way; temporary ones are not. The cache holds
 // at most MaxEntries keys (default 10000) and at most
 // KeyCacheBytesFor(MaxEntries) bytes (KeyCacheBytes by default); when
-// full, expired entries are dropped first, then arbitrary ones, until an
-// eighth of the room is free.
+// full, expired entries are dropped first, then the least recently used,
+// until an eighth of the room is free.
 //
 // A KeyFetcher is safe for concurrent use. The zero value is not usable:
 // Resolver must be set.
@@ -354,6 +354,22 @@ func wordBytes(x *big.Int) int {
 		return 0
 	}
 	return cap(x.Bits()) * bits.UintSize / 8
+}
+
+// Cached reports whether Fetch would answer for selector and domain from
+// the parsed keys it holds, without DNS.
+func (k *KeyFetcher) Cached(domain, selector string) bool {
+	if k.MaxEntries < 0 {
+		return false
+	}
+	now := time.Now
+	if k.Now != nil {
+		now = k.Now
+	}
+	k.mu.Lock()
+	e := k.entries[keyID{selector, domain}]
+	k.mu.Unlock()
+	return e != nil && now().Before(e.expires)
 }
 
 // Fetch returns the key for selector and domain. Errors are *[KeyError];

@@ -160,6 +160,14 @@ type Verifier struct {
 	// ClockSkew is the allowance for t= in the future (default 5 minutes;
 	// negative means none).
 	ClockSkew time.Duration
+	// Prefetch, when set, is called for the keys of the later signatures
+	// of a message (those KeyQueries names after the current one) that
+	// Keys does not hold, as soon as one key has to come from DNS, before
+	// it is asked for. It should start those lookups without waiting for
+	// them, so a message signed by several domains seen for the first time
+	// waits one DNS round trip for its keys, not one per signature. A
+	// message whose first key is cached costs nothing more.
+	Prefetch func(ctx context.Context, domain, selector string)
 }
 
 var defaultStack = map[string]bool{"from": true}
@@ -213,12 +221,67 @@ func (v *Verifier) Verify(ctx context.Context, m *message.Message) []Result {
 			r.Reason = fmt.Sprintf("not evaluated: signature %d is over the limit of %d per message", k+1, maxSigs)
 			bvals[k] = st.describe(r, f)
 		} else {
+			st.sigsLeft = maxSigs - k - 1
 			bvals[k] = st.verifyOne(ctx, r, i)
 		}
 		k++
 	}
 	setBHeaders(results, bvals)
 	return results
+}
+
+// prefetchRest offers Prefetch the keys of the signatures after field fi
+// that Verify will evaluate and Keys does not hold, but for the key about
+// to be fetched (domain, selector). A method of its own so that verifyOne's
+// tags do not escape into the closure.
+func (st *verifyState) prefetchRest(ctx context.Context, fi int, domain, selector string) {
+	st.prefetched = true
+	v := st.v
+	v.keyQueries(st.m, fi+1, st.sigsLeft, func(d, s string) {
+		if (d != domain || s != selector) && !v.Keys.Cached(d, s) {
+			v.Prefetch(ctx, d, s)
+		}
+	})
+}
+
+// KeyQueries calls fn with the domain and selector of each key [Verifier.Verify]
+// would fetch for m, in the order it would fetch them: for each signature
+// within MaxSignatures whose tags pass the checks made before a key is
+// needed (RFC 6376 6.1.1), none of which involve DNS. Nothing is fetched.
+// It is what Verify offers Prefetch, from the signature after the first
+// key it has to look up.
+func (v *Verifier) KeyQueries(m *message.Message, fn func(domain, selector string)) {
+	if m == nil {
+		return
+	}
+	maxSigs := v.MaxSignatures
+	if maxSigs <= 0 {
+		maxSigs = DefaultMaxSignatures
+	}
+	v.keyQueries(m, 0, maxSigs, fn)
+}
+
+// keyQueries is KeyQueries over at most n signatures in the fields from
+// index from on.
+func (v *Verifier) keyQueries(m *message.Message, from, n int, fn func(domain, selector string)) {
+	if n <= 0 {
+		return
+	}
+	st := statePool.Get().(*verifyState)
+	defer st.release()
+	st.v, st.m, st.now, st.keyQuery = v, m, time.Now, fn
+	if v.Now != nil {
+		st.now = v.Now
+	}
+	var r Result
+	for i := from; i < len(m.Fields) && n > 0; i++ {
+		if m.Fields[i].Key != "dkim-signature" {
+			continue
+		}
+		r = Result{BodyLength: -1}
+		st.verifyOne(context.Background(), &r, i)
+		n--
+	}
 }
 
 // describe fills the descriptive fields of a skipped signature and returns
@@ -241,7 +304,7 @@ var statePool = sync.Pool{New: func() any { return new(verifyState) }}
 
 // release clears references to the message and returns st to the pool.
 func (st *verifyState) release() {
-	st.v, st.m, st.now = nil, nil, nil
+	st.v, st.m, st.now, st.keyQuery, st.prefetched = nil, nil, nil, nil, false
 	st.nbody = 0
 	st.bvals = [len(st.bvals)]string{}
 	if cap(st.buf) > 64<<10 {
@@ -253,14 +316,22 @@ func (st *verifyState) release() {
 // verifyState holds per-message scratch state shared by the signatures of
 // one message.
 type verifyState struct {
-	v      *Verifier
-	m      *message.Message
-	now    func() time.Time
-	sha256 hash.Hash
-	sha1   hash.Hash
-	buf    []byte
-	bodies [DefaultMaxSignatures]bodyHashEntry
-	nbody  int
+	v   *Verifier
+	m   *message.Message
+	now func() time.Time
+	// keyQuery, when set (keyQueries), is told the key a signature needs
+	// instead of the key being fetched, and the signature goes no further.
+	keyQuery func(domain, selector string)
+	// prefetched: Prefetch has been offered the later signatures' keys.
+	prefetched bool
+	// sigsLeft is how many signatures after the current one Verify
+	// evaluates (MaxSignatures less those before and the current one).
+	sigsLeft int
+	sha256   hash.Hash
+	sha1     hash.Hash
+	buf      []byte
+	bodies   [DefaultMaxSignatures]bodyHashEntry
+	nbody    int
 	// Fixed buffers so that a typical message needs no further allocation.
 	bvals  [8]string
 	bh     [64]byte
@@ -525,9 +596,16 @@ func (st *verifyState) verifyOne(ctx context.Context, r *Result, fi int) string 
 	st.stackCheck(r, sig.h)
 
 	// Key (RFC 6376 6.1.2).
+	if st.keyQuery != nil {
+		st.keyQuery(r.Domain, sig.s)
+		return sig.b
+	}
 	if v.Keys == nil {
 		r.Result, r.Reason = TempError, "no key fetcher configured"
 		return sig.b
+	}
+	if v.Prefetch != nil && !st.prefetched && !v.Keys.Cached(r.Domain, sig.s) {
+		st.prefetchRest(ctx, fi, r.Domain, sig.s)
 	}
 	key, err := v.Keys.Fetch(ctx, r.Domain, sig.s)
 	if err != nil {
