@@ -166,11 +166,13 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 	e.dmarc.Resolver = res
 	e.cached, _ = res.(cacheChecker)
 	if e.cached != nil {
-		// A message signed by several domains seen for the first time
-		// asks for all their keys at once.
-		e.dkim.Prefetch = func(ctx context.Context, domain, selector string) {
+		// A message signed by several domains, or forwarded through
+		// several sealers, seen for the first time asks for all their
+		// keys at once.
+		prefetchKey := func(ctx context.Context, domain, selector string) {
 			e.prefetch(ctx, selector+"._domainkey."+domain)
 		}
+		e.dkim.Prefetch, e.arc.Prefetch = prefetchKey, prefetchKey
 	}
 	return e
 }

@@ -384,3 +384,42 @@ func TestDKIMKeysFetchedTogether(t *testing.T) {
 		t.Errorf("%d queries after a warm message, want 6", q)
 	}
 }
+
+// TestARCKeysFetchedTogether: a message forwarded through three sealers
+// whose keys are not cached asks for all three keys at once (the newest
+// seal's, then the others through arc.Validator.Prefetch), beside SPF's,
+// DMARC's and the DKIM key's first lookups, instead of one key after
+// another. The server holds every answer back 100 ms, so the six queries
+// are outstanding together however the goroutines are scheduled.
+func TestARCKeysFetchedTogether(t *testing.T) {
+	w := newWorld(t)
+	e := newEngine(w)
+	msg := sign(t, newMessage("alice@example.com", 1<<10), "rsa", w.rsaKey)
+	der, _ := x509.MarshalPKIXPublicKey(&w.rsaKey.PublicKey)
+	chain := arc.Result{Result: arc.ResultNone}
+	for i, d := range []string{"list.example.org", "fwd.example.net", "mx.example.com"} {
+		w.srv.AddRR(dnstest.TXT("s1._domainkey."+d, "v=DKIM1; k=rsa; p="+base64.StdEncoding.EncodeToString(der), 3600))
+		m, err := message.Parse(msg, message.Limits{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &arc.Sealer{Domain: d, Selector: "s1", Key: w.rsaKey, AuthServID: d, Now: func() time.Time { return now }}
+		set, err := s.Seal(m, chain, "spf=pass smtp.mailfrom=example.com")
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg = set.Prepend(msg)
+		chain = arc.Result{Result: arc.ResultPass, Instances: i + 1}
+	}
+	env := stages.Envelope{ClientIP: goodIP, HELO: "mail.example.com", MailFrom: "bounce@example.com"}
+	w.srv.SetDelay(100 * time.Millisecond)
+	w.srv.ResetPeak()
+	v := e.Verify(context.Background(), msg, env)
+	check(t, v)
+	if v.ARC == nil || v.ARC.Result != "pass" || v.ARC.Instances != 3 || v.DMARC.Result != "pass" {
+		t.Fatalf("verdict arc %+v dmarc %+v", v.ARC, v.DMARC)
+	}
+	if p := w.srv.PeakConcurrent(); p != 6 {
+		t.Errorf("peak concurrent queries %d, want 6 (SPF, DMARC, DKIM key, three sealers' keys)", p)
+	}
+}

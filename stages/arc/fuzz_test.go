@@ -32,12 +32,30 @@ func FuzzValidate(f *testing.F) {
 		}
 	}
 	sealer := &Sealer{Domain: "list.example.org", Selector: "s1", Key: edKey, AuthServID: "x", Now: suiteClock}
+	// cold holds no keys, so every chain goes through prefetchKeys.
+	cold := newTestValidator(f, testRecords(edKey))
+	cold.Keys.MaxEntries = -1
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		m, err := message.Parse(raw, message.Limits{MaxSize: 1 << 20})
 		if err != nil {
 			return
 		}
 		r := v.Validate(context.Background(), m)
+		offered := map[string]int{}
+		cold.Prefetch = func(_ context.Context, domain, selector string) { offered[selector+"._domainkey."+domain]++ }
+		if rc := cold.Validate(context.Background(), m); rc.Result != r.Result || rc.Reason != r.Reason {
+			t.Fatalf("without cached keys %s (%s), with %s (%s)", rc.Result, rc.Reason, r.Result, r.Reason)
+		}
+		n := 0
+		for name, k := range offered {
+			if k != 1 {
+				t.Fatalf("%s offered %d times", name, k)
+			}
+			n++
+		}
+		if n > 2*DefaultMaxSets {
+			t.Fatalf("%d keys offered", n)
+		}
 		switch r.Result {
 		case ResultNone:
 			if r.Instances != 0 || len(r.Sets) != 0 {

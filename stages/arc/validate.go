@@ -58,6 +58,15 @@ type Validator struct {
 	// validates every older AMS (one more key lookup and RSA verification
 	// per set) to find the oldest instance whose AMS still validates.
 	SkipOldestPass bool
+	// Prefetch, when set, is called for the keys the chain's validation
+	// will need (every set's ARC-Seal key, the newest ARC-Message-Signature
+	// key, and the older ones unless SkipOldestPass) that Keys does not
+	// hold, as soon as one key has to come from DNS, before it is asked
+	// for. It should start those lookups without waiting for them, so a
+	// chain through several intermediaries seen for the first time waits
+	// one DNS round trip for its keys, not one per key. A chain whose first
+	// key is cached costs nothing more. At most 2 × MaxSets keys.
+	Prefetch func(ctx context.Context, domain, selector string)
 }
 
 // Result is the outcome of validating a message's ARC chain.
@@ -244,6 +253,8 @@ type state struct {
 	// canonicalizeSets.
 	canon  []byte
 	amsEnd []int
+	// prefetched: Prefetch has been offered the chain's keys.
+	prefetched bool
 }
 
 type cachedKey struct {
@@ -269,12 +280,40 @@ func (st *state) key(ctx context.Context, domain, selector string) (*dkim.Public
 	if st.v.Keys == nil {
 		return nil, &verifyError{msg: "arc: Validator has no key fetcher", temp: true}
 	}
+	if st.v.Prefetch != nil && !st.prefetched && !st.v.Keys.Cached(domain, selector) {
+		st.prefetchKeys(ctx, domain, selector)
+	}
 	key, err := st.v.Keys.Fetch(ctx, domain, selector)
 	if err != nil {
 		err = &verifyError{msg: err.Error(), temp: isTemporary(err)}
 	}
 	st.keys = append(st.keys, cachedKey{domain: domain, selector: selector, key: key, err: err})
 	return key, err
+}
+
+// prefetchKeys offers Prefetch the keys validation may need that Keys does
+// not hold, but for the one about to be fetched (domain, selector).
+// Unusable tags are skipped: their signature fails before any key.
+func (st *state) prefetchKeys(ctx context.Context, domain, selector string) {
+	st.prefetched = true
+	seen := map[[2]string]bool{{domain, selector}: true}
+	offer := func(tags map[string]string) {
+		p, err := st.commonParams(tags)
+		if err != nil || seen[[2]string{p.domain, p.selector}] {
+			return
+		}
+		seen[[2]string{p.domain, p.selector}] = true
+		if !st.v.Keys.Cached(p.domain, p.selector) {
+			st.v.Prefetch(ctx, p.domain, p.selector)
+		}
+	}
+	n := len(st.sets)
+	for i := n - 1; i >= 0; i-- {
+		if i == n-1 || !st.v.SkipOldestPass {
+			offer(st.sets[i].ams.tags)
+		}
+		offer(st.sets[i].as.tags)
+	}
 }
 
 // isTemporary reports whether a key fetch failed for a transient reason

@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -298,5 +299,35 @@ func TestFiftySets(t *testing.T) {
 		"ARC-Authentication-Results: i=51; x.example; none\r\n" + string(raw)
 	if r := validateString(t, v, forged); r.Result != ResultFail || !strings.Contains(r.Reason, "50 sets") {
 		t.Errorf("51 sets: %s %s", r.Result, r.Reason)
+	}
+}
+
+// TestPrefetchChainKeys: validating a three-hop chain whose keys are not
+// held offers Prefetch the other two sealers' keys once, when the first
+// key must come from DNS, and nothing once the keys are held.
+func TestPrefetchChainKeys(t *testing.T) {
+	key := rsaKey()
+	v := newTestValidator(t, testRecords(key))
+	raw := sealChain(t, v, key, []byte(baseMessage), 3)
+	// A validator with an empty key cache, as after a restart.
+	var offered []string
+	cold := newTestValidator(t, testRecords(key))
+	cold.Prefetch = func(_ context.Context, domain, selector string) {
+		offered = append(offered, selector+"._domainkey."+domain)
+	}
+	if r := validateString(t, cold, string(raw)); r.Result != ResultPass {
+		t.Fatalf("result %+v", r)
+	}
+	// The newest AMS key (mx.example.com) is asked for first; the others,
+	// newest first, are offered before it.
+	if want := "[s1._domainkey.fwd.example.net s1._domainkey.list.example.org]"; fmt.Sprint(offered) != want {
+		t.Errorf("offered %v, want %s", offered, want)
+	}
+	offered = nil
+	if r := validateString(t, cold, string(raw)); r.Result != ResultPass {
+		t.Fatalf("warm result %+v", r)
+	}
+	if offered != nil {
+		t.Errorf("warm chain offered %v", offered)
 	}
 }
