@@ -220,25 +220,26 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	// SPF, DKIM and ARC are independent; their DNS waits overlap so the
 	// message waits for the slowest chain, not the sum of them. DKIM stays
 	// on this goroutine: its RSA path is stack-hungry, and a fresh
-	// goroutine would pay for growing its stack on every message. With a
-	// resolver that can say what it holds, SPF runs here too, after DKIM,
-	// and only its first lookup goes out early, on a helper, when it is not
-	// cached (prefetch): a warm message then hands nothing to another
-	// goroutine, which cost about 5 µs a message. With any other resolver
-	// SPF runs on a reused helper goroutine (helpers). ARC gets a helper
-	// only when there is a chain to validate.
+	// goroutine would pay for growing its stack on every message. SPF runs
+	// on a reused helper goroutine (helpers), unless the resolver says its
+	// first record is cached: then its lookups are most likely all cached,
+	// it needs CPU only, and it runs here after DKIM, so a warm message
+	// hands nothing to another goroutine (that hand-off cost about 5 µs a
+	// message in the pipeline, and a quarter of the engine's CPU in
+	// BenchmarkEngineTypical, where the helper's core went idle between
+	// messages). ARC gets a helper only when there is a chain to validate.
 	var (
 		wg      sync.WaitGroup
 		spfRes  *verdict.SPF
 		dkimRes []dkim.Result
 		arcRes  arc.Result
 	)
-	spfHere := e.cached != nil
-	if spfHere {
-		if name, ok := spf.FirstQuery(spfRequest(env)); ok {
-			e.prefetch(ctx, name)
-		}
-	} else {
+	spfHere := false
+	if e.cached != nil {
+		name, ok := spf.FirstQuery(spfRequest(env))
+		spfHere = !ok || e.cached.Cached(name, dns.TypeTXT)
+	}
+	if !spfHere {
 		wg.Add(1)
 		e.helpers.Go(func() { defer wg.Done(); spfRes = e.checkSPF(ctx, env) })
 	}
@@ -268,11 +269,11 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 }
 
 // prefetch starts the TXT lookup of name on a helper when the resolver
-// says it is not cached: SPF's first record and the first author domain's
-// _dmarc record (policy discovery's first query). The check that needs it
-// later finds it cached or joins the lookup in flight, so a message from a
-// domain seen for the first time waits one DNS round trip for all three
-// first lookups (SPF, DKIM key, DMARC) instead of one after another. Only
+// says it is not cached: the first author domain's _dmarc record (policy
+// discovery's first query) and the keys of later DKIM signatures and ARC
+// sets. The check that needs it later finds it cached or joins the lookup
+// in flight, so a message from domains seen for the first time waits one
+// DNS round trip for its first lookups instead of one after another. Only
 // resolvers that can tell what they hold (resolvercache.Cache) get
 // prefetches: without that a warm message would pay a goroutine hand-off
 // for nothing. The lookup ends with ctx, when Verify returns.
