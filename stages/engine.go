@@ -1,7 +1,8 @@
 // Package stages runs authpipe's verification of one message: parse it once
 // (RFC 5322), check SPF (RFC 7208), DKIM (RFC 6376, 8301, 8463) and ARC
-// (RFC 8617) concurrently, then DMARC (RFC 9989, or RFC 7489 as a mode), and
-// return a verdict.Verdict with its Authentication-Results (RFC 8601).
+// (RFC 8617) with their DNS lookups overlapping, then DMARC (RFC 9989, or
+// RFC 7489 as a mode), and return a verdict.Verdict with its
+// Authentication-Results (RFC 8601).
 //
 // The engine is pure in the sense the pipeline relies on: given the message
 // bytes, the SMTP envelope, a resolver and a clock it returns a verdict. It
