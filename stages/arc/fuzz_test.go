@@ -53,7 +53,7 @@ func FuzzValidate(f *testing.F) {
 			}
 			n++
 		}
-		if n > 2*DefaultMaxSets {
+		if n > MaxPrefetchKeys {
 			t.Fatalf("%d keys offered", n)
 		}
 		switch r.Result {

@@ -65,7 +65,8 @@ type Validator struct {
 	// for. It should start those lookups without waiting for them, so a
 	// chain through several intermediaries seen for the first time waits
 	// one DNS round trip for its keys, not one per key. A chain whose first
-	// key is cached costs nothing more. At most 2 × MaxSets keys.
+	// key is cached costs nothing more. At most MaxPrefetchKeys keys are
+	// offered, the newest sets' first.
 	Prefetch func(ctx context.Context, domain, selector string)
 }
 
@@ -291,12 +292,21 @@ func (st *state) key(ctx context.Context, domain, selector string) (*dkim.Public
 	return key, err
 }
 
+// MaxPrefetchKeys bounds the keys Validate offers Prefetch for one chain.
+// Validation stops at the first signature that fails, so a forged chain
+// of MaxSets sets costs one key lookup; offering all its 2 × MaxSets keys
+// up front would turn that into a hundred. Eight covers the four hops
+// real chains seldom exceed; older sets' keys are fetched when reached.
+const MaxPrefetchKeys = 8
+
 // prefetchKeys offers Prefetch the keys validation may need that Keys does
-// not hold, but for the one about to be fetched (domain, selector).
-// Unusable tags are skipped: their signature fails before any key.
+// not hold, newest set first, but for the one about to be fetched (domain,
+// selector), at most MaxPrefetchKeys of them. Unusable tags are skipped:
+// their signature fails before any key.
 func (st *state) prefetchKeys(ctx context.Context, domain, selector string) {
 	st.prefetched = true
 	seen := map[[2]string]bool{{domain, selector}: true}
+	offered := 0
 	offer := func(tags map[string]string) {
 		p, err := st.commonParams(tags)
 		if err != nil || seen[[2]string{p.domain, p.selector}] {
@@ -305,14 +315,17 @@ func (st *state) prefetchKeys(ctx context.Context, domain, selector string) {
 		seen[[2]string{p.domain, p.selector}] = true
 		if !st.v.Keys.Cached(p.domain, p.selector) {
 			st.v.Prefetch(ctx, p.domain, p.selector)
+			offered++
 		}
 	}
 	n := len(st.sets)
-	for i := n - 1; i >= 0; i-- {
+	for i := n - 1; i >= 0 && offered < MaxPrefetchKeys; i-- {
 		if i == n-1 || !st.v.SkipOldestPass {
 			offer(st.sets[i].ams.tags)
 		}
-		offer(st.sets[i].as.tags)
+		if offered < MaxPrefetchKeys {
+			offer(st.sets[i].as.tags)
+		}
 	}
 }
 

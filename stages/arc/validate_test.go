@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -329,5 +330,41 @@ func TestPrefetchChainKeys(t *testing.T) {
 	}
 	if offered != nil {
 		t.Errorf("warm chain offered %v", offered)
+	}
+}
+
+// TestPrefetchBounded: a chain of twelve sets, each sealed under a key of
+// its own that is not held, has MaxPrefetchKeys keys offered, the newest
+// sets' first, not all eleven others: validation of a forged chain stops
+// at its first failure, and must not have asked for a key per set first.
+func TestPrefetchBounded(t *testing.T) {
+	raw := []byte(baseMessage)
+	chain := Result{Result: ResultNone}
+	var domains []string
+	for i := 1; i <= 12; i++ {
+		m := parseRaw(t, raw)
+		d := fmt.Sprintf("hop%d.example", i)
+		domains = append(domains, d)
+		s := &Sealer{Domain: d, Selector: "s1", Key: edKey, AuthServID: d, Now: suiteClock}
+		set, err := s.Seal(m, chain, "arc="+chain.Result)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw = set.Prepend(m.Raw)
+		chain = Result{Result: ResultPass, Instances: i}
+	}
+	v := newTestValidator(t, map[string]string{}) // no keys published
+	var offered []string
+	v.Prefetch = func(_ context.Context, domain, selector string) { offered = append(offered, domain) }
+	if r := validateString(t, v, string(raw)); r.Result != ResultFail || r.Instances != 12 {
+		t.Fatalf("result %+v", r)
+	}
+	// hop12 is fetched first; then hop11 down to hop4 are offered.
+	var want []string
+	for _, d := range slices.Backward(domains[3:11]) {
+		want = append(want, d)
+	}
+	if fmt.Sprint(offered) != fmt.Sprint(want) {
+		t.Errorf("offered %v, want %v", offered, want)
 	}
 }
