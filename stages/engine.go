@@ -168,12 +168,9 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 	e.cached, _ = res.(cacheChecker)
 	if e.cached != nil {
 		// A message signed by several domains, or forwarded through
-		// several sealers, seen for the first time asks for all their
-		// keys at once.
-		prefetchKey := func(ctx context.Context, domain, selector string) {
-			e.prefetch(ctx, selector+"._domainkey."+domain)
-		}
-		e.dkim.Prefetch, e.arc.Prefetch = prefetchKey, prefetchKey
+		// several sealers, seen for the first time asks for their other
+		// keys beside the first.
+		e.dkim.Prefetch, e.arc.Prefetch = e.prefetchKeys, e.prefetchKeys
 	}
 	return e
 }
@@ -271,10 +268,9 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 
 // prefetch starts the TXT lookup of name on a helper when the resolver
 // says it is not cached: the first author domain's _dmarc record (policy
-// discovery's first query) and the keys of later DKIM signatures and ARC
-// sets. The check that needs it later finds it cached or joins the lookup
-// in flight, so a message from domains seen for the first time waits one
-// DNS round trip for its first lookups instead of one after another. Only
+// discovery's first query). DMARC evaluation finds it cached or joins the
+// lookup in flight, so a message from a domain seen for the first time
+// waits one DNS round trip before DMARC, not two. Only
 // resolvers that can tell what they hold (resolvercache.Cache) get
 // prefetches: without that a warm message would pay a goroutine hand-off
 // for nothing. The lookup ends with ctx, when Verify returns.
@@ -283,6 +279,32 @@ func (e *Engine) prefetch(ctx context.Context, name string) {
 		return
 	}
 	e.helpers.Go(func() { _, _ = e.dmarc.Resolver.Lookup(ctx, name, dns.TypeTXT) })
+}
+
+// prefetchKeys looks up, one after another on a single helper, the DKIM or
+// ARC key names the verifier offers (the keys it will need after the one it
+// is about to fetch) that are not cached. One helper, not one per key,
+// bounds what a message with many signatures holds while it waits (each
+// goroutine is a stack of about 12 KiB): the second key, the commonest
+// case, is then fetched beside the first, and a third after the second.
+func (e *Engine) prefetchKeys(ctx context.Context, names []string) {
+	todo := names[:0:0]
+	for _, n := range names {
+		if !e.cached.Cached(n, dns.TypeTXT) {
+			todo = append(todo, n)
+		}
+	}
+	if len(todo) == 0 {
+		return
+	}
+	e.helpers.Go(func() {
+		for _, n := range todo {
+			if ctx.Err() != nil {
+				return
+			}
+			_, _ = e.dmarc.Resolver.Lookup(ctx, n, dns.TypeTXT)
+		}
+	})
 }
 
 // cacheChecker is a resolver that can say whether it holds an answer

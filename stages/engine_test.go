@@ -13,7 +13,9 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -386,11 +388,12 @@ func TestDKIMKeysFetchedTogether(t *testing.T) {
 }
 
 // TestARCKeysFetchedTogether: a message forwarded through three sealers
-// whose keys are not cached asks for all three keys at once (the newest
-// seal's, then the others through arc.Validator.Prefetch), beside SPF's,
-// DMARC's and the DKIM key's first lookups, instead of one key after
-// another. The server holds every answer back 100 ms, so the six queries
-// are outstanding together however the goroutines are scheduled.
+// whose keys are not cached asks for the second key beside the first (the
+// newest seal's, then the others, one after another, on one helper through
+// arc.Validator.Prefetch), beside SPF's, DMARC's and the DKIM key's first
+// lookups: two round trips for the chain's keys instead of three. The
+// server holds every answer back 100 ms, so the five queries are
+// outstanding together however the goroutines are scheduled.
 func TestARCKeysFetchedTogether(t *testing.T) {
 	w := newWorld(t)
 	e := newEngine(w)
@@ -419,7 +422,43 @@ func TestARCKeysFetchedTogether(t *testing.T) {
 	if v.ARC == nil || v.ARC.Result != "pass" || v.ARC.Instances != 3 || v.DMARC.Result != "pass" {
 		t.Fatalf("verdict arc %+v dmarc %+v", v.ARC, v.DMARC)
 	}
-	if p := w.srv.PeakConcurrent(); p != 6 {
-		t.Errorf("peak concurrent queries %d, want 6 (SPF, DMARC, DKIM key, three sealers' keys)", p)
+	if p := w.srv.PeakConcurrent(); p != 5 {
+		t.Errorf("peak concurrent queries %d, want 5 (SPF, DMARC, DKIM key, two sealers' keys)", p)
 	}
+}
+
+// TestKeyPrefetchGoroutinesBounded: however many signatures a message
+// carries, fetching their keys early holds one helper goroutine, not one
+// per key. Fifty cold messages, each signed under five keys of its own,
+// wait on DNS together (answers held back 1 s); each then holds its own
+// goroutine, the SPF helper, the DMARC prefetch and one key prefetch.
+// A goroutine per key would hold three more each.
+func TestKeyPrefetchGoroutinesBounded(t *testing.T) {
+	w := newWorld(t)
+	e := newEngine(w)
+	const n = 50
+	msgs := make([][]byte, n)
+	for i := range msgs {
+		m := newMessage(fmt.Sprintf("alice@x%d.example", i), 1<<10)
+		for j := range 5 {
+			m = sign(t, m, fmt.Sprintf("s%d-%d", i, j), w.rsaKey)
+		}
+		msgs[i] = m
+	}
+	w.srv.SetDelay(time.Second)
+	g0 := runtime.NumGoroutine()
+	var wg sync.WaitGroup
+	for i := range msgs {
+		wg.Go(func() {
+			e.Verify(context.Background(), msgs[i], stages.Envelope{ClientIP: goodIP, HELO: "mail.example.com", MailFrom: fmt.Sprintf("b@y%d.example", i)})
+		})
+	}
+	// Every message has sent its first queries well before the answers.
+	time.Sleep(300 * time.Millisecond)
+	if g := runtime.NumGoroutine() - g0; g > 4*n+10 {
+		t.Errorf("%d goroutines for %d messages waiting on DNS, want at most %d", g, n, 4*n+10)
+	} else {
+		t.Logf("%d goroutines for %d messages", g, n)
+	}
+	wg.Wait()
 }

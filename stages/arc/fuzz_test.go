@@ -42,7 +42,13 @@ func FuzzValidate(f *testing.F) {
 		}
 		r := v.Validate(context.Background(), m)
 		offered := map[string]int{}
-		cold.Prefetch = func(_ context.Context, domain, selector string) { offered[selector+"._domainkey."+domain]++ }
+		calls := 0
+		cold.Prefetch = func(_ context.Context, names []string) {
+			calls++
+			for _, n := range names {
+				offered[n]++
+			}
+		}
 		if rc := cold.Validate(context.Background(), m); rc.Result != r.Result || rc.Reason != r.Reason {
 			t.Fatalf("without cached keys %s (%s), with %s (%s)", rc.Result, rc.Reason, r.Result, r.Reason)
 		}
@@ -53,8 +59,8 @@ func FuzzValidate(f *testing.F) {
 			}
 			n++
 		}
-		if n > MaxPrefetchKeys {
-			t.Fatalf("%d keys offered", n)
+		if n > MaxPrefetchKeys || calls > 1 {
+			t.Fatalf("%d keys offered in %d calls", n, calls)
 		}
 		switch r.Result {
 		case ResultNone:

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -58,16 +59,17 @@ type Validator struct {
 	// validates every older AMS (one more key lookup and RSA verification
 	// per set) to find the oldest instance whose AMS still validates.
 	SkipOldestPass bool
-	// Prefetch, when set, is called for the keys the chain's validation
-	// will need (every set's ARC-Seal key, the newest ARC-Message-Signature
-	// key, and the older ones unless SkipOldestPass) that Keys does not
-	// hold, as soon as one key has to come from DNS, before it is asked
-	// for. It should start those lookups without waiting for them, so a
-	// chain through several intermediaries seen for the first time waits
-	// one DNS round trip for its keys, not one per key. A chain whose first
-	// key is cached costs nothing more. At most MaxPrefetchKeys keys are
-	// offered, the newest sets' first.
-	Prefetch func(ctx context.Context, domain, selector string)
+	// Prefetch, when set, is called once a chain, as soon as one key has
+	// to come from DNS and before it is asked for, with the DNS names
+	// (selector._domainkey.domain) of the other keys the chain's
+	// validation will need (every set's ARC-Seal key, the newest
+	// ARC-Message-Signature key, and the older ones unless SkipOldestPass)
+	// that Keys does not hold: at most MaxPrefetchKeys, the newest sets'
+	// first. It should start those lookups without waiting for them, so a
+	// chain through intermediaries seen for the first time does not wait
+	// one DNS round trip per key. A chain whose first key is cached costs
+	// nothing more.
+	Prefetch func(ctx context.Context, names []string)
 }
 
 // Result is the outcome of validating a message's ARC chain.
@@ -295,9 +297,9 @@ func (st *state) key(ctx context.Context, domain, selector string) (*dkim.Public
 // MaxPrefetchKeys bounds the keys Validate offers Prefetch for one chain.
 // Validation stops at the first signature that fails, so a forged chain
 // of MaxSets sets costs one key lookup; offering all its 2 × MaxSets keys
-// up front would turn that into a hundred. Eight covers the four hops
-// real chains seldom exceed; older sets' keys are fetched when reached.
-const MaxPrefetchKeys = 8
+// up front would turn that into a hundred. Four covers the hops real
+// chains seldom exceed; older sets' keys are fetched when reached.
+const MaxPrefetchKeys = 4
 
 // prefetchKeys offers Prefetch the keys validation may need that Keys does
 // not hold, newest set first, but for the one about to be fetched (domain,
@@ -305,27 +307,29 @@ const MaxPrefetchKeys = 8
 // their signature fails before any key.
 func (st *state) prefetchKeys(ctx context.Context, domain, selector string) {
 	st.prefetched = true
-	seen := map[[2]string]bool{{domain, selector}: true}
-	offered := 0
+	current := selector + "._domainkey." + domain
+	var names []string
 	offer := func(tags map[string]string) {
-		p, err := st.commonParams(tags)
-		if err != nil || seen[[2]string{p.domain, p.selector}] {
+		if len(names) == MaxPrefetchKeys {
 			return
 		}
-		seen[[2]string{p.domain, p.selector}] = true
-		if !st.v.Keys.Cached(p.domain, p.selector) {
-			st.v.Prefetch(ctx, p.domain, p.selector)
-			offered++
+		p, err := st.commonParams(tags)
+		if err != nil {
+			return
+		}
+		name := p.selector + "._domainkey." + p.domain
+		if name != current && !slices.Contains(names, name) && !st.v.Keys.Cached(p.domain, p.selector) {
+			names = append(names, name)
 		}
 	}
-	n := len(st.sets)
-	for i := n - 1; i >= 0 && offered < MaxPrefetchKeys; i-- {
-		if i == n-1 || !st.v.SkipOldestPass {
+	for i := len(st.sets) - 1; i >= 0 && len(names) < MaxPrefetchKeys; i-- {
+		if i == len(st.sets)-1 || !st.v.SkipOldestPass {
 			offer(st.sets[i].ams.tags)
 		}
-		if offered < MaxPrefetchKeys {
-			offer(st.sets[i].as.tags)
-		}
+		offer(st.sets[i].as.tags)
+	}
+	if len(names) > 0 {
+		st.v.Prefetch(ctx, names)
 	}
 }
 

@@ -313,9 +313,7 @@ func TestPrefetchChainKeys(t *testing.T) {
 	// A validator with an empty key cache, as after a restart.
 	var offered []string
 	cold := newTestValidator(t, testRecords(key))
-	cold.Prefetch = func(_ context.Context, domain, selector string) {
-		offered = append(offered, selector+"._domainkey."+domain)
-	}
+	cold.Prefetch = func(_ context.Context, names []string) { offered = append(offered, names...) }
 	if r := validateString(t, cold, string(raw)); r.Result != ResultPass {
 		t.Fatalf("result %+v", r)
 	}
@@ -335,7 +333,7 @@ func TestPrefetchChainKeys(t *testing.T) {
 
 // TestPrefetchBounded: a chain of twelve sets, each sealed under a key of
 // its own that is not held, has MaxPrefetchKeys keys offered, the newest
-// sets' first, not all eleven others: validation of a forged chain stops
+// sets', not all eleven others: validation of a forged chain stops
 // at its first failure, and must not have asked for a key per set first.
 func TestPrefetchBounded(t *testing.T) {
 	raw := []byte(baseMessage)
@@ -355,14 +353,14 @@ func TestPrefetchBounded(t *testing.T) {
 	}
 	v := newTestValidator(t, map[string]string{}) // no keys published
 	var offered []string
-	v.Prefetch = func(_ context.Context, domain, selector string) { offered = append(offered, domain) }
+	v.Prefetch = func(_ context.Context, names []string) { offered = append(offered, names...) }
 	if r := validateString(t, v, string(raw)); r.Result != ResultFail || r.Instances != 12 {
 		t.Fatalf("result %+v", r)
 	}
-	// hop12 is fetched first; then hop11 down to hop4 are offered.
+	// hop12 is fetched first; then hop11 down to hop8 are offered.
 	var want []string
-	for _, d := range slices.Backward(domains[3:11]) {
-		want = append(want, d)
+	for _, d := range slices.Backward(domains[12-1-MaxPrefetchKeys : 11]) {
+		want = append(want, "s1._domainkey."+d)
 	}
 	if fmt.Sprint(offered) != fmt.Sprint(want) {
 		t.Errorf("offered %v, want %v", offered, want)

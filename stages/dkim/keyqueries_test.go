@@ -98,9 +98,7 @@ func TestPrefetchOnlyWhenAKeyIsMissing(t *testing.T) {
 	v := &Verifier{
 		Keys:          &KeyFetcher{Resolver: log},
 		MaxSignatures: 3,
-		Prefetch: func(_ context.Context, domain, selector string) {
-			offered = append(offered, selector+"._domainkey."+domain)
-		},
+		Prefetch:      func(_ context.Context, names []string) { offered = append(offered, names...) },
 	}
 	v.Verify(context.Background(), m)
 	// The third signature's key is the first's, asked for next anyway; the

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -160,14 +161,15 @@ type Verifier struct {
 	// ClockSkew is the allowance for t= in the future (default 5 minutes;
 	// negative means none).
 	ClockSkew time.Duration
-	// Prefetch, when set, is called for the keys of the later signatures
-	// of a message (those KeyQueries names after the current one) that
-	// Keys does not hold, as soon as one key has to come from DNS, before
-	// it is asked for. It should start those lookups without waiting for
-	// them, so a message signed by several domains seen for the first time
-	// waits one DNS round trip for its keys, not one per signature. A
-	// message whose first key is cached costs nothing more.
-	Prefetch func(ctx context.Context, domain, selector string)
+	// Prefetch, when set, is called once a message, as soon as one key
+	// has to come from DNS and before it is asked for, with the DNS names
+	// (selector._domainkey.domain) of the keys of the later signatures
+	// (those KeyQueries names after the current one) that Keys does not
+	// hold, in the order Verify will need them. It should start those
+	// lookups without waiting for them, so a message signed by two domains
+	// seen for the first time waits one DNS round trip for its keys, not
+	// two. A message whose first key is cached costs nothing more.
+	Prefetch func(ctx context.Context, names []string)
 }
 
 var defaultStack = map[string]bool{"from": true}
@@ -237,11 +239,17 @@ func (v *Verifier) Verify(ctx context.Context, m *message.Message) []Result {
 func (st *verifyState) prefetchRest(ctx context.Context, fi int, domain, selector string) {
 	st.prefetched = true
 	v := st.v
+	current := selector + "._domainkey." + domain
+	var names []string
 	v.keyQueries(st.m, fi+1, st.sigsLeft, func(d, s string) {
-		if (d != domain || s != selector) && !v.Keys.Cached(d, s) {
-			v.Prefetch(ctx, d, s)
+		name := s + "._domainkey." + d
+		if name != current && !slices.Contains(names, name) && !v.Keys.Cached(d, s) {
+			names = append(names, name)
 		}
 	})
+	if len(names) > 0 {
+		v.Prefetch(ctx, names)
+	}
 }
 
 // KeyQueries calls fn with the domain and selector of each key [Verifier.Verify]
