@@ -283,10 +283,11 @@ func (st *state) key(ctx context.Context, domain, selector string) (*dkim.Public
 	if st.v.Keys == nil {
 		return nil, &verifyError{msg: "arc: Validator has no key fetcher", temp: true}
 	}
-	if st.v.Prefetch != nil && !st.prefetched && !st.v.Keys.Cached(domain, selector) {
-		st.prefetchKeys(ctx, domain, selector)
+	var onMiss func()
+	if st.v.Prefetch != nil && !st.prefetched {
+		onMiss = func() { st.prefetchKeys(ctx, domain, selector) }
 	}
-	key, err := st.v.Keys.Fetch(ctx, domain, selector)
+	key, err := st.v.Keys.FetchOnMiss(ctx, domain, selector, onMiss)
 	if err != nil {
 		err = &verifyError{msg: err.Error(), temp: isTemporary(err)}
 	}

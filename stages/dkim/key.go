@@ -378,6 +378,14 @@ func (k *KeyFetcher) Cached(domain, selector string) bool {
 // that parses as a DKIM key is used (RFC 6376 3.6.2.2 leaves this
 // undefined).
 func (k *KeyFetcher) Fetch(ctx context.Context, domain, selector string) (*PublicKey, error) {
+	return k.FetchOnMiss(ctx, domain, selector, nil)
+}
+
+// FetchOnMiss is Fetch, calling onMiss (when not nil) first if the key is
+// not held and has to come from DNS. A verifier uses it to start the
+// lookups of a message's other keys then (Verifier.Prefetch), at no cost
+// when the key is held.
+func (k *KeyFetcher) FetchOnMiss(ctx context.Context, domain, selector string, onMiss func()) (*PublicKey, error) {
 	now := time.Now
 	if k.Now != nil {
 		now = k.Now
@@ -399,6 +407,9 @@ func (k *KeyFetcher) Fetch(ctx context.Context, domain, selector string) (*Publi
 		// the strings passed (substrings of a whole DKIM-Signature field).
 		id = keyID{strings.Clone(selector), strings.Clone(domain)}
 		domain, selector = id.domain, id.selector
+	}
+	if onMiss != nil {
+		onMiss()
 	}
 	key, rec, ttl, err := k.lookup(ctx, domain, selector, now)
 	if ttl > 0 && k.MaxEntries >= 0 && (err == nil || !IsTemporary(err)) {

@@ -612,10 +612,12 @@ func (st *verifyState) verifyOne(ctx context.Context, r *Result, fi int) string 
 		r.Result, r.Reason = TempError, "no key fetcher configured"
 		return sig.b
 	}
-	if v.Prefetch != nil && !st.prefetched && !v.Keys.Cached(r.Domain, sig.s) {
-		st.prefetchRest(ctx, fi, r.Domain, sig.s)
+	var onMiss func()
+	if v.Prefetch != nil && !st.prefetched {
+		domain, selector := r.Domain, sig.s // not sig: the closure would move it to the heap
+		onMiss = func() { st.prefetchRest(ctx, fi, domain, selector) }
 	}
-	key, err := v.Keys.Fetch(ctx, r.Domain, sig.s)
+	key, err := v.Keys.FetchOnMiss(ctx, r.Domain, sig.s, onMiss)
 	if err != nil {
 		var ke *KeyError
 		if errors.As(err, &ke) && ke.Temp {
