@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"runtime"
 	"time"
+
+	"github.com/authpipe/authpipe/stages"
 )
 
 // Delivery is the delivery guarantee of a Pipeline.
@@ -234,9 +236,10 @@ type MemoryBudget struct {
 	// InFlight is Config.MaxInFlightBytes: the raw messages being verified.
 	InFlight int64
 	// Work is what verifying them needs besides their bytes: per message
-	// workPerMessage (parse state, header copies, verdict, its JSON, the
-	// output record) times Config.MaxInFlight, plus one copy of the
-	// in-flight bytes (canonicalised bodies and headers).
+	// stages.MessageWorkBytes (goroutine stacks, parse state, lookups in
+	// flight, verdict; measured by stages' TestMessageWorkBytesBound) and
+	// the verdict's JSON and output record, times Config.MaxInFlight, plus
+	// one copy of the in-flight bytes (canonicalised bodies and headers).
 	Work int64
 	// Fetch is the client's fetch buffering: one fetch of at most
 	// fetchMaxBytes buffered, one being decoded, each decompressed to at
@@ -270,7 +273,7 @@ type MemoryBudget struct {
 }
 
 const (
-	workPerMessage     = 64 << 10
+	workPerMessage     = stages.MessageWorkBytes + 4<<10 // and the verdict's JSON and output record
 	fetchDecompression = 8
 	aggregateRowBytes  = 512
 )

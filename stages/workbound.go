@@ -1,0 +1,20 @@
+package stages
+
+// MessageWorkBytes bounds the memory one Verify call holds while it runs,
+// besides the message's own bytes and one copy of them, for the memory
+// bound of a process that verifies (pipeline.MemoryBound charges it per
+// message in flight). It covers the goroutine stacks (the caller's, and
+// the helpers: SPF, the DMARC prefetch, one for the later DKIM keys, ARC
+// and one for its later keys; about 12 KiB each once grown), the parse
+// state, the lookups in flight and the verdict.
+//
+// TestMessageWorkBytesBound measures a worst case the limits allow: five
+// DKIM signatures under keys of their own and a four-set ARC chain through
+// sealers of their own, nothing cached, every DNS answer held back. In
+// session 8 that was about 110 KiB a message (stacks 56, live heap 52;
+// 125 KiB under the race detector), against 85 KiB (41 and 44) before
+// later keys were prefetched, which was already over the 64 KiB the
+// pipeline used to charge. A message with one signature and no chain holds
+// well under half of it. Longer chains hold more parse state, in
+// proportion to their header bytes.
+const MessageWorkBytes = 160 << 10
