@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/authpipe/authpipe/resolvercache"
 	"github.com/authpipe/authpipe/stages"
 	"github.com/authpipe/authpipe/stages/arc"
 	"github.com/authpipe/authpipe/stages/message"
@@ -21,7 +22,20 @@ import (
 // after a collection with every lookup outstanding.
 func TestMessageWorkBytesBound(t *testing.T) {
 	w := newWorld(t)
-	e := newEngine(w)
+	// A client and cache that wait as long as the test does: with the
+	// world's 300 ms timeout, a slow machine would see lookups fail and
+	// messages finish while it measures.
+	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(w.srv.Addr), resolvercache.WithTimeout(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	cache, err := resolvercache.NewCache(c, resolvercache.WithFillTimeout(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cache.Close)
+	e := newEngine(&world{srv: w.srv, res: cache, rsaKey: w.rsaKey, edKey: w.edKey}, stages.WithDNSBudget(time.Minute))
 	const n = 100
 	msgs := make([][]byte, n)
 	size := 0
