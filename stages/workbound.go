@@ -14,7 +14,6 @@ package stages
 // session 8 that was about 110 KiB a message (stacks 56, live heap 52;
 // 125 KiB under the race detector), against 85 KiB (41 and 44) before
 // later keys were prefetched, which was already over the 64 KiB the
-// pipeline used to charge. A message with one signature and no chain holds
-// well under half of it. Longer chains hold more parse state, in
+// pipeline used to charge. Longer chains hold more parse state, in
 // proportion to their header bytes.
 const MessageWorkBytes = 160 << 10
