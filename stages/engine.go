@@ -170,7 +170,7 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 		// A message signed by several domains, or forwarded through
 		// several sealers, seen for the first time asks for their other
 		// keys beside the first.
-		e.dkim.Prefetch, e.arc.Prefetch = e.prefetchKeys, e.prefetchKeys
+		e.dkim.Prefetch, e.arc.Prefetch = e.prefetch, e.prefetch
 	}
 	return e
 }
@@ -243,7 +243,7 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	}
 	if len(msg.From) > 0 {
 		if name, ok := dmarc.FirstQuery(msg.From[0].Domain); ok {
-			e.prefetch(ctx, name)
+			e.prefetch(ctx, []string{name})
 		}
 	}
 	if msg.Count("arc-seal") > 0 {
@@ -266,29 +266,24 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	return v
 }
 
-// prefetch starts the TXT lookup of name on a helper when the resolver
-// says it is not cached: the first author domain's _dmarc record (policy
-// discovery's first query). DMARC evaluation finds it cached or joins the
-// lookup in flight, so a message from a domain seen for the first time
-// waits one DNS round trip before DMARC, not two. Only
-// resolvers that can tell what they hold (resolvercache.Cache) get
-// prefetches: without that a warm message would pay a goroutine hand-off
-// for nothing. The lookup ends with ctx, when Verify returns.
-func (e *Engine) prefetch(ctx context.Context, name string) {
-	if e.cached == nil || e.cached.Cached(name, dns.TypeTXT) {
+// prefetch looks up, one after another on a single helper, those of
+// names (TXT records) the resolver says are not cached: the first author
+// domain's _dmarc record (policy discovery's first query), and the keys a
+// DKIM or ARC verifier offers (those it will need after the one it is
+// about to fetch). The check that needs one later finds it cached or joins
+// the lookup in flight, so a message from domains seen for the first time
+// does not wait for them one after another. Only resolvers that can tell
+// what they hold (resolvercache.Cache) get prefetches: without that a warm
+// message would pay a goroutine hand-off for nothing. One helper, not one
+// per name, bounds what a message with many signatures holds while it
+// waits (each goroutine is a stack of about 12 KiB): the second key, the
+// commonest case, is fetched beside the first, a third after the second.
+// The lookups end with ctx, when Verify returns.
+func (e *Engine) prefetch(ctx context.Context, names []string) {
+	if e.cached == nil {
 		return
 	}
-	e.helpers.Go(func() { _, _ = e.dmarc.Resolver.Lookup(ctx, name, dns.TypeTXT) })
-}
-
-// prefetchKeys looks up, one after another on a single helper, the DKIM or
-// ARC key names the verifier offers (the keys it will need after the one it
-// is about to fetch) that are not cached. One helper, not one per key,
-// bounds what a message with many signatures holds while it waits (each
-// goroutine is a stack of about 12 KiB): the second key, the commonest
-// case, is then fetched beside the first, and a third after the second.
-func (e *Engine) prefetchKeys(ctx context.Context, names []string) {
-	todo := names[:0:0]
+	var todo []string
 	for _, n := range names {
 		if !e.cached.Cached(n, dns.TypeTXT) {
 			todo = append(todo, n)

@@ -308,7 +308,7 @@ const MaxPrefetchKeys = 4
 // their signature fails before any key.
 func (st *state) prefetchKeys(ctx context.Context, domain, selector string) {
 	st.prefetched = true
-	current := selector + "._domainkey." + domain
+	current := dkim.KeyName(domain, selector)
 	var names []string
 	offer := func(tags map[string]string) {
 		if len(names) == MaxPrefetchKeys {
@@ -318,7 +318,7 @@ func (st *state) prefetchKeys(ctx context.Context, domain, selector string) {
 		if err != nil {
 			return
 		}
-		name := p.selector + "._domainkey." + p.domain
+		name := dkim.KeyName(p.domain, p.selector)
 		if name != current && !slices.Contains(names, name) && !st.v.Keys.Cached(p.domain, p.selector) {
 			names = append(names, name)
 		}

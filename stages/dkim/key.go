@@ -104,7 +104,7 @@ func (e *KeyError) Error() string {
 	var b strings.Builder
 	b.WriteString("dkim: key")
 	if e.Selector != "" || e.Domain != "" {
-		b.WriteString(" " + e.Selector + "._domainkey." + e.Domain)
+		b.WriteString(" " + KeyName(e.Domain, e.Selector))
 	}
 	b.WriteString(": " + e.Reason)
 	if e.Err != nil {
@@ -356,20 +356,38 @@ func wordBytes(x *big.Int) int {
 	return cap(x.Bits()) * bits.UintSize / 8
 }
 
+// KeyName is the DNS name of the key record for selector and domain,
+// selector._domainkey.domain (RFC 6376 3.6.2.1).
+func KeyName(domain, selector string) string {
+	return selector + "._domainkey." + domain
+}
+
+// clock is k.Now, or time.Now.
+func (k *KeyFetcher) clock() func() time.Time {
+	if k.Now != nil {
+		return k.Now
+	}
+	return time.Now
+}
+
+// held returns the unexpired entry for id, or nil.
+func (k *KeyFetcher) held(id keyID, now func() time.Time) *keyEntry {
+	if k.MaxEntries < 0 {
+		return nil
+	}
+	k.mu.Lock()
+	e := k.entries[id]
+	k.mu.Unlock()
+	if e == nil || !now().Before(e.expires) {
+		return nil
+	}
+	return e
+}
+
 // Cached reports whether Fetch would answer for selector and domain from
 // the parsed keys it holds, without DNS.
 func (k *KeyFetcher) Cached(domain, selector string) bool {
-	if k.MaxEntries < 0 {
-		return false
-	}
-	now := time.Now
-	if k.Now != nil {
-		now = k.Now
-	}
-	k.mu.Lock()
-	e := k.entries[keyID{selector, domain}]
-	k.mu.Unlock()
-	return e != nil && now().Before(e.expires)
+	return k.held(keyID{selector, domain}, k.clock()) != nil
 }
 
 // Fetch returns the key for selector and domain. Errors are *[KeyError];
@@ -386,23 +404,17 @@ func (k *KeyFetcher) Fetch(ctx context.Context, domain, selector string) (*Publi
 // lookups of a message's other keys then (Verifier.Prefetch), at no cost
 // when the key is held.
 func (k *KeyFetcher) FetchOnMiss(ctx context.Context, domain, selector string, onMiss func()) (*PublicKey, error) {
-	now := time.Now
-	if k.Now != nil {
-		now = k.Now
-	}
+	now := k.clock()
 	id := keyID{selector, domain}
-	if k.MaxEntries >= 0 {
-		k.mu.Lock()
-		e := k.entries[id]
-		k.mu.Unlock()
-		if e != nil && now().Before(e.expires) {
-			// Written only when a store came since: a key found again
-			// and again between stores costs no write.
-			if t := k.stores.Load(); e.used.Load() != t {
-				e.used.Store(t)
-			}
-			return e.key, e.err
+	if e := k.held(id, now); e != nil {
+		// Written only when a store came since: a key found again and
+		// again between stores costs no write.
+		if t := k.stores.Load(); e.used.Load() != t {
+			e.used.Store(t)
 		}
+		return e.key, e.err
+	}
+	if k.MaxEntries >= 0 {
 		// The entry and a cached KeyError keep copies of the names, not
 		// the strings passed (substrings of a whole DKIM-Signature field).
 		id = keyID{strings.Clone(selector), strings.Clone(domain)}
@@ -531,7 +543,7 @@ func (k *KeyFetcher) lookup(ctx context.Context, domain, selector string, now fu
 	if k.Resolver == nil {
 		return fail(true, "key unavailable", errors.New("no resolver configured"))
 	}
-	name := selector + "._domainkey." + domain
+	name := KeyName(domain, selector)
 	if err := resolvercache.ValidateName(name); err != nil {
 		return fail(false, "invalid key name", err)
 	}

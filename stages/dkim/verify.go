@@ -239,10 +239,10 @@ func (v *Verifier) Verify(ctx context.Context, m *message.Message) []Result {
 func (st *verifyState) prefetchRest(ctx context.Context, fi int, domain, selector string) {
 	st.prefetched = true
 	v := st.v
-	current := selector + "._domainkey." + domain
+	current := KeyName(domain, selector)
 	var names []string
 	v.keyQueries(st.m, fi+1, st.sigsLeft, func(d, s string) {
-		name := s + "._domainkey." + d
+		name := KeyName(d, s)
 		if name != current && !slices.Contains(names, name) && !v.Keys.Cached(d, s) {
 			names = append(names, name)
 		}
