@@ -84,7 +84,13 @@ const signedDistinct = 1024
 // CPU-second of the pipeline over that of the engine (the target,
 // ≥ 0.8); wall-ratio is the plain rate ratio, which on a shared 2-core
 // machine also depends on what else runs (the load driver included);
-// overhead-µs/msg is this process's CPU a message beyond the engine's.
+// overhead-µs/msg is this process's CPU a message beyond the engine's;
+// pipeline-sys-µs/msg, engine-sys-µs/msg, pipeline-faults/msg and
+// engine-faults/msg are the kernel's share of that CPU and the minor page
+// faults a message in each phase (a fault costs 2–3 µs on this VM, and the
+// run-to-run spread of the ratio is in good part the spread of these: the
+// Go scavenger hands pages back and the heap faults them in again; see
+// GODEBUG=madvdontneed=0 in docs/configuration.md).
 //
 // Knobs (environment): AUTHPIPE_BENCH_BROKER=process runs the broker in a
 // process of its own (TestBenchBroker), as a cluster reached with --brokers
@@ -136,7 +142,8 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	// Warm the DNS cache and the group join outside the measurement.
 	ld.run(b, 100)
 
-	var pipeDur, engDur, pipeCPU, engCPU, loadCPU, brokerCPU time.Duration
+	var pipeDur, engDur, pipeCPU, engCPU, loadCPU, brokerCPU, pipeSys, engSys time.Duration
+	var pipeFlt, engFlt int64
 	q0 := dns.Queries.Load()
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -148,9 +155,12 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 		if brProc != nil {
 			bcpu0 = brProc.cpu(b)
 		}
-		cpu0 := cpuTime()
+		u0 := usage()
 		wall, lcpu := ld.run(b, n)
-		pipeCPU += cpuTime() - cpu0
+		u1 := usage()
+		pipeCPU += u1.user + u1.sys - u0.user - u0.sys
+		pipeSys += u1.sys - u0.sys
+		pipeFlt += u1.minflt - u0.minflt
 		if brProc != nil {
 			brokerCPU += brProc.cpu(b) - bcpu0
 		}
@@ -160,7 +170,7 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 
 		stopProf = phaseProfile(b, "engine")
 		start := time.Now()
-		cpu0 = cpuTime()
+		u0 = usage()
 		var wg sync.WaitGroup
 		work := make(chan *testMsg)
 		for range conc {
@@ -176,7 +186,10 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 		close(work)
 		wg.Wait()
 		engDur += time.Since(start)
-		engCPU += cpuTime() - cpu0
+		u1 = usage()
+		engCPU += u1.user + u1.sys - u0.user - u0.sys
+		engSys += u1.sys - u0.sys
+		engFlt += u1.minflt - u0.minflt
 		stopProf()
 	}
 	b.StopTimer()
@@ -192,6 +205,10 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	b.ReportMetric(float64(pipeCPU.Microseconds())/float64(n*b.N), "pipeline-µs/msg")
 	b.ReportMetric(float64(engCPU.Microseconds())/float64(n*b.N), "engine-µs/msg")
 	b.ReportMetric(float64((pipeCPU-engCPU).Microseconds())/float64(n*b.N), "overhead-µs/msg")
+	b.ReportMetric(float64(pipeSys.Microseconds())/float64(n*b.N), "pipeline-sys-µs/msg")
+	b.ReportMetric(float64(engSys.Microseconds())/float64(n*b.N), "engine-sys-µs/msg")
+	b.ReportMetric(float64(pipeFlt)/float64(n*b.N), "pipeline-faults/msg")
+	b.ReportMetric(float64(engFlt)/float64(n*b.N), "engine-faults/msg")
 	if brProc != nil {
 		b.ReportMetric(float64(brokerCPU.Microseconds())/float64(n*b.N), "broker-µs/msg")
 	}
@@ -265,11 +282,16 @@ func phaseProfile(b *testing.B, phase string) func() {
 	}
 }
 
-// cpuTime is the CPU time (user + system) used by this process so far.
-func cpuTime() time.Duration {
+// procUsage is this process's resource use so far (getrusage).
+type procUsage struct {
+	user, sys time.Duration
+	minflt    int64 // minor page faults
+}
+
+func usage() procUsage {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return procUsage{time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano()), ru.Minflt}
 }
 
 func benchDuration(env string, def time.Duration) time.Duration {
