@@ -239,7 +239,9 @@ type MemoryBudget struct {
 	// stages.MessageWorkBytes (goroutine stacks, parse state, lookups in
 	// flight, verdict; measured by stages' TestMessageWorkBytesBound) and
 	// the verdict's JSON and output record, times Config.MaxInFlight, plus
-	// one copy of the in-flight bytes (canonicalised bodies and headers).
+	// stages.MessageCopies (3) times the in-flight bytes: the parse state
+	// that grows with a message's size (CRLF copy, unfolded fields, ARC tag
+	// values; one copy until session 9, which a 50-set ARC chain overran).
 	Work int64
 	// Fetch is the client's fetch buffering: one fetch of at most
 	// fetchMaxBytes buffered, one being decoded, each decompressed to at
@@ -287,7 +289,7 @@ const (
 func MemoryBound(c Config, dnsCacheBytes, engineCacheBytes int64) MemoryBudget {
 	b := MemoryBudget{
 		InFlight:   c.MaxInFlightBytes,
-		Work:       int64(c.MaxInFlight)*workPerMessage + c.MaxInFlightBytes,
+		Work:       int64(c.MaxInFlight)*workPerMessage + stages.MessageCopies*c.MaxInFlightBytes,
 		Fetch:      2 * int64(fetchMaxBytes(c)) * fetchDecompression,
 		Produce:    producerBufferBytes(c),
 		DNSCache:   dnsCacheBytes,

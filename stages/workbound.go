@@ -1,9 +1,9 @@
 package stages
 
 // MessageWorkBytes bounds the memory one Verify call holds while it runs,
-// besides the message's own bytes and one copy of them, for the memory
-// bound of a process that verifies (pipeline.MemoryBound charges it per
-// message in flight). It covers the goroutine stacks (the caller's, and
+// besides the message's own bytes and MessageCopies times their size, for
+// the memory bound of a process that verifies (pipeline.MemoryBound charges
+// it per message in flight). It covers the goroutine stacks (the caller's, and
 // the helpers: SPF, the DMARC prefetch, one for the later DKIM keys, ARC
 // and one for its later keys; about 12 KiB each once grown), the parse
 // state, the lookups in flight and the verdict.
@@ -15,5 +15,16 @@ package stages
 // 125 KiB under the race detector), against 85 KiB (41 and 44) before
 // later keys were prefetched, which was already over the 64 KiB the
 // pipeline used to charge. Longer chains hold more parse state, in
-// proportion to their header bytes.
+// proportion to their header bytes: that part is MessageCopies'.
 const MessageWorkBytes = 160 << 10
+
+// MessageCopies is how many times its own size a message's parse state
+// may take while it is verified, beyond MessageWorkBytes: the CRLF copy
+// of a message with bare LF line ends, the unfolded header values, and
+// for ARC each seal's and signature's tag values and each
+// ARC-Authentication-Results payload, as strings. TestMessageWorkBytesBound
+// measures a chain of the longest length allowed (50 sets, 58 KiB of
+// header fields) at 292 KiB a message in session 9: MessageWorkBytes plus
+// 2.3 times its size. Until then the pipeline charged one copy, which a
+// chain of 50 sets overran by about 70 KiB.
+const MessageCopies = 3
