@@ -178,8 +178,9 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 // Verify evaluates one message. It always returns a verdict: problems with
 // the message or with DNS become permerror or temperror results in it.
 func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.Verdict {
-	ctx, cancel := context.WithTimeout(ctx, e.dnsBudget)
-	defer cancel()
+	budget := withBudget(ctx, e.dnsBudget)
+	defer budget.cancel()
+	ctx = budget
 	v := &verdict.Verdict{
 		Version:     verdict.SchemaVersion,
 		EvaluatedAt: e.now().UTC(),
