@@ -239,9 +239,10 @@ type MemoryBudget struct {
 	// stages.MessageWorkBytes (goroutine stacks, parse state, lookups in
 	// flight, verdict; measured by stages' TestMessageWorkBytesBound) and
 	// the verdict's JSON and output record, times Config.MaxInFlight, plus
-	// stages.MessageCopies (3) times the in-flight bytes: the parse state
-	// that grows with a message's size (CRLF copy, unfolded fields, ARC tag
-	// values; one copy until session 9, which a 50-set ARC chain overran).
+	// stages.MessageCopies (2) times the in-flight bytes: the parse state
+	// that grows with a message's size (CRLF copy, unfolded fields, ARC
+	// seal input and AAR payloads; one copy until session 9, which a 50-set
+	// ARC chain overran, three in session 9, when ARC tags were copied).
 	Work int64
 	// Fetch is the client's fetch buffering: one fetch of at most
 	// fetchMaxBytes buffered, one being decoded, each decompressed to at

@@ -98,7 +98,7 @@ func (s *Sealer) Seal(m *message.Message, chain Result, results string) (*Sealed
 		if err != nil || len(sets) == 0 {
 			return nil, fmt.Errorf("%w: existing chain is malformed", ErrNoSeal)
 		}
-		if sets[len(sets)-1].as.tags["cv"] == "fail" {
+		if sets[len(sets)-1].as.tags.is("cv", "fail") {
 			return nil, fmt.Errorf("%w: newest ARC-Seal has cv=fail", ErrNoSeal)
 		}
 	default:

@@ -12,8 +12,8 @@ const DefaultMaxSets = 50
 
 // header is one parsed ARC header field.
 type header struct {
-	idx  int               // index in Message.Fields
-	tags map[string]string // AS and AMS tag-list; nil for AAR
+	idx  int     // index in Message.Fields
+	tags tagList // AS and AMS tag-list; empty for AAR
 	// payload is the AAR value after "i=N;", trimmed and unfolded.
 	payload string
 }
@@ -77,17 +77,17 @@ func collectSets(m *message.Message, maxSets int) ([]arcSet, error) {
 		h := &hdrs[len(hdrs)-1]
 		var inst int
 		if f.Key == keyAAR {
-			n, payload, err := parseAAR(string(f.Value), maxSets)
+			n, payload, err := parseAAR(f.Value, maxSets)
 			if err != nil {
 				return nil, structural("%s: %v", kind, err)
 			}
 			inst, h.payload = n, unfold(payload)
 		} else {
-			tags, err := parseTags(string(f.Value))
+			tags, err := parseTags(f.Value)
 			if err != nil {
 				return nil, structural("%s: %v", kind, err)
 			}
-			iv, ok := tags["i"]
+			iv, ok := tags.bytes("i")
 			if !ok {
 				return nil, structural("%s: no i= tag", kind)
 			}

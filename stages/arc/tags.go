@@ -1,10 +1,11 @@
 package arc
 
 import (
+	"bytes"
+	"encoding/base64"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
+	"math"
 )
 
 // Field names of the three ARC header fields (RFC 8617 4.1), lower case.
@@ -28,50 +29,143 @@ func trimFWS(s string) string {
 	return s[i:j]
 }
 
+// MaxTags is the most tag-specs an ARC-Seal or ARC-Message-Signature may
+// have. RFC 8617 defines 12 tags for the AMS and 7 for the seal; unknown
+// tags are allowed (RFC 6376 3.2), and the cap keeps the duplicate check,
+// a scan of the tags before it, bounded.
+const MaxTags = 64
+
+// tagList is a parsed tag-list: where each tag's name and value lie in the
+// field value, which stays the message's bytes. Nothing is copied while
+// parsing: a 50-set chain's tags as maps of copied strings held about
+// 116 KiB (TestMessageWorkBytesBound), for values most of which are read
+// once. Values come out as strings when asked for (get), except b= and
+// bh=, which are decoded from the bytes (bytes).
+type tagList struct {
+	src  []byte
+	tags []tagSpan
+}
+
+// tagSpan is one tag-spec: src[name0:name1] = src[val0:val1], both trimmed.
+type tagSpan struct{ name0, name1, val0, val1 int32 }
+
+// find returns the span of tag name, if present.
+func (l tagList) find(name string) (tagSpan, bool) {
+	for _, t := range l.tags {
+		if string(l.src[t.name0:t.name1]) == name {
+			return t, true
+		}
+	}
+	return tagSpan{}, false
+}
+
+// get returns a copy of the value of tag name, and whether it is present.
+func (l tagList) get(name string) (string, bool) {
+	t, ok := l.find(name)
+	if !ok {
+		return "", false
+	}
+	return string(l.src[t.val0:t.val1]), true
+}
+
+// val returns the value of tag name, or "" when it is absent.
+func (l tagList) val(name string) string {
+	v, _ := l.get(name)
+	return v
+}
+
+// has reports whether tag name is present.
+func (l tagList) has(name string) bool {
+	_, ok := l.find(name)
+	return ok
+}
+
+// bytes returns the value of tag name as the field's own bytes (not to be
+// modified), and whether it is present.
+func (l tagList) bytes(name string) ([]byte, bool) {
+	t, ok := l.find(name)
+	if !ok {
+		return nil, false
+	}
+	return l.src[t.val0:t.val1], true
+}
+
+// is reports whether tag name is present with value v.
+func (l tagList) is(name, v string) bool {
+	b, ok := l.bytes(name)
+	return ok && string(b) == v
+}
+
 // parseTags parses an RFC 6376 3.2 tag-list strictly: every tag-spec must
 // be non-empty (";;" is an error, a single trailing ";" is allowed), tag
 // names are ALPHA *(ALPHA / DIGIT / "_") and case-sensitive, values consist
 // of VALCHARs separated by white space, and a tag may appear only once.
 // ARC-Seal and ARC-Message-Signature use this syntax (RFC 8617 4.1.2,
-// 4.1.3); the validation suite requires each of these rules.
-func parseTags(s string) (map[string]string, error) {
-	tags := make(map[string]string, 10)
-	rest := s
+// 4.1.3); the validation suite requires each of these rules. At most
+// MaxTags tag-specs are accepted. The list refers to s; s must not change
+// while it is in use.
+func parseTags(s []byte) (tagList, error) {
+	if len(s) > math.MaxInt32 {
+		return tagList{}, errors.New("tag-list too long")
+	}
+	l := tagList{src: s, tags: make([]tagSpan, 0, 12)}
+	pos := 0
 	for {
-		spec, tail, more := strings.Cut(rest, ";")
-		spec = trimFWS(spec)
-		if spec == "" {
-			if !more && len(tags) > 0 {
-				return tags, nil // trailing ";" (or nothing) after the last tag-spec
+		end := len(s)
+		more := false
+		if k := bytes.IndexByte(s[pos:], ';'); k >= 0 {
+			end, more = pos+k, true
+		}
+		a, b := trimFWSSpan(s, pos, end)
+		if a == b {
+			if !more && len(l.tags) > 0 {
+				return l, nil // trailing ";" (or nothing) after the last tag-spec
 			}
-			return nil, errors.New("empty tag-spec")
+			return tagList{}, errors.New("empty tag-spec")
 		}
-		name, val, ok := strings.Cut(spec, "=")
-		if !ok {
-			return nil, fmt.Errorf("tag-spec %q without '='", truncate(spec))
+		eq := bytes.IndexByte(s[a:b], '=')
+		if eq < 0 {
+			return tagList{}, fmt.Errorf("tag-spec %q without '='", truncate(string(s[a:b])))
 		}
-		name, val = trimFWS(name), trimFWS(val)
+		n0, n1 := trimFWSSpan(s, a, a+eq)
+		v0, v1 := trimFWSSpan(s, a+eq+1, b)
+		name := s[n0:n1]
 		if !validTagName(name) {
-			return nil, fmt.Errorf("invalid tag name %q", truncate(name))
+			return tagList{}, fmt.Errorf("invalid tag name %q", truncate(string(name)))
 		}
-		for i := 0; i < len(val); i++ {
-			if c := val[i]; !(c >= 0x21 && c <= 0x3a || c >= 0x3c && c <= 0x7e || isFWS(c)) {
-				return nil, fmt.Errorf("tag %s: invalid octet 0x%02x in value", name, c)
+		for i := v0; i < v1; i++ {
+			if c := s[i]; !(c >= 0x21 && c <= 0x3a || c >= 0x3c && c <= 0x7e || isFWS(c)) {
+				return tagList{}, fmt.Errorf("tag %s: invalid octet 0x%02x in value", name, c)
 			}
 		}
-		if _, dup := tags[name]; dup {
-			return nil, fmt.Errorf("duplicate tag %s", name)
+		if _, dup := l.find(string(name)); dup {
+			return tagList{}, fmt.Errorf("duplicate tag %s", name)
 		}
-		tags[name] = val
+		if len(l.tags) == MaxTags {
+			return tagList{}, fmt.Errorf("more than %d tags", MaxTags)
+		}
+		l.tags = append(l.tags, tagSpan{int32(n0), int32(n1), int32(v0), int32(v1)})
 		if !more {
-			return tags, nil
+			return l, nil
 		}
-		rest = tail
+		pos = end + 1
 	}
 }
 
-func validTagName(s string) bool {
-	if s == "" || !isAlpha(s[0]) {
+// trimFWSSpan returns the bounds of s[i:j] without leading and trailing
+// folding white space.
+func trimFWSSpan(s []byte, i, j int) (int, int) {
+	for i < j && isFWS(s[i]) {
+		i++
+	}
+	for j > i && isFWS(s[j-1]) {
+		j--
+	}
+	return i, j
+}
+
+func validTagName(s []byte) bool {
+	if len(s) == 0 || !isAlpha(s[0]) {
 		return false
 	}
 	for i := 1; i < len(s); i++ {
@@ -93,16 +187,17 @@ func truncate(s string) string {
 
 // parseInstance parses an i= value (RFC 8617 4.2.1: 1*2DIGIT, 1 to 50;
 // values up to max are accepted so the set limit can be configured).
-func parseInstance(v string, max int) (int, error) {
-	if v == "" || len(v) > 4 {
-		return 0, fmt.Errorf("invalid instance %q", truncate(v))
+func parseInstance[T string | []byte](v T, max int) (int, error) {
+	if len(v) == 0 || len(v) > 4 {
+		return 0, fmt.Errorf("invalid instance %q", truncate(string(v)))
 	}
+	n := 0
 	for i := 0; i < len(v); i++ {
 		if v[i] < '0' || v[i] > '9' {
-			return 0, fmt.Errorf("invalid instance %q", truncate(v))
+			return 0, fmt.Errorf("invalid instance %q", truncate(string(v)))
 		}
+		n = n*10 + int(v[i]-'0')
 	}
-	n, _ := strconv.Atoi(v)
 	if n < 1 {
 		return 0, fmt.Errorf("instance %d out of range", n)
 	}
@@ -114,57 +209,64 @@ func parseInstance(v string, max int) (int, error) {
 
 // parseAAR splits an ARC-Authentication-Results value into its instance
 // and the authres-payload that follows "i=N;" (RFC 8617 4.1.1: the field
-// must start with the instance tag, then a semicolon).
-func parseAAR(v string, max int) (int, string, error) {
-	s := trimFWS(v)
+// must start with the instance tag, then a semicolon). The payload is the
+// field's own bytes.
+func parseAAR(v []byte, max int) (int, []byte, error) {
+	s := bytes.TrimLeft(v, " \t\r\n")
 	if len(s) < 2 || s[0] != 'i' {
-		return 0, "", errors.New("does not start with i=")
+		return 0, nil, errors.New("does not start with i=")
 	}
-	s = trimFWS(s[1:])
-	if s == "" || s[0] != '=' {
-		return 0, "", errors.New("does not start with i=")
+	s = bytes.TrimLeft(s[1:], " \t\r\n")
+	if len(s) == 0 || s[0] != '=' {
+		return 0, nil, errors.New("does not start with i=")
 	}
-	num, payload, ok := strings.Cut(s[1:], ";")
+	num, payload, ok := bytes.Cut(s[1:], []byte{';'})
 	if !ok {
-		return 0, "", errors.New("no ';' after the instance tag")
+		return 0, nil, errors.New("no ';' after the instance tag")
 	}
-	inst, err := parseInstance(trimFWS(num), max)
+	a, b := trimFWSSpan(num, 0, len(num))
+	inst, err := parseInstance(num[a:b], max)
 	if err != nil {
-		return 0, "", err
+		return 0, nil, err
 	}
-	return inst, trimFWS(payload), nil
+	return inst, payload, nil
 }
 
-// unfold removes line breaks from a folded value and trims it; runs of
-// white space are kept as they are.
-func unfold(s string) string {
-	if strings.IndexByte(s, '\n') < 0 && strings.IndexByte(s, '\r') < 0 {
-		return trimFWS(s)
+// unfold returns a folded value as a string without its line breaks,
+// trimmed; runs of white space are kept as they are.
+func unfold(v []byte) string {
+	a, b := trimFWSSpan(v, 0, len(v))
+	v = v[a:b]
+	if bytes.IndexByte(v, '\n') < 0 && bytes.IndexByte(v, '\r') < 0 {
+		return string(v)
 	}
-	var b strings.Builder
-	b.Grow(len(s))
-	for i := 0; i < len(s); i++ {
-		if s[i] != '\r' && s[i] != '\n' {
-			b.WriteByte(s[i])
+	out := make([]byte, 0, len(v))
+	for _, c := range v {
+		if c != '\r' && c != '\n' {
+			out = append(out, c)
 		}
 	}
-	return trimFWS(b.String())
+	return string(out)
 }
 
-// stripWSP removes all white space (used for b= and bh= values, RFC 6376
-// 3.5: white space in them is ignored).
-func stripWSP(s string) string {
-	if !strings.ContainsAny(s, " \t\r\n") {
-		return s
-	}
-	var b strings.Builder
-	b.Grow(len(s))
-	for i := 0; i < len(s); i++ {
-		if !isFWS(s[i]) {
-			b.WriteByte(s[i])
+// decodeB64 decodes a b= or bh= value, ignoring white space in it (RFC
+// 6376 3.5).
+func decodeB64(name string, v []byte) ([]byte, error) {
+	clean := make([]byte, 0, len(v))
+	for _, c := range v {
+		if !isFWS(c) {
+			clean = append(clean, c)
 		}
 	}
-	return b.String()
+	if len(clean) == 0 {
+		return nil, fmt.Errorf("empty %s= tag", name)
+	}
+	out := make([]byte, base64.StdEncoding.DecodedLen(len(clean)))
+	n, err := base64.StdEncoding.Decode(out, clean)
+	if err != nil {
+		return nil, fmt.Errorf("%s= is not base64", name)
+	}
+	return out[:n], nil
 }
 
 // validDomain checks the RFC 6376 domain-name syntax used by d=: dot-
@@ -203,14 +305,16 @@ func validLabels(s string) bool {
 }
 
 // parseTime parses a t= or x= value: 1*12DIGIT (RFC 6376 3.5).
-func parseTime(v string) (int64, error) {
-	if v == "" || len(v) > 12 {
-		return 0, fmt.Errorf("invalid timestamp %q", truncate(v))
+func parseTime[T string | []byte](v T) (int64, error) {
+	if len(v) == 0 || len(v) > 12 {
+		return 0, fmt.Errorf("invalid timestamp %q", truncate(string(v)))
 	}
+	var n int64 // 12 digits cannot overflow
 	for i := 0; i < len(v); i++ {
 		if v[i] < '0' || v[i] > '9' {
-			return 0, fmt.Errorf("invalid timestamp %q", truncate(v))
+			return 0, fmt.Errorf("invalid timestamp %q", truncate(string(v)))
 		}
+		n = n*10 + int64(v[i]-'0')
 	}
-	return strconv.ParseInt(v, 10, 64)
+	return n, nil
 }

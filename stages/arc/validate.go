@@ -1,10 +1,10 @@
 package arc
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/subtle"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"slices"
@@ -161,26 +161,26 @@ func (v *Validator) Validate(ctx context.Context, m *message.Message) Result {
 		s := &sets[i]
 		res.Sets[i] = Set{
 			Instance:    s.instance,
-			Sealer:      s.as.tags["d"],
-			Selector:    s.as.tags["s"],
-			AMSDomain:   s.ams.tags["d"],
-			CV:          s.as.tags["cv"],
+			Sealer:      s.as.tags.val("d"),
+			Selector:    s.as.tags.val("s"),
+			AMSDomain:   s.ams.tags.val("d"),
+			CV:          s.as.tags.val("cv"),
 			AuthResults: s.aar.payload,
 		}
 	}
 	// Step 2.
-	if cv := sets[n-1].as.tags["cv"]; cv == "fail" {
+	if sets[n-1].as.tags.is("cv", "fail") {
 		res.Reason = fmt.Sprintf("newest ARC-Seal (i=%d) has cv=fail", n)
 		return res
 	}
 	// Step 3 (the structure itself was checked by collectSets).
 	for i := range sets {
-		cv, ok := sets[i].as.tags["cv"]
+		cv, ok := sets[i].as.tags.bytes("cv")
 		want := "pass"
 		if i == 0 {
 			want = "none"
 		}
-		if _, hasH := sets[i].as.tags["h"]; hasH {
+		if sets[i].as.tags.has("h") {
 			res.Reason = fmt.Sprintf("ARC-Seal i=%d has an h= tag (RFC 8617 4.1.3)", i+1)
 			return res
 		}
@@ -188,8 +188,8 @@ func (v *Validator) Validate(ctx context.Context, m *message.Message) Result {
 		case !ok:
 			res.Reason = fmt.Sprintf("ARC-Seal i=%d has no cv= tag", i+1)
 			return res
-		case cv != want:
-			res.Reason = fmt.Sprintf("ARC-Seal i=%d has cv=%s, want cv=%s", i+1, truncate(cv), want)
+		case string(cv) != want:
+			res.Reason = fmt.Sprintf("ARC-Seal i=%d has cv=%s, want cv=%s", i+1, truncate(string(cv)), want)
 			return res
 		}
 	}
@@ -310,7 +310,7 @@ func (st *state) prefetchKeys(ctx context.Context, domain, selector string) {
 	st.prefetched = true
 	current := dkim.KeyName(domain, selector)
 	var names []string
-	offer := func(tags map[string]string) {
+	offer := func(tags tagList) {
 		if len(names) == MaxPrefetchKeys {
 			return
 		}
@@ -351,38 +351,28 @@ func (st *state) bodyHash(c dkim.Canonicalization, h crypto.Hash, limit int64) (
 	return sum, n
 }
 
-// algorithm maps an a= value to its hash, honouring AllowSHA1 (RFC 8301,
-// RFC 8463).
-func (v *Validator) algorithm(a string) (crypto.Hash, error) {
-	switch a {
-	case "rsa-sha256", "ed25519-sha256":
-		return crypto.SHA256, nil
+// algorithm maps an a= value to its name and hash, honouring AllowSHA1
+// (RFC 8301, RFC 8463).
+func (v *Validator) algorithm(a []byte) (string, crypto.Hash, error) {
+	switch string(a) {
+	case "rsa-sha256":
+		return "rsa-sha256", crypto.SHA256, nil
+	case "ed25519-sha256":
+		return "ed25519-sha256", crypto.SHA256, nil
 	case "rsa-sha1":
 		if v.AllowSHA1 {
-			return crypto.SHA1, nil
+			return "rsa-sha1", crypto.SHA1, nil
 		}
-		return 0, errors.New("rsa-sha1 is not accepted (RFC 8301)")
+		return "", 0, errors.New("rsa-sha1 is not accepted (RFC 8301)")
 	case "":
-		return 0, errors.New("empty a= tag")
+		return "", 0, errors.New("empty a= tag")
 	}
-	return 0, fmt.Errorf("unsupported algorithm %q", truncate(a))
-}
-
-func decodeB64(name, v string) ([]byte, error) {
-	s := stripWSP(v)
-	if s == "" {
-		return nil, fmt.Errorf("empty %s= tag", name)
-	}
-	out, err := base64.StdEncoding.DecodeString(s)
-	if err != nil {
-		return nil, fmt.Errorf("%s= is not base64", name)
-	}
-	return out, nil
+	return "", 0, fmt.Errorf("unsupported algorithm %q", truncate(string(a)))
 }
 
 // required returns the value of a tag that must be present.
-func required(tags map[string]string, name string) (string, error) {
-	v, ok := tags[name]
+func required(tags tagList, name string) (string, error) {
+	v, ok := tags.get(name)
 	if !ok {
 		return "", fmt.Errorf("no %s= tag", name)
 	}
@@ -398,18 +388,19 @@ type sigParams struct {
 	selector string
 }
 
-func (st *state) commonParams(tags map[string]string) (sigParams, error) {
+func (st *state) commonParams(tags tagList) (sigParams, error) {
 	var p sigParams
 	var err error
-	if p.alg, err = required(tags, "a"); err != nil {
+	a, ok := tags.bytes("a")
+	if !ok {
+		return p, errors.New("no a= tag")
+	}
+	if p.alg, p.hash, err = st.v.algorithm(a); err != nil {
 		return p, err
 	}
-	if p.hash, err = st.v.algorithm(p.alg); err != nil {
-		return p, err
-	}
-	b, err := required(tags, "b")
-	if err != nil {
-		return p, err
+	b, ok := tags.bytes("b")
+	if !ok {
+		return p, errors.New("no b= tag")
 	}
 	if p.sig, err = decodeB64("b", b); err != nil {
 		return p, err
@@ -426,7 +417,7 @@ func (st *state) commonParams(tags map[string]string) (sigParams, error) {
 	if !validSelector(p.selector) {
 		return p, fmt.Errorf("invalid s= %q", truncate(p.selector))
 	}
-	if t, ok := tags["t"]; ok {
+	if t, ok := tags.bytes("t"); ok {
 		if _, err := parseTime(t); err != nil {
 			return p, fmt.Errorf("t=: %v", err)
 		}
@@ -436,21 +427,31 @@ func (st *state) commonParams(tags map[string]string) (sigParams, error) {
 
 // parseCanon parses a c= value (RFC 6376 3.5): header[/body], each
 // "simple" or "relaxed"; absent means simple/simple.
-func parseCanon(tags map[string]string) (hdr, body dkim.Canonicalization, err error) {
-	c, ok := tags["c"]
+func parseCanon(tags tagList) (hdr, body dkim.Canonicalization, err error) {
+	c, ok := tags.bytes("c")
 	if !ok {
-		return "simple", "simple", nil
+		return dkim.Simple, dkim.Simple, nil
 	}
-	h, b, hasBody := strings.Cut(c, "/")
-	if !hasBody {
-		b = "simple"
+	h, b, hasBody := bytes.Cut(c, []byte{'/'})
+	hdr, body = canonOf(h), dkim.Simple
+	if hasBody {
+		body = canonOf(b)
 	}
-	for _, x := range []string{h, b} {
-		if x != "simple" && x != "relaxed" {
-			return "", "", fmt.Errorf("invalid c= %q", truncate(c))
-		}
+	if hdr == "" || body == "" {
+		return "", "", fmt.Errorf("invalid c= %q", truncate(string(c)))
 	}
-	return dkim.Canonicalization(h), dkim.Canonicalization(b), nil
+	return hdr, body, nil
+}
+
+// canonOf returns the canonicalization named c, or "" for anything else.
+func canonOf(c []byte) dkim.Canonicalization {
+	switch string(c) {
+	case "simple":
+		return dkim.Simple
+	case "relaxed":
+		return dkim.Relaxed
+	}
+	return ""
 }
 
 // verifyAMS validates the ARC-Message-Signature of sets[i] like a DKIM
@@ -469,9 +470,9 @@ func (st *state) verifyAMS(ctx context.Context, i int) error {
 	if err != nil {
 		return err
 	}
-	bhv, err := required(tags, "bh")
-	if err != nil {
-		return err
+	bhv, ok := tags.bytes("bh")
+	if !ok {
+		return errors.New("no bh= tag")
 	}
 	bh, err := decodeB64("bh", bhv)
 	if err != nil {
@@ -489,12 +490,12 @@ func (st *state) verifyAMS(ctx context.Context, i int) error {
 		}
 		names[k] = name
 	}
-	if x, ok := tags["x"]; ok {
+	if x, ok := tags.bytes("x"); ok {
 		exp, err := parseTime(x)
 		if err != nil {
 			return fmt.Errorf("x=: %v", err)
 		}
-		if t, ok := tags["t"]; ok {
+		if t, ok := tags.bytes("t"); ok {
 			if ts, _ := parseTime(t); exp < ts {
 				return errors.New("x= is before t=")
 			}
@@ -507,7 +508,7 @@ func (st *state) verifyAMS(ctx context.Context, i int) error {
 			return fmt.Errorf("signature expired at %s", time.Unix(exp, 0).UTC().Format(time.RFC3339))
 		}
 	}
-	if q, ok := tags["q"]; ok {
+	if q, ok := tags.get("q"); ok {
 		found := false
 		for _, m := range strings.Split(q, ":") {
 			if trimFWS(m) == "dns/txt" {
@@ -519,7 +520,7 @@ func (st *state) verifyAMS(ctx context.Context, i int) error {
 		}
 	}
 	limit := int64(-1)
-	if l, ok := tags["l"]; ok {
+	if l, ok := tags.get("l"); ok {
 		n, err := strconv.ParseInt(l, 10, 64)
 		if err != nil || n < 0 || len(l) > 76 {
 			return fmt.Errorf("invalid l= %q", truncate(l))
@@ -528,7 +529,7 @@ func (st *state) verifyAMS(ctx context.Context, i int) error {
 	}
 
 	err = st.checkAMS(ctx, i, p, names, hc, bc, bh, limit)
-	if _, hasC := tags["c"]; !hasC && err != nil && !isTempErr(err) {
+	if !tags.has("c") && err != nil && !isTempErr(err) {
 		// c= absent means simple/simple (RFC 6376 3.5), but some ARC
 		// signers (dkimpy, which the ValiMail suite follows in
 		// ams_fields_c_na) sign relaxed/relaxed then: accept either.
