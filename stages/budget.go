@@ -13,16 +13,26 @@ import (
 //
 // Why: context.WithTimeout starts a runtime timer on every message and
 // stops it when Verify returns, for a deadline that only a DNS wait can
-// reach. A warm message asks nothing upstream and never waits, so the timer
-// was pure cost: 2.7–2.8% of the CPU in both phases of a
-// BenchmarkPipelineVsEngine profile (about 1.2–1.8 µs a message with 256
-// in flight, each timer in the runtime's timer heap); serially,
-// BenchmarkEngineTypical -cpu 1, 43.7–44.3 against 44.5–45.1 µs and 43
-// against 46 allocations (old and new binaries interleaved). Here the
-// first Done (a lookup that selects on it, or a context derived from this
-// one) starts the real context.WithDeadline; until then Err compares the
-// clock against the deadline itself, so the deadline holds for callers that
-// only poll Err (SPF's evaluator checks Err before each lookup).
+// reach; a warm message asks nothing upstream and never waits. The timer
+// cost more than its own bookkeeping: the runtime adds such a timer to the
+// current P's heap at once, and when that heap is empty or holds only later
+// timers it wakes the thread sleeping in the network poller
+// (runtime.wakeNetPoller: a write to an eventfd, then a thread that wakes,
+// finds nothing to do and sleeps again). In the pipeline, where messages
+// finish at a steady rate and a P's heap is often empty, that happened for
+// most messages. Measured with scripts/benchab -n 8 (builds interleaved,
+// BenchmarkPipelineVsEngine): the pipeline's CPU a message, median, 71.7
+// against 62.5 µs with this context, lower in 7 of 8 pairs; the engine
+// alone, where 256 messages in flight keep every heap full of earlier
+// timers, 44.8 against 42.8 (not significant), and BenchmarkEngineTypical
+// (-cpu 1, one message at a time) unchanged, 46.1 against 45.6 µs, with 43
+// allocations instead of 46.
+//
+// Here the first Done (a lookup that selects on it, or a context derived
+// from this one) starts the real context.WithDeadline; until then Err
+// compares the clock against the deadline itself, so the deadline holds
+// for callers that only poll Err (SPF's evaluator checks Err before each
+// lookup).
 //
 // The semantics are WithDeadline's: Deadline is the earlier of the budget
 // and the parent's; Err is nil, then context.DeadlineExceeded or the
