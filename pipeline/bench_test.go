@@ -85,6 +85,8 @@ const signedDistinct = 1024
 // ≥ 0.8); wall-ratio is the plain rate ratio, which on a shared 2-core
 // machine also depends on what else runs (the load driver included);
 // overhead-µs/msg is this process's CPU a message beyond the engine's;
+// pipeline-sleeps/msg and engine-sleeps/msg count the process's voluntary
+// context switches (a thread going to sleep) a message;
 // pipeline-sys-µs/msg, engine-sys-µs/msg, pipeline-faults/msg and
 // engine-faults/msg are the kernel's share of that CPU and the minor page
 // faults a message in each phase (a fault costs 2–3 µs on this VM, and the
@@ -143,7 +145,7 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	ld.run(b, 100)
 
 	var pipeDur, engDur, pipeCPU, engCPU, loadCPU, brokerCPU, pipeSys, engSys time.Duration
-	var pipeFlt, engFlt int64
+	var pipeFlt, engFlt, pipeCsw, engCsw int64
 	q0 := dns.Queries.Load()
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -161,6 +163,7 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 		pipeCPU += u1.user + u1.sys - u0.user - u0.sys
 		pipeSys += u1.sys - u0.sys
 		pipeFlt += u1.minflt - u0.minflt
+		pipeCsw += u1.nvcsw - u0.nvcsw
 		if brProc != nil {
 			brokerCPU += brProc.cpu(b) - bcpu0
 		}
@@ -190,6 +193,7 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 		engCPU += u1.user + u1.sys - u0.user - u0.sys
 		engSys += u1.sys - u0.sys
 		engFlt += u1.minflt - u0.minflt
+		engCsw += u1.nvcsw - u0.nvcsw
 		stopProf()
 	}
 	b.StopTimer()
@@ -209,6 +213,8 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	b.ReportMetric(float64(engSys.Microseconds())/float64(n*b.N), "engine-sys-µs/msg")
 	b.ReportMetric(float64(pipeFlt)/float64(n*b.N), "pipeline-faults/msg")
 	b.ReportMetric(float64(engFlt)/float64(n*b.N), "engine-faults/msg")
+	b.ReportMetric(float64(pipeCsw)/float64(n*b.N), "pipeline-sleeps/msg")
+	b.ReportMetric(float64(engCsw)/float64(n*b.N), "engine-sleeps/msg")
 	if brProc != nil {
 		b.ReportMetric(float64(brokerCPU.Microseconds())/float64(n*b.N), "broker-µs/msg")
 	}
@@ -286,12 +292,13 @@ func phaseProfile(b *testing.B, phase string) func() {
 type procUsage struct {
 	user, sys time.Duration
 	minflt    int64 // minor page faults
+	nvcsw     int64 // voluntary context switches: a thread of the process went to sleep
 }
 
 func usage() procUsage {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return procUsage{time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano()), ru.Minflt}
+	return procUsage{time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano()), ru.Minflt, ru.Nvcsw}
 }
 
 func benchDuration(env string, def time.Duration) time.Duration {

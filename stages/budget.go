@@ -13,20 +13,16 @@ import (
 //
 // Why: context.WithTimeout starts a runtime timer on every message and
 // stops it when Verify returns, for a deadline that only a DNS wait can
-// reach; a warm message asks nothing upstream and never waits. The timer
-// cost more than its own bookkeeping: the runtime adds such a timer to the
-// current P's heap at once, and when that heap is empty or holds only later
-// timers it wakes the thread sleeping in the network poller
-// (runtime.wakeNetPoller: a write to an eventfd, then a thread that wakes,
-// finds nothing to do and sleeps again). In the pipeline, where messages
-// finish at a steady rate and a P's heap is often empty, that happened for
-// most messages. Measured with scripts/benchab -n 8 (builds interleaved,
-// BenchmarkPipelineVsEngine): the pipeline's CPU a message, median, from
-// 71.7 µs with the timer to 62.5 µs with this context, lower in 7 of 8
-// pairs; the engine alone, where 256 messages in flight keep every heap
-// full of earlier timers, from 44.8 to 42.8 µs (not significant); and
-// BenchmarkEngineTypical (-cpu 1, one message at a time) unchanged, from
-// 45.6 to 46.1 µs, with 43 allocations instead of 46.
+// reach; a warm message asks nothing upstream and never waits. In a
+// BenchmarkPipelineVsEngine profile the timer's start (context.WithDeadline)
+// and its cancel took 3.6% of the pipeline's CPU, about 2.5 µs a message.
+// Measured with scripts/benchab -n 8 (the builds before and after,
+// interleaved): the pipeline's CPU a message, median, from 71.7 to 62.5
+// µs, lower in 7 of 8 pairs, a larger gain than the profile accounts for
+// but within the runs' spread (±11–14%); the engine alone from 44.8 to
+// 42.8 µs (not significant); BenchmarkEngineTypical (-cpu 1, one message
+// at a time) unchanged, 45.6 and 46.1 µs, with 43 allocations instead of
+// 46.
 //
 // Here the first Done (a lookup that selects on it, or a context derived
 // from this one) starts the real context.WithDeadline; until then Err
