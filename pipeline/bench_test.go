@@ -174,20 +174,7 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 		stopProf = phaseProfile(b, "engine")
 		start := time.Now()
 		u0 = usage()
-		var wg sync.WaitGroup
-		work := make(chan *testMsg)
-		for range conc {
-			wg.Go(func() {
-				for m := range work {
-					_ = e.Verify(context.Background(), m.raw, m.env)
-				}
-			})
-		}
-		for i := range msgs {
-			work <- &msgs[i]
-		}
-		close(work)
-		wg.Wait()
+		verifyAll(e, msgs, conc)
 		engDur += time.Since(start)
 		u1 = usage()
 		engCPU += u1.user + u1.sys - u0.user - u0.sys
@@ -223,6 +210,25 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
 	cancel()
 	wait()
+}
+
+// verifyAll verifies msgs with e on conc goroutines: the engine-alone
+// phase of the pipeline benchmarks.
+func verifyAll(e *stages.Engine, msgs []testMsg, conc int) {
+	var wg sync.WaitGroup
+	work := make(chan *testMsg)
+	for range conc {
+		wg.Go(func() {
+			for m := range work {
+				_ = e.Verify(context.Background(), m.raw, m.env)
+			}
+		})
+	}
+	for i := range msgs {
+		work <- &msgs[i]
+	}
+	close(work)
+	wg.Wait()
 }
 
 // benchBroker starts the embedded broker with its topics in memory, or
@@ -358,20 +364,7 @@ func BenchmarkEngineBuffers(b *testing.B) {
 	e := cachedEngine(b, dns.Addr)
 	run := func(msgs []testMsg) time.Duration {
 		u0 := usage()
-		var wg sync.WaitGroup
-		work := make(chan *testMsg)
-		for range conc {
-			wg.Go(func() {
-				for m := range work {
-					_ = e.Verify(context.Background(), m.raw, m.env)
-				}
-			})
-		}
-		for i := range msgs {
-			work <- &msgs[i]
-		}
-		close(work)
-		wg.Wait()
+		verifyAll(e, msgs, conc)
 		u1 := usage()
 		return u1.user + u1.sys - u0.user - u0.sys
 	}
