@@ -19,13 +19,7 @@ const (
 func isFWS(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
 
 func trimFWS(s string) string {
-	i, j := 0, len(s)
-	for i < j && isFWS(s[i]) {
-		i++
-	}
-	for j > i && isFWS(s[j-1]) {
-		j--
-	}
+	i, j := trimFWSSpan(s, 0, len(s))
 	return s[i:j]
 }
 
@@ -39,8 +33,9 @@ const MaxTags = 64
 // field value, which stays the message's bytes. Nothing is copied while
 // parsing: a 50-set chain's tags as maps of copied strings held about
 // 116 KiB (TestMessageWorkBytesBound), for values most of which are read
-// once. Values come out as strings when asked for (get), except b= and
-// bh=, which are decoded from the bytes (bytes).
+// once. Values that are compared, parsed or decoded (a=, b=, bh=, c=, cv=,
+// i=, t=, x=) are read in place (bytes); those kept as strings (d=, s=,
+// h=, ...) are copied when asked for (get).
 type tagList struct {
 	src  []byte
 	tags []tagSpan
@@ -154,7 +149,7 @@ func parseTags(s []byte) (tagList, error) {
 
 // trimFWSSpan returns the bounds of s[i:j] without leading and trailing
 // folding white space.
-func trimFWSSpan(s []byte, i, j int) (int, int) {
+func trimFWSSpan[T string | []byte](s T, i, j int) (int, int) {
 	for i < j && isFWS(s[i]) {
 		i++
 	}

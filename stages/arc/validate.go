@@ -370,11 +370,17 @@ func (v *Validator) algorithm(a []byte) (string, crypto.Hash, error) {
 	return "", 0, fmt.Errorf("unsupported algorithm %q", truncate(string(a)))
 }
 
-// required returns the value of a tag that must be present.
+// required returns a copy of the value of a tag that must be present.
 func required(tags tagList, name string) (string, error) {
-	v, ok := tags.get(name)
+	v, err := requiredBytes(tags, name)
+	return string(v), err
+}
+
+// requiredBytes returns the value of a tag that must be present, in place.
+func requiredBytes(tags tagList, name string) ([]byte, error) {
+	v, ok := tags.bytes(name)
 	if !ok {
-		return "", fmt.Errorf("no %s= tag", name)
+		return nil, fmt.Errorf("no %s= tag", name)
 	}
 	return v, nil
 }
@@ -390,17 +396,16 @@ type sigParams struct {
 
 func (st *state) commonParams(tags tagList) (sigParams, error) {
 	var p sigParams
-	var err error
-	a, ok := tags.bytes("a")
-	if !ok {
-		return p, errors.New("no a= tag")
+	a, err := requiredBytes(tags, "a")
+	if err != nil {
+		return p, err
 	}
 	if p.alg, p.hash, err = st.v.algorithm(a); err != nil {
 		return p, err
 	}
-	b, ok := tags.bytes("b")
-	if !ok {
-		return p, errors.New("no b= tag")
+	b, err := requiredBytes(tags, "b")
+	if err != nil {
+		return p, err
 	}
 	if p.sig, err = decodeB64("b", b); err != nil {
 		return p, err
@@ -470,9 +475,9 @@ func (st *state) verifyAMS(ctx context.Context, i int) error {
 	if err != nil {
 		return err
 	}
-	bhv, ok := tags.bytes("bh")
-	if !ok {
-		return errors.New("no bh= tag")
+	bhv, err := requiredBytes(tags, "bh")
+	if err != nil {
+		return err
 	}
 	bh, err := decodeB64("bh", bhv)
 	if err != nil {
