@@ -409,10 +409,19 @@ func counterValue(reg *prometheus.Registry, name string) float64 {
 // progressWriter returns w when it is a terminal and io.Discard otherwise:
 // progress is for people watching, not for logs or pipes.
 func progressWriter(w io.Writer) io.Writer {
-	if f, ok := w.(*os.File); ok {
-		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-			return f
-		}
+	if isTerminal(w) {
+		return w
 	}
 	return io.Discard
+}
+
+// isTerminal reports whether w is a character device, as a terminal is (a
+// file or pipe is not; /dev/null passes too, harmlessly).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

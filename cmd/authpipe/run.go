@@ -136,7 +136,7 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	f.StringVar(&rf.dataDir, "data-dir", "./authpipe-data", "`directory` where the embedded broker keeps topics and offsets")
 	f.StringVar(&rf.httpAddr, "http-addr", "127.0.0.1:9464", "`address` for /metrics, /healthz, /readyz (empty: no HTTP server)")
 	f.StringVar(&rf.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
-	f.StringVar(&rf.logFormat, "log-format", "text", "log `format`: text or json")
+	f.StringVar(&rf.logFormat, "log-format", "auto", "log `format`: json, text, or auto (text when standard error is a terminal, json otherwise)")
 	f.StringVar(&rf.kafkaLogLvl, "kafka-log-level", "warn", "`level` of the Kafka client's own log lines")
 	f.StringVar(&rf.authservID, "authserv-id", "authpipe", "authserv-id for Authentication-Results (RFC 8601)")
 	f.IntVar(&rf.keyCache, "dkim-key-cache", dkim.DefaultKeyCacheEntries, "DKIM `keys` kept parsed for their TTL (about 3.4 KB each; part of the memory bound)")
@@ -185,13 +185,21 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 		return nil, usagef("log level %q: want debug, info, warn or error", level)
 	}
 	o := &slog.HandlerOptions{Level: lv}
+	if format == "auto" {
+		// People at a terminal read text; a service's logs go to a
+		// collector, which reads JSON.
+		format = "json"
+		if isTerminal(w) {
+			format = "text"
+		}
+	}
 	switch format {
 	case "text":
 		return slog.New(slog.NewTextHandler(w, o)), nil
 	case "json":
 		return slog.New(slog.NewJSONHandler(w, o)), nil
 	}
-	return nil, usagef("--log-format %q: want text or json", format)
+	return nil, usagef("--log-format %q: want json, text or auto", format)
 }
 
 func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {

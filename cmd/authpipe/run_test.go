@@ -359,3 +359,45 @@ func TestRunBrokerFlagsChecked(t *testing.T) {
 		}
 	}
 }
+
+// TestLogFormat checks --log-format: auto writes JSON to what is not a
+// terminal (a pipe, a file, a buffer) and text to a character device.
+func TestLogFormat(t *testing.T) {
+	var buf bytes.Buffer
+	for _, format := range []string{"auto", "json"} {
+		buf.Reset()
+		log, err := newLogger(&buf, "info", format)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Info("hello", "n", 1)
+		var rec map[string]any
+		if err := json.Unmarshal(buf.Bytes(), &rec); err != nil || rec["msg"] != "hello" {
+			t.Errorf("%s: %q is not a JSON record (%v)", format, buf.String(), err)
+		}
+	}
+	buf.Reset()
+	log, err := newLogger(&buf, "info", "text")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("hello")
+	if !strings.Contains(buf.String(), "msg=hello") {
+		t.Errorf("text: %q", buf.String())
+	}
+	// A character device stands in for a terminal here (no pty in the
+	// tests): auto chooses text for it.
+	tty, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tty.Close()
+	if log, err := newLogger(tty, "info", "auto"); err != nil {
+		t.Fatal(err)
+	} else if _, ok := log.Handler().(*slog.TextHandler); !ok {
+		t.Errorf("auto on a character device: %T, want text", log.Handler())
+	}
+	if _, err := newLogger(&buf, "info", "yaml"); err == nil {
+		t.Error("--log-format yaml accepted")
+	}
+}
