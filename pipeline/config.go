@@ -315,9 +315,20 @@ func (b MemoryBudget) GoMemoryLimit() int64 { return b.Total / 4 * 3 }
 
 // fetchMaxBytes is the most one fetch response may carry (kgo.FetchMaxBytes;
 // one record batch larger than that still comes whole): a quarter of the
-// in-flight bytes, between 1 MiB and 16 MiB.
+// in-flight bytes, between 1 MiB and 4 MiB.
+//
+// Why at most 4 MiB (16 MiB until session 10): the client decompresses a
+// whole fetch as it arrives, and MemoryBound charges two fetches at eight
+// times their size, so with the default 256 MiB in flight the cap was
+// 256 MiB of the bound (×2 for the collector) for buffering alone; at
+// 4 MiB it is 64 MiB. A consumer behind its topic (a restart with lag)
+// fills every fetch, and a 16 MiB one became up to 160 MB of fresh heap at
+// once. BenchmarkPipelineVsEngine did not tell the two apart (scripts/
+// benchab -n 8: pipeline 57.6 and 59.0 µs a message, faults 1.55 and 1.64,
+// p > 0.8), and 4 MiB of compressed mail is still thousands of messages a
+// round trip.
 func fetchMaxBytes(c Config) int32 {
-	return int32(min(max(c.MaxInFlightBytes/4, 1<<20), 16<<20))
+	return int32(min(max(c.MaxInFlightBytes/4, 1<<20), 4<<20))
 }
 
 // producerBufferBytes bounds the records produced and not yet acknowledged

@@ -43,7 +43,7 @@
 // At most Config.MaxInFlight messages and Config.MaxInFlightBytes bytes are
 // verified at once. When either bound is reached the loop stops polling, so
 // the client's fetch buffer (one fetch per broker, at most a quarter of
-// MaxInFlightBytes between 1 and 16 MiB, plus one oversized batch) fills and
+// MaxInFlightBytes between 1 and 4 MiB, plus one oversized batch) fills and
 // fetching stops: there is no unbounded buffer. Produced records wait in a
 // buffer of at most MaxInFlightBytes + MaxMessageBytes. MemoryBound adds
 // these up, with the DNS cache's budget, into the memory a pipeline may use.
