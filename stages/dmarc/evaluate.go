@@ -322,6 +322,15 @@ func (e *Evaluator) Evaluate(ctx context.Context, in Input) Result {
 	if e.Mode.is7489() {
 		method = DiscoveryPSL
 	}
+	if len(in.FromDomains) == 1 {
+		// The common case, without the bookkeeping for several authors.
+		d, err := canonicalDomain(in.FromDomains[0])
+		if err != nil {
+			return Result{Result: ResultPermError, AuthorDomain: in.FromDomains[0], DiscoveryMethod: method,
+				Disposition: string(PolicyNone), Err: "dmarc: RFC5322.From " + err.Error()}
+		}
+		return e.evaluateAuthor(ctx, in, d)
+	}
 	// Distinct author domains, in order.
 	var authors []string
 	seen := map[string]bool{}
@@ -407,25 +416,62 @@ type nameInfo struct {
 
 // authorState is the per-author evaluation state: memoised _dmarc lookups
 // and counters.
+//
+// The memos are slices searched in order, not maps: a message asks a few
+// names (four in BenchmarkEvaluateWarm), and the first memoStates of them,
+// with their outcomes, live in the state itself, so an evaluation
+// allocates the state once instead of two maps and a nameInfo a name
+// (scripts/benchab -n 8 -p ./stages/dmarc -b 'EvaluateWarm$' -t 1s -a
+// -test.benchmem, session 10, with Evaluate's one-author path: 2.28 to
+// 1.53 µs, 18 to 10 allocations). The searches stay short: at most
+// MaxAlignmentWalks+1 tree walks of at most MaxQueries names each.
 type authorState struct {
 	author  string
 	org     string
 	rec     *Record
-	names   map[string]*nameInfo
-	orgs    map[string]string // identifier → Organizational Domain
+	names   []memoName // memoised _dmarc lookups, in the order asked
+	orgs    []memoOrg  // identifier → Organizational Domain, at most MaxAlignmentWalks
 	queries int
 	walks   int
 	notes   []string
 	// boundNoted: errWalkBound already added to notes.
 	boundNoted bool
+
+	nameBuf [memoStates]memoName // names' first backing array
+	infoBuf [memoStates]nameInfo // the first names' outcomes
+	orgBuf  [memoStates]memoOrg  // orgs' first backing array
+}
+
+// memoStates is how many names, and identifiers' Organizational Domains,
+// an authorState holds without allocating.
+const memoStates = 4
+
+type memoName struct {
+	domain string
+	ni     *nameInfo
+}
+
+type memoOrg struct{ ident, org string }
+
+func newAuthorState(author string) *authorState {
+	st := &authorState{author: author}
+	st.names, st.orgs = st.nameBuf[:0], st.orgBuf[:0]
+	return st
 }
 
 func (e *Evaluator) lookupDMARC(ctx context.Context, st *authorState, domain string) *nameInfo {
-	if ni, ok := st.names[domain]; ok {
-		return ni
+	for _, m := range st.names {
+		if m.domain == domain {
+			return m.ni
+		}
 	}
-	ni := &nameInfo{}
-	st.names[domain] = ni
+	var ni *nameInfo
+	if n := len(st.names); n < len(st.infoBuf) {
+		ni = &st.infoBuf[n]
+	} else {
+		ni = &nameInfo{}
+	}
+	st.names = append(st.names, memoName{domain, ni})
 	st.queries++
 	ans, err := e.Resolver.Lookup(ctx, "_dmarc."+domain, dns.TypeTXT)
 	if err != nil {
@@ -543,8 +589,10 @@ func (e *Evaluator) orgDomain(ctx context.Context, st *authorState, d string) (s
 	if e.Mode.is7489() {
 		return OrgDomainPSL(e.psl(), d), nil
 	}
-	if org, ok := st.orgs[d]; ok {
-		return org, nil
+	for _, m := range st.orgs {
+		if m.ident == d {
+			return m.org, nil
+		}
 	}
 	if st.walks >= MaxAlignmentWalks {
 		return "", errWalkBound
@@ -555,7 +603,7 @@ func (e *Evaluator) orgDomain(ctx context.Context, st *authorState, d string) (s
 		return "", w.temp
 	}
 	org := orgFromWalk(w)
-	st.orgs[d] = org
+	st.orgs = append(st.orgs, memoOrg{d, org})
 	return org, nil
 }
 
@@ -599,7 +647,7 @@ func domainOfAddr(s string) string {
 }
 
 func (e *Evaluator) evaluateAuthor(ctx context.Context, in Input, author string) (res Result) {
-	st := &authorState{author: author, names: map[string]*nameInfo{}, orgs: map[string]string{}}
+	st := newAuthorState(author)
 	res = Result{AuthorDomain: author, Disposition: string(PolicyNone), DiscoveryMethod: DiscoveryTreeWalk}
 	if e.Mode.is7489() {
 		res.DiscoveryMethod = DiscoveryPSL
