@@ -15,8 +15,7 @@ func TestBudgetCtx(t *testing.T) {
 
 	t.Run("polling does not arm", func(t *testing.T) {
 		c := withBudget(context.Background(), time.Hour)
-		cancel := c.cancel
-		defer cancel()
+		defer c.cancel()
 		if err := c.Err(); err != nil {
 			t.Fatalf("Err = %v", err)
 		}
@@ -41,8 +40,7 @@ func TestBudgetCtx(t *testing.T) {
 
 	t.Run("past deadline, polled", func(t *testing.T) {
 		c := withBudget(context.Background(), -time.Second)
-		cancel := c.cancel
-		defer cancel()
+		defer c.cancel()
 		if err := c.Err(); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Err = %v", err)
 		}
@@ -54,8 +52,7 @@ func TestBudgetCtx(t *testing.T) {
 
 	t.Run("deadline reached while waiting", func(t *testing.T) {
 		c := withBudget(context.Background(), 20*time.Millisecond)
-		cancel := c.cancel
-		defer cancel()
+		defer c.cancel()
 		<-c.Done()
 		if err := c.Err(); !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("Err = %v", err)
@@ -64,8 +61,7 @@ func TestBudgetCtx(t *testing.T) {
 
 	t.Run("deadline reached, never waited on", func(t *testing.T) {
 		c := withBudget(context.Background(), time.Millisecond)
-		cancel := c.cancel
-		defer cancel()
+		defer c.cancel()
 		for c.Err() == nil {
 			time.Sleep(time.Millisecond)
 		}
@@ -77,20 +73,18 @@ func TestBudgetCtx(t *testing.T) {
 
 	t.Run("canceled before armed", func(t *testing.T) {
 		c := withBudget(context.Background(), time.Hour)
-		cancel := c.cancel
-		cancel()
+		c.cancel()
 		if err := c.Err(); !errors.Is(err, context.Canceled) {
 			t.Fatalf("Err = %v", err)
 		}
 		<-c.Done()
-		cancel() // twice is fine
+		c.cancel() // twice is fine
 	})
 
 	t.Run("canceled after armed", func(t *testing.T) {
 		c := withBudget(context.Background(), time.Hour)
-		cancel := c.cancel
 		done := c.Done()
-		cancel()
+		c.cancel()
 		<-done
 		if err := c.Err(); !errors.Is(err, context.Canceled) {
 			t.Fatalf("Err = %v", err)
@@ -100,8 +94,7 @@ func TestBudgetCtx(t *testing.T) {
 	t.Run("parent ends", func(t *testing.T) {
 		parent, pcancel := context.WithCancelCause(context.Background())
 		c := withBudget(parent, time.Hour)
-		cancel := c.cancel
-		defer cancel()
+		defer c.cancel()
 		pcancel(errParent)
 		if err := c.Err(); !errors.Is(err, context.Canceled) {
 			t.Fatalf("Err = %v", err)
@@ -115,8 +108,7 @@ func TestBudgetCtx(t *testing.T) {
 	t.Run("parent ends while waiting", func(t *testing.T) {
 		parent, pcancel := context.WithCancel(context.Background())
 		c := withBudget(parent, time.Hour)
-		cancel := c.cancel
-		defer cancel()
+		defer c.cancel()
 		done := c.Done()
 		pcancel()
 		<-done
@@ -127,8 +119,7 @@ func TestBudgetCtx(t *testing.T) {
 		parent, pcancel := context.WithDeadline(context.Background(), pd)
 		defer pcancel()
 		c := withBudget(parent, time.Hour)
-		cancel := c.cancel
-		defer cancel()
+		defer c.cancel()
 		if d, _ := c.Deadline(); !d.Equal(pd) {
 			t.Fatalf("Deadline = %v, want %v", d, pd)
 		}
@@ -138,8 +129,7 @@ func TestBudgetCtx(t *testing.T) {
 		type key struct{}
 		parent := context.WithValue(context.Background(), key{}, "v")
 		c := withBudget(parent, time.Hour)
-		cancel := c.cancel
-		defer cancel()
+		defer c.cancel()
 		if c.Value(key{}) != "v" {
 			t.Fatal("value lost before arming")
 		}
@@ -151,10 +141,9 @@ func TestBudgetCtx(t *testing.T) {
 
 	t.Run("derived context ends with it", func(t *testing.T) {
 		c := withBudget(context.Background(), time.Hour)
-		cancel := c.cancel
 		child, ccancel := context.WithCancel(c)
 		defer ccancel()
-		cancel()
+		c.cancel()
 		<-child.Done()
 		if err := child.Err(); !errors.Is(err, context.Canceled) {
 			t.Fatalf("child Err = %v", err)
@@ -164,13 +153,12 @@ func TestBudgetCtx(t *testing.T) {
 	t.Run("concurrent arm and cancel", func(t *testing.T) {
 		for range 200 {
 			c := withBudget(context.Background(), time.Hour)
-			cancel := c.cancel
 			var wg sync.WaitGroup
 			for range 4 {
 				wg.Go(func() { <-c.Done() })
 			}
 			wg.Go(func() { _ = c.Err(); _ = c.Value(t) })
-			wg.Go(cancel)
+			wg.Go(c.cancel)
 			wg.Wait() // every waiter returns: cancel reached the armed context
 			if err := c.Err(); !errors.Is(err, context.Canceled) {
 				t.Fatalf("Err = %v", err)
@@ -183,30 +171,32 @@ func TestBudgetCtx(t *testing.T) {
 // (context.WithTimeout) with budgetCtx when nothing waits on it (a warm
 // message) and when a lookup does.
 func BenchmarkBudgetCtx(b *testing.B) {
-	b.Run("WithTimeout", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	const d = 10 * time.Second
+	for _, v := range []struct {
+		name string
+		op   func()
+	}{
+		{"WithTimeout", func() {
+			ctx, cancel := context.WithTimeout(context.Background(), d)
 			_ = ctx.Err()
 			cancel()
-		}
-	})
-	b.Run("budget-polled", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			ctx := withBudget(context.Background(), 10*time.Second)
-			cancel := ctx.cancel
+		}},
+		{"budget-polled", func() {
+			ctx := withBudget(context.Background(), d)
 			_ = ctx.Err()
-			cancel()
-		}
-	})
-	b.Run("budget-waited", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			ctx := withBudget(context.Background(), 10*time.Second)
-			cancel := ctx.cancel
+			ctx.cancel()
+		}},
+		{"budget-waited", func() {
+			ctx := withBudget(context.Background(), d)
 			_ = ctx.Done()
-			cancel()
-		}
-	})
+			ctx.cancel()
+		}},
+	} {
+		b.Run(v.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				v.op()
+			}
+		})
+	}
 }
