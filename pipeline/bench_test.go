@@ -75,6 +75,8 @@ const signedDistinct = 1024
 // with the same concurrency, in the same run. A third phase runs the loop
 // alone: the same records through the same pipeline, whose verifier now
 // looks each message's verdict up (replayVerifier) instead of computing it.
+// A fourth, the Kafka floor, has them answered by a bare transactional
+// session instead of the pipeline.
 //
 // The benchmark process holds what `authpipe run` holds: the pipeline and
 // the embedded broker (plus the test DNS server). The MTAs producing to
@@ -96,6 +98,13 @@ const signedDistinct = 1024
 // two halves slowing each other down: caches, the collector, the shared
 // cores); ratio-ceiling is engine/(engine + loop), the ratio the pipeline
 // would reach with no interference at all: the loop alone bounds it;
+// floor-µs/msg is this process's CPU a message in the Kafka-floor phase, in
+// which a bare franz-go transactional session with the pipeline's client
+// options (startFloor) answers the same records, on a topic of their own,
+// with their verdicts encoded beforehand: the broker and the client with
+// none of authpipe's work (no decoding, verifying, encoding, aggregating,
+// metrics or worker pool); floor-ceiling is engine/(engine + floor), the
+// ratio if everything authpipe adds to the loop cost nothing;
 // pipeline-sleeps/msg and engine-sleeps/msg count the process's voluntary
 // context switches (a thread going to sleep) a message;
 // pipeline-sys-µs/msg, engine-sys-µs/msg, pipeline-faults/msg and
@@ -119,7 +128,10 @@ const signedDistinct = 1024
 // writes a CPU profile per phase.
 func BenchmarkPipelineVsEngine(b *testing.B) {
 	const n = 20000
-	const conc = 256
+	conc := 256
+	if v, err := strconv.Atoi(envOr("AUTHPIPE_BENCH_INFLIGHT", "")); err == nil && v > 0 {
+		conc = v
+	}
 	var brokers []string
 	var brProc *brokerProc
 	if os.Getenv("AUTHPIPE_BENCH_BROKER") == "process" {
@@ -160,7 +172,13 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	// Warm the DNS cache and the group join outside the measurement.
 	ld.run(b, 100)
 
-	var pipeDur, engDur, pipeCPU, engCPU, loopCPU, loadCPU, brokerCPU, pipeSys, engSys time.Duration
+	stopFloor := startFloor(b, p.Config(), rv.encodeAll(b, msgs), WithKafkaOpts(testKafkaOpts()...), kopts)
+	defer stopFloor()
+	ld.topic(b, floorTopic)
+	ld.run(b, 100) // the floor's group join
+	ld.topic(b, "mail.raw")
+
+	var pipeDur, engDur, floorDur, pipeCPU, engCPU, loopCPU, floorCPU, loadCPU, brokerCPU, pipeSys, engSys time.Duration
 	var pipeFlt, engFlt, pipeCsw, engCsw int64
 	q0 := dns.Queries.Load()
 	b.ReportAllocs()
@@ -209,6 +227,18 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 		rv.replay.Store(false)
 		loopCPU += u1.user + u1.sys - u0.user - u0.sys
 		stopProf()
+
+		// The Kafka floor: the same records, each answered with its
+		// verdict encoded beforehand, by a bare transactional session.
+		stopProf = phaseProfile(b, "floor")
+		ld.topic(b, floorTopic)
+		u0 = usage()
+		wall, _ = ld.run(b, n)
+		u1 = usage()
+		floorDur += wall
+		ld.topic(b, "mail.raw")
+		floorCPU += u1.user + u1.sys - u0.user - u0.sys
+		stopProf()
 	}
 	b.StopTimer()
 	pipeRate := float64(n*b.N) / pipeDur.Seconds()
@@ -232,6 +262,9 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	b.ReportMetric(float64(loopCPU.Microseconds())/float64(n*b.N), "loop-µs/msg")
 	b.ReportMetric(float64((pipeCPU-engCPU-loopCPU).Microseconds())/float64(n*b.N), "interference-µs/msg")
 	b.ReportMetric(engCPU.Seconds()/(engCPU+loopCPU).Seconds(), "ratio-ceiling")
+	b.ReportMetric(float64(floorCPU.Microseconds())/float64(n*b.N), "floor-µs/msg")
+	b.ReportMetric(float64(n*b.N)/floorDur.Seconds(), "floor-msgs/s")
+	b.ReportMetric(engCPU.Seconds()/(engCPU+floorCPU).Seconds(), "floor-ceiling")
 	if brProc != nil {
 		b.ReportMetric(float64(brokerCPU.Microseconds())/float64(n*b.N), "broker-µs/msg")
 	}
@@ -260,6 +293,25 @@ type replayVerifier struct {
 const replayPrefix = 640
 
 func replayKeyOf(raw []byte) []byte { return raw[:min(len(raw), replayPrefix)] }
+
+// encodeAll returns each message's verdict as the pipeline would write it
+// (the replayed verdict with the message's key), by key: the Kafka-floor
+// phase's output.
+func (r *replayVerifier) encodeAll(tb testing.TB, msgs []testMsg) map[string][]byte {
+	tb.Helper()
+	out := make(map[string][]byte, len(msgs))
+	for i := range msgs {
+		m := &msgs[i]
+		v := *r.verdicts[string(replayKeyOf(m.raw))]
+		v.Key = m.key
+		js, err := verdict.AppendJSON(nil, &v)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		out[m.key] = js
+	}
+	return out
+}
 
 func newReplayVerifier(tb testing.TB, e Verifier, msgs []testMsg) *replayVerifier {
 	tb.Helper()

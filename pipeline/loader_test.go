@@ -136,6 +136,10 @@ func (l *loader) call(tb testing.TB, want string, format string, args ...any) []
 
 func (l *loader) load(tb testing.TB, file string) { l.call(tb, "ok", "load %s", file) }
 
+// topic makes later runs produce to topic instead of mail.raw (the
+// verdicts they wait for are still those on mail.verdicts).
+func (l *loader) topic(tb testing.TB, topic string) { l.call(tb, "ok", "topic %s", topic) }
+
 // run produces the first n messages of the loaded corpus and waits for n
 // verdicts. It returns the wall time and the load driver's CPU time.
 func (l *loader) run(tb testing.TB, n int) (wall, cpu time.Duration) {
@@ -196,6 +200,7 @@ func loaderMain(brokers []string, stdin io.Reader, stdout io.Writer) error {
 	defer func() { cons.Close(); <-consDone }()
 
 	var recs []loaderRec
+	topic := "mail.raw" // that runs produce to
 	sc := bufio.NewScanner(stdin)
 	for sc.Scan() {
 		cmd, arg, _ := strings.Cut(sc.Text(), " ")
@@ -219,6 +224,9 @@ func loaderMain(brokers []string, stdin io.Reader, stdout io.Writer) error {
 				return fmt.Errorf("load %s: %w", arg, err)
 			}
 			fmt.Fprintln(stdout, "ok")
+		case "topic":
+			topic = arg
+			fmt.Fprintln(stdout, "ok")
 		case "run":
 			count, earlyArg, _ := strings.Cut(arg, " ")
 			n, err := strconv.Atoi(count)
@@ -239,7 +247,7 @@ func loaderMain(brokers []string, stdin io.Reader, stdout io.Writer) error {
 			krecs := make([]*kgo.Record, n)
 			for i := range krecs {
 				r := &recs[i]
-				krecs[i] = &kgo.Record{Topic: "mail.raw", Key: r.Key, Value: r.Value, Headers: r.Headers}
+				krecs[i] = &kgo.Record{Topic: topic, Key: r.Key, Value: r.Value, Headers: r.Headers}
 			}
 			if err := prod.ProduceSync(context.Background(), krecs...).FirstErr(); err != nil {
 				return fmt.Errorf("produce: %w", err)
