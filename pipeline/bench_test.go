@@ -34,6 +34,24 @@ import (
 // only setup); the rest repeat them under their own keys, which costs the
 // verifier exactly as much as distinct messages (it caches keys, not
 // results).
+// TestPipelineBenchmarkRuns runs BenchmarkPipelineVsEngine once on a small
+// corpus, so that its four phases (and the replay and floor machinery the
+// figures rest on) keep working between the times someone measures.
+func TestPipelineBenchmarkRuns(t *testing.T) {
+	t.Setenv("AUTHPIPE_BENCH_N", "300")
+	t.Setenv("AUTHPIPE_BENCH_PROFILE", "")
+	r := testing.Benchmark(BenchmarkPipelineVsEngine)
+	if r.N == 0 {
+		t.Fatal("BenchmarkPipelineVsEngine failed (its log is above)")
+	}
+	for _, m := range []string{"ratio", "ratio-ceiling", "floor-ceiling", "loop-µs/msg", "floor-µs/msg"} {
+		if v, ok := r.Extra[m]; !ok || v <= 0 {
+			t.Errorf("%s = %v, want > 0", m, v)
+		}
+	}
+	t.Logf("%d iterations: %v", r.N, r.Extra)
+}
+
 func signedCorpus(tb testing.TB, dns *dnstest.Server, n int) []testMsg {
 	tb.Helper()
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -114,7 +132,9 @@ const signedDistinct = 1024
 // Go scavenger hands pages back and the heap faults them in again; see
 // GODEBUG=madvdontneed=0 in docs/configuration.md).
 //
-// Knobs (environment): AUTHPIPE_BENCH_BROKER=process runs the broker in a
+// Knobs (environment): AUTHPIPE_BENCH_N sets the messages a phase
+// (default 20,000), AUTHPIPE_BENCH_INFLIGHT the messages in flight (default
+// 256); AUTHPIPE_BENCH_BROKER=process runs the broker in a
 // process of its own (TestBenchBroker), as a cluster reached with --brokers
 // would be, and reports its CPU as broker-µs/msg; AUTHPIPE_BENCH_SEGMENT
 // sets its segment size and AUTHPIPE_BENCH_DATADIR=1 puts it on disk;
@@ -127,7 +147,10 @@ const signedDistinct = 1024
 // with its retry stage (as `authpipe run` has it); AUTHPIPE_BENCH_PROFILE
 // writes a CPU profile per phase.
 func BenchmarkPipelineVsEngine(b *testing.B) {
-	const n = 20000
+	n := 20000
+	if v, err := strconv.Atoi(envOr("AUTHPIPE_BENCH_N", "")); err == nil && v > 0 {
+		n = v
+	}
 	conc := 256
 	if v, err := strconv.Atoi(envOr("AUTHPIPE_BENCH_INFLIGHT", "")); err == nil && v > 0 {
 		conc = v
