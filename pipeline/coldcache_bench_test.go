@@ -66,7 +66,7 @@ import (
 // per-core cold/warm if the cold path cost nothing beyond those round
 // trips. cold/warm is the
 // wall-clock ratio, on the 2 cores everything here shares.
-// Both phases run under the collector settings `authpipe run` ships with
+// Every phase runs under the collector settings `authpipe run` ships with
 // (runGCSettings).
 func BenchmarkPipelineColdCache(b *testing.B) {
 	n := 2000

@@ -63,10 +63,11 @@ func (nopVerifier) Verify(context.Context, []byte, stages.Envelope) *verdict.Ver
 	panic("nopVerifier: not for verifying")
 }
 
-// floorLoop is BenchmarkKafkaFloor's consume-transform-produce loop: every
-// record polled becomes a record of its value in values on cfg.VerdictTopic, in the same
-// transaction, which begins with the first record polled and ends as the
-// pipeline's batch does.
+// floorLoop is the Kafka-floor phase's consume-transform-produce loop:
+// each record polled is answered on cfg.VerdictTopic with values[its key],
+// in a transaction that begins with a batch's first record and ends as the
+// pipeline's batch does (input drained for batchIdleGap, or BatchInterval
+// over).
 func floorLoop(ctx context.Context, s *kgo.GroupTransactSession, cfg Config, values map[string][]byte) error {
 	idle := batchIdleGap(cfg.BatchInterval)
 	noPromise := func(*kgo.Record, error) {}
