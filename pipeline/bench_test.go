@@ -137,8 +137,10 @@ const signedDistinct = 1024
 // options (startFloor) answers the same records, on a topic of their own,
 // with their verdicts encoded beforehand: the broker and the client with
 // none of authpipe's work (no decoding, verifying, encoding, aggregating,
-// metrics or worker pool); floor-ceiling is engine/(engine + floor), the
-// ratio if everything authpipe adds to the loop cost nothing;
+// metrics or worker pool), floor-msgs/s its wall-clock rate (bounded by the
+// load driver more than by the floor); floor-ceiling is
+// engine/(engine + floor), the ratio if everything authpipe adds to the
+// loop cost nothing;
 // pipeline-sleeps/msg and engine-sleeps/msg count the process's voluntary
 // context switches (a thread going to sleep) a message;
 // pipeline-sys-µs/msg, engine-sys-µs/msg, pipeline-faults/msg and
