@@ -137,8 +137,8 @@ const signedDistinct = 1024
 // options (startFloor) answers the same records, on a topic of their own,
 // with their verdicts encoded beforehand: the broker and the client with
 // none of authpipe's work (no decoding, verifying, encoding, aggregating,
-// metrics or worker pool), floor-msgs/s its wall-clock rate (bounded by the
-// load driver more than by the floor); floor-ceiling is
+// metrics or worker pool), floor-msgs/s its wall-clock rate (measured at
+// about one core's worth of CPU, so not a CPU-bound figure); floor-ceiling is
 // engine/(engine + floor), the ratio if everything authpipe adds to the
 // loop cost nothing;
 // pipeline-sleeps/msg and engine-sleeps/msg count the process's voluntary
