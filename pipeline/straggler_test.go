@@ -110,6 +110,63 @@ func stragglersDeferred(t *testing.T, delivery Delivery) {
 	wait()
 }
 
+// TestDeferredStragglersAskOnce: with `authpipe run`'s resolver (the
+// client behind the cache), a straggler deferred while its DNS is still on
+// the wire does not make the retry stage ask again: the cancelled lookups'
+// queries stay on the wire, and the retry stage's lookups wait for them.
+// The resolver answers every query after 2 s, long after the deferral
+// (at most 10 × 30 ms of no progress), so every message is deferred; the
+// upstream is asked each question once, and every verdict is the engine's.
+func TestDeferredStragglersAskOnce(t *testing.T) {
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	dns.SetDelay(2 * time.Second)
+	newEngine := func() *stages.Engine {
+		c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dns.Addr), resolvercache.WithTimeout(5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := resolvercache.NewCache(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(res.Close)
+		return stages.New(res, stages.WithClock(func() time.Time { return fixedNow }), stages.WithDNSBudget(10*time.Second))
+	}
+	e := newEngine()
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	msgs := corpus(40, "o")
+	out := collect(t, brokers, "mail.verdicts")
+	retried := collect(t, brokers, "mail.raw.retry")
+	cfg := testConfig(brokers, "t-askonce")
+	cfg.RetryTopic = "mail.raw.retry"
+	cfg.StragglerWait = 30 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, wait := runStages(t, ctx, cfg, e)
+	produceCorpus(t, brokers, "mail.raw", msgs)
+	recs := out.waitCount(t, len(msgs), 60*time.Second)
+	cancel()
+	wait()
+	asked := dns.Queries.Load()
+	if n := retried.count(); n == 0 {
+		t.Fatal("nothing deferred: the test's premise (DNS slower than the deferral) did not hold")
+	}
+
+	// The questions the corpus asks: one fresh engine's queries for it.
+	dns.SetDelay(0)
+	dns.Queries.Store(0)
+	fresh := newEngine()
+	for _, m := range msgs {
+		fresh.Verify(context.Background(), m.raw, m.env)
+	}
+	if want := dns.Queries.Load(); asked != want {
+		t.Errorf("%d messages, %d deferred: %d queries upstream, want %d (each question once)", len(msgs), retried.count(), asked, want)
+	}
+	checkVerdicts(t, e, msgs, recs)
+}
+
 // TestStragglerConfig: RetryTopic and StragglerWait go together, and the
 // retry topic is a topic of its own.
 func TestStragglerConfig(t *testing.T) {

@@ -52,11 +52,14 @@ const (
 // upstream lookup. The first caller (the leader) runs it on its own
 // goroutine under its own context, bounded by the fill timeout (default
 // 30s); the others wait for its result. Every caller returns as soon as its
-// own context ends. If the leader's context ends first, its lookup stops
-// (nothing is cached) and one of the waiters asks again. (A goroutine per
-// shared lookup, as golang.org/x/sync/singleflight.DoChan starts, grew a
-// fresh stack through the DNS client on every miss: 10% of the CPU of a
-// cold-cache run.)
+// own context ends. If the leader's context ends first, its lookup stops,
+// nothing is cached, and one of the waiters asks again; unless the upstream
+// is a Client: the wire query then stays on the wire until its reply or its
+// timeout, the flight stays open for misses to join meanwhile, and what the
+// query comes to is cached as any fill's outcome (leftRunning, settled).
+// (A goroutine per shared lookup, as golang.org/x/sync/singleflight.DoChan
+// starts, grew a fresh stack through the DNS client on every miss: 10% of
+// the CPU of a cold-cache run.)
 //
 // Ristretto inserts asynchronously and may drop or refuse an insert; the
 // cache is then merely colder, never wrong. So that a lookup made just
@@ -231,6 +234,9 @@ func NewCache(upstream Resolver, opts ...CacheOption) (*Cache, error) {
 	}
 	c.rc = rc
 	cfg.metrics.costFrom(c.Cost)
+	if cl, ok := upstream.(*Client); ok {
+		cl.late.CompareAndSwap(nil, c) // the first Cache in front of cl
+	}
 	return c, nil
 }
 
@@ -312,6 +318,15 @@ type flight struct {
 	// abandoned: the leader's context ended before the answer came, so res
 	// is its cancellation, not an answer; waiters ask again.
 	abandoned bool
+	// orphan: the leader's wire query stays on the wire after the leader
+	// gave up (Client.leave, leftRunning). The flight then stays open, and
+	// new misses join it, until settled ends it with the query's outcome.
+	// Under fmu, as are the fields below.
+	orphan bool
+	// leaderGone: the leader has returned; settled may end the flight.
+	// Before that it leaves the outcome in late for the leader to end it.
+	leaderGone bool
+	late       *lateOutcome
 	// stored is the entry the fill gave ristretto, set under fmu when
 	// the flight ends and stays in flights as a kept fill; nil while in
 	// progress, and for outcomes that are not cached.
@@ -385,23 +400,98 @@ func (c *Cache) miss(ctx context.Context, canon string, qtype uint16, h uint64, 
 		c.flights[key] = f
 		c.fmu.Unlock()
 		c.joined.Add(1)
-		var stored *entry
-		f.res, stored = c.fill(ctx, canon, qtype, h)
-		f.abandoned = ctx.Err() != nil && f.res.err != nil
+		res, stored := c.fill(ctx, canon, qtype, h)
 		c.fmu.Lock()
-		if stored != nil {
-			f.stored = stored
-			c.keep(key, f)
-		} else {
-			delete(c.flights, key)
+		var done chan struct{}
+		switch {
+		case f.orphan && stored == nil && f.late != nil:
+			done = c.endLocked(key, f, f.late.res, f.late.stored) // settled already
+		case f.orphan && stored == nil:
+			f.leaderGone = true // settled ends f
+		default:
+			f.abandoned = ctx.Err() != nil && res.err != nil
+			done = c.endLocked(key, f, res, stored)
 		}
-		done := f.done
 		c.fmu.Unlock()
 		if done != nil {
 			close(done)
 		}
 		c.metrics.cacheMiss(false)
-		return f.res.ans, f.res.err
+		return res.ans, res.err
+	}
+}
+
+// endLocked ends the flight f for key with res, keeping it findable if
+// stored is its entry (see keep), and returns the channel to close for its
+// waiters, if any; under fmu.
+func (c *Cache) endLocked(key string, f *flight, res fillResult, stored *entry) chan struct{} {
+	f.res = res
+	if stored != nil {
+		f.stored = stored
+		c.keep(key, f)
+	} else {
+		delete(c.flights, key)
+	}
+	return f.done
+}
+
+// lateOutcome is what a wire query left running came to (settled).
+type lateOutcome struct {
+	res    fillResult
+	stored *entry
+}
+
+// leftRunning is told by the Client that the leader's wire query for
+// name and type stays on the wire although the leader gives up
+// (Client.leave): its flight stays open until settled. It runs on the
+// leader's goroutine, inside its fill, before the query's outcome can come.
+func (c *Cache) leftRunning(name string, qtype uint16) {
+	var buf [maxKey]byte
+	n, _, ok := cacheKey(&buf, name, qtype)
+	if !ok {
+		return
+	}
+	c.fmu.Lock()
+	if f := c.flights[string(buf[:n+2])]; f != nil && f.stored == nil {
+		f.orphan = true
+	}
+	c.fmu.Unlock()
+}
+
+// settled takes the outcome of a wire query left running (leftRunning),
+// once for each: an answer or an error, cached as a fill's would be, or
+// neither (an alias to follow, a truncated reply): nothing is cached and
+// the lookups waiting ask again. It ends the query's flight, or leaves the
+// outcome to its leader if the leader has not returned yet.
+func (c *Cache) settled(name string, qtype uint16, ans *Answer, err error) {
+	var buf [maxKey]byte
+	n, h, ok := cacheKey(&buf, name, qtype)
+	if !ok {
+		return
+	}
+	canon := string(buf[:n])
+	var out lateOutcome
+	if ans != nil || err != nil {
+		out.res, out.stored = c.outcome(canon, qtype, h, ans, err)
+	}
+	c.metrics.cacheLate()
+	key := string(buf[:n+2])
+	c.fmu.Lock()
+	f := c.flights[key]
+	if f == nil || !f.orphan || f.stored != nil || f.late != nil {
+		c.fmu.Unlock() // a flight not waiting for this outcome
+		return
+	}
+	var done chan struct{}
+	f.abandoned = ans == nil && err == nil
+	if f.leaderGone {
+		done = c.endLocked(key, f, out.res, out.stored)
+	} else {
+		f.late = &out
+	}
+	c.fmu.Unlock()
+	if done != nil {
+		close(done)
 	}
 }
 
@@ -418,33 +508,37 @@ func (c *Cache) fill(ctx context.Context, canon string, qtype uint16, h uint64) 
 		defer cancel()
 	}
 	ans, err := c.up.Lookup(fctx, canon, qtype)
+	var re *Error
+	if errors.As(err, &re) && re.Kind == KindCanceled {
+		if fctx.Err() != nil && ctx.Err() == nil {
+			// Our fill timeout, not the caller's context; not cached
+			// either.
+			err = &Error{Name: canon, Type: qtype, Kind: KindTimeout, Err: fmt.Errorf("cache fill: %w", re)}
+		}
+		return fillResult{err: err}, nil
+	}
+	return c.outcome(canon, qtype, h, ans, err)
+}
+
+// outcome stores what an upstream lookup came to, unless it is not to be
+// cached, and returns it with the entry given to ristretto (nil if none).
+func (c *Cache) outcome(canon string, qtype uint16, h uint64, ans *Answer, err error) (_ fillResult, stored *entry) {
 	if err == nil && ans == nil {
 		err = &Error{Name: canon, Type: qtype, Kind: KindMalformed, Err: errors.New("upstream returned no answer")}
 	}
 	now := c.clock()
-	e := &entry{name: canon, qtype: qtype}
+	var e *entry
 	var ttl time.Duration
 	if err != nil {
 		var re *Error
-		if !errors.As(err, &re) {
-			return fillResult{err: err}, nil
-		}
-		switch re.Kind {
-		case KindCanceled:
-			if fctx.Err() != nil && ctx.Err() == nil {
-				// Our fill timeout, not the caller's context.
-				err = &Error{Name: canon, Type: qtype, Kind: KindTimeout, Err: fmt.Errorf("cache fill: %w", re)}
-			}
-			return fillResult{err: err}, nil
-		case KindBadName:
+		if !errors.As(err, &re) || re.Kind == KindCanceled || re.Kind == KindBadName {
 			return fillResult{err: err}, nil
 		}
 		if c.errTTL <= 0 {
 			return fillResult{err: err}, nil
 		}
 		ttl = c.errTTL
-		e.err = err
-		e.expires = now.Add(ttl)
+		e = &entry{name: canon, qtype: qtype, err: err, expires: now.Add(ttl)}
 	} else {
 		lo, hi := c.minTTL, c.maxTTL
 		if ans.Empty() {
@@ -461,10 +555,8 @@ func (c *Cache) fill(ctx context.Context, canon string, qtype uint16, h uint64) 
 			ans = &cp
 			d = time.Duration(cp.TTL) * time.Second
 		}
-		e.ans = ans
-		e.expires = ans.Received.Add(d)
-		ttl = e.expires.Sub(now)
-		if ttl <= 0 {
+		e = &entry{name: canon, qtype: qtype, ans: ans, expires: ans.Received.Add(d)}
+		if ttl = e.expires.Sub(now); ttl <= 0 {
 			return fillResult{ans: ans}, nil
 		}
 	}

@@ -108,6 +108,14 @@ const (
 // context to end (KindCanceled). A cold cache under load (thousands of
 // messages in flight, each with several lookups) would otherwise flood the
 // resolver.
+//
+// A lookup that gives up (its context ends) stops waiting at once. Its wire
+// query is dropped, unless the Client is the upstream of a Cache and the
+// query asks the lookup's own name: it then stays on the wire until its
+// reply or its timeout, in its MaxInFlight slot, and the Cache keeps the
+// answer (see leave). A straggler that the pipeline defers to its retry
+// stage thus finds its answer cached, and a slow resolver is not asked
+// twice.
 type Client struct {
 	upstreams []*upstream
 	timeout   time.Duration
@@ -125,6 +133,11 @@ type Client struct {
 	readers    sync.WaitGroup // reader goroutines of the sockets Close closes
 	reading    atomic.Int64   // reader goroutines running, of any socket
 	closeOnce  sync.Once
+
+	// late is the Cache in front (NewCache sets it), told of the queries
+	// left running for it and of what they come to (see leave); nil
+	// without one.
+	late atomic.Pointer[Cache]
 }
 
 // upstream is one server with its shared UDP sockets.
@@ -184,6 +197,19 @@ type waiter struct {
 	// Under udpConn.mu.
 	mismatch error  // the last reply with this ID that did not match
 	strays   uint64 // udpConn.strays when it was registered
+
+	// first: the query asks the lookup's own name and type, not an alias
+	// target, so its reply alone is an Answer; only such a query is left
+	// running when its lookup gives up (leave).
+	first bool
+	// orphan: a query left running when its lookup gave up (leave),
+	// holding its in-flight slot until it ends; what it comes to goes to
+	// Client.late (settleLate). It is a waiter of its own, not the
+	// lookup's.
+	orphan bool
+	// handed: exchangeUDP handed its in-flight slot on to an orphan, so
+	// try must not give it back.
+	handed bool
 
 	wbuf [maxQueryOctets]byte // the packed query
 	// rbuf holds the reply: the reader copies it here under udpConn.mu,
@@ -457,6 +483,7 @@ func (c *Client) lookup(ctx context.Context, name string, qtype uint16) (*Answer
 	defer c.waiterPool.Put(w)
 	var ch chain
 	ch.init(q.name, qtype, c.maxHops, c.negTTL)
+	w.first = true
 	for {
 		m, err := c.query(ctx, &q, w)
 		if err != nil {
@@ -470,6 +497,7 @@ func (c *Client) lookup(ctx context.Context, name string, qtype uint16) (*Answer
 			return ch.answer(canon, received), nil
 		}
 		q.name = next
+		w.first = false
 	}
 }
 
@@ -506,7 +534,13 @@ func (c *Client) try(ctx context.Context, u *upstream, q *question, w *waiter) (
 			return replyView{}, q.fail(KindCanceled, ctx.Err())
 		}
 	}
-	defer func() { <-u.sem }()
+	defer func() {
+		if w.handed {
+			w.handed = false // the orphan gives the slot back
+		} else {
+			<-u.sem
+		}
+	}()
 	m, err := c.exchangeUDP(ctx, u, q, w)
 	if !errors.Is(err, errTruncated) {
 		return m, err
@@ -576,7 +610,7 @@ func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *w
 		select {
 		case r = <-w.ch:
 		case <-done:
-			if uc.abandon(w) {
+			if uc.leave(w) {
 				return replyView{}, q.fail(KindCanceled, ctx.Err())
 			}
 			r = <-w.ch // the reply came after all
@@ -593,7 +627,12 @@ func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *w
 	case w.mismatch != nil:
 		return replyView{}, w.mismatch
 	}
-	return replyView{}, q.fail(KindTimeout, fmt.Errorf("no reply from %s in %v: %w", u.addr, c.timeout, os.ErrDeadlineExceeded))
+	return replyView{}, c.timeoutError(u, q)
+}
+
+// timeoutError is the error of a query to u that had no reply in time.
+func (c *Client) timeoutError(u *upstream, q *question) *Error {
+	return q.fail(KindTimeout, fmt.Errorf("no reply from %s in %v: %w", u.addr, c.timeout, os.ErrDeadlineExceeded))
 }
 
 // waiter returns a waiter from the pool for one lookup. Each of its wire
@@ -796,8 +835,12 @@ func (uc *udpConn) register(w *waiter, last bool, at int64) bool {
 	return true
 }
 
-// endLocked takes the query with ID id out of uc's waiters.
+// endLocked takes the query with ID id out of uc's waiters; an orphan
+// gives its in-flight slot back.
 func (uc *udpConn) endLocked(id uint16) {
+	if w := uc.waiters[id]; w != nil && w.orphan {
+		<-uc.u.sem
+	}
 	uc.waiters[id] = nil
 	uc.pending--
 	uc.u.waiting.Add(-1)
@@ -806,6 +849,7 @@ func (uc *udpConn) endLocked(id uint16) {
 // expire hands errExpired to the queries on uc whose deadline is at or
 // before now, and returns the deadline of the next query waiting, if any.
 func (uc *udpConn) expire(now int64) (next int64, pending bool) {
+	var orphans []*waiter // their outcome goes to the Cache once uc.mu is free
 	uc.mu.Lock()
 	for uc.swept < len(uc.expiries) {
 		e := uc.expiries[uc.swept]
@@ -821,10 +865,21 @@ func (uc *udpConn) expire(now int64) (next int64, pending bool) {
 		uc.swept++
 		w.mismatch = uc.mismatchLocked(w)
 		uc.endLocked(e.id)
-		w.ch <- reply{err: errExpired}
+		if w.orphan {
+			orphans = append(orphans, w)
+		} else {
+			w.ch <- reply{err: errExpired}
+		}
 	}
 	drained := uc.drainedLocked()
 	uc.mu.Unlock()
+	for _, w := range orphans {
+		err := w.mismatch
+		if err == nil {
+			err = uc.u.c.timeoutError(uc.u, &w.q)
+		}
+		uc.u.c.settleLate(&w.q, reply{err: err})
+	}
 	if drained {
 		uc.close()
 	}
@@ -863,6 +918,58 @@ func (uc *udpConn) abandon(w *waiter) bool {
 	return true
 }
 
+// leave takes w out as its lookup gives up (its context ended), like
+// abandon. Behind a Cache (Client.late), a query for the lookup's own name
+// stays on the wire instead, as an orphan waiter of its own, until its
+// reply or its timeout: it keeps the in-flight slot (w.handed), so
+// MaxInFlight still bounds what the upstream is asked. The Cache is told
+// now (leftRunning: the flight stays open for other lookups to join) and
+// of the outcome when it comes (settleLate), exactly once: from dispatch,
+// expire or shutdown, whichever ends the orphan. leave returns false if a
+// reply, failure or expiry was handed to w first: it is then in w.ch.
+func (uc *udpConn) leave(w *waiter) bool {
+	cache := uc.u.c.late.Load()
+	if !w.first || cache == nil {
+		return uc.abandon(w)
+	}
+	uc.mu.Lock()
+	defer uc.mu.Unlock()
+	if uc.waiters[w.q.id] != w {
+		return false
+	}
+	// Before the orphan is in waiters, so before its outcome can come.
+	cache.leftRunning(w.q.orig, w.q.otype)
+	uc.waiters[w.q.id] = &waiter{q: w.q, ch: make(chan reply, 1), orphan: true,
+		mismatch: w.mismatch, strays: w.strays}
+	w.handed = true
+	return true
+}
+
+// settleLate tells the Cache (Client.late) what the orphaned query q
+// (leave) came to: its reply r as an Answer or an error, or neither when
+// the reply ends at an alias to ask next (the lookup that would have
+// followed it is gone) or was truncated. r.m views the reader's buffer; the
+// Answer copies what it keeps.
+func (c *Client) settleLate(q *question, r reply) {
+	cache := c.late.Load()
+	if cache == nil {
+		return
+	}
+	var ans *Answer
+	err := r.err
+	if err == nil {
+		var ch chain
+		ch.init(q.name, q.qtype, c.maxHops, c.negTTL)
+		var next string
+		if next, err = ch.absorb(&r.m, q.name, q); err == nil && next == "" {
+			ans = ch.answer(q.orig, c.clock())
+		}
+	} else if errors.Is(err, errTruncated) {
+		err = nil
+	}
+	cache.settled(q.orig, q.otype, ans, err)
+}
+
 // retire takes uc out of the rotation; it closes once its queries end.
 func (uc *udpConn) retire() {
 	uc.u.unslot(uc)
@@ -893,14 +1000,23 @@ func (uc *udpConn) shutdown(cause error) {
 		return
 	}
 	uc.done = true
+	var orphans []*waiter
 	for _, w := range uc.waiters {
-		if w != nil {
+		switch {
+		case w == nil:
+		case w.orphan:
+			<-uc.u.sem
+			orphans = append(orphans, w)
+		default:
 			w.ch <- reply{err: w.q.fail(KindNetwork, cause)}
 		}
 	}
 	uc.u.waiting.Add(int64(-uc.pending))
 	uc.waiters, uc.pending, uc.expiries = nil, 0, nil
 	uc.mu.Unlock()
+	for _, w := range orphans {
+		uc.u.c.settleLate(&w.q, reply{err: w.q.fail(KindNetwork, cause)})
+	}
 	uc.close()
 }
 
@@ -980,11 +1096,19 @@ func (uc *udpConn) dispatch(b []byte) {
 		r.m, r.err = decodeReply(b, &q, true)
 	}
 
+	late := false
 	uc.mu.Lock()
-	if uc.waiters[q.id] == w { // w may have given up meanwhile
-		if errors.Is(r.err, errMismatch) {
+	// w may have given up meanwhile: gone, or replaced by its orphan (IDs
+	// are never reused on a socket, so nothing else takes its place).
+	if cur := uc.waiters[q.id]; cur != nil && (cur == w || cur.orphan) {
+		w = cur
+		switch {
+		case errors.Is(r.err, errMismatch):
 			w.mismatch = r.err
-		} else {
+		case w.orphan:
+			uc.endLocked(q.id)
+			late = true
+		default:
 			uc.endLocked(q.id)
 			if r.err == nil { // the view moves from the reader's buffer to w's
 				r.m.b = w.rbuf[:copy(w.rbuf[:], b)]
@@ -994,6 +1118,9 @@ func (uc *udpConn) dispatch(b []byte) {
 	}
 	drained := uc.drainedLocked()
 	uc.mu.Unlock()
+	if late {
+		uc.u.c.settleLate(&q, r)
+	}
 	if drained {
 		uc.close()
 	}

@@ -21,6 +21,7 @@ import (
 //	cache_hits_total                 lookups answered from the cache (answers and cached errors)
 //	cache_misses_total               lookups that had to go upstream (or join an in-flight query)
 //	cache_shared_total               misses that joined another caller's in-flight query
+//	cache_late_total                 answers cached after the lookup that asked gave up
 //	cache_cost_bytes                 approximate bytes held by the cache (read when scraped)
 //	cache_evictions_total            entries evicted or expired by the cache
 type Metrics struct {
@@ -28,7 +29,7 @@ type Metrics struct {
 	errors                                   *prometheus.CounterVec
 	queriesUDP, queriesTCP                   prometheus.Counter
 	durUDP, durTCP                           prometheus.Observer
-	hits, misses, shared                     prometheus.Counter
+	hits, misses, shared, late               prometheus.Counter
 	evictions                                prometheus.Counter
 	// cost reads the bytes held by the cache counting into these
 	// metrics (the last one made with them), for cache_cost_bytes when
@@ -70,6 +71,10 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		Namespace: "authpipe", Subsystem: "dns", Name: "cache_shared_total",
 		Help: "Cache misses that joined an identical in-flight upstream query.",
 	})
+	late := prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "authpipe", Subsystem: "dns", Name: "cache_late_total",
+		Help: "Answers cached after the lookup that asked for them gave up (wire queries left running until their timeout).",
+	})
 	m := new(Metrics)
 	cost := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "authpipe", Subsystem: "dns", Name: "cache_cost_bytes",
@@ -85,7 +90,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		Help: "DNS cache entries evicted or expired.",
 	})
 	if reg != nil {
-		for _, c := range []prometheus.Collector{lookups, errs, queries, dur, hits, misses, shared, cost, evictions} {
+		for _, c := range []prometheus.Collector{lookups, errs, queries, dur, hits, misses, shared, late, cost, evictions} {
 			if err := reg.Register(c); err != nil {
 				var are prometheus.AlreadyRegisteredError
 				if errors.As(err, &are) {
@@ -103,7 +108,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m.queriesTCP = queries.WithLabelValues("tcp")
 	m.durUDP = dur.WithLabelValues("udp")
 	m.durTCP = dur.WithLabelValues("tcp")
-	m.hits, m.misses, m.shared = hits, misses, shared
+	m.hits, m.misses, m.shared, m.late = hits, misses, shared, late
 	m.evictions = evictions
 	return m, nil
 }
@@ -120,6 +125,12 @@ func (m *Metrics) cacheMiss(shared bool) {
 		if shared {
 			m.shared.Inc()
 		}
+	}
+}
+
+func (m *Metrics) cacheLate() {
+	if m != nil {
+		m.late.Inc()
 	}
 }
 
