@@ -508,14 +508,18 @@ func (c *Cache) fill(ctx context.Context, canon string, qtype uint16, h uint64) 
 		defer cancel()
 	}
 	ans, err := c.up.Lookup(fctx, canon, qtype)
-	var re *Error
-	if errors.As(err, &re) && re.Kind == KindCanceled {
-		if fctx.Err() != nil && ctx.Err() == nil {
-			// Our fill timeout, not the caller's context; not cached
-			// either.
-			err = &Error{Name: canon, Type: qtype, Kind: KindTimeout, Err: fmt.Errorf("cache fill: %w", re)}
+	if err != nil {
+		// Declared here: re escapes (errors.As), so it costs an
+		// allocation wherever it is declared.
+		var re *Error
+		if errors.As(err, &re) && re.Kind == KindCanceled {
+			if fctx.Err() != nil && ctx.Err() == nil {
+				// Our fill timeout, not the caller's context; not
+				// cached either.
+				err = &Error{Name: canon, Type: qtype, Kind: KindTimeout, Err: fmt.Errorf("cache fill: %w", re)}
+			}
+			return fillResult{err: err}, nil
 		}
-		return fillResult{err: err}, nil
 	}
 	return c.outcome(canon, qtype, h, ans, err)
 }

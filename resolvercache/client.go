@@ -98,8 +98,10 @@ const (
 //
 // A lookup is bounded: each wire query by the timeout (default 2s; over
 // UDP one sweeper per upstream ends the queries whose time is up, at most
-// sweepSlack, 1 ms, late) and the caller's context; failed attempts are retried on the next upstream
-// (default one retry; SERVFAIL is not retried on the same single upstream);
+// sweepSlack, 1 ms, late) and the caller's context, and a UDP write that
+// blocks by twice the timeout (boundWrite); failed attempts are retried on
+// the next upstream (default one retry; SERVFAIL is not retried on the
+// same single upstream);
 // at most MaxCNAMEHops aliases (default 8) are followed, so a lookup sends at
 // most (hops+1)*(retries+1)*2 wire queries.
 //
@@ -168,6 +170,9 @@ type udpConn struct {
 	uses   int               // queries given this socket; under u.mu
 	opened time.Time         // when dialled; a socket older than udpSocketMaxAge retires
 	buf    [UDPSize + 1]byte // the reader's; a reply that fills it is larger than advertised
+	// writeBy is the socket's write deadline, in nanoseconds since the
+	// client's epoch (boundWrite); 0 before the first write.
+	writeBy atomic.Int64
 
 	mu sync.Mutex
 	// waiters holds every ID used on this socket: the waiting query, or
@@ -593,11 +598,13 @@ func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *w
 	}
 	deadline, ctxBound := c.deadline(ctx, start)
 	w.q, w.mismatch = *q, nil
-	uc, err := u.register(w, start, int64(start.Sub(c.epoch)+c.timeout))
+	rel := int64(start.Sub(c.epoch))
+	uc, err := u.register(w, start, rel+int64(c.timeout))
 	if err != nil {
 		return replyView{}, q.fail(KindNetwork, err)
 	}
 	q.id = w.q.id
+	uc.boundWrite(rel)
 	if _, err := uc.conn.Write(q.pack(w.wbuf[:0])); err != nil {
 		uc.drop(w)
 		uc.retire()
@@ -688,6 +695,23 @@ func (c *Client) exchangeTCP(ctx context.Context, u *upstream, q *question) (_ r
 		return replyView{}, ioError(ctx, q, fmt.Errorf("read TCP reply of %d octets: %w", n, err), ctxBound, deadline)
 	}
 	return decodeReply(body, q, false)
+}
+
+// boundWrite makes sure that a write starting at rel (nanoseconds since
+// the client's epoch) ends within twice the timeout. A write to a
+// connected UDP socket blocks while the socket's send buffer is full (an
+// interface that does not drain), and neither the query's timeout nor its
+// context would end it. The deadline is moved about once per timeout on a
+// socket, not for every query: SetWriteDeadline locks the descriptor and
+// resets the poller's timer.
+func (uc *udpConn) boundWrite(rel int64) {
+	c := uc.u.c
+	if uc.writeBy.Load() >= rel+int64(c.timeout) {
+		return
+	}
+	by := rel + 2*int64(c.timeout)
+	_ = uc.conn.SetWriteDeadline(c.epoch.Add(time.Duration(by)))
+	uc.writeBy.Store(by)
 }
 
 // register gives w a socket and an ID on it, to time out at expiry (in
