@@ -169,6 +169,20 @@ func TestCacheJoinsQueryLeftRunning(t *testing.T) {
 			t.Errorf("%d queries, want 1", q)
 		}
 	})
+	t.Run("timeout with an attempt left", func(t *testing.T) {
+		// The first attempt's timeout is not the lookup's outcome: the
+		// lookup would have tried again, so the joiner asks again
+		// (two attempts of its own, three queries in all).
+		f := newLateFixture(t, 0, resolvercache.WithTimeout(100*time.Millisecond), resolvercache.WithRetries(1))
+		f.srv.AddTimeout("dead.example.com")
+		f.giveUp(t, "dead.example.com", 20*time.Millisecond)
+		if r := <-f.lookupAsync(context.Background(), "dead.example.com"); kindOf(r.err) != resolvercache.KindTimeout {
+			t.Fatalf("%+v, %v; want KindTimeout", r.a, r.err)
+		}
+		if q := f.srv.Queries.Load(); q != 3 {
+			t.Errorf("%d queries, want 3", q)
+		}
+	})
 	t.Run("shutdown", func(t *testing.T) {
 		f := newLateFixture(t, 0)
 		f.srv.AddTimeout("dead.example.com")

@@ -114,10 +114,11 @@ const (
 // A lookup that gives up (its context ends) stops waiting at once. Its wire
 // query is dropped, unless the Client is the upstream of a Cache and the
 // query asks the lookup's own name: it then stays on the wire until its
-// reply or its timeout, in its MaxInFlight slot, and the Cache keeps the
-// answer (see leave). A straggler that the pipeline defers to its retry
-// stage thus finds its answer cached, and a slow resolver is not asked
-// twice.
+// reply or its timeout, in its MaxInFlight slot; lookups of the name meanwhile
+// wait for it, and the Cache keeps what it comes to if the lookup would
+// have returned that (see leave, settleLate). A straggler that the pipeline
+// defers to its retry stage thus finds its answer cached or on its way,
+// and a slow resolver is not asked twice.
 type Client struct {
 	upstreams []*upstream
 	timeout   time.Duration
@@ -207,6 +208,10 @@ type waiter struct {
 	// target, so its reply alone is an Answer; only such a query is left
 	// running when its lookup gives up (leave).
 	first bool
+	// last: the query is its lookup's last attempt at its name, so its
+	// failure is the lookup's (query); an orphan's earlier failure is not
+	// cached, as the lookup would have gone on to its next attempt.
+	last bool
 	// orphan: a query left running when its lookup gave up (leave),
 	// holding its in-flight slot until it ends; what it comes to goes to
 	// Client.late (settleLate). It is a waiter of its own, not the
@@ -511,6 +516,7 @@ func (c *Client) query(ctx context.Context, q *question, w *waiter) (replyView, 
 	var last error
 	for attempt := 0; attempt <= c.retries; attempt++ {
 		u := c.upstreams[attempt%len(c.upstreams)]
+		w.last = attempt == c.retries
 		m, err := c.try(ctx, u, q, w)
 		if err == nil {
 			return m, nil
@@ -902,7 +908,7 @@ func (uc *udpConn) expire(now int64) (next int64, pending bool) {
 		if err == nil {
 			err = uc.u.c.timeoutError(uc.u, &w.q)
 		}
-		uc.u.c.settleLate(&w.q, reply{err: err})
+		uc.u.c.settleLate(w, reply{err: err})
 	}
 	if drained {
 		uc.close()
@@ -963,22 +969,24 @@ func (uc *udpConn) leave(w *waiter) bool {
 	}
 	// Before the orphan is in waiters, so before its outcome can come.
 	cache.leftRunning(w.q.orig, w.q.otype)
-	uc.waiters[w.q.id] = &waiter{q: w.q, ch: make(chan reply, 1), orphan: true,
+	uc.waiters[w.q.id] = &waiter{q: w.q, ch: make(chan reply, 1), orphan: true, last: w.last,
 		mismatch: w.mismatch, strays: w.strays}
 	w.handed = true
 	return true
 }
 
-// settleLate tells the Cache (Client.late) what the orphaned query q
-// (leave) came to: its reply r as an Answer or an error, or neither when
-// the reply ends at an alias to ask next (the lookup that would have
-// followed it is gone) or was truncated. r.m views the reader's buffer; the
-// Answer copies what it keeps.
-func (c *Client) settleLate(q *question, r reply) {
+// settleLate tells the Cache (Client.late) what the orphaned query w
+// (leave) came to: its reply r as an Answer, or an error the lookup would
+// have returned, or neither: the reply ends at an alias to ask next (the
+// lookup that would have followed it is gone), was truncated (to be asked
+// over TCP), or failed where the lookup would have tried again (w.last,
+// query). r.m views the reader's buffer; the Answer copies what it keeps.
+func (c *Client) settleLate(w *waiter, r reply) {
 	cache := c.late.Load()
 	if cache == nil {
 		return
 	}
+	q := &w.q
 	var ans *Answer
 	err := r.err
 	if err == nil {
@@ -988,7 +996,15 @@ func (c *Client) settleLate(q *question, r reply) {
 		if next, err = ch.absorb(&r.m, q.name, q); err == nil && next == "" {
 			ans = ch.answer(q.orig, c.clock())
 		}
-	} else if errors.Is(err, errTruncated) {
+	}
+	var e *Error
+	switch {
+	case err == nil:
+	case errors.Is(err, errTruncated):
+		err = nil
+	case errors.As(err, &e) && e.Kind == KindServFail && len(c.upstreams) == 1:
+		// Final whatever the attempt (query).
+	case !w.last:
 		err = nil
 	}
 	cache.settled(q.orig, q.otype, ans, err)
@@ -1039,7 +1055,7 @@ func (uc *udpConn) shutdown(cause error) {
 	uc.waiters, uc.pending, uc.expiries = nil, 0, nil
 	uc.mu.Unlock()
 	for _, w := range orphans {
-		uc.u.c.settleLate(&w.q, reply{err: w.q.fail(KindNetwork, cause)})
+		uc.u.c.settleLate(w, reply{err: w.q.fail(KindNetwork, cause)})
 	}
 	uc.close()
 }
@@ -1143,7 +1159,7 @@ func (uc *udpConn) dispatch(b []byte) {
 	drained := uc.drainedLocked()
 	uc.mu.Unlock()
 	if late {
-		uc.u.c.settleLate(&q, r)
+		uc.u.c.settleLate(w, r)
 	}
 	if drained {
 		uc.close()
