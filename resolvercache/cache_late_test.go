@@ -2,6 +2,7 @@ package resolvercache_test
 
 import (
 	"context"
+	"net"
 	"testing"
 	"time"
 
@@ -171,16 +172,49 @@ func TestCacheJoinsQueryLeftRunning(t *testing.T) {
 	})
 	t.Run("timeout with an attempt left", func(t *testing.T) {
 		// The first attempt's timeout is not the lookup's outcome: the
-		// lookup would have tried again, so the joiner asks again
-		// (two attempts of its own, three queries in all).
+		// query left running tries again, as the lookup would have, and
+		// the joiner gets the second attempt's timeout (two queries).
 		f := newLateFixture(t, 0, resolvercache.WithTimeout(100*time.Millisecond), resolvercache.WithRetries(1))
 		f.srv.AddTimeout("dead.example.com")
 		f.giveUp(t, "dead.example.com", 20*time.Millisecond)
 		if r := <-f.lookupAsync(context.Background(), "dead.example.com"); kindOf(r.err) != resolvercache.KindTimeout {
 			t.Fatalf("%+v, %v; want KindTimeout", r.a, r.err)
 		}
-		if q := f.srv.Queries.Load(); q != 3 {
-			t.Errorf("%d queries, want 3", q)
+		if q := f.srv.Queries.Load(); q != 2 {
+			t.Errorf("%d queries, want 2", q)
+		}
+	})
+	t.Run("second upstream answers", func(t *testing.T) {
+		// Two upstreams, the first silent: the query left running fails
+		// over to the second, as the lookup would have, and its answer is
+		// cached.
+		s := startServer(t)
+		s.AddRR(dnstest.TXT("fo.example.com", "second", 300))
+		silent, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer silent.Close()
+		cl, err := resolvercache.NewClient(resolvercache.WithUpstreams(silent.LocalAddr().String(), s.Addr),
+			resolvercache.WithTimeout(100*time.Millisecond), resolvercache.WithRetries(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cl.Close()
+		m, reg := newMetrics(t)
+		c, err := resolvercache.NewCache(cl, resolvercache.WithCacheMetrics(m))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		f := &lateFixture{srv: s, client: cl, cache: c, late: func() float64 { return metricValue(t, reg, "authpipe_dns_cache_late_total") }}
+		f.giveUp(t, "fo.example.com", 20*time.Millisecond)
+		f.waitLate(t, 1)
+		if a, err := c.Lookup(context.Background(), "fo.example.com", dns.TypeTXT); err != nil || a.TXT[0] != "second" {
+			t.Fatalf("%+v, %v", a, err)
+		}
+		if q := s.Queries.Load(); q != 1 {
+			t.Errorf("%d queries to the second upstream, want 1", q)
 		}
 	})
 	t.Run("shutdown", func(t *testing.T) {

@@ -208,10 +208,10 @@ type waiter struct {
 	// target, so its reply alone is an Answer; only such a query is left
 	// running when its lookup gives up (leave).
 	first bool
-	// last: the query is its lookup's last attempt at its name, so its
-	// failure is the lookup's (query); an orphan's earlier failure is not
-	// cached, as the lookup would have gone on to its next attempt.
-	last bool
+	// attempt: which of its lookup's attempts at its name the query is
+	// (query), so that an orphan fails over to the next upstream as the
+	// lookup would have (settleLate).
+	attempt int
 	// orphan: a query left running when its lookup gave up (leave),
 	// holding its in-flight slot until it ends; what it comes to goes to
 	// Client.late (settleLate). It is a waiter of its own, not the
@@ -220,6 +220,9 @@ type waiter struct {
 	// handed: exchangeUDP handed its in-flight slot on to an orphan, so
 	// try must not give it back.
 	handed bool
+	// sent: when an orphan's attempt after the first was sent
+	// (continueOrphan), for the metrics; zero for the lookup's own.
+	sent time.Time
 
 	wbuf [maxQueryOctets]byte // the packed query
 	// rbuf holds the reply: the reader copies it here under udpConn.mu,
@@ -516,7 +519,7 @@ func (c *Client) query(ctx context.Context, q *question, w *waiter) (replyView, 
 	var last error
 	for attempt := 0; attempt <= c.retries; attempt++ {
 		u := c.upstreams[attempt%len(c.upstreams)]
-		w.last = attempt == c.retries
+		w.attempt = attempt
 		m, err := c.try(ctx, u, q, w)
 		if err == nil {
 			return m, nil
@@ -969,22 +972,29 @@ func (uc *udpConn) leave(w *waiter) bool {
 	}
 	// Before the orphan is in waiters, so before its outcome can come.
 	cache.leftRunning(w.q.orig, w.q.otype)
-	uc.waiters[w.q.id] = &waiter{q: w.q, ch: make(chan reply, 1), orphan: true, last: w.last,
+	uc.waiters[w.q.id] = &waiter{q: w.q, ch: make(chan reply, 1), orphan: true, attempt: w.attempt,
 		mismatch: w.mismatch, strays: w.strays}
 	w.handed = true
 	return true
 }
 
 // settleLate tells the Cache (Client.late) what the orphaned query w
-// (leave) came to: its reply r as an Answer, or an error the lookup would
-// have returned, or neither: the reply ends at an alias to ask next (the
-// lookup that would have followed it is gone), was truncated (to be asked
-// over TCP), or failed where the lookup would have tried again (w.last,
-// query). r.m views the reader's buffer; the Answer copies what it keeps.
+// (leave) came to: its reply r as an Answer, or the error the lookup would
+// have returned. A failure the lookup would have tried again after (query)
+// is tried again the same way, on the next upstream, as an orphan too
+// (continueOrphan), so the lookups waiting for it get what the lookup would
+// have come to. Neither is given, and those lookups ask again, when the
+// reply ends at an alias to ask next (the lookup that would have followed
+// it is gone), is truncated (to be asked over TCP), or the next attempt
+// cannot be sent. r.m views the reader's buffer; the Answer copies what it
+// keeps.
 func (c *Client) settleLate(w *waiter, r reply) {
 	cache := c.late.Load()
 	if cache == nil {
 		return
+	}
+	if !w.sent.IsZero() {
+		c.metrics.query(false, time.Since(w.sent).Seconds())
 	}
 	q := &w.q
 	var ans *Answer
@@ -1004,10 +1014,44 @@ func (c *Client) settleLate(w *waiter, r reply) {
 		err = nil
 	case errors.As(err, &e) && e.Kind == KindServFail && len(c.upstreams) == 1:
 		// Final whatever the attempt (query).
-	case !w.last:
+	case w.attempt < c.retries:
+		if c.continueOrphan(w) {
+			return // settled when the next attempt ends
+		}
 		err = nil
 	}
 	cache.settled(q.orig, q.otype, ans, err)
+}
+
+// continueOrphan sends the next attempt of the orphan w's lookup, on the
+// upstream query would have chosen, as an orphan of its own that settles
+// as w would have. It takes a free in-flight slot without waiting (it runs
+// on a socket's reader or the sweeper), and reports false if there is none
+// or the query cannot be sent.
+func (c *Client) continueOrphan(w *waiter) bool {
+	attempt := w.attempt + 1
+	u := c.upstreams[attempt%len(c.upstreams)]
+	select {
+	case u.sem <- struct{}{}:
+	default:
+		return false
+	}
+	o := &waiter{q: w.q, ch: make(chan reply, 1), orphan: true, attempt: attempt, sent: time.Now()}
+	rel := int64(o.sent.Sub(c.epoch))
+	uc, err := u.register(o, o.sent, rel+int64(c.timeout))
+	if err != nil {
+		<-u.sem
+		return false
+	}
+	uc.boundWrite(rel)
+	if _, err := uc.conn.Write(o.q.pack(o.wbuf[:0])); err != nil {
+		if !uc.abandon(o) { // out, and its slot given back (endLocked)
+			return true // the socket failed meanwhile: shutdown settles o
+		}
+		uc.retire()
+		return false
+	}
+	return true
 }
 
 // retire takes uc out of the rotation; it closes once its queries end.
