@@ -1026,11 +1026,17 @@ func (c *Client) settleLate(w *waiter, r reply) {
 // continueOrphan sends the next attempt of the orphan w's lookup, on the
 // upstream query would have chosen, as an orphan of its own that settles
 // as w would have. It takes a free in-flight slot without waiting (it runs
-// on a socket's reader or the sweeper), and reports false if there is none
-// or the query cannot be sent.
+// on a socket's reader or the sweeper), and reports false if there is none,
+// the client is closed, or the query cannot be sent.
 func (c *Client) continueOrphan(w *waiter) bool {
 	attempt := w.attempt + 1
 	u := c.upstreams[attempt%len(c.upstreams)]
+	u.mu.Lock()
+	closed := u.closed
+	u.mu.Unlock()
+	if closed {
+		return false
+	}
 	select {
 	case u.sem <- struct{}{}:
 	default:
