@@ -52,10 +52,8 @@ func stragglersDeferred(t *testing.T, delivery Delivery) {
 	out := collect(t, brokers, "mail.verdicts")
 	retried := collect(t, brokers, "mail.raw.retry")
 
-	cfg := testConfig(brokers, "t-strag")
+	cfg := deferringConfig(brokers, "t-strag")
 	cfg.Delivery = delivery
-	cfg.RetryTopic = "mail.raw.retry"
-	cfg.StragglerWait = 30 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	_, wait := runStages(t, ctx, cfg, e)
@@ -139,9 +137,7 @@ func TestDeferredStragglersAskOnce(t *testing.T) {
 	msgs := corpus(40, "o")
 	out := collect(t, brokers, "mail.verdicts")
 	retried := collect(t, brokers, "mail.raw.retry")
-	cfg := testConfig(brokers, "t-askonce")
-	cfg.RetryTopic = "mail.raw.retry"
-	cfg.StragglerWait = 30 * time.Millisecond
+	cfg := deferringConfig(brokers, "t-askonce")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	_, wait := runStages(t, ctx, cfg, e)
@@ -165,6 +161,15 @@ func TestDeferredStragglersAskOnce(t *testing.T) {
 		t.Errorf("%d messages, %d deferred: %d queries upstream, want %d (each question once)", len(msgs), retried.count(), asked, want)
 	}
 	checkVerdicts(t, e, msgs, recs)
+}
+
+// deferringConfig is testConfig deferring stragglers to mail.raw.retry
+// after 30 ms without progress.
+func deferringConfig(brokers []string, txnID string) Config {
+	cfg := testConfig(brokers, txnID)
+	cfg.RetryTopic = "mail.raw.retry"
+	cfg.StragglerWait = 30 * time.Millisecond
+	return cfg
 }
 
 // TestStragglerConfig: RetryTopic and StragglerWait go together, and the

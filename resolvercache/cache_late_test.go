@@ -2,6 +2,7 @@ package resolvercache_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -23,7 +24,13 @@ type lateFixture struct {
 
 func newLateFixture(t *testing.T, delay time.Duration, opts ...resolvercache.ClientOption) *lateFixture {
 	t.Helper()
-	s := startServer(t)
+	return lateFixtureOn(t, startServer(t), delay, opts...)
+}
+
+// lateFixtureOn is newLateFixture on the server s; opts may name other
+// upstreams.
+func lateFixtureOn(t *testing.T, s *dnstest.Server, delay time.Duration, opts ...resolvercache.ClientOption) *lateFixture {
+	t.Helper()
 	s.SetDelay(delay)
 	m, reg := newMetrics(t)
 	cl := clientFor(t, s, append([]resolvercache.ClientOption{resolvercache.WithTimeout(5 * time.Second), resolvercache.WithRetries(0)}, opts...)...)
@@ -159,58 +166,38 @@ func TestCacheJoinsQueryLeftRunning(t *testing.T) {
 			t.Errorf("%d queries, want 1", q)
 		}
 	})
-	t.Run("timeout", func(t *testing.T) {
-		f := newLateFixture(t, 0, resolvercache.WithTimeout(300*time.Millisecond))
-		f.srv.AddTimeout("dead.example.com")
-		f.giveUp(t, "dead.example.com", 20*time.Millisecond)
-		if r := <-f.lookupAsync(context.Background(), "dead.example.com"); kindOf(r.err) != resolvercache.KindTimeout {
-			t.Fatalf("%+v, %v; want KindTimeout", r.a, r.err)
-		}
-		if q := f.srv.Queries.Load(); q != 1 {
-			t.Errorf("%d queries, want 1", q)
-		}
-	})
-	t.Run("timeout with an attempt left", func(t *testing.T) {
-		// The first attempt's timeout is not the lookup's outcome: the
-		// query left running tries again, as the lookup would have, and
-		// the joiner gets the second attempt's timeout (two queries).
-		f := newLateFixture(t, 0, resolvercache.WithTimeout(100*time.Millisecond), resolvercache.WithRetries(1))
-		f.srv.AddTimeout("dead.example.com")
-		f.giveUp(t, "dead.example.com", 20*time.Millisecond)
-		if r := <-f.lookupAsync(context.Background(), "dead.example.com"); kindOf(r.err) != resolvercache.KindTimeout {
-			t.Fatalf("%+v, %v; want KindTimeout", r.a, r.err)
-		}
-		if q := f.srv.Queries.Load(); q != 2 {
-			t.Errorf("%d queries, want 2", q)
-		}
-	})
+	// With an attempt left, the first attempt's timeout is not the
+	// lookup's outcome: the query left running tries again, as the lookup
+	// would have, and the joiner gets the second attempt's timeout.
+	for retries := range 2 {
+		t.Run(fmt.Sprintf("timeout, %d retries", retries), func(t *testing.T) {
+			f := newLateFixture(t, 0, resolvercache.WithTimeout(100*time.Millisecond), resolvercache.WithRetries(retries))
+			f.srv.AddTimeout("dead.example.com")
+			f.giveUp(t, "dead.example.com", 20*time.Millisecond)
+			if r := <-f.lookupAsync(context.Background(), "dead.example.com"); kindOf(r.err) != resolvercache.KindTimeout {
+				t.Fatalf("%+v, %v; want KindTimeout", r.a, r.err)
+			}
+			if q := f.srv.Queries.Load(); q != int64(retries+1) {
+				t.Errorf("%d queries, want %d", q, retries+1)
+			}
+		})
+	}
 	t.Run("second upstream answers", func(t *testing.T) {
 		// Two upstreams, the first silent: the query left running fails
 		// over to the second, as the lookup would have, and its answer is
 		// cached.
-		s := startServer(t)
-		s.AddRR(dnstest.TXT("fo.example.com", "second", 300))
 		silent, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer silent.Close()
-		cl, err := resolvercache.NewClient(resolvercache.WithUpstreams(silent.LocalAddr().String(), s.Addr),
+		s := startServer(t)
+		s.AddRR(dnstest.TXT("fo.example.com", "second", 300))
+		f := lateFixtureOn(t, s, 0, resolvercache.WithUpstreams(silent.LocalAddr().String(), s.Addr),
 			resolvercache.WithTimeout(100*time.Millisecond), resolvercache.WithRetries(1))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cl.Close()
-		m, reg := newMetrics(t)
-		c, err := resolvercache.NewCache(cl, resolvercache.WithCacheMetrics(m))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		f := &lateFixture{srv: s, client: cl, cache: c, late: func() float64 { return metricValue(t, reg, "authpipe_dns_cache_late_total") }}
 		f.giveUp(t, "fo.example.com", 20*time.Millisecond)
 		f.waitLate(t, 1)
-		if a, err := c.Lookup(context.Background(), "fo.example.com", dns.TypeTXT); err != nil || a.TXT[0] != "second" {
+		if a, err := f.cache.Lookup(context.Background(), "fo.example.com", dns.TypeTXT); err != nil || a.TXT[0] != "second" {
 			t.Fatalf("%+v, %v", a, err)
 		}
 		if q := s.Queries.Load(); q != 1 {
