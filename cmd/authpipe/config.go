@@ -1,18 +1,23 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/knadh/koanf/parsers/yaml"
 	"github.com/knadh/koanf/providers/env/v2"
 	"github.com/knadh/koanf/providers/file"
 	"github.com/knadh/koanf/v2"
 	"github.com/spf13/pflag"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
@@ -183,6 +188,64 @@ func (k *kafkaFlags) opts() ([]kgo.Opt, error) {
 		return nil, usagef("--sasl-mechanism %q: want plain, scram-sha-256 or scram-sha-512", k.saslMechanism)
 	}
 	return opts, nil
+}
+
+// brokerCheckTimeout bounds kafkaFlags.check.
+const brokerCheckTimeout = 15 * time.Second
+
+// check makes sure that cl reaches a broker (kgo.Client.Ping: one request
+// to each known broker) before a command relies on it. franz-go retries
+// every connection failure, a rejected password or an untrusted
+// certificate included, for as long as the context lasts, so without this
+// a misconfigured produce or tail waited for ever and then reported only
+// its own deadline. Failures that can pass (nothing listens yet, a broker
+// restarting) are retried every half second for up to brokerCheckTimeout
+// or ctx's end; authentication and certificate failures end it at once.
+// The error names the brokers and the cause.
+func (k *kafkaFlags) check(ctx context.Context, cl *kgo.Client, brokers []string) error {
+	ctx, cancel := context.WithTimeout(ctx, brokerCheckTimeout)
+	defer cancel()
+	for {
+		err := cl.Ping(ctx)
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, io.EOF) && k.saslMechanism != "" {
+			// A broker that refuses the credentials may close the
+			// connection instead of answering with an error code.
+			err = fmt.Errorf("%w (the broker closed the connection: with --sasl-mechanism %s, a wrong user or password does that)", err, k.saslMechanism)
+		}
+		err = fmt.Errorf("brokers %s: %w", strings.Join(brokers, ","), err)
+		if permanentConnError(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// checkCluster is check with a client of its own, closed after.
+func (k *kafkaFlags) checkCluster(ctx context.Context, kopts []kgo.Opt, brokers []string) error {
+	cl, err := kgo.NewClient(append(append([]kgo.Opt(nil), kopts...), kgo.SeedBrokers(brokers...))...)
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer cl.Close()
+	return k.check(ctx, cl, brokers)
+}
+
+// permanentConnError reports whether err is one that asking again will
+// not change: SASL authentication refused, or a broker certificate that
+// does not verify.
+func permanentConnError(err error) bool {
+	var certErr *tls.CertificateVerificationError
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	return errors.Is(err, kerr.SaslAuthenticationFailed) || errors.Is(err, kerr.UnsupportedSaslMechanism) ||
+		errors.Is(err, kerr.IllegalSaslState) || errors.As(err, &certErr) || errors.As(err, &unknownCA) || errors.As(err, &hostErr)
 }
 
 // seeds returns the brokers, or def when none were given.

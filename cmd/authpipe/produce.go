@@ -149,6 +149,9 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 		return fmt.Errorf("kafka client: %w", err)
 	}
 	defer cl.Close()
+	if err := pf.kafka.check(ctx, cl, brokers); err != nil {
+		return err
+	}
 	p := &producer{cl: cl, topic: pf.topic}
 
 	for _, path := range paths {

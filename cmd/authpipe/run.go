@@ -311,6 +311,16 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 			"addr", addr, "data_dir", rf.dataDir)
 	} else {
 		cfg.Brokers = rf.kafka.brokers
+		// A cluster that refuses the credentials or whose certificate
+		// does not verify is an error now, not a pipeline retrying
+		// for ever; one not reachable yet is only logged: franz-go
+		// keeps trying, as a service that starts before its cluster
+		// needs.
+		if err := rf.kafka.checkCluster(ctx, kopts, cfg.Brokers); permanentConnError(err) {
+			return err
+		} else if err != nil {
+			log.Warn("Kafka brokers not reachable yet; the pipeline keeps trying", "err", err)
+		}
 	}
 
 	p, err := pipeline.New(cfg, engine, pipeline.WithLogger(log), pipeline.WithMetrics(metrics), pipeline.WithKafkaOpts(kopts...))

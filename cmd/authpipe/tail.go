@@ -61,13 +61,17 @@ func tail(ctx context.Context, tf *tailFlags, out io.Writer) error {
 	if tf.start {
 		offset = kgo.NewOffset().AtStart()
 	}
-	cl, err := kgo.NewClient(append(kopts, kgo.SeedBrokers(tf.kafka.seeds("127.0.0.1:9092")...),
+	brokers := tf.kafka.seeds("127.0.0.1:9092")
+	cl, err := kgo.NewClient(append(kopts, kgo.SeedBrokers(brokers...),
 		kgo.ConsumeTopics(tf.topic), kgo.ConsumeResetOffset(offset),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
 	defer cl.Close()
+	if err := tf.kafka.check(ctx, cl, brokers); err != nil {
+		return err
+	}
 	n := 0
 	for {
 		fs := cl.PollFetches(ctx)

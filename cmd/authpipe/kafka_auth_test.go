@@ -1,0 +1,115 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/authpipe/authpipe/stages/verdict"
+)
+
+// selfSignedCA makes a certificate for 127.0.0.1 that is its own CA, and
+// writes it, PEM, to a file; it returns the file and the certificate with
+// its key for a server.
+func selfSignedCA(t *testing.T) (string, tls.Certificate) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "authpipe test broker"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// TestRunKafkaTLSAndSASL: run, produce and tail join a cluster that takes
+// only TLS connections authenticated with SCRAM-SHA-256 (the kfake broker
+// over TCP, with TLS and SASL on), with the CA from --tls-ca and the
+// password from AUTHPIPE_SASL_PASSWORD. A wrong password fails produce with
+// exit status 1 and an error that says so; without the CA, produce and run
+// stop at once with exit status 1 and the certificate error.
+func TestRunKafkaTLSAndSASL(t *testing.T) {
+	ca, cert := selfSignedCA(t)
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.TLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}),
+		kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "authpipe", "s3cret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	broker := c.ListenAddrs()[0]
+	t.Setenv("AUTHPIPE_SASL_PASSWORD", "s3cret")
+	auth := []string{"--brokers", broker, "--tls-ca", ca, "--sasl-mechanism", "scram-sha-256", "--sasl-user", "authpipe"}
+
+	stop, logs := startRun(t, freeAddr(t), append([]string{"--data-dir", t.TempDir(), "--zone", "../../examples/example.zone",
+		"--batch-interval", "50ms"}, auth...)...)
+	code, _, stderr := cli(t, 20*time.Second, append([]string{"produce", "--ip", "192.0.2.10", "--mail-from", "alice@example.com",
+		"../../examples/message.eml"}, auth...)...)
+	if code != 0 || !strings.Contains(stderr, "produced 1 message") {
+		t.Fatalf("produce: %d %s", code, stderr)
+	}
+	code, out, stderr := cli(t, 30*time.Second, append([]string{"tail", "--from-beginning", "--count", "1", "--format", "json"}, auth...)...)
+	if code != 0 {
+		t.Fatalf("tail: %d %s", code, stderr)
+	}
+	var v verdict.Verdict
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &v); err != nil || v.Key != "message.eml" || v.DMARC.Result != "pass" {
+		t.Fatalf("tail: %q (%v)", out, err)
+	}
+
+	wrong := append([]string{"produce", "--ip", "192.0.2.10", "../../examples/message.eml"}, auth...)
+	// kfake closes the connection on a wrong password where Kafka answers
+	// SASL_AUTHENTICATION_FAILED, so this waits out the command's
+	// deadline (5 s here) and names the likely cause.
+	code, _, stderr = cli(t, 5*time.Second, append(wrong, "--sasl-password", "wrong")...)
+	stderr0 := stderr
+	if code != 1 || !strings.Contains(strings.ToLower(stderr), "sasl") {
+		t.Errorf("produce with a wrong password: exit %d, %q; want 1 and an error naming SASL", code, stderr)
+	}
+	noCA := []string{"produce", "--ip", "192.0.2.10", "--brokers", broker, "--tls", "--sasl-mechanism", "scram-sha-256",
+		"--sasl-user", "authpipe", "../../examples/message.eml"}
+	code, _, stderr = cli(t, 20*time.Second, noCA...)
+	if code != 1 || !strings.Contains(stderr, "certificate") {
+		t.Errorf("produce without the CA: exit %d, %q; want 1 and a certificate error", code, stderr)
+	}
+	t.Logf("wrong password: %sno CA: %s", stderr0, stderr)
+	// run, too, stops at once on a certificate that does not verify.
+	code, _, stderr = cli(t, 10*time.Second, "run", "--http-addr", freeAddr(t), "--data-dir", t.TempDir(), "--zone", "../../examples/example.zone",
+		"--brokers", broker, "--tls", "--sasl-mechanism", "scram-sha-256", "--sasl-user", "authpipe")
+	if code != 1 || !strings.Contains(stderr, "certificate") {
+		t.Errorf("run without the CA: exit %d, %q; want 1 and a certificate error", code, stderr)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("run exit %d:\n%s", code, logs)
+	}
+}
