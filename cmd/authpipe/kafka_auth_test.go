@@ -38,7 +38,7 @@ func selfSignedCA(t *testing.T) (string, tls.Certificate) {
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(time.Hour),
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 	}
@@ -53,15 +53,63 @@ func selfSignedCA(t *testing.T) (string, tls.Certificate) {
 	return path, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
+// clientCert issues a client certificate signed by ca and writes it and its
+// key, PEM, to files.
+func clientCert(t *testing.T, ca tls.Certificate) (certFile, keyFile string) {
+	t.Helper()
+	caCert, err := x509.ParseCertificate(ca.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "authpipe"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, ca.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
 // TestRunKafkaTLSAndSASL: run, produce and tail join a cluster that takes
-// only TLS connections authenticated with SCRAM-SHA-256 (the kfake broker
-// over TCP, with TLS and SASL on), with the CA from --tls-ca and the
-// password from AUTHPIPE_SASL_PASSWORD. A wrong password fails produce with
+// only mutual-TLS connections authenticated with SCRAM-SHA-256 (the kfake
+// broker over TCP, with TLS and SASL on), with the CA from --tls-ca, the
+// client certificate from --tls-cert and --tls-key, and the password from
+// AUTHPIPE_SASL_PASSWORD. A wrong password fails produce with
 // exit status 1 and an error that says so; without the CA, produce and run
 // stop at once with exit status 1 and the certificate error.
 func TestRunKafkaTLSAndSASL(t *testing.T) {
 	ca, cert := selfSignedCA(t)
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.TLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}),
+	clientCertFile, clientKeyFile := clientCert(t, cert)
+	caCert, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCAs := x509.NewCertPool()
+	clientCAs.AddCert(caCert)
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.TLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clientCAs}),
 		kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "authpipe", "s3cret"))
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +117,8 @@ func TestRunKafkaTLSAndSASL(t *testing.T) {
 	defer c.Close()
 	broker := c.ListenAddrs()[0]
 	t.Setenv("AUTHPIPE_SASL_PASSWORD", "s3cret")
-	auth := []string{"--brokers", broker, "--tls-ca", ca, "--sasl-mechanism", "scram-sha-256", "--sasl-user", "authpipe"}
+	auth := []string{"--brokers", broker, "--tls-ca", ca, "--tls-cert", clientCertFile, "--tls-key", clientKeyFile,
+		"--sasl-mechanism", "scram-sha-256", "--sasl-user", "authpipe"}
 
 	stop, logs := startRun(t, freeAddr(t), append([]string{"--data-dir", t.TempDir(), "--zone", "../../examples/example.zone",
 		"--batch-interval", "50ms"}, auth...)...)
