@@ -61,9 +61,9 @@ record headers (smtp.client-ip, smtp.helo, smtp.mail-from, smtp.rcpt-to,
 smtp.received-at, mta.queue-id), as an MTA integration would.
 
 Each PATH is a message file, a directory (read recursively; dot files are
-skipped, so Maildirs work) or an mbox file (recognised by its first line,
-"From "; mboxrd quoting is undone). All of them get the envelope given by the
-flags. With --envelopes, a JSON-lines file gives one message per line with its
+skipped, and so is a Maildir's tmp, which holds deliveries in progress) or an
+mbox file (recognised by its first line, "From "; mboxrd quoting is undone).
+All of them get the envelope given by the flags. With --envelopes, a JSON-lines file gives one message per line with its
 own envelope:
 
   {"path": "msg1.eml", "client_ip": "192.0.2.10", "helo": "mail.example.com",
@@ -185,11 +185,25 @@ func producePath(ctx context.Context, p *producer, path string, env stages.Envel
 			}
 			return nil
 		}
+		if d.IsDir() && d.Name() == "tmp" && isMaildir(filepath.Dir(name)) {
+			return filepath.SkipDir // messages still being written
+		}
 		if d.IsDir() || !d.Type().IsRegular() {
 			return nil
 		}
 		return produceFile(ctx, p, name, env, maxBytes)
 	})
+}
+
+// isMaildir reports whether dir has the cur and new subdirectories of a
+// Maildir (besides tmp).
+func isMaildir(dir string) bool {
+	for _, sub := range []string{"cur", "new"} {
+		if fi, err := os.Stat(filepath.Join(dir, sub)); err != nil || !fi.IsDir() {
+			return false
+		}
+	}
+	return true
 }
 
 func produceFile(ctx context.Context, p *producer, name string, env stages.Envelope, maxBytes int) error {
