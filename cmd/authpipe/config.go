@@ -205,23 +205,27 @@ const brokerCheckTimeout = 15 * time.Second
 func (k *kafkaFlags) check(ctx context.Context, cl *kgo.Client, brokers []string) error {
 	ctx, cancel := context.WithTimeout(ctx, brokerCheckTimeout)
 	defer cancel()
+	var last error // of the last attempt that ended before ctx did
 	for {
 		err := cl.Ping(ctx)
 		if err == nil {
 			return nil
+		}
+		if ctx.Err() != nil && last != nil {
+			return last // err is most likely ctx's end cutting a dial short
 		}
 		if errors.Is(err, io.EOF) && k.saslMechanism != "" {
 			// A broker that refuses the credentials may close the
 			// connection instead of answering with an error code.
 			err = fmt.Errorf("%w (the broker closed the connection: with --sasl-mechanism %s, a wrong user or password does that)", err, k.saslMechanism)
 		}
-		err = fmt.Errorf("brokers %s: %w", strings.Join(brokers, ","), err)
-		if permanentConnError(err) {
-			return err
+		last = fmt.Errorf("brokers %s: %w", strings.Join(brokers, ","), err)
+		if permanentConnError(last) {
+			return last
 		}
 		select {
 		case <-ctx.Done():
-			return err
+			return last
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
