@@ -85,26 +85,14 @@ func startRunWith(t *testing.T, httpAddr string, exec func(ctx context.Context, 
 	done := make(chan int, 1)
 	args = append([]string{"run", "--http-addr", httpAddr}, args...)
 	go func() { done <- exec(ctx, args, logs) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get("http://" + httpAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
+	waitReady(t, httpAddr, logs, func() (string, bool) {
 		select {
 		case code := <-done:
-			t.Fatalf("run exited with %d:\n%s", code, logs)
+			return fmt.Sprintf("exit status %d", code), true
 		default:
+			return "", false
 		}
-		if time.Now().After(deadline) {
-			cancel()
-			t.Fatalf("run not ready after 20s:\n%s", logs)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	}, cancel)
 	return func() int {
 		cancel()
 		select {
@@ -115,6 +103,34 @@ func startRunWith(t *testing.T, httpAddr string, exec func(ctx context.Context, 
 			return -1
 		}
 	}, logs
+}
+
+// waitReady polls /readyz on httpAddr until it answers 200 OK, for up to
+// 20 s; ended reports, without waiting, whether run has ended and how. On
+// failure it calls cleanup, if any, and fails the test with logs.
+func waitReady(t *testing.T, httpAddr string, logs *syncBuffer, ended func() (string, bool), cleanup func()) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get("http://" + httpAddr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		how, done := ended()
+		if !done && time.Now().After(deadline) {
+			how, done = "not ready after 20s", true
+		}
+		if done {
+			if cleanup != nil {
+				cleanup()
+			}
+			t.Fatalf("run: %s:\n%s", how, logs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func cli(t *testing.T, timeout time.Duration, args ...string) (int, string, string) {
