@@ -8,10 +8,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,74 +20,65 @@ import (
 	"github.com/authpipe/authpipe/stages/verdict"
 )
 
-// selfSignedCA makes a certificate for 127.0.0.1 that is its own CA, and
-// writes it, PEM, to a file; it returns the file and the certificate with
-// its key for a server.
-func selfSignedCA(t *testing.T) (string, tls.Certificate) {
+// issue makes a certificate from tmpl with a new P-256 key, signed by
+// parent's key, or by its own (self-signed) when parent is nil.
+func issue(t *testing.T, tmpl *x509.Certificate, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) ([]byte, *ecdsa.PrivateKey) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der, key
+}
+
+// testPKI is a CA that is also the broker's certificate for 127.0.0.1,
+// and a client certificate it signed, each written to PEM files.
+type testPKI struct {
+	caFile, clientCertFile, clientKeyFile string
+	server                                tls.Certificate
+	ca                                    *x509.Certificate
+}
+
+func newTestPKI(t *testing.T) *testPKI {
+	t.Helper()
+	dir := t.TempDir()
+	caDER, caKey := issue(t, &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
 		Subject:               pkix.Name{CommonName: "authpipe test broker"},
 		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
 		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	}, nil, nil)
+	ca, err := x509.ParseCertificate(caDER)
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
-// clientCert issues a client certificate signed by ca and writes it and its
-// key, PEM, to files.
-func clientCert(t *testing.T, ca tls.Certificate) (certFile, keyFile string) {
-	t.Helper()
-	caCert, err := x509.ParseCertificate(ca.Certificate[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
+	clientDER, clientKey := issue(t, &x509.Certificate{
 		SerialNumber: big.NewInt(2),
 		Subject:      pkix.Name{CommonName: "authpipe"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, ca.PrivateKey)
+	}, ca, caKey)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(clientKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "client.pem"), filepath.Join(dir, "client.key")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
+	pki := &testPKI{caFile: filepath.Join(dir, "ca.pem"), clientCertFile: filepath.Join(dir, "client.pem"), clientKeyFile: filepath.Join(dir, "client.key"),
+		server: tls.Certificate{Certificate: [][]byte{caDER}, PrivateKey: caKey}, ca: ca}
+	writePEM(t, pki.caFile, "CERTIFICATE", caDER)
+	writePEM(t, pki.clientCertFile, "CERTIFICATE", clientDER)
+	writePEM(t, pki.clientKeyFile, "PRIVATE KEY", keyDER)
+	return pki
 }
 
 // TestRunKafkaTLSAndSASL: run, produce and tail join a cluster that takes
@@ -100,15 +89,11 @@ func clientCert(t *testing.T, ca tls.Certificate) (certFile, keyFile string) {
 // exit status 1 and an error that says so; without the CA, produce and run
 // stop at once with exit status 1 and the certificate error.
 func TestRunKafkaTLSAndSASL(t *testing.T) {
-	ca, cert := selfSignedCA(t)
-	clientCertFile, clientKeyFile := clientCert(t, cert)
-	caCert, err := x509.ParseCertificate(cert.Certificate[0])
-	if err != nil {
-		t.Fatal(err)
-	}
+	pki := newTestPKI(t)
+	ca := pki.caFile
 	clientCAs := x509.NewCertPool()
-	clientCAs.AddCert(caCert)
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.TLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+	clientCAs.AddCert(pki.ca)
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.TLS(&tls.Config{Certificates: []tls.Certificate{pki.server}, MinVersion: tls.VersionTLS12,
 		ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: clientCAs}),
 		kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "authpipe", "s3cret"))
 	if err != nil {
@@ -117,7 +102,7 @@ func TestRunKafkaTLSAndSASL(t *testing.T) {
 	defer c.Close()
 	broker := c.ListenAddrs()[0]
 	t.Setenv("AUTHPIPE_SASL_PASSWORD", "s3cret")
-	auth := []string{"--brokers", broker, "--tls-ca", ca, "--tls-cert", clientCertFile, "--tls-key", clientKeyFile,
+	auth := []string{"--brokers", broker, "--tls-ca", ca, "--tls-cert", pki.clientCertFile, "--tls-key", pki.clientKeyFile,
 		"--sasl-mechanism", "scram-sha-256", "--sasl-user", "authpipe"}
 
 	stop, logs := startRun(t, freeAddr(t), append([]string{"--data-dir", t.TempDir(), "--zone", "../../examples/example.zone",
