@@ -278,8 +278,9 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	// The reporter's and the retry stage's clients get no kprom hooks
-	// (they register once per registry).
+	// The reporter's, the retry stage's and the broker check's clients get
+	// no kprom hooks (they register once per registry).
+	checkKopts := append(append([]kgo.Opt(nil), kopts...), kgo.WithLogger(kslog.New(kLog.With("component", "kafka-check"))))
 	reportKopts := append(append([]kgo.Opt(nil), kopts...), kgo.WithLogger(kslog.New(kLog.With("component", "kafka-report"))))
 	retryKopts := append(append([]kgo.Opt(nil), kopts...), kgo.WithLogger(kslog.New(kLog.With("component", "kafka-retry"))))
 	kopts = append(kopts,
@@ -316,7 +317,7 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 		// for ever; one not reachable yet is only logged: franz-go
 		// keeps trying, as a service that starts before its cluster
 		// needs.
-		if err := rf.kafka.checkCluster(ctx, kopts, cfg.Brokers); permanentConnError(err) {
+		if err := rf.kafka.checkCluster(ctx, checkKopts, cfg.Brokers); permanentConnError(err) {
 			return err
 		} else if err != nil {
 			log.Warn("Kafka brokers not reachable yet; the pipeline keeps trying", "err", err)

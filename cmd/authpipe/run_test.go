@@ -272,7 +272,8 @@ func TestRunExternalBrokerDLQ(t *testing.T) {
 	defer b.Close()
 	brokers := strings.Join(b.Addrs(), ",")
 	t.Setenv("AUTHPIPE_PARTITIONS", "3")
-	stop, logs := startRun(t, freeAddr(t), "--brokers", brokers, "--data-dir", t.TempDir(), "--zone", "../../examples/example.zone", "--batch-interval", "50ms",
+	httpAddr := freeAddr(t)
+	stop, logs := startRun(t, httpAddr, "--brokers", brokers, "--data-dir", t.TempDir(), "--zone", "../../examples/example.zone", "--batch-interval", "50ms",
 		"--delivery", "at-least-once", "--log-format", "json")
 	cl, err := kgo.NewClient(kgo.SeedBrokers(b.Addrs()...), kgo.ConsumeTopics("mail.raw.dlq"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
@@ -292,6 +293,17 @@ func TestRunExternalBrokerDLQ(t *testing.T) {
 	parts, err := kgoPartitions(b.Addrs(), "mail.verdicts")
 	if err != nil || parts != 3 {
 		t.Errorf("mail.verdicts partitions %d (%v), want 3 from AUTHPIPE_PARTITIONS", parts, err)
+	}
+	// The Kafka client's metrics are those of the pipeline's client (not
+	// of the broker check's, which runs first).
+	resp, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), "authpipe_kafka_produce_bytes_total") {
+		t.Errorf("no Kafka client metrics (authpipe_kafka_*):\n%s", grepLines(string(metrics), "authpipe_kafka"))
 	}
 	if code := stop(); code != 0 {
 		t.Fatalf("run exit %d:\n%s", code, logs)
