@@ -302,7 +302,7 @@ func TestRunExternalBrokerDLQ(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(metrics), "authpipe_kafka_produce_bytes_total") {
+	if !strings.Contains(string(metrics), "authpipe_kafka_connects_total") {
 		t.Errorf("no Kafka client metrics (authpipe_kafka_*):\n%s", grepLines(string(metrics), "authpipe_kafka"))
 	}
 	if code := stop(); code != 0 {
