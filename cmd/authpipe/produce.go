@@ -71,7 +71,9 @@ own envelope:
    "received_at": "2026-05-01T12:00:00Z", "queue_id": "4Xyz"}
 
 ("raw" may hold the message instead of "path"; paths are relative to the
-envelopes file.) The record key is the queue id, else the file name.`,
+envelopes file.) The record key is the queue id, else the file's path from
+PATH's own name down (for a PATH that is a file, its name; name#n for the n-th
+message of an mbox).`,
 		Example: `  authpipe produce --ip 192.0.2.10 --helo mail.example.com \
       --mail-from alice@example.com examples/message.eml
   authpipe produce --envelopes corpus/envelopes.jsonl`,
@@ -191,7 +193,13 @@ func producePath(ctx context.Context, p *producer, path string, env stages.Envel
 		if d.IsDir() || !d.Type().IsRegular() {
 			return nil
 		}
-		return produceFile(ctx, p, name, env, maxBytes)
+		// The key names the file from PATH's own name down, so files
+		// of the same name in different folders stay apart.
+		key, err := filepath.Rel(filepath.Dir(path), name)
+		if err != nil {
+			key = filepath.Base(name)
+		}
+		return produceFile(ctx, p, name, filepath.ToSlash(key), env, maxBytes)
 	})
 }
 
@@ -206,7 +214,9 @@ func isMaildir(dir string) bool {
 	return true
 }
 
-func produceFile(ctx context.Context, p *producer, name string, env stages.Envelope, maxBytes int) error {
+// produceFile sends the message in file name, or each message of an mbox,
+// under key (key#n for the n-th of an mbox).
+func produceFile(ctx context.Context, p *producer, name, key string, env stages.Envelope, maxBytes int) error {
 	f, err := os.Open(name)
 	if err != nil {
 		return fmt.Errorf("read message: %w", err)
@@ -214,7 +224,6 @@ func produceFile(ctx context.Context, p *producer, name string, env stages.Envel
 	defer f.Close()
 	br := bufio.NewReader(f)
 	head, _ := br.Peek(5)
-	base := filepath.Base(name)
 	if bytes.Equal(head, []byte("From ")) {
 		mr := pipeline.NewMboxReader(br, maxBytes)
 		for i := 1; ; i++ {
@@ -225,7 +234,7 @@ func produceFile(ctx context.Context, p *producer, name string, env stages.Envel
 			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
-			p.send(ctx, base+"#"+strconv.Itoa(i), msg, env, "")
+			p.send(ctx, key+"#"+strconv.Itoa(i), msg, env, "")
 		}
 	}
 	raw, err := io.ReadAll(io.LimitReader(br, int64(maxBytes)+1))
@@ -235,7 +244,7 @@ func produceFile(ctx context.Context, p *producer, name string, env stages.Envel
 	if len(raw) > maxBytes {
 		return fmt.Errorf("read %s: larger than %d bytes", name, maxBytes)
 	}
-	p.send(ctx, base, raw, env, "")
+	p.send(ctx, key, raw, env, "")
 	return nil
 }
 
