@@ -243,13 +243,12 @@ func (k *kafkaFlags) checkCluster(ctx context.Context, kopts []kgo.Opt, brokers 
 
 // permanentConnError reports whether err is one that asking again will
 // not change: SASL authentication refused, or a broker certificate that
-// does not verify.
+// does not verify (the TLS client wraps every verification failure, an
+// unknown authority or a wrong name, in a CertificateVerificationError).
 func permanentConnError(err error) bool {
 	var certErr *tls.CertificateVerificationError
-	var unknownCA x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
 	return errors.Is(err, kerr.SaslAuthenticationFailed) || errors.Is(err, kerr.UnsupportedSaslMechanism) ||
-		errors.Is(err, kerr.IllegalSaslState) || errors.As(err, &certErr) || errors.As(err, &unknownCA) || errors.As(err, &hostErr)
+		errors.Is(err, kerr.IllegalSaslState) || errors.As(err, &certErr)
 }
 
 // seeds returns the brokers, or def when none were given.

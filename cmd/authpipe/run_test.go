@@ -85,14 +85,7 @@ func startRunWith(t *testing.T, httpAddr string, exec func(ctx context.Context, 
 	done := make(chan int, 1)
 	args = append([]string{"run", "--http-addr", httpAddr}, args...)
 	go func() { done <- exec(ctx, args, logs) }()
-	waitReady(t, httpAddr, logs, func() (string, bool) {
-		select {
-		case code := <-done:
-			return fmt.Sprintf("exit status %d", code), true
-		default:
-			return "", false
-		}
-	}, cancel)
+	waitReady(t, httpAddr, logs, done, cancel)
 	return func() int {
 		cancel()
 		select {
@@ -106,9 +99,9 @@ func startRunWith(t *testing.T, httpAddr string, exec func(ctx context.Context, 
 }
 
 // waitReady polls /readyz on httpAddr until it answers 200 OK, for up to
-// 20 s; ended reports, without waiting, whether run has ended and how. On
+// 20 s; a value on done (an exit status or error) means run has ended. On
 // failure it calls cleanup, if any, and fails the test with logs.
-func waitReady(t *testing.T, httpAddr string, logs *syncBuffer, ended func() (string, bool), cleanup func()) {
+func waitReady[T any](t *testing.T, httpAddr string, logs *syncBuffer, done <-chan T, cleanup func()) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -119,11 +112,16 @@ func waitReady(t *testing.T, httpAddr string, logs *syncBuffer, ended func() (st
 				return
 			}
 		}
-		how, done := ended()
-		if !done && time.Now().After(deadline) {
-			how, done = "not ready after 20s", true
+		how, ended := "", false
+		select {
+		case v := <-done:
+			how, ended = fmt.Sprintf("ended (%v)", v), true
+		default:
+			if time.Now().After(deadline) {
+				how, ended = "not ready after 20s", true
+			}
 		}
-		if done {
+		if ended {
 			if cleanup != nil {
 				cleanup()
 			}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -48,14 +47,7 @@ func TestRunSIGTERM(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	defer func() { _ = cmd.Process.Kill() }()
-	waitReady(t, addrs[1], logs, func() (string, bool) {
-		select {
-		case err := <-exited:
-			return fmt.Sprintf("exited (%v)", err), true
-		default:
-			return "", false
-		}
-	}, nil)
+	waitReady(t, addrs[1], logs, exited, nil)
 
 	eml, err := os.ReadFile("../../examples/message.eml")
 	if err != nil {
