@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"reflect"
 	"sort"
 	"strings"
 	"time"
@@ -219,6 +221,9 @@ func (k *kafkaFlags) check(ctx context.Context, cl *kgo.Client, brokers []string
 			// connection instead of answering with an error code.
 			err = fmt.Errorf("%w (the broker closed the connection: with --sasl-mechanism %s, a wrong user or password does that)", err, k.saslMechanism)
 		}
+		if code, ok := remoteTLSAlert(err); ok && clientCertAlert(code) {
+			err = fmt.Errorf("%w (the broker refused this client's certificate: check --tls-cert and --tls-key)", err)
+		}
 		last = fmt.Errorf("brokers %s: %w", strings.Join(brokers, ","), err)
 		if permanentConnError(last) {
 			return last
@@ -242,13 +247,58 @@ func (k *kafkaFlags) checkCluster(ctx context.Context, kopts []kgo.Opt, brokers 
 }
 
 // permanentConnError reports whether err is one that asking again will
-// not change: SASL authentication refused, or a broker certificate that
+// not change: SASL authentication refused, a broker certificate that
 // does not verify (the TLS client wraps every verification failure, an
-// unknown authority or a wrong name, in a CertificateVerificationError).
+// unknown authority or a wrong name, in a CertificateVerificationError),
+// or the broker ending the TLS handshake with an alert (remoteTLSAlert):
+// no client certificate or one it does not trust, no common protocol
+// version or cipher suite.
 func permanentConnError(err error) bool {
 	var certErr *tls.CertificateVerificationError
-	return errors.Is(err, kerr.SaslAuthenticationFailed) || errors.Is(err, kerr.UnsupportedSaslMechanism) ||
-		errors.Is(err, kerr.IllegalSaslState) || errors.As(err, &certErr)
+	if errors.Is(err, kerr.SaslAuthenticationFailed) || errors.Is(err, kerr.UnsupportedSaslMechanism) ||
+		errors.Is(err, kerr.IllegalSaslState) || errors.As(err, &certErr) {
+		return true
+	}
+	code, ok := remoteTLSAlert(err)
+	return ok && code != alertInternalError && code != alertUserCanceled
+}
+
+// TLS alert codes (RFC 8446 section 6) that a peer may send for a
+// passing reason; every other alert ending a handshake says that the two
+// sides' settings do not fit.
+const (
+	alertInternalError = 80
+	alertUserCanceled  = 90
+)
+
+// clientCertAlert reports whether a TLS alert is a server's answer to
+// the client's certificate, or to its absence (RFC 8446 section 6.2:
+// bad_certificate, certificate_unknown, unknown_ca, access_denied,
+// certificate_required; and RFC 5246's certificate_expired and
+// certificate_revoked).
+func clientCertAlert(code uint8) bool {
+	switch code {
+	case 42, 44, 45, 46, 48, 49, 116:
+		return true
+	}
+	return false
+}
+
+// remoteTLSAlert returns the code of the TLS alert the peer sent, if err
+// is one. crypto/tls reports a received fatal alert as a *net.OpError
+// with Op "remote error" around its own unexported alert type, a uint8
+// holding the RFC 8446 code; it has no exported form for TCP connections
+// (tls.AlertError is QUIC's), so the code is read by its kind.
+func remoteTLSAlert(err error) (uint8, bool) {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "remote error" || op.Err == nil {
+		return 0, false
+	}
+	v := reflect.ValueOf(op.Err)
+	if v.Kind() != reflect.Uint8 {
+		return 0, false
+	}
+	return uint8(v.Uint()), true
 }
 
 // seeds returns the brokers, or def when none were given.

@@ -137,6 +137,17 @@ func TestRunKafkaTLSAndSASL(t *testing.T) {
 		t.Errorf("produce without the CA: exit %d, %q; want 1 and a certificate error", code, stderr)
 	}
 	t.Logf("wrong password: %sno CA: %s", stderr0, stderr)
+	// The broker refusing the client (no client certificate) is as
+	// final as the client refusing the broker: exit 1 well inside the
+	// 15 s the broker check gives failures that can pass.
+	noCert := []string{"produce", "--ip", "192.0.2.10", "--brokers", broker, "--tls-ca", ca, "--sasl-mechanism", "scram-sha-256",
+		"--sasl-user", "authpipe", "../../examples/message.eml"}
+	start := time.Now()
+	code, _, stderr = cli(t, 20*time.Second, noCert...)
+	if code != 1 || !strings.Contains(stderr, "--tls-cert") || time.Since(start) > 10*time.Second {
+		t.Errorf("produce without a client certificate: exit %d after %v, %q; want 1 at once and a hint about the client certificate", code, time.Since(start), stderr)
+	}
+	t.Logf("no client certificate: %s", stderr)
 	// run, too, stops at once on a certificate that does not verify.
 	code, _, stderr = cli(t, 10*time.Second, "run", "--http-addr", freeAddr(t), "--data-dir", t.TempDir(), "--zone", "../../examples/example.zone",
 		"--brokers", broker, "--tls", "--sasl-mechanism", "scram-sha-256", "--sasl-user", "authpipe")
