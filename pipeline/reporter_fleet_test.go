@@ -255,7 +255,8 @@ func runTestReporter(t testing.TB, cfg ReporterConfig, st *reportgen.Store, rep 
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- RunReporter(ctx, cfg, st, rep, testLog(t), reporterKafkaOpts()...) }()
+	log := testLog(t)
+	go func() { done <- RunReporter(ctx, cfg, st, rep, log, reporterKafkaOpts()...) }()
 	var once sync.Once
 	var err error
 	stop = func() error {
@@ -381,8 +382,15 @@ func TestReporterPartitionMove(t *testing.T) {
 			wantDay2[w] = n
 		}
 	}
+	var gotB map[reportgen.Window]uint64
+	defer func() {
+		if t.Failed() {
+			t.Logf("B's open windows at the end: %v, want %v", gotB, wantDay2)
+		}
+	}()
 	waitUntil(t, 30*time.Second, "B's replayed day-2 windows", func() bool {
-		return fmt.Sprint(windowCounts(t, stB, reportgen.KindDMARC)) == fmt.Sprint(wantDay2)
+		gotB = windowCounts(t, stB, reportgen.KindDMARC)
+		return fmt.Sprint(gotB) == fmt.Sprint(wantDay2)
 	})
 	// Several ticks: B must not send day 1 again.
 	time.Sleep(1500 * time.Millisecond)
@@ -742,8 +750,9 @@ func TestReporterBadPartialDLQ(t *testing.T) {
 				}
 				ctx, cancel := context.WithCancel(context.Background())
 				done := make(chan error, 1)
+				log := testLog(t)
 				go func() {
-					done <- ConsumeAggregates(ctx, ReportConsumerConfig{Brokers: brokers}, st, testLog(t), reporterKafkaOpts()...)
+					done <- ConsumeAggregates(ctx, ReportConsumerConfig{Brokers: brokers}, st, log, reporterKafkaOpts()...)
 				}()
 				stop = func() error { cancel(); return <-done }
 			}
@@ -907,9 +916,38 @@ func counterValue(t testing.TB, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
+// testLog is a debug-level logger for what the test starts. Its lines go
+// to standard error as they come with AUTHPIPE_TEST_LOG set; otherwise
+// they are kept and printed with the test's output if it fails (a timeout
+// in a reporter test says little without the reporter's own account).
 func testLog(t testing.TB) *slog.Logger {
-	if os.Getenv("AUTHPIPE_TEST_LOG") == "" {
-		return nil
+	opts := &slog.HandlerOptions{Level: slog.LevelDebug}
+	if os.Getenv("AUTHPIPE_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, opts))
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	buf := &lockedBuffer{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("log:\n%s", buf.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(buf, opts))
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
