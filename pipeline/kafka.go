@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -23,6 +24,10 @@ type stream interface {
 	// (reporting whether it did), false discards the batch so its records
 	// are consumed again.
 	end(ctx context.Context, commit bool) (committed bool, err error)
+	// resync sets the consumer's position to the offsets the group has
+	// committed on the broker, for the partitions it consumes; after an
+	// end that failed, the client's own view may be behind them.
+	resync(ctx context.Context, group string) error
 	// idle is called after a poll that returned nothing.
 	idle()
 	client() *kgo.Client
@@ -41,6 +46,9 @@ func (t *txnStream) produce(ctx context.Context, r *kgo.Record, p func(*kgo.Reco
 func (t *txnStream) end(ctx context.Context, commit bool) (bool, error) {
 	return t.s.End(ctx, kgo.TransactionEndTry(commit))
 }
+func (t *txnStream) resync(ctx context.Context, group string) error {
+	return resyncOffsets(ctx, t.s.Client(), group)
+}
 func (t *txnStream) idle()               {}
 func (t *txnStream) client() *kgo.Client { return t.s.Client() }
 func (t *txnStream) close()              { t.s.Close() }
@@ -57,12 +65,16 @@ func (a *aloStream) produce(ctx context.Context, r *kgo.Record, p func(*kgo.Reco
 
 func (a *aloStream) end(ctx context.Context, commit bool) (bool, error) {
 	defer a.cl.AllowRebalance()
+	if !commit {
+		// Rewind to the committed offsets so the batch is redone, even
+		// if what it produced cannot be flushed now (at least once: its
+		// outputs may yet go out, and again with the redone batch).
+		a.cl.SetOffsets(a.cl.CommittedOffsets())
+	}
 	if err := a.cl.Flush(ctx); err != nil {
 		return false, fmt.Errorf("flush: %w", err)
 	}
 	if !commit {
-		// Rewind to the committed offsets so the batch is redone.
-		a.cl.SetOffsets(a.cl.CommittedOffsets())
 		return false, nil
 	}
 	if err := a.cl.CommitUncommittedOffsets(ctx); err != nil {
@@ -70,15 +82,58 @@ func (a *aloStream) end(ctx context.Context, commit bool) (bool, error) {
 	}
 	return true, nil
 }
-func (a *aloStream) idle()               { a.cl.AllowRebalance() }
-func (a *aloStream) client() *kgo.Client { return a.cl }
-func (a *aloStream) close()              { a.cl.Close() }
+func (a *aloStream) resync(context.Context, string) error { return nil } // redoing more is allowed
+func (a *aloStream) idle()                                { a.cl.AllowRebalance() }
+func (a *aloStream) client() *kgo.Client                  { return a.cl }
+func (a *aloStream) close()                               { a.cl.Close() }
+
+// resyncOffsets moves cl's consumed partitions to the offsets the group
+// has committed on the broker. When a transaction's end fails, franz-go
+// rewinds the consumer to the offsets it last saw committed; but a commit
+// can take effect on the broker with the client never learning it (the
+// reply lost, then every retry failing while the coordinator moves), and
+// redoing that batch would write its verdicts twice. Once the failed
+// transaction is settled (its abort re-initialised the producer ID, which
+// the broker grants only when no transaction of the ID is pending), the
+// group's committed offsets say which it was; RequireStable makes the
+// fetch wait for any offset commit still pending.
+func resyncOffsets(ctx context.Context, cl *kgo.Client, group string) error {
+	resps, err := kadm.NewClient(cl).FetchOffsets(kadm.RequireStable(ctx), group)
+	if err == nil {
+		err = resps.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("fetch committed offsets of group %s: %w", group, err)
+	}
+	set := map[string]map[int32]kgo.EpochOffset{}
+	for topic, parts := range cl.CommittedOffsets() {
+		for p, mine := range parts {
+			r, ok := resps.Lookup(topic, p)
+			if !ok || r.Err != nil || r.At < 0 || r.At == mine.Offset {
+				continue
+			}
+			if set[topic] == nil {
+				set[topic] = map[int32]kgo.EpochOffset{}
+			}
+			set[topic][p] = kgo.EpochOffset{Epoch: r.LeaderEpoch, Offset: r.At}
+		}
+	}
+	if len(set) > 0 {
+		cl.SetOffsets(set)
+	}
+	return nil
+}
 
 // kafkaOpts returns the client options shared by the source and the sink.
 func (p *Pipeline) kafkaOpts() []kgo.Opt {
 	c := p.cfg
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(c.Brokers...),
+		// A produce answered NOT_LEADER (a leader moving) waits for a
+		// metadata refresh, and franz-go spaces refreshes by this much
+		// (5 s by default): three in a row outlasted the batch's end
+		// (TestBrokerFaults). Kafka's own clients refresh after 100 ms.
+		kgo.MetadataMinAge(time.Second),
 		kgo.ConsumerGroup(c.Group),
 		kgo.ConsumeTopics(c.InputTopic),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),

@@ -75,6 +75,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/stages"
@@ -194,7 +195,10 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	for ctx.Err() == nil {
 		committed, n, err := p.batch(ctx, hard, st, pool)
 		if err != nil {
-			return err
+			if err = p.afterFailedEnd(ctx, st, err); err != nil {
+				return err
+			}
+			committed = false // as an abort: the records are redone
 		}
 		if n == 0 {
 			continue
@@ -328,12 +332,12 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 		p.log.Warn("aborting batch; its records will be redone", "records", n, "err", failErr)
 	}
 	start := time.Now()
-	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(p.cfg.TransactionTimeout, 10*time.Second))
+	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.endTimeout())
 	defer cancel()
 	committed, err = st.end(endCtx, commit)
 	p.metrics.commitObs.Observe(time.Since(start).Seconds())
 	if err != nil {
-		return false, n, fmt.Errorf("pipeline: end batch: %w", err)
+		return false, n, &endError{records: n, err: err}
 	}
 	if committed {
 		p.metrics.batches.WithLabelValues("committed").Inc()
@@ -344,6 +348,80 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 		}
 	}
 	return committed, n, nil
+}
+
+// endTimeout bounds the end of a batch: flushing its outputs, committing
+// its offsets and ending its transaction.
+func (p *Pipeline) endTimeout() time.Duration { return max(p.cfg.TransactionTimeout, 10*time.Second) }
+
+// endError is a batch whose end (stream.end) failed.
+type endError struct {
+	records int
+	err     error
+}
+
+func (e *endError) Error() string { return fmt.Sprintf("pipeline: end batch: %v", e.err) }
+func (e *endError) Unwrap() error { return e.err }
+
+// maxAbortAttempts bounds afterFailedEnd's attempts to abort a batch whose
+// end failed, about 15 s with its backoff.
+const maxAbortAttempts = 6
+
+// afterFailedEnd answers an error from batch. A broker moving a partition
+// leader or a transaction coordinator, or a connection dropped at the
+// wrong moment, can fail a batch's end after franz-go has retried what it
+// could (TestBrokerFaults); the batch did not commit, and, as for an
+// abort, its records are consumed again. So the run goes on: what is left
+// of the batch is aborted (an end cut short by its deadline leaves
+// records buffered and the transaction open) and the consumer moved to
+// the offsets the broker holds for the group (stream.resync: the commit
+// may have taken effect unseen), with backoff, up to maxAbortAttempts
+// times. The run ends with the error when it is not an
+// end's, when the producer was fenced (another instance took the
+// transactional ID) or not authorized, or when the abort keeps failing:
+// a process that restarts is then better off than one that spins.
+func (p *Pipeline) afterFailedEnd(ctx context.Context, st stream, err error) error {
+	var ee *endError
+	if !errors.As(err, &ee) || fatalEndError(ee.err) {
+		return err
+	}
+	p.log.Warn("batch end failed; aborting the batch, its records will be redone", "records", ee.records, "err", ee.err)
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.endTimeout())
+		_, aerr := st.end(actx, false)
+		if aerr == nil {
+			aerr = st.resync(actx, p.cfg.Group)
+		}
+		cancel()
+		if aerr == nil {
+			p.metrics.batches.WithLabelValues("aborted").Inc()
+			return nil
+		}
+		if fatalEndError(aerr) || attempt == maxAbortAttempts {
+			return fmt.Errorf("%w; aborting the batch then failed %d times, last: %w", err, attempt, aerr)
+		}
+		p.log.Warn("aborting a failed batch", "attempt", attempt, "err", aerr)
+		select {
+		case <-time.After(time.Duration(1<<attempt) * 250 * time.Millisecond):
+		case <-ctx.Done():
+			return err
+		}
+	}
+}
+
+// fatalEndError reports whether a batch's end failed in a way no retry
+// mends: the producer fenced by a newer one with the same transactional
+// ID, an authorization refused, or the client closed.
+func fatalEndError(err error) bool {
+	var ke *kerr.Error
+	if errors.As(err, &ke) {
+		switch ke {
+		case kerr.ProducerFenced, kerr.TransactionalIDAuthorizationFailed, kerr.GroupAuthorizationFailed,
+			kerr.TopicAuthorizationFailed, kerr.ClusterAuthorizationFailed:
+			return true
+		}
+	}
+	return errors.Is(err, kgo.ErrClientClosed)
 }
 
 // batchIdleGap is how long an open batch waits for more records before it

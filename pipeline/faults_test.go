@@ -1,0 +1,170 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kslog"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// brokerFault fails some of the pipeline's requests of one kind: after
+// the first `after` of them pass, the next `times` are answered with
+// code, or, when code is 0, by closing the connection with the request
+// unanswered (a network failure: the client cannot tell whether the
+// broker acted on it).
+type brokerFault struct {
+	name  string
+	key   int16
+	after int
+	times int
+	code  int16
+}
+
+// TestBrokerFaults runs the exactly-once pipeline against the embedded
+// broker while the broker fails some of its requests mid-stream (kfake's
+// request control hooks, on the real broker over TCP: no other part can
+// make a broker fail on cue). A read_committed consumer must still see
+// exactly one verdict per message, each the engine's, and the pipeline
+// must ride through without returning: each fault is one a broker gives
+// in ordinary operation (a leader or coordinator moving, a connection
+// dropped), which franz-go retries or the pipeline answers by aborting the
+// batch and doing it again.
+func TestBrokerFaults(t *testing.T) {
+	faults := []brokerFault{
+		{name: "produce/not-leader", key: kmsg.Produce.Int16(), after: 3, times: 3, code: kerr.NotLeaderForPartition.Code},
+		{name: "produce/connection-dropped", key: kmsg.Produce.Int16(), after: 3, times: 2},
+		{name: "end-txn/coordinator-not-available", key: kmsg.EndTxn.Int16(), after: 2, times: 2, code: kerr.CoordinatorNotAvailable.Code},
+		// More than franz-go's 20 tries of a request: End fails, and the
+		// pipeline aborts the batch and redoes it (afterFailedEnd).
+		{name: "end-txn/coordinator-gone", key: kmsg.EndTxn.Int16(), after: 2, times: 25, code: kerr.CoordinatorNotAvailable.Code},
+		{name: "end-txn/concurrent-transactions", key: kmsg.EndTxn.Int16(), after: 2, times: 2, code: kerr.ConcurrentTransactions.Code},
+		{name: "end-txn/connection-dropped", key: kmsg.EndTxn.Int16(), after: 2, times: 1},
+		{name: "txn-offset-commit/coordinator-loading", key: kmsg.TxnOffsetCommit.Int16(), after: 2, times: 2, code: kerr.CoordinatorLoadInProgress.Code},
+		{name: "heartbeat/rebalance-in-progress", key: kmsg.Heartbeat.Int16(), after: 1, times: 1, code: kerr.RebalanceInProgress.Code},
+	}
+	for _, f := range faults {
+		t.Run(f.name, func(t *testing.T) {
+			b := startTestBroker(t)
+			dns := startTestDNS(t)
+			e := testEngine(t, dns.Addr)
+			brokers := b.Addrs()
+			createTopics(t, brokers, 4)
+			msgs := corpus(400, "f")
+			produceCorpus(t, brokers, "mail.raw", msgs)
+			out := collect(t, brokers, "mail.verdicts")
+
+			cfg := testConfig(brokers, "t-faults")
+			cfg.BatchMaxRecords = 40 // ten transactions or more
+			var seen, failed atomic.Int32
+			b.c.ControlKey(f.key, func(req kmsg.Request) (kmsg.Response, error, bool) {
+				if !fromTxn(req, cfg.TransactionalID) {
+					return nil, nil, false
+				}
+				if int(seen.Add(1)) <= f.after {
+					return nil, nil, false
+				}
+				if int(failed.Add(1)) < f.times {
+					b.c.KeepControl()
+				} else {
+					b.c.DropControl() // kept once, kfake keeps it for good
+				}
+				if f.code == 0 {
+					return nil, errors.New("test: connection dropped"), true
+				}
+				return faultResponse(req, f.code), nil, true
+			})
+
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			log := testLog(t)
+			_, done := runPipeline(t, ctx, cfg, e, WithLogger(log), WithKafkaOpts(kgo.WithLogger(kslog.New(log))))
+			deadline := time.Now().Add(30 * time.Second)
+			for out.count() < len(msgs) {
+				select {
+				case err := <-done:
+					t.Fatalf("pipeline returned mid-stream (%d of %d verdicts out): %v", out.count(), len(msgs), err)
+				case <-time.After(20 * time.Millisecond):
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("timed out with %d of %d verdicts", out.count(), len(msgs))
+				}
+			}
+			recs := out.waitCount(t, len(msgs), time.Second) // and any extra
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if int(failed.Load()) != f.times {
+				t.Fatalf("%d requests failed, want %d (the fault never came)", failed.Load(), f.times)
+			}
+			checkVerdicts(t, e, msgs, recs)
+		})
+	}
+}
+
+// fromTxn reports whether req belongs to the pipeline whose transactional
+// ID is txnID (a Produce, EndTxn or TxnOffsetCommit request of its
+// producer, or a Heartbeat of its consumer group).
+func fromTxn(req kmsg.Request, txnID string) bool {
+	var id *string
+	switch r := req.(type) {
+	case *kmsg.ProduceRequest:
+		id = r.TransactionID
+	case *kmsg.EndTxnRequest:
+		return r.TransactionalID == txnID
+	case *kmsg.TxnOffsetCommitRequest:
+		return r.TransactionalID == txnID
+	case *kmsg.HeartbeatRequest:
+		return r.Group == "authpipe-verify"
+	}
+	return id != nil && *id == txnID
+}
+
+// faultResponse answers req with the error code on everything it asks.
+func faultResponse(req kmsg.Request, code int16) kmsg.Response {
+	switch r := req.(type) {
+	case *kmsg.ProduceRequest:
+		resp := r.ResponseKind().(*kmsg.ProduceResponse)
+		for _, rt := range r.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID // v13+ names topics by ID
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp
+	case *kmsg.EndTxnRequest:
+		resp := r.ResponseKind().(*kmsg.EndTxnResponse)
+		resp.ErrorCode = code
+		return resp
+	case *kmsg.HeartbeatRequest:
+		resp := r.ResponseKind().(*kmsg.HeartbeatResponse)
+		resp.ErrorCode = code
+		return resp
+	case *kmsg.TxnOffsetCommitRequest:
+		resp := r.ResponseKind().(*kmsg.TxnOffsetCommitResponse)
+		for _, rt := range r.Topics {
+			st := kmsg.NewTxnOffsetCommitResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewTxnOffsetCommitResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp
+	}
+	panic("faultResponse: unexpected request")
+}
