@@ -11,6 +11,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/plugin/kslog"
+
+	"github.com/authpipe/authpipe/stages"
 )
 
 // brokerFault fails some of the pipeline's requests of one kind: after
@@ -19,11 +21,12 @@ import (
 // unanswered (a network failure: the client cannot tell whether the
 // broker acted on it).
 type brokerFault struct {
-	name  string
-	key   int16
-	after int
-	times int
-	code  int16
+	name        string
+	key         int16
+	after       int
+	times       int
+	code        int16
+	atLeastOnce bool // run the pipeline at least once (duplicates allowed)
 }
 
 // TestBrokerFaults runs the exactly-once pipeline against the embedded
@@ -47,6 +50,9 @@ func TestBrokerFaults(t *testing.T) {
 		{name: "end-txn/connection-dropped", key: kmsg.EndTxn.Int16(), after: 2, times: 1},
 		{name: "txn-offset-commit/coordinator-loading", key: kmsg.TxnOffsetCommit.Int16(), after: 2, times: 2, code: kerr.CoordinatorLoadInProgress.Code},
 		{name: "heartbeat/rebalance-in-progress", key: kmsg.Heartbeat.Int16(), after: 1, times: 1, code: kerr.RebalanceInProgress.Code},
+		{name: "at-least-once/produce/not-leader", key: kmsg.Produce.Int16(), after: 3, times: 3, code: kerr.NotLeaderForPartition.Code, atLeastOnce: true},
+		// More than franz-go's tries: the commit fails, the batch is redone.
+		{name: "at-least-once/offset-commit/coordinator-gone", key: kmsg.OffsetCommit.Int16(), after: 2, times: 25, code: kerr.CoordinatorNotAvailable.Code, atLeastOnce: true},
 	}
 	for _, f := range faults {
 		t.Run(f.name, func(t *testing.T) {
@@ -60,10 +66,13 @@ func TestBrokerFaults(t *testing.T) {
 			out := collect(t, brokers, "mail.verdicts")
 
 			cfg := testConfig(brokers, "t-faults")
+			if f.atLeastOnce {
+				cfg.TransactionalID, cfg.Delivery = "", AtLeastOnce
+			}
 			cfg.BatchMaxRecords = 40 // ten transactions or more
 			var seen, failed atomic.Int32
 			b.c.ControlKey(f.key, func(req kmsg.Request) (kmsg.Response, error, bool) {
-				if !fromTxn(req, cfg.TransactionalID) {
+				if !fromPipeline(req, cfg.TransactionalID) {
 					return nil, nil, false
 				}
 				if int(seen.Add(1)) <= f.after {
@@ -103,27 +112,57 @@ func TestBrokerFaults(t *testing.T) {
 			if int(failed.Load()) != f.times {
 				t.Fatalf("%d requests failed, want %d (the fault never came)", failed.Load(), f.times)
 			}
+			if f.atLeastOnce {
+				checkVerdictsAtLeastOnce(t, e, msgs, recs)
+				return
+			}
 			checkVerdicts(t, e, msgs, recs)
 		})
 	}
 }
 
-// fromTxn reports whether req belongs to the pipeline whose transactional
-// ID is txnID (a Produce, EndTxn or TxnOffsetCommit request of its
-// producer, or a Heartbeat of its consumer group).
-func fromTxn(req kmsg.Request, txnID string) bool {
-	var id *string
+// fromPipeline reports whether req is the pipeline's, whose transactional
+// ID is txnID ("" at least once): a Produce, EndTxn or TxnOffsetCommit of
+// its producer, or an OffsetCommit or Heartbeat of its consumer group.
+// (The tests' own producer is done before the pipeline starts.)
+func fromPipeline(req kmsg.Request, txnID string) bool {
 	switch r := req.(type) {
 	case *kmsg.ProduceRequest:
-		id = r.TransactionID
+		if txnID == "" {
+			return r.TransactionID == nil
+		}
+		return r.TransactionID != nil && *r.TransactionID == txnID
 	case *kmsg.EndTxnRequest:
 		return r.TransactionalID == txnID
 	case *kmsg.TxnOffsetCommitRequest:
 		return r.TransactionalID == txnID
+	case *kmsg.OffsetCommitRequest:
+		return r.Group == "authpipe-verify"
 	case *kmsg.HeartbeatRequest:
 		return r.Group == "authpipe-verify"
 	}
-	return id != nil && *id == txnID
+	return false
+}
+
+// checkVerdictsAtLeastOnce is checkVerdicts for at-least-once delivery:
+// every message has a verdict, equal to the engine's; a redone batch may
+// have written some twice.
+func checkVerdictsAtLeastOnce(t *testing.T, e *stages.Engine, msgs []testMsg, recs []*kgo.Record) {
+	t.Helper()
+	first := map[string]*kgo.Record{}
+	for _, r := range recs {
+		if _, ok := first[string(r.Key)]; !ok {
+			first[string(r.Key)] = r
+		}
+	}
+	uniq := make([]*kgo.Record, 0, len(first))
+	for _, m := range msgs {
+		if r, ok := first[m.key]; ok {
+			uniq = append(uniq, r)
+		}
+	}
+	checkVerdicts(t, e, msgs, uniq)
+	t.Logf("%d records in all, %d of them repeats of a redone batch", len(recs), len(recs)-len(uniq))
 }
 
 // faultResponse answers req with the error code on everything it asks.
@@ -150,6 +189,20 @@ func faultResponse(req kmsg.Request, code int16) kmsg.Response {
 	case *kmsg.HeartbeatRequest:
 		resp := r.ResponseKind().(*kmsg.HeartbeatResponse)
 		resp.ErrorCode = code
+		return resp
+	case *kmsg.OffsetCommitRequest:
+		resp := r.ResponseKind().(*kmsg.OffsetCommitResponse)
+		for _, rt := range r.Topics {
+			st := kmsg.NewOffsetCommitResponseTopic()
+			st.Topic, st.TopicID = rt.Topic, rt.TopicID
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewOffsetCommitResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
 		return resp
 	case *kmsg.TxnOffsetCommitRequest:
 		resp := r.ResponseKind().(*kmsg.TxnOffsetCommitResponse)
