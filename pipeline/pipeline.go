@@ -364,7 +364,7 @@ func (e *endError) Error() string { return fmt.Sprintf("pipeline: end batch: %v"
 func (e *endError) Unwrap() error { return e.err }
 
 // maxAbortAttempts bounds afterFailedEnd's attempts to abort a batch whose
-// end failed, about 15 s with its backoff.
+// end failed; its backoff between them adds up to 15.5 s.
 const maxAbortAttempts = 6
 
 // afterFailedEnd answers an error from batch. A broker moving a partition
