@@ -3,6 +3,9 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sort"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -220,4 +223,77 @@ func faultResponse(req kmsg.Request, code int16) kmsg.Response {
 		return resp
 	}
 	panic("faultResponse: unexpected request")
+}
+
+// TestResyncOffsets: a transactional session whose own view of its
+// group's committed offsets is behind the broker's (as after an end whose
+// commit took effect with the client never learning it, which kfake
+// cannot stage) is moved to the broker's offsets by resyncOffsets, and so
+// does not consume the committed records again.
+func TestResyncOffsets(t *testing.T) {
+	b := startTestBroker(t)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	msgs := corpus(100, "r")
+	produceCorpus(t, brokers, "mail.raw", msgs)
+	const group = "resync"
+	s, err := kgo.NewGroupTransactSession(append(testKafkaOpts(), kgo.SeedBrokers(brokers...), kgo.ConsumerGroup(group),
+		kgo.ConsumeTopics("mail.raw"), kgo.TransactionalID("t-resync"), kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for n := 0; n < len(msgs); {
+		fs := s.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			t.Fatalf("consumed %d of %d: %v", n, len(msgs), err)
+		}
+		if err := s.Begin(); err != nil {
+			t.Fatal(err)
+		}
+		n += len(fs.Records())
+		if committed, err := s.End(ctx, kgo.TryCommit); err != nil || !committed {
+			t.Fatalf("end: committed %v, %v", committed, err)
+		}
+	}
+	onBroker := offsetsOf(s.Client().CommittedOffsets())
+
+	// The session forgets its last commits: back to the start.
+	back := map[string]map[int32]kgo.EpochOffset{}
+	for topic, parts := range s.Client().CommittedOffsets() {
+		back[topic] = map[int32]kgo.EpochOffset{}
+		for p := range parts {
+			back[topic][p] = kgo.EpochOffset{Epoch: -1, Offset: 0}
+		}
+	}
+	s.Client().SetOffsets(back)
+	if got := offsetsOf(s.Client().CommittedOffsets()); got == onBroker {
+		t.Fatalf("SetOffsets did not move the session back: %s", got)
+	}
+
+	if err := resyncOffsets(ctx, s.Client(), group); err != nil {
+		t.Fatal(err)
+	}
+	if got := offsetsOf(s.Client().CommittedOffsets()); got != onBroker {
+		t.Fatalf("after resync the session holds %s, the broker %s", got, onBroker)
+	}
+	pctx, pcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer pcancel()
+	if n := len(s.PollFetches(pctx).Records()); n != 0 {
+		t.Fatalf("%d committed records consumed again", n)
+	}
+}
+
+// offsetsOf renders committed offsets (without epochs) for comparison.
+func offsetsOf(m map[string]map[int32]kgo.EpochOffset) string {
+	var parts []string
+	for topic, ps := range m {
+		for p, o := range ps {
+			parts = append(parts, fmt.Sprintf("%s/%d@%d", topic, p, o.Offset))
+		}
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, " ")
 }
