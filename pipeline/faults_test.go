@@ -15,6 +15,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/plugin/kslog"
 
+	"github.com/authpipe/authpipe/reportgen"
 	"github.com/authpipe/authpipe/stages"
 )
 
@@ -296,4 +297,108 @@ func offsetsOf(m map[string]map[int32]kgo.EpochOffset) string {
 	}
 	sort.Strings(parts)
 	return strings.Join(parts, " ")
+}
+
+// TestReporterBrokerFaults runs the reporter (RunReporter: merge, state
+// topic, build and delivery) while the embedded broker fails its offset
+// commits past franz-go's retries, or its produce requests (the state
+// topic's delivery records) with NOT_LEADER: it must deliver day 1 once
+// with the exact counts, hold day 2's exact counts, and keep running.
+func TestReporterBrokerFaults(t *testing.T) {
+	faults := []brokerFault{
+		{name: "offset-commit/coordinator-gone", key: kmsg.OffsetCommit.Int16(), times: 25, code: kerr.CoordinatorNotAvailable.Code},
+		{name: "produce/not-leader", key: kmsg.Produce.Int16(), times: 3, code: kerr.NotLeaderForPartition.Code},
+	}
+	for _, f := range faults {
+		t.Run(f.name, func(t *testing.T) {
+			b := startTestBroker(t)
+			brokers := b.Addrs()
+			domains := []string{"a.example", "b.example"}
+			res := reportDNS(t, domains...)
+			sink := startSMTPSink(t)
+			day1 := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+			day2 := day1.Add(24 * time.Hour)
+			clock := &testClock{t: day2.Add(10 * time.Hour)} // day 1 due, day 2 open
+			want := map[reportgen.Window]uint64{}
+			var parts []reportgen.PartialAggregate
+			for _, d := range domains {
+				for i := range 20 {
+					for _, day := range []time.Time{day1, day2} {
+						p := partialFor(d, day, 3, i*7)
+						parts = append(parts, p)
+						want[p.Window] += p.Messages
+					}
+				}
+			}
+			cfg := reporterTestConfig(brokers, clock.Now)
+			{
+				cl, err := kgo.NewClient(testClientOpts(brokers)...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := EnsureTopics(context.Background(), cl, 4, -1, nil, "authpipe.aggregates"); err != nil {
+					t.Fatal(err)
+				}
+				cl.Close()
+			}
+			producePartials(t, brokers, "faults-producer", parts, 8)
+
+			var seen, failed atomic.Int32
+			b.c.ControlKey(f.key, func(req kmsg.Request) (kmsg.Response, error, bool) {
+				switch r := req.(type) {
+				case *kmsg.OffsetCommitRequest:
+					if r.Group != "authpipe-report" {
+						return nil, nil, false
+					}
+				case *kmsg.ProduceRequest:
+					if r.TransactionID != nil { // the test's own producer
+						return nil, nil, false
+					}
+				}
+				if int(seen.Add(1)) <= f.after {
+					return nil, nil, false
+				}
+				if int(failed.Add(1)) < f.times {
+					b.c.KeepControl()
+				} else {
+					b.c.DropControl()
+				}
+				return faultResponse(req, f.code), nil, true
+			})
+
+			st, err := reportgen.OpenStore(t.TempDir(), clock.Now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			stop := runTestReporter(t, cfg, st, newTestReporter(st, res, sink.port, clock.Now))
+			waitUntil(t, 30*time.Second, "day 1 delivered", func() bool { return len(sink.snapshot()) == 2 })
+			wantDay2 := map[reportgen.Window]uint64{}
+			for w, n := range want {
+				if w.Day == reportgen.DayOf(day2) {
+					wantDay2[w] = n
+				}
+			}
+			waitUntil(t, 30*time.Second, "day 2's exact counts", func() bool {
+				return fmt.Sprint(windowCounts(t, st, reportgen.KindDMARC)) == fmt.Sprint(wantDay2)
+			})
+			for _, m := range sink.snapshot() {
+				_, n := reportOf(t, m)
+				if w := (reportgen.Window{Domain: strings.TrimPrefix(m.to, "agg@"), Day: reportgen.DayOf(day1)}); n != want[w] {
+					t.Fatalf("day-1 report for %s counts %d, want %d", w, n, want[w])
+				}
+			}
+			time.Sleep(500 * time.Millisecond) // a few more ticks: nothing sent twice
+			if n := len(sink.snapshot()); n != 2 {
+				t.Fatalf("%d mails, want 2", n)
+			}
+			if failed.Load() == 0 {
+				t.Fatal("no request failed: the fault never came")
+			}
+			t.Logf("%d requests failed", failed.Load())
+			if err := stop(); err != nil {
+				t.Fatalf("reporter: %v", err)
+			}
+		})
+	}
 }

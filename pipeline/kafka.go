@@ -124,16 +124,19 @@ func resyncOffsets(ctx context.Context, cl *kgo.Client, group string) error {
 	return nil
 }
 
+// MetadataMinAge is how far apart authpipe's Kafka clients refresh their
+// metadata at most. A request answered NOT_LEADER (a leader moving) is
+// retried after a refresh, and with franz-go's default spacing of 5 s
+// three of them in a row outlasted a batch's end (TestBrokerFaults);
+// Kafka's own clients refresh after 100 ms.
+const MetadataMinAge = time.Second
+
 // kafkaOpts returns the client options shared by the source and the sink.
 func (p *Pipeline) kafkaOpts() []kgo.Opt {
 	c := p.cfg
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(c.Brokers...),
-		// A produce answered NOT_LEADER (a leader moving) waits for a
-		// metadata refresh, and franz-go spaces refreshes by this much
-		// (5 s by default): three in a row outlasted the batch's end
-		// (TestBrokerFaults). Kafka's own clients refresh after 100 ms.
-		kgo.MetadataMinAge(time.Second),
+		kgo.MetadataMinAge(MetadataMinAge),
 		kgo.ConsumerGroup(c.Group),
 		kgo.ConsumeTopics(c.InputTopic),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),

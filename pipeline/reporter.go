@@ -267,6 +267,7 @@ func runReporter(ctx context.Context, cfg ReporterConfig, st *reportgen.Store, r
 
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.MetadataMinAge(MetadataMinAge),
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(topics...),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),

@@ -39,6 +39,7 @@ type stateSync struct {
 func newStateSync(cfg *ReporterConfig, st *reportgen.Store, log *slog.Logger, kopts []kgo.Opt) (*stateSync, error) {
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.MetadataMinAge(MetadataMinAge),
 		kgo.ConsumeTopics(cfg.StateTopic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		// Keyed records: a key always lands on the same partition, as

@@ -145,9 +145,7 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 	}
 	brokers := pf.kafka.seeds("127.0.0.1:9092")
 	cl, err := kgo.NewClient(append(kopts, kgo.SeedBrokers(brokers...),
-		// A leader moving is retried after a metadata refresh, spaced
-		// 5 s apart by default; 1 s as in the pipeline (TestBrokerFaults).
-		kgo.MetadataMinAge(time.Second),
+		kgo.MetadataMinAge(pipeline.MetadataMinAge),
 		kgo.ProducerBatchMaxBytes(int32(min(pf.maxBytes+1<<20, 1<<30))),
 		kgo.MaxBufferedBytes(256<<20))...)
 	if err != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/authpipe/authpipe/pipeline"
 	"github.com/authpipe/authpipe/stages/verdict"
 )
 
@@ -62,7 +63,7 @@ func tail(ctx context.Context, tf *tailFlags, out io.Writer) error {
 		offset = kgo.NewOffset().AtStart()
 	}
 	brokers := tf.kafka.seeds("127.0.0.1:9092")
-	cl, err := kgo.NewClient(append(kopts, kgo.SeedBrokers(brokers...),
+	cl, err := kgo.NewClient(append(kopts, kgo.SeedBrokers(brokers...), kgo.MetadataMinAge(pipeline.MetadataMinAge),
 		kgo.ConsumeTopics(tf.topic), kgo.ConsumeResetOffset(offset),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()))...)
 	if err != nil {
