@@ -331,16 +331,7 @@ func TestReporterBrokerFaults(t *testing.T) {
 				}
 			}
 			cfg := reporterTestConfig(brokers, clock.Now)
-			{
-				cl, err := kgo.NewClient(testClientOpts(brokers)...)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if err := EnsureTopics(context.Background(), cl, 4, -1, nil, "authpipe.aggregates"); err != nil {
-					t.Fatal(err)
-				}
-				cl.Close()
-			}
+			createAggregateTopic(t, brokers)
 			producePartials(t, brokers, "faults-producer", parts, 8)
 
 			var seen, failed atomic.Int32

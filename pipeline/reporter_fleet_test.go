@@ -250,6 +250,19 @@ func reporterKafkaOpts() []kgo.Opt {
 		kgo.FetchMaxWait(50*time.Millisecond), kgo.MetadataMinAge(100*time.Millisecond))
 }
 
+// createAggregateTopic creates authpipe.aggregates with 4 partitions.
+func createAggregateTopic(t testing.TB, brokers []string) {
+	t.Helper()
+	cl, err := kgo.NewClient(testClientOpts(brokers)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if err := EnsureTopics(context.Background(), cl, 4, -1, nil, "authpipe.aggregates"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // runTestReporter starts RunReporter; stop cancels it and returns its error.
 func runTestReporter(t testing.TB, cfg ReporterConfig, st *reportgen.Store, rep *reportgen.Reporter) (stop func() error) {
 	t.Helper()
@@ -327,16 +340,7 @@ func TestReporterPartitionMove(t *testing.T) {
 	// Part 1 is in the topic before A starts, so A's replay target covers
 	// it: A closes day 1 only after merging all of it.
 	cfg := reporterTestConfig(brokers, clock.Now)
-	{
-		cl, err := kgo.NewClient(testClientOpts(brokers)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := EnsureTopics(context.Background(), cl, 4, -1, nil, "authpipe.aggregates"); err != nil {
-			t.Fatal(err)
-		}
-		cl.Close()
-	}
+	createAggregateTopic(t, brokers)
 	producePartials(t, brokers, "move-producer", part1, 8)
 
 	stA, err := reportgen.OpenStore(t.TempDir(), clock.Now)
@@ -485,16 +489,7 @@ func TestReporterKillMidStream(t *testing.T) {
 		want[p.Window] += p.Messages
 		total += p.Messages
 	}
-	{
-		cl, err := kgo.NewClient(testClientOpts(brokers)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := EnsureTopics(context.Background(), cl, 4, -1, nil, "authpipe.aggregates"); err != nil {
-			t.Fatal(err)
-		}
-		cl.Close()
-	}
+	createAggregateTopic(t, brokers)
 	var progress atomic.Uint64
 	start := func() *exec.Cmd {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestReporterChildProcess$")
@@ -803,16 +798,7 @@ func TestReporterTakeoverAfterLostStore(t *testing.T) {
 			want[p.Window] += p.Messages
 		}
 	}
-	{
-		cl, err := kgo.NewClient(testClientOpts(brokers)...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := EnsureTopics(context.Background(), cl, 4, -1, nil, "authpipe.aggregates"); err != nil {
-			t.Fatal(err)
-		}
-		cl.Close()
-	}
+	createAggregateTopic(t, brokers)
 	producePartials(t, brokers, "takeover-producer", parts, 8)
 	down, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
