@@ -95,8 +95,23 @@ func TestBrokerFaults(t *testing.T) {
 
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
+			// While a failed batch is aborted (its producer ID
+			// re-initialised), the pipeline is not ready.
+			var pl atomic.Pointer[Pipeline]
+			var readyAtAbort, notReadyAtAbort atomic.Int32
+			b.c.ControlKey(kmsg.InitProducerID.Int16(), func(req kmsg.Request) (kmsg.Response, error, bool) {
+				if p := pl.Load(); p != nil && failed.Load() > 0 {
+					if p.Ready() {
+						readyAtAbort.Add(1)
+					} else {
+						notReadyAtAbort.Add(1)
+					}
+				}
+				return nil, nil, false
+			})
 			log := testLog(t)
-			_, done := runPipeline(t, ctx, cfg, e, WithLogger(log), WithKafkaOpts(kgo.WithLogger(kslog.New(log))))
+			p, done := runPipeline(t, ctx, cfg, e, WithLogger(log), WithKafkaOpts(kgo.WithLogger(kslog.New(log))))
+			pl.Store(p)
 			deadline := time.Now().Add(30 * time.Second)
 			for out.count() < len(msgs) {
 				select {
@@ -115,6 +130,10 @@ func TestBrokerFaults(t *testing.T) {
 			}
 			if int(failed.Load()) != f.times {
 				t.Fatalf("%d requests failed, want %d (the fault never came)", failed.Load(), f.times)
+			}
+			if f.name == "end-txn/coordinator-gone" && (notReadyAtAbort.Load() == 0 || readyAtAbort.Load() > 0) {
+				t.Errorf("the abort's producer ID requests came with the pipeline ready %d times, not ready %d; want only not ready",
+					readyAtAbort.Load(), notReadyAtAbort.Load())
 			}
 			if f.atLeastOnce {
 				checkVerdictsAtLeastOnce(t, e, msgs, recs)

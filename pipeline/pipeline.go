@@ -146,7 +146,8 @@ func New(cfg Config, v Verifier, opts ...Option) (*Pipeline, error) {
 // Config returns the effective configuration, defaults filled in.
 func (p *Pipeline) Config() Config { return p.cfg }
 
-// Ready reports whether Run has created its topics and joined the stream.
+// Ready reports whether Run has created its topics and joined the stream,
+// and is not recovering from a batch whose end failed (afterFailedEnd).
 func (p *Pipeline) Ready() bool { return p.ready.Load() }
 
 // Run processes records until ctx ends (then drains, commits and returns
@@ -386,6 +387,7 @@ func (p *Pipeline) afterFailedEnd(ctx context.Context, st stream, err error) err
 		return err
 	}
 	p.log.Warn("batch end failed; aborting the batch, its records will be redone", "records", ee.records, "err", ee.err)
+	p.ready.Store(false) // until the batch is aborted: /readyz says so
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.endTimeout())
 		_, aerr := st.end(actx, false)
@@ -395,6 +397,7 @@ func (p *Pipeline) afterFailedEnd(ctx context.Context, st stream, err error) err
 		cancel()
 		if aerr == nil {
 			p.metrics.batches.WithLabelValues("aborted").Inc()
+			p.ready.Store(true)
 			return nil
 		}
 		if fatalEndError(aerr) || attempt == maxAbortAttempts {
