@@ -79,12 +79,12 @@ func startLoader(tb testing.TB, brokers []string) *loader {
 }
 
 // startHelperProc runs this test binary again as the test named test, with env
-// added to the environment, and returns the handle on its stdin/stdout.
+// (NAME=value each) added to the environment, and returns the handle on its stdin/stdout.
 // The child is stopped (stdin closed, killed after 10s) at cleanup.
-func startHelperProc(tb testing.TB, test, env string) *loader {
+func startHelperProc(tb testing.TB, test string, env ...string) *loader {
 	tb.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.v=false")
-	cmd.Env = append(os.Environ(), env)
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -292,15 +292,17 @@ func benchCodec(env string) []kgo.CompressionCodec {
 
 // brokerProc is the embedded broker run in a process of its own
 // (TestBenchBroker), as a Kafka cluster reached with --brokers would be, so
-// that a benchmark can charge the broker's CPU apart from the pipeline's.
+// that a benchmark can charge the broker's CPU apart from the pipeline's,
+// or a test can kill it (AUTHPIPE_BROKER_DATADIR then names its data
+// directory).
 //
 // Protocol: the child prints "addr <host:port>" once started; on "cpu" it
 // replies "cpu <ns>", its CPU time so far.
 type brokerProc struct{ *loader }
 
-func startBrokerProc(tb testing.TB) (*brokerProc, []string) {
+func startBrokerProc(tb testing.TB, env ...string) (*brokerProc, []string) {
 	tb.Helper()
-	l := startHelperProc(tb, "TestBenchBroker", "AUTHPIPE_BENCH_BROKER_CHILD=1")
+	l := startHelperProc(tb, "TestBenchBroker", append([]string{"AUTHPIPE_BENCH_BROKER_CHILD=1"}, env...)...)
 	return &brokerProc{l}, l.call(tb, "addr", "hello")
 }
 
@@ -323,6 +325,9 @@ func TestBenchBroker(t *testing.T) {
 	}
 	if os.Getenv("AUTHPIPE_BENCH_DATADIR") == "1" {
 		cfg.DataDir = t.TempDir()
+	}
+	if dir := os.Getenv("AUTHPIPE_BROKER_DATADIR"); dir != "" {
+		cfg.DataDir = dir
 	}
 	br, err := StartBroker(cfg)
 	if err != nil {

@@ -302,6 +302,10 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 			return err
 		}
 		defer b.Close()
+		if r := b.Recovery(); r.Unclean {
+			log.Warn("the embedded broker's last run on the data directory did not stop cleanly (killed or crashed); "+
+				"the transactions it left open are aborted", "data_dir", rf.dataDir, "transactional_producers", r.Producers, "abort_markers", r.Markers)
+		}
 		addr := strings.Join(b.Addrs(), ",")
 		cfg.Brokers = b.Addrs()
 		if cfg.ReplicationFactor > 1 {
