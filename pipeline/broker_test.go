@@ -15,28 +15,33 @@ import (
 // TestBrokerCrashRecovery: the embedded broker is killed (SIGKILL, as the
 // OOM killer or a power cut would stop it) while a transaction has records
 // in its log and neither commit nor abort, then started again on its data
-// directory, and the producer comes back with the same transactional ID.
-// A read_committed consumer must then see the transactions committed
-// before and after the kill and nothing of the one the kill cut short.
+// directory, and the producer comes back with the same transactional ID;
+// twice over, so that the producer has two transactions cut short. A
+// read_committed consumer must then see every transaction committed
+// before and after the kills and nothing of those the kills cut short.
 //
-// kfake's own recovery counts the cut-short transaction as aborted but
+// kfake's own recovery counts a cut-short transaction as aborted but
 // writes no abort marker for it, and Kafka consumers (franz-go's, Java's)
 // skip every later transactional batch of that producer ID until they
 // meet one: without the markers StartBroker writes after an unclean stop
-// (abortCrashedTxns), the transaction committed after the restart is
-// lost to every read_committed consumer.
+// (abortCrashedTxns), what the producer commits after the restart is lost
+// to every read_committed consumer.
 func TestBrokerCrashRecovery(t *testing.T) {
-	const topic, txnID, perTxn = "crash", "crash-test", 40
+	const topic, txnID, perTxn, kills = "crash", "crash-test", 40, 2
 	dir := t.TempDir()
-	child, addrs := startBrokerProc(t, "AUTHPIPE_BROKER_DATADIR="+dir)
-	createTestTopic(t, addrs, topic, 2)
-
-	committed := transact(t, addrs, topic, txnID, "before", perTxn, true)
-	transact(t, addrs, topic, txnID, "cut", perTxn, false)
-	if err := child.cmd.Process.Kill(); err != nil {
-		t.Fatal(err)
+	var committed []string
+	for i := range kills {
+		child, addrs := startBrokerProc(t, "AUTHPIPE_BROKER_DATADIR="+dir)
+		if i == 0 {
+			createTestTopic(t, addrs, topic, 2)
+		}
+		committed = append(committed, transact(t, addrs, topic, txnID, fmt.Sprintf("before-kill-%d", i), perTxn, true)...)
+		transact(t, addrs, topic, txnID, fmt.Sprintf("cut-%d", i), perTxn, false)
+		if err := child.cmd.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		_ = child.cmd.Wait()
 	}
-	_ = child.cmd.Wait()
 
 	br, err := StartBroker(BrokerConfig{Addr: "127.0.0.1:0", DataDir: dir})
 	if err != nil {
@@ -54,8 +59,9 @@ func TestBrokerCrashRecovery(t *testing.T) {
 	if strings.Join(got, " ") != strings.Join(committed, " ") {
 		t.Errorf("read_committed after the restart: %d records %v\nwant %d: %v", len(got), got, len(committed), committed)
 	}
-	if all := readAll(t, br.Addrs(), topic, kgo.ReadUncommitted(), 3*perTxn); len(all) != 3*perTxn {
-		t.Errorf("read_uncommitted: %d records, want %d (the cut-short transaction's included)", len(all), 3*perTxn)
+	all := (2*kills + 1) * perTxn
+	if got := readAll(t, br.Addrs(), topic, kgo.ReadUncommitted(), all); len(got) != all {
+		t.Errorf("read_uncommitted: %d records, want %d (the cut-short transactions' included)", len(got), all)
 	}
 
 	// Closed, the directory opens again without recovery, and the same.
