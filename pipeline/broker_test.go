@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -33,7 +32,7 @@ func TestBrokerCrashRecovery(t *testing.T) {
 	for i := range kills {
 		child, addrs := startBrokerProc(t, "AUTHPIPE_BROKER_DATADIR="+dir)
 		if i == 0 {
-			createTestTopic(t, addrs, topic, 2)
+			ensureTestTopics(t, addrs, 2, topic)
 		}
 		committed = append(committed, transact(t, addrs, topic, txnID, fmt.Sprintf("before-kill-%d", i), perTxn, true)...)
 		transact(t, addrs, topic, txnID, fmt.Sprintf("cut-%d", i), perTxn, false)
@@ -76,21 +75,6 @@ func TestBrokerCrashRecovery(t *testing.T) {
 	}
 	if got := readAll(t, br.Addrs(), topic, kgo.ReadCommitted(), len(committed)); len(got) != len(committed) {
 		t.Errorf("read_committed after a clean restart: %d records, want %d", len(got), len(committed))
-	}
-}
-
-// createTestTopic creates topic with the given partitions.
-func createTestTopic(t *testing.T, brokers []string, topic string, partitions int32) {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if _, err := kadm.NewClient(cl).CreateTopic(ctx, partitions, 1, nil, topic); err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -144,12 +144,19 @@ func produceErr(brokers []string, topic string, msgs []testMsg) error {
 
 func createTopics(t testing.TB, brokers []string, partitions int32) {
 	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+	ensureTestTopics(t, brokers, partitions, "mail.raw", "mail.verdicts", "mail.raw.dlq")
+}
+
+// ensureTestTopics creates those of topics that do not exist, with the
+// given partitions each.
+func ensureTestTopics(t testing.TB, brokers []string, partitions int32, topics ...string) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.MetadataMinAge(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	if err := EnsureTopics(context.Background(), cl, partitions, -1, nil, "mail.raw", "mail.verdicts", "mail.raw.dlq"); err != nil {
+	if err := EnsureTopics(context.Background(), cl, partitions, -1, nil, topics...); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -253,14 +253,7 @@ func reporterKafkaOpts() []kgo.Opt {
 // createAggregateTopic creates authpipe.aggregates with 4 partitions.
 func createAggregateTopic(t testing.TB, brokers []string) {
 	t.Helper()
-	cl, err := kgo.NewClient(testClientOpts(brokers)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	if err := EnsureTopics(context.Background(), cl, 4, -1, nil, "authpipe.aggregates"); err != nil {
-		t.Fatal(err)
-	}
+	ensureTestTopics(t, brokers, 4, "authpipe.aggregates")
 }
 
 // runTestReporter starts RunReporter; stop cancels it and returns its error.
