@@ -105,7 +105,7 @@ func lockDataDir(dir string) (f *os.File, unclean bool, err error) {
 		_ = f.Close()
 		return nil, false, fmt.Errorf("data directory %s: %w", dir, err)
 	}
-	if err := f.Truncate(0); err == nil {
+	if err = f.Truncate(0); err == nil {
 		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	if err != nil {
