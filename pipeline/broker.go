@@ -157,8 +157,11 @@ const recoveryTimeout = time.Minute
 // transaction's first offset on until it reads that producer's abort
 // marker; a producer that comes back with the same transactional ID keeps
 // its producer ID, so without the marker everything it commits on that
-// partition afterwards is lost to those consumers (TestBrokerCrashRecovery,
-// and cmd/authpipe's TestRunSIGKILL end to end).
+// partition afterwards is lost to those consumers. Worse, after a second
+// unclean stop kfake's replay of the same logs pairs the cut-short
+// transaction's records with the producer's next commit marker and serves
+// them as committed (TestBrokerCrashRecovery; cmd/authpipe's
+// TestRunSIGKILL end to end).
 //
 // kfake keeps which transactions it aborted this way to itself, so this
 // writes an abort marker for every transactional producer it knows to

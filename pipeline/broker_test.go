@@ -22,9 +22,10 @@ import (
 // kfake's own recovery counts a cut-short transaction as aborted but
 // writes no abort marker for it, and Kafka consumers (franz-go's, Java's)
 // skip every later transactional batch of that producer ID until they
-// meet one: without the markers StartBroker writes after an unclean stop
-// (abortCrashedTxns), what the producer commits after the restart is lost
-// to every read_committed consumer.
+// meet one; and kfake's next recovery from the same logs pairs the
+// cut-short records with the producer's next commit marker. Without the
+// markers StartBroker writes after an unclean stop (abortCrashedTxns),
+// this test reads cut-0 as committed and misses after (40 records each).
 func TestBrokerCrashRecovery(t *testing.T) {
 	const topic, txnID, perTxn, kills = "crash", "crash-test", 40, 2
 	dir := t.TempDir()
