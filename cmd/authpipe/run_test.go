@@ -223,26 +223,21 @@ func TestRunEmbeddedProduceTail(t *testing.T) {
 		t.Fatalf("tail after restart: %d, %d lines", code, strings.Count(out, "\n"))
 	}
 	time.Sleep(300 * time.Millisecond)
-	resp, err := http.Get("http://" + httpAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
+	metrics := metricsText(t, httpAddr)
+	if !strings.Contains(metrics, `authpipe_pipeline_messages_total{check="spf",result="pass"} 1`) {
+		t.Errorf("after restart the pipeline should verify only the new message; metrics:\n%s", grepLines(metrics, "authpipe_pipeline_messages_total"))
 	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(metrics), `authpipe_pipeline_messages_total{check="spf",result="pass"} 1`) {
-		t.Errorf("after restart the pipeline should verify only the new message; metrics:\n%s", grepLines(string(metrics), "authpipe_pipeline_messages_total"))
-	}
-	if !strings.Contains(string(metrics), "authpipe_kafka_") {
+	if !strings.Contains(metrics, "authpipe_kafka_") {
 		t.Error("no kprom metrics")
 	}
 	// The DNS client and cache count into the same registry.
 	for _, name := range []string{"authpipe_dns_cache_hits_total", "authpipe_dns_cache_misses_total", "authpipe_dns_queries_total", "authpipe_dns_lookups_total"} {
-		if !strings.Contains(string(metrics), name) {
+		if !strings.Contains(metrics, name) {
 			t.Errorf("no %s on /metrics", name)
 		}
 	}
 	// The retry stage runs beside the first (--straggler-wait defaults on).
-	if !strings.Contains(string(metrics), "authpipe_retry_batches_total") && !strings.Contains(string(metrics), "authpipe_retry_in_flight_messages") {
+	if !strings.Contains(metrics, "authpipe_retry_batches_total") && !strings.Contains(metrics, "authpipe_retry_in_flight_messages") {
 		t.Error("no retry-stage metrics (authpipe_retry_*)")
 	}
 	if code := stop(); code != 0 {
@@ -294,14 +289,9 @@ func TestRunExternalBrokerDLQ(t *testing.T) {
 	}
 	// The Kafka client's metrics are those of the pipeline's client (not
 	// of the broker check's, which runs first).
-	resp, err := http.Get("http://" + httpAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	metrics, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(metrics), "authpipe_kafka_connects_total") {
-		t.Errorf("no Kafka client metrics (authpipe_kafka_*):\n%s", grepLines(string(metrics), "authpipe_kafka"))
+	metrics := metricsText(t, httpAddr)
+	if !strings.Contains(metrics, "authpipe_kafka_connects_total") {
+		t.Errorf("no Kafka client metrics (authpipe_kafka_*):\n%s", grepLines(metrics, "authpipe_kafka"))
 	}
 	if code := stop(); code != 0 {
 		t.Fatalf("run exit %d:\n%s", code, logs)
