@@ -190,8 +190,14 @@ type collector struct {
 
 func collect(t testing.TB, brokers []string, topic string) *collector {
 	t.Helper()
+	return collectIsolated(t, brokers, topic, kgo.ReadCommitted())
+}
+
+// collectIsolated is collect at the given isolation level.
+func collectIsolated(t testing.TB, brokers []string, topic string, isolation kgo.IsolationLevel) *collector {
+	t.Helper()
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+		kgo.FetchIsolationLevel(isolation), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 		kgo.FetchMaxWait(10*time.Millisecond), kgo.MetadataMinAge(50*time.Millisecond))
 	if err != nil {
 		t.Fatal(err)

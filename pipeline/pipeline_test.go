@@ -229,6 +229,77 @@ func TestTwoInstancesOneLeaves(t *testing.T) {
 	checkVerdicts(t, e, msgs, recs)
 }
 
+// TestTwoInstancesOneKilledReplaced: two pipeline processes share the
+// partitions; one is SIGKILLed while its transaction has verdicts in the
+// log, and never comes back. A replacement joins under a transactional ID
+// of its own, as a rescheduled pod with a new hostname would, so nothing
+// fences the dead producer: its transaction ends only when the broker's
+// transaction timeout aborts it. A read_committed consumer must still see
+// exactly one verdict per message, equal to the engine's.
+func TestTwoInstancesOneKilledReplaced(t *testing.T) {
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	e := testEngine(t, dns.Addr)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	msgs := corpus(3000, "r")
+	out := collect(t, brokers, "mail.verdicts")
+	logged := collectIsolated(t, brokers, "mail.verdicts", kgo.ReadUncommitted())
+	adm := kadm.NewClient(mustClient(t, brokers))
+
+	slow := "AUTHPIPE_TEST_DELAY=10ms"
+	startChild(t, brokers, dns.Addr, "replace-a", slow)
+	victim := startChild(t, brokers, dns.Addr, "replace-b", slow)
+	time.Sleep(time.Second) // let both join
+	produceCorpus(t, brokers, "mail.raw", msgs)
+
+	// Kill b once it has verdicts in the log that its open transaction
+	// has not committed: more of its producer's records read
+	// uncommitted than committed.
+	byProducer := func(c *collector, pid int64) (n int) {
+		for _, r := range c.snapshot() {
+			if r.ProducerID == pid {
+				n++
+			}
+		}
+		return n
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatalf("instance b never had uncommitted verdicts in the log (%d verdicts committed)", out.count())
+		}
+		time.Sleep(2 * time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		d, err := adm.DescribeTransactions(ctx, "replace-b")
+		cancel()
+		if err != nil {
+			continue
+		}
+		txn, ok := d["replace-b"]
+		if !ok || txn.Err != nil || txn.State != "Ongoing" {
+			continue
+		}
+		if out.count() >= 300 && byProducer(logged, txn.ProducerID) > byProducer(out, txn.ProducerID) {
+			break
+		}
+	}
+	if err := victim.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = victim.Wait()
+	killed := time.Now()
+	t.Logf("b killed after %d committed verdicts, %d in the log", out.count(), logged.count())
+	if out.count() >= len(msgs) {
+		t.Fatalf("the stream finished before the kill (%d verdicts); slow it down", out.count())
+	}
+
+	startChild(t, brokers, dns.Addr, "replace-c", slow)
+	recs := out.waitCount(t, len(msgs), 90*time.Second)
+	t.Logf("all %d verdicts committed %v after the kill; %d records in the log", len(recs), time.Since(killed).Round(time.Millisecond), logged.count())
+	checkVerdicts(t, e, msgs, recs)
+}
+
 // TestPoisonToDLQ mixes undecodable records into the stream: each goes to
 // the DLQ with its reason, the good ones get verdicts.
 func TestPoisonToDLQ(t *testing.T) {
