@@ -27,14 +27,19 @@ const (
 )
 
 // DecodeError says why a record cannot be verified. Records that fail to
-// decode go to the dead-letter topic with Error() in the authpipe.error
-// header.
+// decode, and those whose verification panicked, go to the dead-letter
+// topic with Error() in the authpipe.error header.
 type DecodeError struct {
 	// Kind is a short class used as a metric label: no-envelope,
-	// bad-envelope, not-a-message, too-large.
+	// bad-envelope, not-a-message, too-large, or KindVerifyPanic.
 	Kind   string
 	Reason string
 }
+
+// KindVerifyPanic is the DecodeError kind of a record whose verification
+// panicked: a bug in authpipe, not in the record, which is worth verifying
+// again once the bug is fixed.
+const KindVerifyPanic = "verify-panic"
 
 func (e *DecodeError) Error() string { return e.Kind + ": " + e.Reason }
 

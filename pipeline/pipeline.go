@@ -70,6 +70,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -98,6 +99,9 @@ type Pipeline struct {
 	kopts    []kgo.Opt
 	ready    atomic.Bool
 	jsonBufs sync.Pool // *[]byte for verdict encodings; see maxPooledJSON
+	// stackLogged is when a verification panic's stack was last logged
+	// (Unix nanoseconds); see verifyContained.
+	stackLogged atomic.Int64
 }
 
 // maxPooledJSON bounds the capacity of a verdict buffer kept for reuse; a
@@ -539,8 +543,12 @@ func (p *Pipeline) handle(ctx context.Context, st stream, t *recordTask, aggs *b
 			return
 		}
 		out = p.dlqRecord(r, err)
+	} else if v, panicked := p.verifyContained(ctx, r, in); panicked != nil {
+		if !t.claim() {
+			return
+		}
+		out = p.dlqRecord(r, panicked)
 	} else {
-		v := p.verify(ctx, in)
 		if ctx.Err() != nil {
 			// Deferred (the record went to RetryTopic; deferStragglers
 			// marks it before it cancels), or past the grace period: the
@@ -583,6 +591,36 @@ func (p *Pipeline) handle(ctx context.Context, st stream, t *recordTask, aggs *b
 			p.jsonBufs.Put(buf)
 		}
 	})
+}
+
+// verifyContained is verify with a panic contained to the record. A panic
+// is a bug met on this message; left alone it would end the process, whose
+// restart would read the same uncommitted record and panic again, stopping
+// its partition for good. Contained, it becomes a *DecodeError of kind
+// verify-panic, for the record to go to the DLQ with the panic in its
+// authpipe.error header (to be replayed once the bug is fixed), and an
+// error log. The log carries the stack at most once a minute per pipeline,
+// so a bug that many messages meet does not flood it.
+func (p *Pipeline) verifyContained(ctx context.Context, r *kgo.Record, in *Input) (v *verdict.Verdict, panicked error) {
+	defer func() {
+		x := recover()
+		if x == nil {
+			return
+		}
+		stack := debug.Stack()
+		var pe *stages.PanicError // raised again by Verify for a helper goroutine
+		if err, ok := x.(error); ok && errors.As(err, &pe) {
+			stack = pe.Stack
+		}
+		attrs := []any{"topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "panic", fmt.Sprint(x)}
+		now := time.Now().UnixNano()
+		if last := p.stackLogged.Load(); now-last >= int64(time.Minute) && p.stackLogged.CompareAndSwap(last, now) {
+			attrs = append(attrs, "stack", string(stack))
+		}
+		p.log.Error("verification panicked (a bug); record to the DLQ", attrs...)
+		v, panicked = nil, &DecodeError{Kind: KindVerifyPanic, Reason: fmt.Sprint(x)}
+	}()
+	return p.verify(ctx, in), nil
 }
 
 func (p *Pipeline) verify(ctx context.Context, in *Input) *verdict.Verdict {

@@ -400,7 +400,7 @@ func (c *Cache) miss(ctx context.Context, canon string, qtype uint16, h uint64, 
 		c.flights[key] = f
 		c.fmu.Unlock()
 		c.joined.Add(1)
-		res, stored := c.fill(ctx, canon, qtype, h)
+		res, stored := c.fillEnding(ctx, key, f, canon, qtype, h)
 		c.fmu.Lock()
 		var done chan struct{}
 		switch {
@@ -419,6 +419,32 @@ func (c *Cache) miss(ctx context.Context, canon string, qtype uint16, h uint64, 
 		c.metrics.cacheMiss(false)
 		return res.ans, res.err
 	}
+}
+
+// fillEnding is fill for the leader of flight f: if fill panics (a bug),
+// it ends f as abandoned, so that the lookups waiting for it ask again
+// rather than wait on a flight nobody will end, and later ones do not join
+// it; then the panic goes on to the leader's caller.
+func (c *Cache) fillEnding(ctx context.Context, key string, f *flight, canon string, qtype uint16, h uint64) (res fillResult, stored *entry) {
+	filled := false
+	defer func() {
+		if filled {
+			return
+		}
+		c.fmu.Lock()
+		var done chan struct{}
+		if c.flights[key] == f {
+			f.abandoned = true
+			done = c.endLocked(key, f, fillResult{}, nil)
+		}
+		c.fmu.Unlock()
+		if done != nil {
+			close(done)
+		}
+	}()
+	res, stored = c.fill(ctx, canon, qtype, h)
+	filled = true
+	return res, stored
 }
 
 // endLocked ends the flight f for key with res, keeping it findable if

@@ -509,3 +509,75 @@ func TestCacheFillTimeoutAndErrorTTL(t *testing.T) {
 		t.Errorf("%d calls, want 2 (error cached 10s)", n)
 	}
 }
+
+// panicOnce panics in its first lookup, once released, as a bug in the
+// upstream would; later lookups go to the real server. No real part panics
+// on demand.
+type panicOnce struct {
+	up      resolvercache.Resolver
+	release chan struct{}
+	calls   atomic.Int64
+}
+
+func (p *panicOnce) Lookup(ctx context.Context, name string, qtype uint16) (*resolvercache.Answer, error) {
+	if p.calls.Add(1) == 1 {
+		<-p.release
+		panic("injected upstream bug")
+	}
+	return p.up.Lookup(ctx, name, qtype)
+}
+
+// TestCacheFlightPanic: when the leader's fill panics, the panic reaches
+// the leader's caller, and the lookups waiting on its flight ask again at
+// once rather than wait out their contexts; the name is not left stuck
+// behind a flight nobody ends.
+func TestCacheFlightPanic(t *testing.T) {
+	s := startServer(t)
+	s.AddRR(dnstest.TXT("p.example.com", "after", 300))
+	up := &panicOnce{up: clientFor(t, s), release: make(chan struct{})}
+	c, err := resolvercache.NewCache(up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	leader := make(chan any, 1)
+	go func() {
+		defer func() { leader <- recover() }()
+		_, _ = c.Lookup(context.Background(), "p.example.com", dns.TypeTXT)
+	}()
+	for c.JoinedForTest() < 1 {
+		time.Sleep(time.Millisecond)
+	}
+	const n = 5
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			a, err := c.Lookup(ctx, "p.example.com", dns.TypeTXT)
+			if err == nil && (len(a.TXT) != 1 || a.TXT[0] != "after") {
+				err = fmt.Errorf("answer %v", a.TXT)
+			}
+			errs <- err
+		}()
+	}
+	for c.JoinedForTest() < n+1 {
+		time.Sleep(time.Millisecond)
+	}
+	close(up.release)
+	if got := <-leader; got != "injected upstream bug" {
+		t.Fatalf("leader recovered %v, want the upstream's panic", got)
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Errorf("waiter: %v", err)
+		}
+	}
+	if ctx.Err() != nil {
+		t.Error("waiters waited out their contexts")
+	}
+	if q := s.Queries.Load(); q != 1 {
+		t.Errorf("%d queries after the panic, want 1 (one new flight for the waiters)", q)
+	}
+}

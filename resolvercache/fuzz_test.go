@@ -159,6 +159,9 @@ func FuzzParseResponse(f *testing.F) {
 				t.Fatalf("chain did not end after %d steps", step)
 			}
 			next, err := parseResponse(wire, q, &ch, udp)
+			if errors.Is(err, errReplyPanic) {
+				t.Fatal(err)
+			}
 			if err != nil {
 				if err != errTruncated {
 					if _, ok := err.(*Error); !ok {
@@ -307,6 +310,9 @@ func FuzzDecodeMatchesMiekg(f *testing.F) {
 		rch := newRefChain(rq.name, qtype, hops, 30)
 		for step := 0; step <= hops+1; step++ {
 			next, err := parseResponse(wire, q, &ch, udp)
+			if errors.Is(err, errReplyPanic) {
+				t.Fatal(err)
+			}
 			var rnext string
 			m, rerr := refDecodeReply(wire, rq, udp)
 			if rerr == nil {

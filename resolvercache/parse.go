@@ -33,6 +33,22 @@ var errTruncated = errors.New("reply truncated")
 // reports them as KindMalformed.
 var errMismatch = errors.New("reply does not match the query")
 
+// errReplyPanic marks a reply whose reading panicked: a bug in this
+// package, met on bytes from outside. The reply is reported as
+// KindMalformed (a temporary error for the lookup) instead of ending the
+// process, since replies are also read on a socket's reader goroutine,
+// where no caller could recover the panic. The fuzz targets fail on it.
+var errReplyPanic = errors.New("reading the reply panicked (a bug in resolvercache)")
+
+// malformedOnPanic, deferred by the functions that read a reply's bytes
+// (decodeReply, chain.absorb), turns a panic into a KindMalformed *Error
+// for q wrapping errReplyPanic.
+func malformedOnPanic(q *question, err *error) {
+	if v := recover(); v != nil {
+		*err = q.fail(KindMalformed, fmt.Errorf("%w: %v", errReplyPanic, v))
+	}
+}
+
 // question is one wire query.
 type question struct {
 	id    uint16
@@ -81,6 +97,7 @@ func (c *chain) init(qname string, qtype uint16, maxHops int, defNeg uint32) {
 // was cut short), and it must be asked again. Loops and chains longer than
 // maxHops aliases are KindCNAMELoop errors.
 func (c *chain) absorb(m *replyView, cur string, q *question) (next string, err error) {
+	defer malformedOnPanic(q, &err)
 	c.ad = c.ad && m.ad
 	start := cur
 	for {

@@ -342,8 +342,10 @@ func (v *replyView) authority() rrIter { return rrIter{msg: v.b, off: v.ns, left
 // RDATA of the types the client uses; like it, it takes a message that
 // ends right after its header as one without sections, a section that
 // ends where the message does as having no more records whatever its
-// count says, and ignores octets after the last record counted.
-func decodeReply(wire []byte, q *question, udp bool) (replyView, error) {
+// count says, and ignores octets after the last record counted. A panic
+// while reading is a KindMalformed error too (errReplyPanic).
+func decodeReply(wire []byte, q *question, udp bool) (_ replyView, err error) {
+	defer malformedOnPanic(q, &err)
 	if len(wire) < headerOctets {
 		return replyView{}, q.fail(KindMalformed, fmt.Errorf("reply of %d octets is shorter than a header", len(wire)))
 	}

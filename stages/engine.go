@@ -176,7 +176,9 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 }
 
 // Verify evaluates one message. It always returns a verdict: problems with
-// the message or with DNS become permerror or temperror results in it.
+// the message or with DNS become permerror or temperror results in it. A
+// bug that panics reaches the caller's goroutine, whichever check it was
+// in (PanicError).
 func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.Verdict {
 	budget := withBudget(ctx, e.dnsBudget)
 	defer budget.cancel()
@@ -228,10 +230,11 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	// BenchmarkEngineTypical, where the helper's core went idle between
 	// messages). ARC gets a helper only when there is a chain to validate.
 	var (
-		wg      sync.WaitGroup
-		spfRes  *verdict.SPF
-		dkimRes []dkim.Result
-		arcRes  arc.Result
+		wg                 sync.WaitGroup
+		spfRes             *verdict.SPF
+		dkimRes            []dkim.Result
+		arcRes             arc.Result
+		spfPanic, arcPanic *PanicError // a helper's panic, raised here (PanicError)
 	)
 	spfHere := false
 	if e.cached != nil {
@@ -240,7 +243,11 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	}
 	if !spfHere {
 		wg.Add(1)
-		e.helpers.Go(func() { defer wg.Done(); spfRes = e.checkSPF(ctx, env) })
+		e.helpers.Go(func() {
+			defer wg.Done()
+			defer carryPanic(&spfPanic, "spf")
+			spfRes = e.checkSPF(ctx, env)
+		})
 	}
 	if len(msg.From) > 0 {
 		if name, ok := dmarc.FirstQuery(msg.From[0].Domain); ok {
@@ -249,7 +256,11 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	}
 	if msg.Count("arc-seal") > 0 {
 		wg.Add(1)
-		e.helpers.Go(func() { defer wg.Done(); arcRes = e.arc.Validate(ctx, msg) })
+		e.helpers.Go(func() {
+			defer wg.Done()
+			defer carryPanic(&arcPanic, "arc")
+			arcRes = e.arc.Validate(ctx, msg)
+		})
 	} else {
 		arcRes = e.arc.Validate(ctx, msg) // no chain: returns none without DNS
 	}
@@ -258,6 +269,12 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 		spfRes = e.checkSPF(ctx, env)
 	}
 	wg.Wait()
+	if spfPanic != nil {
+		panic(spfPanic)
+	}
+	if arcPanic != nil {
+		panic(arcPanic)
+	}
 
 	v.SPF = spfRes
 	v.DKIM = dkimVerdicts(dkimRes)
@@ -294,6 +311,12 @@ func (e *Engine) prefetch(ctx context.Context, names []string) {
 		return
 	}
 	e.helpers.Go(func() {
+		// A panic here would end the process, and there is no caller
+		// to carry it to: it is dropped. The check that needs the name
+		// asks for it again on a goroutine whose panic reaches Verify's
+		// caller, and the cache ends a lookup that panicked so that
+		// those waiting for it ask again (resolvercache.Cache).
+		defer func() { _ = recover() }()
 		for _, n := range todo {
 			if ctx.Err() != nil {
 				return
