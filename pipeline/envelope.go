@@ -3,7 +3,6 @@ package pipeline
 import (
 	"bytes"
 	"fmt"
-	"net/netip"
 	"strings"
 	"time"
 
@@ -89,11 +88,11 @@ func Decode(r *kgo.Record, maxBytes int) (*Input, error) {
 		switch h.Key {
 		case HeaderClientIP:
 			seen++
-			ip, err := netip.ParseAddr(strings.TrimSpace(v))
+			ip, err := stages.ParseClientIP(v)
 			if err != nil {
 				return nil, &DecodeError{"bad-envelope", fmt.Sprintf("header %s: %v", h.Key, err)}
 			}
-			in.Envelope.ClientIP = ip.Unmap()
+			in.Envelope.ClientIP = ip
 		case HeaderHELO:
 			seen++
 			in.Envelope.HELO = v

@@ -42,6 +42,21 @@ type Envelope struct {
 	ReceivedAt time.Time
 }
 
+// ParseClientIP parses the SMTP client's address as an envelope carries
+// it, the one way every input (Kafka record headers, produce, verify)
+// reads it: surrounding space is ignored, an IPv4-mapped IPv6 address
+// becomes the IPv4 address it maps (SPF's ip4 mechanisms then match it),
+// and an IPv6 zone is dropped: it names an interface of the receiving
+// host, not part of the client's address, and netip never matches a
+// zoned address against a prefix, so SPF's ip6 mechanisms would all fail.
+func ParseClientIP(s string) (netip.Addr, error) {
+	ip, err := netip.ParseAddr(strings.TrimSpace(s))
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return ip.Unmap().WithZone(""), nil
+}
+
 // Engine verifies messages. It is safe for concurrent use; one Engine
 // serves a whole worker pool, and its DKIM key cache is shared by all.
 type Engine struct {

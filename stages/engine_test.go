@@ -462,3 +462,19 @@ func TestKeyPrefetchGoroutinesBounded(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestParseClientIP(t *testing.T) {
+	for in, want := range map[string]string{
+		" 192.0.2.1\t": "192.0.2.1", "::ffff:192.0.2.1": "192.0.2.1", "fe80::1%eth0": "fe80::1",
+		"2001:DB8::1": "2001:db8::1",
+	} {
+		if got, err := stages.ParseClientIP(in); err != nil || got.String() != want {
+			t.Errorf("ParseClientIP(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "192.0.2", "host.example", "::%", "::% "} {
+		if got, err := stages.ParseClientIP(in); err == nil {
+			t.Errorf("ParseClientIP(%q) = %v, want an error", in, got)
+		}
+	}
+}

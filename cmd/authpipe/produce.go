@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -123,14 +122,20 @@ func (p *producer) send(ctx context.Context, key string, raw []byte, env stages.
 	})
 }
 
+func (p *producer) firstErr() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.errOne
+}
+
 func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Writer) error {
 	env := stages.Envelope{HELO: pf.helo, MailFrom: pf.mailFrom, RcptTo: pf.rcptTo, ReceivedAt: time.Now().UTC()}
 	if pf.ip != "" {
-		ip, err := netip.ParseAddr(pf.ip)
+		ip, err := stages.ParseClientIP(pf.ip)
 		if err != nil {
 			return usagef("--ip: %v", err)
 		}
-		env.ClientIP = ip.Unmap()
+		env.ClientIP = ip
 	}
 	if pf.receivedAt != "" {
 		t, err := time.Parse(time.RFC3339, pf.receivedAt)
@@ -157,21 +162,35 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 	}
 	p := &producer{cl: cl, topic: pf.topic}
 
+	// An input that cannot be read stops produce where it is. What was
+	// queued before it is flushed, and the error says how much that was,
+	// so a run that stops partway leaves a known outcome: the messages
+	// before the bad one, in input order, and none after it.
+	stopped := func(err error) error {
+		ferr := cl.Flush(ctx)
+		if ferr == nil {
+			ferr = p.firstErr()
+		}
+		if ferr != nil {
+			return fmt.Errorf("%w (and sending what came before it: %v)", err, ferr)
+		}
+		return fmt.Errorf("%w (produced %d messages before it, none after)", err, p.n.Load())
+	}
 	for _, path := range paths {
 		if err := producePath(ctx, p, path, env, pf.maxBytes); err != nil {
-			return err
+			return stopped(err)
 		}
 	}
 	if pf.envelopes != "" {
 		if err := produceEnvelopes(ctx, p, pf.envelopes, pf.maxBytes); err != nil {
-			return err
+			return stopped(err)
 		}
 	}
 	if err := cl.Flush(ctx); err != nil {
 		return fmt.Errorf("flush: %w", err)
 	}
-	if p.errOne != nil {
-		return p.errOne
+	if err := p.firstErr(); err != nil {
+		return err
 	}
 	fmt.Fprintf(stderr, "produced %d messages to %s on %s\n", p.n.Load(), pf.topic, strings.Join(brokers, ","))
 	return nil
@@ -249,6 +268,44 @@ func produceFile(ctx context.Context, p *producer, name, key string, env stages.
 	return nil
 }
 
+// parseEnvelopeLine reads one line of an --envelopes file: a JSON object
+// with the fields of envelopeLine and no others, giving the message by
+// path or raw (one of them), the client IP as an address and received_at
+// in RFC 3339 (now when absent).
+func parseEnvelopeLine(line []byte, now time.Time) (envelopeLine, stages.Envelope, error) {
+	var e envelopeLine
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&e); err != nil {
+		return e, stages.Envelope{}, err
+	}
+	if dec.More() {
+		return e, stages.Envelope{}, errors.New("more than one JSON value on the line")
+	}
+	env := stages.Envelope{HELO: e.HELO, MailFrom: e.MailFrom, RcptTo: e.RcptTo, ReceivedAt: now}
+	if e.ClientIP != "" {
+		ip, err := stages.ParseClientIP(e.ClientIP)
+		if err != nil {
+			return e, env, fmt.Errorf("client_ip: %w", err)
+		}
+		env.ClientIP = ip
+	}
+	if e.ReceivedAt != "" {
+		t, err := time.Parse(time.RFC3339, e.ReceivedAt)
+		if err != nil {
+			return e, env, fmt.Errorf("received_at: %w", err)
+		}
+		env.ReceivedAt = t
+	}
+	switch {
+	case e.Path != "" && e.Raw != "":
+		return e, env, errors.New("give path or raw, not both")
+	case e.Path == "" && e.Raw == "":
+		return e, env, errors.New("no path and no raw message")
+	}
+	return e, env, nil
+}
+
 func produceEnvelopes(ctx context.Context, p *producer, name string, maxBytes int) error {
 	f, err := os.Open(name)
 	if err != nil {
@@ -263,33 +320,13 @@ func produceEnvelopes(ctx context.Context, p *producer, name string, maxBytes in
 		if len(line) == 0 || line[0] == '#' {
 			continue
 		}
-		var e envelopeLine
-		dec := json.NewDecoder(bytes.NewReader(line))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&e); err != nil {
+		e, env, err := parseEnvelopeLine(line, time.Now().UTC())
+		if err != nil {
 			return fmt.Errorf("%s:%d: %w", name, ln, err)
-		}
-		env := stages.Envelope{HELO: e.HELO, MailFrom: e.MailFrom, RcptTo: e.RcptTo, ReceivedAt: time.Now().UTC()}
-		if e.ClientIP != "" {
-			ip, err := netip.ParseAddr(e.ClientIP)
-			if err != nil {
-				return fmt.Errorf("%s:%d: client_ip: %w", name, ln, err)
-			}
-			env.ClientIP = ip.Unmap()
-		}
-		if e.ReceivedAt != "" {
-			t, err := time.Parse(time.RFC3339, e.ReceivedAt)
-			if err != nil {
-				return fmt.Errorf("%s:%d: received_at: %w", name, ln, err)
-			}
-			env.ReceivedAt = t
 		}
 		raw := []byte(e.Raw)
 		key := e.Key
-		switch {
-		case e.Path != "" && e.Raw != "":
-			return fmt.Errorf("%s:%d: give path or raw, not both", name, ln)
-		case e.Path != "":
+		if e.Path != "" {
 			p := e.Path
 			if !filepath.IsAbs(p) {
 				p = filepath.Join(dir, p)
@@ -301,8 +338,6 @@ func produceEnvelopes(ctx context.Context, p *producer, name string, maxBytes in
 			if key == "" {
 				key = filepath.Base(p)
 			}
-		case e.Raw == "":
-			return fmt.Errorf("%s:%d: no path and no raw message", name, ln)
 		}
 		if len(raw) > maxBytes {
 			return fmt.Errorf("%s:%d: message larger than %d bytes", name, ln, maxBytes)

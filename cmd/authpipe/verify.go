@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"time"
 
@@ -49,11 +48,11 @@ message cannot be read; 2 on a usage error.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			env := stages.Envelope{HELO: helo, MailFrom: mailFrom, RcptTo: rcptTo}
 			if ip != "" {
-				addr, err := netip.ParseAddr(ip)
+				addr, err := stages.ParseClientIP(ip)
 				if err != nil {
 					return usagef("--ip: %v", err)
 				}
-				env.ClientIP = addr.Unmap()
+				env.ClientIP = addr
 			}
 			now := time.Now
 			if at != "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
@@ -72,5 +73,42 @@ func FuzzParseRecord(f *testing.F) {
 		if res.Disposition == "" || res.Result == "" {
 			t.Fatalf("empty result %+v", res)
 		}
+	})
+}
+
+// FuzzParsePSL checks that ParsePSL never panics on a list, and that a
+// list it accepts gives, for any domain, a public suffix that is the
+// domain itself or one of its label-aligned tails (lower-cased, without a
+// final dot), and a registrable domain lookup that does not panic. Seeds:
+// a few lists written here, each with the domains of psl/tests.txt when
+// the suite is present.
+func FuzzParsePSL(f *testing.F) {
+	lists := []string{
+		"com\nuk\nco.uk\n*.ck\n!www.ck\n",
+		"// comment\n\n  jp \t trailing words\n*.kobe.jp\n!city.kobe.jp\n公司.cn\nxn--55qx5d.cn\n",
+		"!\n*.\n*.*\n.\n..\n!.x\n*.!x\n\xff\xfe\n",
+	}
+	domains := []string{"example.com", "a.b.example.co.uk", "www.ck", "b.city.kobe.jp", "EXAMPLE.COM.", "", ".", "..", "a..b", "公司.cn"}
+	if b, err := os.ReadFile(filepath.Join(conformanceDir, "psl/tests.txt")); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if fs := strings.Fields(line); len(fs) == 2 && !strings.HasPrefix(fs[0], "//") && fs[0] != "null" {
+				domains = append(domains, fs[0])
+			}
+		}
+	}
+	for i, d := range domains {
+		f.Add(lists[i%len(lists)], d)
+	}
+	f.Fuzz(func(t *testing.T, list, domain string) {
+		l, err := ParsePSL(strings.NewReader(list))
+		if err != nil {
+			return
+		}
+		d := strings.ToLower(strings.TrimSuffix(domain, "."))
+		if s := l.PublicSuffix(domain); s != d && !strings.HasSuffix(d, "."+s) {
+			t.Fatalf("PublicSuffix(%q) = %q: not a tail of the domain", domain, s)
+		}
+		_, _ = RegistrableDomain(l, domain)
+		_ = OrgDomainPSL(l, domain)
 	})
 }
