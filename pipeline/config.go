@@ -95,6 +95,14 @@ type Config struct {
 	RebalanceTimeout time.Duration
 	// TransactionTimeout is the broker-side transaction timeout (default 60s).
 	TransactionTimeout time.Duration
+	// FetchMaxWait is how long the broker may hold a fetch that has
+	// nothing to return (default 500ms, Kafka's own clients' default).
+	// It also bounds how long a partition newly assigned (at a start or
+	// a rebalance) can wait: franz-go adds it to the fetches only once the
+	// fetch in flight returns, and a fetch of partitions with nothing new
+	// is held this long. At franz-go's own default, 5s, a message produced
+	// to such a partition waited 5 s after each restart.
+	FetchMaxWait time.Duration
 
 	// RetryTopic and StragglerWait keep one slow message from holding the
 	// stream. A batch commits only when every message in it is done, so a
@@ -154,6 +162,7 @@ func Defaults() Config {
 		SessionTimeout:     45 * time.Second,
 		RebalanceTimeout:   60 * time.Second,
 		TransactionTimeout: 60 * time.Second,
+		FetchMaxWait:       500 * time.Millisecond,
 	}
 }
 
@@ -210,6 +219,9 @@ func (c Config) withDefaults(hostname string) (Config, error) {
 	}
 	if c.TransactionTimeout == 0 {
 		c.TransactionTimeout = d.TransactionTimeout
+	}
+	if c.FetchMaxWait == 0 {
+		c.FetchMaxWait = d.FetchMaxWait
 	}
 	switch {
 	case (c.RetryTopic == "") != (c.StragglerWait <= 0):

@@ -142,6 +142,7 @@ func (p *Pipeline) kafkaOpts() []kgo.Opt {
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.SessionTimeout(c.SessionTimeout),
 		kgo.RebalanceTimeout(c.RebalanceTimeout),
+		kgo.FetchMaxWait(c.FetchMaxWait),
 		kgo.DisableAutoCommit(),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 		// Bounded buffering (see MemoryBound): at most one fetch per

@@ -173,7 +173,7 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.InputTopic != "mail.raw" || c.VerdictTopic != "mail.verdicts" || c.DLQTopic != "mail.raw.dlq" || c.Group != "authpipe-verify" ||
-		c.Delivery != ExactlyOnce || c.TransactionalID != "authpipe-verify-h1" || c.BatchMaxRecords != 16*c.MaxInFlight || c.MaxMessageBytes != 64<<20 {
+		c.Delivery != ExactlyOnce || c.TransactionalID != "authpipe-verify-h1" || c.BatchMaxRecords != 16*c.MaxInFlight || c.MaxMessageBytes != 64<<20 || c.FetchMaxWait != 500*time.Millisecond {
 		t.Fatalf("defaults: %+v", c)
 	}
 	for _, bad := range []Config{{Delivery: "maybe"}, {MaxInFlight: -1}, {InputTopic: "x", VerdictTopic: "x"}, {RetryTemperror: -1}} {

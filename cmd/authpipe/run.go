@@ -176,6 +176,7 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	f.DurationVar(&rf.cfg.SessionTimeout, "session-timeout", d.SessionTimeout, "consumer group session timeout")
 	f.DurationVar(&rf.cfg.RebalanceTimeout, "rebalance-timeout", d.RebalanceTimeout, "consumer group rebalance timeout")
 	f.DurationVar(&rf.cfg.TransactionTimeout, "transaction-timeout", d.TransactionTimeout, "broker-side transaction timeout")
+	f.DurationVar(&rf.cfg.FetchMaxWait, "fetch-max-wait", d.FetchMaxWait, "longest the broker holds a fetch with nothing to return; also how long a partition assigned at a start or rebalance can wait for its first fetch")
 	return cmd
 }
 
