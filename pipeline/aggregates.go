@@ -2,14 +2,12 @@ package pipeline
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/reportgen"
-	"github.com/authpipe/authpipe/stages/verdict"
 )
 
 // batchAggregates pre-aggregates the verdicts of one batch into DMARC
@@ -30,22 +28,12 @@ func newBatchAggregates() *batchAggregates {
 	return &batchAggregates{agg: reportgen.NewAggregator()}
 }
 
-// add counts v; verdicts without a DMARC policy are not reportable and
-// are skipped. The row is built outside the lock, which covers the count
-// only.
-func (b *batchAggregates) add(v *verdict.Verdict) error {
-	var buf [256]byte
-	r, err := reportgen.VerdictRowOf(v, buf[:0])
-	if errors.Is(err, reportgen.ErrNoPolicy) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("pipeline: aggregate verdict: %w", err)
-	}
+// add counts one reportable verdict's row (reportgen.VerdictRowOf, built
+// outside the lock, which covers the count only).
+func (b *batchAggregates) add(r *reportgen.VerdictRow) {
 	b.mu.Lock()
-	b.agg.AddRow(&r)
+	b.agg.AddRow(r)
 	b.mu.Unlock()
-	return nil
 }
 
 // produce flushes the partials to topic through st. It returns the number

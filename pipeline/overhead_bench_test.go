@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/authpipe/authpipe/reportgen"
 	"github.com/authpipe/authpipe/stages/verdict"
 )
 
@@ -52,10 +53,13 @@ func BenchmarkHandleOverhead(b *testing.B) {
 	b.Run("aggregate", func(b *testing.B) {
 		b.ReportAllocs()
 		aggs := newBatchAggregates()
+		var key [256]byte
 		for b.Loop() {
-			if err := aggs.add(v); err != nil {
+			r, err := reportgen.VerdictRowOf(v, key[:0])
+			if err != nil {
 				b.Fatal(err)
 			}
+			aggs.add(&r)
 		}
 	})
 }

@@ -79,6 +79,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/authpipe/authpipe/reportgen"
 	"github.com/authpipe/authpipe/stages"
 	"github.com/authpipe/authpipe/stages/verdict"
 )
@@ -543,43 +544,42 @@ func (p *Pipeline) handle(ctx context.Context, st stream, t *recordTask, aggs *b
 			return
 		}
 		out = p.dlqRecord(r, err)
-	} else if v, panicked := p.verifyContained(ctx, r, in); panicked != nil {
-		if !t.claim() {
-			return
-		}
-		out = p.dlqRecord(r, panicked)
 	} else {
-		if ctx.Err() != nil {
+		buf = p.jsonBufs.Get().(*[]byte)
+		var keyBuf [256]byte
+		o, panicked := p.outputContained(ctx, r, in, (*buf)[:0], keyBuf[:0])
+		switch {
+		case panicked != nil:
+			p.jsonBufs.Put(buf)
+			buf = nil
+			if !t.claim() {
+				return
+			}
+			out = p.dlqRecord(r, panicked)
+		case ctx.Err() != nil:
 			// Deferred (the record went to RetryTopic; deferStragglers
 			// marks it before it cancels), or past the grace period: the
 			// verdict may be a spurious temperror, so the batch aborts.
 			// Either way this verdict is not emitted.
+			p.jsonBufs.Put(buf)
 			if t.state.Load() != taskDeferred {
 				fail(ctx.Err())
 			}
 			return
-		}
-		v.Key = string(r.Key)
-		start = time.Now()
-		buf = p.jsonBufs.Get().(*[]byte)
-		js, err := verdict.AppendJSON((*buf)[:0], v)
-		p.metrics.encodeObs.Observe(time.Since(start).Seconds())
-		if err != nil {
+		case o.err != nil:
 			p.jsonBufs.Put(buf)
-			fail(fmt.Errorf("pipeline: encode verdict: %w", err))
+			fail(o.err)
 			return
-		}
-		if !t.claim() {
+		case !t.claim():
 			p.jsonBufs.Put(buf)
 			return // deferred while being encoded
+		default:
+			p.metrics.countVerdict(o.v)
+			if o.reportable {
+				aggs.add(&o.row)
+			}
+			out = &kgo.Record{Topic: p.cfg.VerdictTopic, Key: r.Key, Value: o.js}
 		}
-		p.metrics.countVerdict(v)
-		if err := aggs.add(v); err != nil {
-			p.jsonBufs.Put(buf)
-			fail(err)
-			return
-		}
-		out = &kgo.Record{Topic: p.cfg.VerdictTopic, Key: r.Key, Value: js}
 	}
 	st.produce(context.WithoutCancel(ctx), out, func(_ *kgo.Record, err error) {
 		if err != nil {
@@ -593,15 +593,26 @@ func (p *Pipeline) handle(ctx context.Context, st stream, t *recordTask, aggs *b
 	})
 }
 
-// verifyContained is verify with a panic contained to the record. A panic
-// is a bug met on this message; left alone it would end the process, whose
-// restart would read the same uncommitted record and panic again, stopping
-// its partition for good. Contained, it becomes a *DecodeError of kind
-// verify-panic, for the record to go to the DLQ with the panic in its
+// output is what one message's bytes lead to: its verdict, the verdict's
+// JSON and the aggregate row it counts in (reportable false: none).
+type output struct {
+	v          *verdict.Verdict
+	js         []byte
+	row        reportgen.VerdictRow
+	reportable bool
+	err        error // encoding or row failed: the batch fails
+}
+
+// outputContained verifies in and encodes the verdict (JSON into js, row
+// key into key), with a panic in any of it contained to the record. A
+// panic is a bug met on this message; left alone it would end the process,
+// whose restart would read the same uncommitted record and panic again,
+// stopping its partition for good. Contained, it becomes a *DecodeError of
+// kind verify-panic, for the record to go to the DLQ with the panic in its
 // authpipe.error header (to be replayed once the bug is fixed), and an
 // error log. The log carries the stack at most once a minute per pipeline,
 // so a bug that many messages meet does not flood it.
-func (p *Pipeline) verifyContained(ctx context.Context, r *kgo.Record, in *Input) (v *verdict.Verdict, panicked error) {
+func (p *Pipeline) outputContained(ctx context.Context, r *kgo.Record, in *Input, js, key []byte) (o output, panicked error) {
 	defer func() {
 		x := recover()
 		if x == nil {
@@ -618,9 +629,30 @@ func (p *Pipeline) verifyContained(ctx context.Context, r *kgo.Record, in *Input
 			attrs = append(attrs, "stack", string(stack))
 		}
 		p.log.Error("verification panicked (a bug); record to the DLQ", attrs...)
-		v, panicked = nil, &DecodeError{Kind: KindVerifyPanic, Reason: fmt.Sprint(x)}
+		o, panicked = output{}, &DecodeError{Kind: KindVerifyPanic, Reason: fmt.Sprint(x)}
 	}()
-	return p.verify(ctx, in), nil
+	o.v = p.verify(ctx, in)
+	if ctx.Err() != nil {
+		return o, nil
+	}
+	o.v.Key = string(r.Key)
+	start := time.Now()
+	o.js, o.err = verdict.AppendJSON(js, o.v)
+	p.metrics.encodeObs.Observe(time.Since(start).Seconds())
+	if o.err != nil {
+		o.err = fmt.Errorf("pipeline: encode verdict: %w", o.err)
+		return o, nil
+	}
+	o.row, o.err = reportgen.VerdictRowOf(o.v, key)
+	switch {
+	case errors.Is(o.err, reportgen.ErrNoPolicy):
+		o.err = nil // not reportable
+	case o.err != nil:
+		o.err = fmt.Errorf("pipeline: aggregate verdict: %w", o.err)
+	default:
+		o.reportable = true
+	}
+	return o, nil
 }
 
 func (p *Pipeline) verify(ctx context.Context, in *Input) *verdict.Verdict {
