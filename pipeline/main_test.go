@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -11,6 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kslog"
 
 	"github.com/authpipe/authpipe/stages"
 	"github.com/authpipe/authpipe/stages/verdict"
@@ -42,14 +46,23 @@ func childMain() int {
 		cfg.RetryTopic, cfg.StragglerWait = "mail.raw.retry", wait
 		v = &tailVerifier{Verifier: v, delay: 200 * time.Millisecond}
 	}
-	p, err := New(cfg, v, WithKafkaOpts(testKafkaOpts()...))
+	// The client ID names the process, so that a test can tell its group
+	// membership from another's (childClientID).
+	opts := []Option{WithKafkaOpts(testKafkaOpts()...), WithKafkaOpts(kgo.ClientID(childClientID(os.Getpid())))}
+	if os.Getenv("AUTHPIPE_TEST_LOG") != "" {
+		// The child's own log and its Kafka client's, on standard error
+		// with the process ID, as testLog gives the test's.
+		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("pid", os.Getpid())
+		opts = append(opts, WithLogger(log), WithKafkaOpts(kgo.WithLogger(kslog.New(log.With("kafka", true)))))
+	}
+	p, err := New(cfg, v, opts...)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	run := []*Pipeline{p}
 	if cfg.RetryTopic != "" {
-		r, err := New(RetryStage(p.Config()), v, WithKafkaOpts(testKafkaOpts()...))
+		r, err := New(RetryStage(p.Config()), v, opts...)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -86,6 +99,9 @@ func (s *tailVerifier) Verify(ctx context.Context, raw []byte, env stages.Envelo
 	}
 	return s.Verifier.Verify(ctx, raw, env)
 }
+
+// childClientID is the Kafka client ID of the child process with pid.
+func childClientID(pid int) string { return fmt.Sprintf("authpipe-test-%d", pid) }
 
 // startChild starts this test binary as a pipeline process.
 func startChild(t *testing.T, brokers []string, dnsAddr, txnID string, extraEnv ...string) *exec.Cmd {

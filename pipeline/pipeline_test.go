@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"fmt"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -298,6 +299,86 @@ func TestTwoInstancesOneKilledReplaced(t *testing.T) {
 	recs := out.waitCount(t, len(msgs), 90*time.Second)
 	t.Logf("all %d verdicts committed %v after the kill; %d records in the log", len(recs), time.Since(killed).Round(time.Millisecond), logged.count())
 	checkVerdicts(t, e, msgs, recs)
+}
+
+// TestChurnKills: one pipeline process stays while another is SIGKILLed
+// and started again (same transactional ID, as a restarted pod of a
+// StatefulSet) four times mid-stream, so that partitions move back and
+// forth while transactions are open. A read_committed consumer must still
+// see exactly one verdict per message, equal to the engine's.
+//
+// Each kill comes a varying time after the restarted process has its
+// partitions. A kill inside a join (after the JoinGroup request, before the
+// SyncGroup) would leave kfake holding the dead member and its partitions
+// for good: kfake starts a member's session timer only once it has sent
+// the member its JoinGroup response, which fails on the closed connection,
+// and the leader's SyncGroup then ends the timer that would remove members
+// that never synced. The stream then stopped short (3,008 and 2,972 of
+// 4,000 verdicts after 90 s) where Kafka would expire the member after
+// the session timeout.
+func TestChurnKills(t *testing.T) {
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	e := testEngine(t, dns.Addr)
+	brokers := b.Addrs()
+	createTopics(t, brokers, 4)
+	msgs := corpus(4000, "c")
+	out := collect(t, brokers, "mail.verdicts")
+	adm := kadm.NewClient(mustClient(t, brokers))
+
+	slow := "AUTHPIPE_TEST_DELAY=5ms"
+	stay := startChild(t, brokers, dns.Addr, "churn-a", slow)
+	churn := startChild(t, brokers, dns.Addr, "churn-b", slow)
+	waitGroupStable(t, adm, "authpipe-verify", stay, churn)
+	produceCorpus(t, brokers, "mail.raw", msgs)
+	for i, run := range []time.Duration{300 * time.Millisecond, 50 * time.Millisecond, 700 * time.Millisecond, 150 * time.Millisecond} {
+		time.Sleep(run)
+		if err := churn.Process.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_ = churn.Wait()
+		t.Logf("kill %d, %v after the rebalance: %d verdicts committed", i+1, run, out.count())
+		if out.count() >= len(msgs) {
+			t.Fatalf("the stream finished before kill %d; slow it down", i+1)
+		}
+		churn = startChild(t, brokers, dns.Addr, "churn-b", slow)
+		waitGroupStable(t, adm, "authpipe-verify", stay, churn)
+	}
+	recs := out.waitCount(t, len(msgs), 90*time.Second)
+	checkVerdicts(t, e, msgs, recs)
+}
+
+// waitGroupStable waits until group is stable with the child processes
+// procs as its members (by their client IDs, childClientID), each with
+// partitions assigned: a member of a process killed before has left.
+func waitGroupStable(t *testing.T, adm *kadm.Client, group string, procs ...*exec.Cmd) {
+	t.Helper()
+	want := map[string]bool{}
+	for _, p := range procs {
+		want[childClientID(p.Process.Pid)] = true
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	var last string
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		described, err := adm.DescribeGroups(ctx, group)
+		cancel()
+		if g, ok := described[group]; err == nil && ok && g.Err == nil {
+			ok := g.State == "Stable" && len(g.Members) == len(want)
+			for _, m := range g.Members {
+				a, isConsumer := m.Assigned.AsConsumer()
+				ok = ok && want[m.ClientID] && isConsumer && len(a.Topics) > 0
+			}
+			if ok {
+				return
+			}
+			last = fmt.Sprintf("%s with %d members", g.State, len(g.Members))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("group %s not stable with members %v within 30s (last: %s, %v)", group, want, last, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // TestPoisonToDLQ mixes undecodable records into the stream: each goes to

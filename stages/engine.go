@@ -245,23 +245,22 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	// BenchmarkEngineTypical, where the helper's core went idle between
 	// messages). ARC gets a helper only when there is a chain to validate.
 	var (
-		wg                 sync.WaitGroup
-		spfRes             *verdict.SPF
-		dkimRes            []dkim.Result
-		arcRes             arc.Result
-		spfPanic, arcPanic *PanicError // a helper's panic, raised here (PanicError)
+		spfRes *verdict.SPF
+		arcRes arc.Result
 	)
 	spfHere := false
 	if e.cached != nil {
 		name, ok := spf.FirstQuery(spfRequest(env))
 		spfHere = !ok || e.cached.Cached(name, dns.TypeTXT)
 	}
+	arcHelper := msg.Count("arc-seal") > 0
+	h := newHelped(!spfHere || arcHelper)
 	if !spfHere {
-		wg.Add(1)
+		h.wg.Add(1)
 		e.helpers.Go(func() {
-			defer wg.Done()
-			defer carryPanic(&spfPanic, "spf")
-			spfRes = e.checkSPF(ctx, env)
+			defer h.wg.Done()
+			defer carryPanic(&h.spfPanic, "spf")
+			h.spf = e.checkSPF(ctx, env)
 		})
 	}
 	if len(msg.From) > 0 {
@@ -269,26 +268,34 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 			e.prefetch(ctx, []string{name})
 		}
 	}
-	if msg.Count("arc-seal") > 0 {
-		wg.Add(1)
+	if arcHelper {
+		h.wg.Add(1)
 		e.helpers.Go(func() {
-			defer wg.Done()
-			defer carryPanic(&arcPanic, "arc")
-			arcRes = e.arc.Validate(ctx, msg)
+			defer h.wg.Done()
+			defer carryPanic(&h.arcPanic, "arc")
+			h.arc = e.arc.Validate(ctx, msg)
 		})
 	} else {
 		arcRes = e.arc.Validate(ctx, msg) // no chain: returns none without DNS
 	}
-	dkimRes = e.dkim.Verify(ctx, msg)
+	dkimRes := e.dkim.Verify(ctx, msg)
 	if spfHere {
 		spfRes = e.checkSPF(ctx, env)
 	}
-	wg.Wait()
-	if spfPanic != nil {
-		panic(spfPanic)
-	}
-	if arcPanic != nil {
-		panic(arcPanic)
+	if h != nil {
+		h.wg.Wait()
+		if h.spfPanic != nil {
+			panic(h.spfPanic)
+		}
+		if h.arcPanic != nil {
+			panic(h.arcPanic)
+		}
+		if !spfHere {
+			spfRes = h.spf
+		}
+		if arcHelper {
+			arcRes = h.arc
+		}
 	}
 
 	v.SPF = spfRes
@@ -297,6 +304,26 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	v.DMARC = e.checkDMARC(ctx, env, v, dkimRes, arcRes)
 	v.AuthenticationResults = verdict.AuthenticationResults(e.authservID, v)
 	return v
+}
+
+// helped is what Verify shares with the checks it runs on helpers: their
+// results, and a panic to raise again on Verify's goroutine (PanicError).
+// One is allocated only for a message that starts a helper; variables the
+// helpers' closures captured would each be allocated for every message.
+type helped struct {
+	wg                 sync.WaitGroup
+	spf                *verdict.SPF
+	arc                arc.Result
+	spfPanic, arcPanic *PanicError
+}
+
+// newHelped returns a helped if need, else nil. It is a function so that
+// Verify's variable is assigned once, and its closures capture it by value.
+func newHelped(need bool) *helped {
+	if !need {
+		return nil
+	}
+	return &helped{}
 }
 
 // prefetch looks up, one after another on a single helper, those of
