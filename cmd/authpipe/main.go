@@ -4,7 +4,10 @@
 // that do the work; run `authpipe --help` for the list.
 //
 // Exit codes: 0 success (for verify: a verdict was produced, whatever it
-// says), 1 an I/O or runtime failure, 2 a usage error.
+// says), 1 an I/O or runtime failure, 2 a usage error. A crash (a Go panic
+// that nothing recovers, with its stack on standard error) also exits 2, as
+// every Go program's does; `run` contains a panic met while verifying a
+// message to that message (it goes to the DLQ as verify-panic).
 package main
 
 import (
@@ -68,7 +71,8 @@ DKIM (RFC 6376, 8301, 8463), ARC (RFC 8617) and DMARC (RFC 9989, or RFC 7489
 as a mode), through a caching DNS resolver, and emits one JSON verdict per
 message.
 
-Exit status: 0 on success, 1 on I/O or runtime failure, 2 on a usage error.`,
+Exit status: 0 on success, 1 on I/O or runtime failure, 2 on a usage error
+(or a crash, whose stack goes to standard error).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
