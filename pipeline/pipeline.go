@@ -101,7 +101,7 @@ type Pipeline struct {
 	ready    atomic.Bool
 	jsonBufs sync.Pool // *[]byte for verdict encodings; see maxPooledJSON
 	// stackLogged is when a verification panic's stack was last logged
-	// (Unix nanoseconds); see verifyContained.
+	// (Unix nanoseconds); see outputContained.
 	stackLogged atomic.Int64
 }
 
