@@ -2,7 +2,6 @@ package pipeline
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -10,25 +9,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/authpipe/authpipe/internal/panictest"
 	"github.com/authpipe/authpipe/resolvercache"
 	"github.com/authpipe/authpipe/stages"
 	"github.com/authpipe/authpipe/stages/verdict"
 )
-
-// panicResolver stands for a bug in the engine: it panics when asked for
-// one name, and otherwise asks the real server. No real part panics on
-// demand; this is the only fake in the test.
-type panicResolver struct {
-	resolvercache.Resolver
-	name string
-}
-
-func (r panicResolver) Lookup(ctx context.Context, name string, qtype uint16) (*resolvercache.Answer, error) {
-	if strings.EqualFold(strings.TrimSuffix(name, "."), r.name) {
-		panic(errors.New("injected bug looking up " + r.name))
-	}
-	return r.Resolver.Lookup(ctx, name, qtype)
-}
 
 // nilVerifier stands for a Verifier with a bug of another kind: it returns
 // no verdict for the messages from one envelope domain, so that the
@@ -80,7 +65,7 @@ func TestVerifyPanicToDLQ(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	buggy := stages.New(panicResolver{Resolver: c, name: "sender3.example"},
+	buggy := stages.New(panictest.Resolver{Resolver: c, Name: "sender3.example"},
 		stages.WithClock(func() time.Time { return fixedNow }), stages.WithDNSBudget(600*time.Millisecond))
 	logs := &lockedBuffer{}
 	reg := prometheus.NewRegistry()
@@ -121,7 +106,7 @@ func TestVerifyPanicToDLQ(t *testing.T) {
 	stacks := strings.Count(logs.String(), `"stack":`)
 	// The one stack is the first panic's: the resolver's, or the
 	// pipeline's own for a missing verdict.
-	named := strings.Contains(logs.String(), "panicResolver.Lookup") || strings.Contains(logs.String(), "outputContained")
+	named := strings.Contains(logs.String(), "panictest.Resolver.Lookup") || strings.Contains(logs.String(), "outputContained")
 	if lines != len(bad) || stacks != 1 || !named {
 		t.Errorf("%d panic log lines (want %d), %d with a stack (want 1, naming where it panicked)", lines, len(bad), stacks)
 	}

@@ -6,26 +6,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/authpipe/authpipe/resolvercache"
+	"github.com/authpipe/authpipe/internal/panictest"
 	"github.com/authpipe/authpipe/stages"
 	"github.com/authpipe/authpipe/stages/spf"
 	"github.com/authpipe/authpipe/stages/verdict"
 )
-
-// panicResolver stands for a bug: it panics when asked for one name, and
-// otherwise asks the real server's cache. No real part panics on demand;
-// this is the only fake in the test.
-type panicResolver struct {
-	resolvercache.Resolver
-	name string
-}
-
-func (r panicResolver) Lookup(ctx context.Context, name string, qtype uint16) (*resolvercache.Answer, error) {
-	if strings.EqualFold(strings.TrimSuffix(name, "."), r.name) {
-		panic(errors.New("injected bug looking up " + r.name))
-	}
-	return r.Resolver.Lookup(ctx, name, qtype)
-}
 
 // TestVerifyPanicReachesCaller: a check that panics, on a helper goroutine
 // (SPF) or on Verify's own (DKIM), panics out of Verify on the caller's
@@ -43,18 +28,18 @@ func TestVerifyPanicReachesCaller(t *testing.T) {
 
 	// SPF runs on a helper: the resolver is not a cache that can say the
 	// record is held, so SPF does not run on Verify's goroutine.
-	e := newEngine(&world{res: panicResolver{Resolver: w.res, name: "_spf.example.com"}})
+	e := newEngine(&world{res: panictest.Resolver{Resolver: w.res, Name: "_spf.example.com"}})
 	_, got := verify(e)
 	var pe *stages.PanicError
 	if err, _ := got.(error); !errors.As(err, &pe) || pe.Check != "spf" {
 		t.Fatalf("SPF panic: recovered %v (%T), want a *stages.PanicError for spf", got, got)
 	}
-	if !strings.Contains(pe.Error(), "injected bug") || !strings.Contains(string(pe.Stack), "panicResolver") {
+	if !strings.Contains(pe.Error(), "injected bug") || !strings.Contains(string(pe.Stack), "panictest.Resolver") {
 		t.Errorf("PanicError %q lacks the panic value or the helper's stack:\n%s", pe.Error(), pe.Stack)
 	}
 
 	// DKIM runs on Verify's goroutine: its panic arrives as it is.
-	e2 := newEngine(&world{res: panicResolver{Resolver: w.res, name: "rsa._domainkey.example.com"}})
+	e2 := newEngine(&world{res: panictest.Resolver{Resolver: w.res, Name: "rsa._domainkey.example.com"}})
 	if _, got := verify(e2); got == nil || strings.Contains(fmtAny(got), "stages:") || !strings.Contains(fmtAny(got), "injected bug") {
 		t.Fatalf("DKIM panic: recovered %v", got)
 	}

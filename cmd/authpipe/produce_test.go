@@ -14,17 +14,36 @@ import (
 	"github.com/authpipe/authpipe/pipeline"
 )
 
+// produceTarget starts an embedded broker with a one-partition mail.raw
+// for produce to write to, and returns its address, a client reading
+// mail.raw from the start, and a context that ends 20 s later.
+func produceTarget(t *testing.T) (broker string, cl *kgo.Client, ctx context.Context) {
+	t.Helper()
+	b, err := pipeline.StartBroker(pipeline.BrokerConfig{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	cl, err = kgo.NewClient(kgo.SeedBrokers(b.Addrs()...), kgo.ConsumeTopics("mail.raw"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	if err := pipeline.EnsureTopics(ctx, cl, 1, -1, nil, "mail.raw"); err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(b.Addrs(), ","), cl, ctx
+}
+
 // TestProduceDirectory: a directory is walked for messages, a Maildir's
 // cur and new included and mbox files split; dot files, dot directories
 // and a Maildir's tmp (deliveries in progress) are skipped. Keys are the
 // paths from the directory's name down; each record carries the envelope
 // headers.
 func TestProduceDirectory(t *testing.T) {
-	b, err := pipeline.StartBroker(pipeline.BrokerConfig{Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	broker, cl, ctx := produceTarget(t)
 	eml, err := os.ReadFile("../../examples/message.eml")
 	if err != nil {
 		t.Fatal(err)
@@ -48,17 +67,6 @@ func TestProduceDirectory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(b.Addrs()...), kgo.ConsumeTopics("mail.raw"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := pipeline.EnsureTopics(ctx, cl, 1, -1, nil, "mail.raw"); err != nil {
-		t.Fatal(err)
-	}
-	broker := strings.Join(b.Addrs(), ",")
 	code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", broker, "--ip", "192.0.2.10", "--mail-from", "alice@example.com", dir)
 	if code != 0 || !strings.Contains(stderr, "produced 5 messages") {
 		t.Fatalf("produce: %d %s", code, stderr)
@@ -84,21 +92,7 @@ func TestProduceDirectory(t *testing.T) {
 // produce with the file, the line and the reason (exit 1); the messages of
 // the lines before it are produced, as the error says, and none after it.
 func TestProduceStopsAtBadLine(t *testing.T) {
-	b, err := pipeline.StartBroker(pipeline.BrokerConfig{Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(b.Addrs()...), kgo.ConsumeTopics("mail.raw"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := pipeline.EnsureTopics(ctx, cl, 1, -1, nil, "mail.raw"); err != nil {
-		t.Fatal(err)
-	}
+	broker, cl, ctx := produceTarget(t)
 	jsonl := filepath.Join(t.TempDir(), "env.jsonl")
 	lines := `{"raw":"Subject: one\r\n\r\nx","client_ip":"192.0.2.1","mail_from":"a@example.com","key":"one"}
 # a comment
@@ -109,7 +103,7 @@ func TestProduceStopsAtBadLine(t *testing.T) {
 	if err := os.WriteFile(jsonl, []byte(lines), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", strings.Join(b.Addrs(), ","), "--envelopes", jsonl)
+	code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", broker, "--envelopes", jsonl)
 	if code != 1 || !strings.Contains(stderr, "env.jsonl:4: client_ip:") || !strings.Contains(stderr, "produced 2 messages before it, none after") {
 		t.Fatalf("produce: exit %d, %s", code, stderr)
 	}
