@@ -28,11 +28,12 @@ func newBatchAggregates() *batchAggregates {
 	return &batchAggregates{agg: reportgen.NewAggregator()}
 }
 
-// add counts one reportable verdict's row (reportgen.VerdictRowOf, built
-// outside the lock, which covers the count only).
-func (b *batchAggregates) add(r *reportgen.VerdictRow) {
+// add counts one reportable verdict in row key of r
+// (reportgen.VerdictRowOf, built outside the lock, which covers the count
+// only).
+func (b *batchAggregates) add(r *reportgen.VerdictRow, key []byte) {
 	b.mu.Lock()
-	b.agg.AddRow(r)
+	b.agg.AddRow(r, key)
 	b.mu.Unlock()
 }
 

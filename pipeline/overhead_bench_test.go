@@ -55,11 +55,11 @@ func BenchmarkHandleOverhead(b *testing.B) {
 		aggs := newBatchAggregates()
 		var key [256]byte
 		for b.Loop() {
-			r, err := reportgen.VerdictRowOf(v, key[:0])
+			r, k, err := reportgen.VerdictRowOf(v, key[:0])
 			if err != nil {
 				b.Fatal(err)
 			}
-			aggs.add(&r)
+			aggs.add(&r, k)
 		}
 	})
 }

@@ -547,7 +547,7 @@ func (p *Pipeline) handle(ctx context.Context, st stream, t *recordTask, aggs *b
 	} else {
 		buf = p.jsonBufs.Get().(*[]byte)
 		var keyBuf [256]byte
-		o, panicked := p.outputContained(ctx, r, in, (*buf)[:0], keyBuf[:0])
+		o, row, key, panicked := p.outputContained(ctx, r, in, (*buf)[:0], keyBuf[:0])
 		switch {
 		case panicked != nil:
 			p.jsonBufs.Put(buf)
@@ -576,7 +576,7 @@ func (p *Pipeline) handle(ctx context.Context, st stream, t *recordTask, aggs *b
 		default:
 			p.metrics.countVerdict(o.v)
 			if o.reportable {
-				aggs.add(&o.row)
+				aggs.add(&row, key)
 			}
 			out = &kgo.Record{Topic: p.cfg.VerdictTopic, Key: r.Key, Value: o.js}
 		}
@@ -594,17 +594,20 @@ func (p *Pipeline) handle(ctx context.Context, st stream, t *recordTask, aggs *b
 }
 
 // output is what one message's bytes lead to: its verdict, the verdict's
-// JSON and the aggregate row it counts in (reportable false: none).
+// JSON and whether it counts in an aggregate row.
 type output struct {
 	v          *verdict.Verdict
 	js         []byte
-	row        reportgen.VerdictRow
 	reportable bool
 	err        error // encoding or row failed: the batch fails
 }
 
-// outputContained verifies in and encodes the verdict (JSON into js, row
-// key into key), with a panic in any of it contained to the record. A
+// outputContained verifies in and encodes the verdict: its JSON (into js)
+// and its aggregate row and row key (into key). The row and key are
+// results of their own, not fields of output: escape analysis would count
+// the key as escaping with the verdict, and move the caller's key buffer
+// to the heap for every message. A panic in any of it is contained to the
+// record. A
 // panic is a bug met on this message; left alone it would end the process,
 // whose restart would read the same uncommitted record and panic again,
 // stopping its partition for good. Contained, it becomes a *DecodeError of
@@ -612,7 +615,7 @@ type output struct {
 // authpipe.error header (to be replayed once the bug is fixed), and an
 // error log. The log carries the stack at most once a minute per pipeline,
 // so a bug that many messages meet does not flood it.
-func (p *Pipeline) outputContained(ctx context.Context, r *kgo.Record, in *Input, js, key []byte) (o output, panicked error) {
+func (p *Pipeline) outputContained(ctx context.Context, r *kgo.Record, in *Input, js, key []byte) (o output, row reportgen.VerdictRow, rowKey []byte, panicked error) {
 	defer func() {
 		x := recover()
 		if x == nil {
@@ -633,7 +636,7 @@ func (p *Pipeline) outputContained(ctx context.Context, r *kgo.Record, in *Input
 	}()
 	o.v = p.verify(ctx, in)
 	if ctx.Err() != nil {
-		return o, nil
+		return o, row, nil, nil
 	}
 	o.v.Key = string(r.Key)
 	start := time.Now()
@@ -641,9 +644,9 @@ func (p *Pipeline) outputContained(ctx context.Context, r *kgo.Record, in *Input
 	p.metrics.encodeObs.Observe(time.Since(start).Seconds())
 	if o.err != nil {
 		o.err = fmt.Errorf("pipeline: encode verdict: %w", o.err)
-		return o, nil
+		return o, row, nil, nil
 	}
-	o.row, o.err = reportgen.VerdictRowOf(o.v, key)
+	row, rowKey, o.err = reportgen.VerdictRowOf(o.v, key)
 	switch {
 	case errors.Is(o.err, reportgen.ErrNoPolicy):
 		o.err = nil // not reportable
@@ -652,7 +655,7 @@ func (p *Pipeline) outputContained(ctx context.Context, r *kgo.Record, in *Input
 	default:
 		o.reportable = true
 	}
-	return o, nil
+	return o, row, rowKey, nil
 }
 
 func (p *Pipeline) verify(ctx context.Context, in *Input) *verdict.Verdict {

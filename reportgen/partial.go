@@ -189,57 +189,59 @@ type aggWindow struct {
 // NewAggregator returns an empty Aggregator.
 func NewAggregator() *Aggregator { return &Aggregator{wins: map[Window]*aggWindow{}} }
 
-// VerdictRow is where one verdict counts: its window, the policy it was
-// evaluated under and its row key (RowKey.AppendBinary).
+// VerdictRow is where one verdict counts: its window and the policy it was
+// evaluated under. The row key (RowKey.AppendBinary) comes apart from it
+// (VerdictRowOf): kept in the same struct as the policy's strings, which
+// AddRow stores, escape analysis would send a caller's key buffer to the
+// heap with them for every verdict.
 type VerdictRow struct {
 	Window Window
 	Policy PolicyPublished
-	Key    []byte
 }
 
-// VerdictRowOf returns v's VerdictRow, its key appended to buf. Verdicts
-// without a DMARC policy give ErrNoPolicy.
-func VerdictRowOf(v *verdict.Verdict, buf []byte) (VerdictRow, error) {
+// VerdictRowOf returns v's VerdictRow and its row key, appended to buf.
+// Verdicts without a DMARC policy give ErrNoPolicy.
+func VerdictRowOf(v *verdict.Verdict, buf []byte) (VerdictRow, []byte, error) {
 	if v == nil || v.DMARC == nil || v.DMARC.Policy == nil || v.DMARC.PolicyDomain == "" {
-		return VerdictRow{}, ErrNoPolicy
+		return VerdictRow{}, nil, ErrNoPolicy
 	}
 	k, err := RowKeyOf(v)
 	if err != nil {
-		return VerdictRow{}, err
+		return VerdictRow{}, nil, err
 	}
 	return VerdictRow{
 		Window: Window{Domain: strings.ToLower(v.DMARC.PolicyDomain), Day: DayOf(VerdictTime(v))},
 		Policy: policyOf(v.DMARC),
-		Key:    k.AppendBinary(buf),
-	}, nil
+	}, k.AppendBinary(buf), nil
 }
 
 // Add counts v in the window of its policy domain and day (VerdictTime).
 // Verdicts without a DMARC policy give ErrNoPolicy and are not counted.
 func (a *Aggregator) Add(v *verdict.Verdict) error {
-	r, err := VerdictRowOf(v, a.buf[:0])
+	r, key, err := VerdictRowOf(v, a.buf[:0])
 	if err != nil {
 		return err
 	}
-	a.buf = r.Key
-	a.AddRow(&r)
+	a.buf = key
+	a.AddRow(&r, key)
 	return nil
 }
 
-// AddRow counts one message in r. The window's policy becomes r's (the
-// latest verdict's); r.Key is copied when the row is new.
-func (a *Aggregator) AddRow(r *VerdictRow) {
+// AddRow counts one message in row key of r. The window's policy becomes
+// r's (the latest verdict's); key is copied when the row is new, and not
+// kept.
+func (a *Aggregator) AddRow(r *VerdictRow, key []byte) {
 	aw := a.wins[r.Window]
 	if aw == nil {
 		aw = &aggWindow{rows: map[string]*uint64{}}
 		a.wins[r.Window] = aw
 	}
 	aw.policy = r.Policy
-	if c := aw.rows[string(r.Key)]; c != nil {
+	if c := aw.rows[string(key)]; c != nil {
 		*c++
 	} else {
 		n := uint64(1)
-		aw.rows[string(r.Key)] = &n
+		aw.rows[string(key)] = &n
 	}
 	aw.msgs++
 }
