@@ -88,13 +88,7 @@ func TestVerifyPanicToDLQ(t *testing.T) {
 		t.Fatalf("%d DLQ records, want %d", len(dead), len(bad))
 	}
 	for _, r := range dead {
-		reason := ""
-		for _, h := range r.Headers {
-			if h.Key == HeaderError {
-				reason = string(h.Value)
-			}
-		}
-		if want, ok := bad[string(r.Key)]; !ok || reason != want {
+		if reason, want := headerValue(r, HeaderError), bad[string(r.Key)]; want == "" || reason != want {
 			t.Errorf("DLQ %s: reason %q, want %q", r.Key, reason, want)
 		}
 	}
