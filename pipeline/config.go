@@ -260,7 +260,8 @@ type MemoryBudget struct {
 	// fetchMaxBytes buffered, one being decoded, each decompressed to at
 	// most fetchDecompression times its size (an assumption: email text
 	// compresses 3–8× with snappy, lz4 or zstd; a compression bomb beyond
-	// that is not bounded by the client).
+	// that is not bounded by the client), and as much again in
+	// decompression buffers kept for reuse (decompressPool).
 	Fetch int64
 	// Produce is kgo.MaxBufferedBytes: verdicts, DLQ records and partial
 	// aggregates waiting to be acknowledged.
@@ -303,7 +304,7 @@ func MemoryBound(c Config, dnsCacheBytes, engineCacheBytes int64) MemoryBudget {
 	b := MemoryBudget{
 		InFlight:   c.MaxInFlightBytes,
 		Work:       int64(c.MaxInFlight)*workPerMessage + stages.MessageCopies*c.MaxInFlightBytes,
-		Fetch:      2 * int64(fetchMaxBytes(c)) * fetchDecompression,
+		Fetch:      3 * decompressPoolBytes(c),
 		Produce:    producerBufferBytes(c),
 		DNSCache:   dnsCacheBytes,
 		Engine:     engineCacheBytes,
@@ -341,6 +342,13 @@ func (b MemoryBudget) GoMemoryLimit() int64 { return b.Total / 4 * 3 }
 // round trip.
 func fetchMaxBytes(c Config) int32 {
 	return int32(min(max(c.MaxInFlightBytes/4, 1<<20), 4<<20))
+}
+
+// decompressPoolBytes is one fetch decompressed: what the client's
+// decompression buffers kept for reuse may hold (decompressPool), and what
+// MemoryBound charges for each fetch buffered or being decoded.
+func decompressPoolBytes(c Config) int64 {
+	return int64(fetchMaxBytes(c)) * fetchDecompression
 }
 
 // producerBufferBytes bounds the records produced and not yet acknowledged

@@ -153,6 +153,7 @@ func (p *Pipeline) kafkaOpts() []kgo.Opt {
 		kgo.BrokerMaxReadBytes(int32(min(int64(fetchMaxBytes(c))+2*int64(c.MaxMessageBytes)+(1<<20), 1<<30))),
 		kgo.ProducerBatchMaxBytes(int32(min(int64(c.MaxMessageBytes)+(1<<20), 1<<30))),
 		kgo.MaxBufferedBytes(int(producerBufferBytes(c))),
+		kgo.WithPools(p.decompress),
 	}
 	if p.cfg.Delivery == ExactlyOnce {
 		opts = append(opts,

@@ -100,6 +100,8 @@ type Pipeline struct {
 	kopts    []kgo.Opt
 	ready    atomic.Bool
 	jsonBufs sync.Pool // *[]byte for verdict encodings; see maxPooledJSON
+	// decompress lends the Kafka client its decompression buffers.
+	decompress *decompressPool
 	// stackLogged is when a verification panic's stack was last logged
 	// (Unix nanoseconds); see outputContained.
 	stackLogged atomic.Int64
@@ -134,7 +136,7 @@ func New(cfg Config, v Verifier, opts ...Option) (*Pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Pipeline{cfg: cfg, verifier: v}
+	p := &Pipeline{cfg: cfg, verifier: v, decompress: newDecompressPool(decompressPoolBytes(cfg))}
 	p.jsonBufs.New = func() any { b := make([]byte, 0, 2048); return &b }
 	for _, o := range opts {
 		o(p)
@@ -590,6 +592,10 @@ func (p *Pipeline) handle(ctx context.Context, st stream, t *recordTask, aggs *b
 			*buf = out.Value[:0]
 			p.jsonBufs.Put(buf)
 		}
+		// Nor to r's key and value (the output shares them), and handle
+		// is done with r: its decompressed batch may be used again once
+		// every record in it is recycled (decompressPool).
+		r.Recycle()
 	})
 }
 
