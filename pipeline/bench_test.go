@@ -160,10 +160,10 @@ const signedDistinct = 1024
 // zstd) choose the compression of the verdicts and of mail.raw;
 // AUTHPIPE_BENCH_DELIVERY, AUTHPIPE_BENCH_BATCH and
 // AUTHPIPE_BENCH_BATCH_RECORDS set the delivery mode, batch interval and
-// batch size; AUTHPIPE_BENCH_INFLIGHT_BYTES the in-flight bytes (and with
-// them the fetch size, a quarter of them within 1–4 MiB); AUTHPIPE_BENCH_STRAGGLER_WAIT turns straggler deferral on
-// with its retry stage (as `authpipe run` has it); AUTHPIPE_BENCH_PROFILE
-// writes a CPU profile per phase.
+// batch size; AUTHPIPE_BENCH_INFLIGHT_BYTES the in-flight bytes;
+// AUTHPIPE_BENCH_STRAGGLER_WAIT turns straggler deferral on with its retry
+// stage (as `authpipe run` has it); AUTHPIPE_BENCH_PROFILE writes a CPU
+// profile per phase.
 func BenchmarkPipelineVsEngine(b *testing.B) {
 	n := 20000
 	if v, err := strconv.Atoi(envOr("AUTHPIPE_BENCH_N", "")); err == nil && v > 0 {
@@ -198,7 +198,7 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 		cfg.BatchMaxRecords = n
 	}
 	if n, err := strconv.ParseInt(envOr("AUTHPIPE_BENCH_INFLIGHT_BYTES", ""), 10, 64); err == nil {
-		cfg.MaxInFlightBytes = n // a quarter of it, 1–4 MiB, is the fetch size
+		cfg.MaxInFlightBytes = n
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -304,7 +304,7 @@ func MemoryBound(c Config, dnsCacheBytes, engineCacheBytes int64) MemoryBudget {
 	b := MemoryBudget{
 		InFlight:   c.MaxInFlightBytes,
 		Work:       int64(c.MaxInFlight)*workPerMessage + stages.MessageCopies*c.MaxInFlightBytes,
-		Fetch:      3 * decompressPoolBytes(c),
+		Fetch:      3 * decompressPoolBytes(),
 		Produce:    producerBufferBytes(c),
 		DNSCache:   dnsCacheBytes,
 		Engine:     engineCacheBytes,
@@ -326,29 +326,28 @@ func MemoryBound(c Config, dnsCacheBytes, engineCacheBytes int64) MemoryBudget {
 // heap grows towards the limit instead of past the bound.
 func (b MemoryBudget) GoMemoryLimit() int64 { return b.Total / 4 * 3 }
 
-// fetchMaxBytes is the most one fetch response may carry (kgo.FetchMaxBytes;
-// one record batch larger than that still comes whole): a quarter of the
-// in-flight bytes, between 1 MiB and 4 MiB.
+// fetchMaxBytes is the most one fetch response may carry (kgo.FetchMaxBytes
+// and FetchMaxPartitionBytes; one record batch larger than that still
+// comes whole): 1 MiB, Kafka's own max.partition.fetch.bytes.
 //
-// Why at most 4 MiB (16 MiB until session 10): the client decompresses a
-// whole fetch as it arrives, and MemoryBound charges two fetches at eight
-// times their size, so with the default 256 MiB in flight the cap was
-// 256 MiB of the bound (×2 for the collector) for buffering alone; at
-// 4 MiB it is 64 MiB. A consumer behind its topic (a restart with lag)
-// fills every fetch, and a 16 MiB one became up to 160 MB of fresh heap at
-// once. BenchmarkPipelineVsEngine did not tell the two apart (scripts/
-// benchab -n 8: pipeline 57.6 and 59.0 µs a message, faults 1.55 and 1.64,
-// p > 0.8), and 4 MiB of compressed mail is still thousands of messages a
-// round trip.
-func fetchMaxBytes(c Config) int32 {
-	return int32(min(max(c.MaxInFlightBytes/4, 1<<20), 4<<20))
-}
+// It was a quarter of the in-flight bytes within 1–4 MiB until session 16
+// (and up to 16 MiB until session 10), so 4 MiB with the defaults. A
+// consumer behind its topic fills every fetch, and the client read each
+// 4 MiB response into a fresh buffer, which kfake had built by doubling
+// from the first batch (handleFetch), and the heap churned through pages
+// it handed back and faulted in again. At 1 MiB, an interleaved A/B on the
+// same binary (scripts/benchab -n 8 with the size set by the environment)
+// gave 41% fewer page faults, the pipeline's CPU a message 5% lower and
+// BenchmarkPipelineVsEngine's ratio 0.67 against 0.72 (p < 0.001). 1 MiB
+// of compressed mail is still 1,500 or more messages of 4–5 KB a round
+// trip, more than one instance verifies in a millisecond.
+const fetchMaxBytes = 1 << 20
 
 // decompressPoolBytes is one fetch decompressed: what the client's
 // decompression buffers kept for reuse may hold (decompressPool), and what
 // MemoryBound charges for each fetch buffered or being decoded.
-func decompressPoolBytes(c Config) int64 {
-	return int64(fetchMaxBytes(c)) * fetchDecompression
+func decompressPoolBytes() int64 {
+	return fetchMaxBytes * fetchDecompression
 }
 
 // producerBufferBytes bounds the records produced and not yet acknowledged

@@ -148,9 +148,9 @@ func (p *Pipeline) kafkaOpts() []kgo.Opt {
 		// Bounded buffering (see MemoryBound): at most one fetch per
 		// broker waits in the client, each at most fetchMaxBytes (plus one
 		// oversized batch), at most that per partition too.
-		kgo.FetchMaxBytes(fetchMaxBytes(c)),
-		kgo.FetchMaxPartitionBytes(fetchMaxBytes(c)),
-		kgo.BrokerMaxReadBytes(int32(min(int64(fetchMaxBytes(c))+2*int64(c.MaxMessageBytes)+(1<<20), 1<<30))),
+		kgo.FetchMaxBytes(fetchMaxBytes),
+		kgo.FetchMaxPartitionBytes(fetchMaxBytes),
+		kgo.BrokerMaxReadBytes(int32(min(fetchMaxBytes+2*int64(c.MaxMessageBytes)+(1<<20), 1<<30))),
 		kgo.ProducerBatchMaxBytes(int32(min(int64(c.MaxMessageBytes)+(1<<20), 1<<30))),
 		kgo.MaxBufferedBytes(int(producerBufferBytes(c))),
 		kgo.WithPools(p.decompress),
