@@ -335,12 +335,11 @@ func (b MemoryBudget) GoMemoryLimit() int64 { return b.Total / 4 * 3 }
 // consumer behind its topic fills every fetch, and the client read each
 // 4 MiB response into a fresh buffer, which kfake had built by doubling
 // from the first batch (handleFetch), and the heap churned through pages
-// it handed back and faulted in again. At 1 MiB, an interleaved A/B on the
-// same binary (scripts/benchab -n 8 with the size set by the environment)
-// gave 41% fewer page faults, the pipeline's CPU a message 5% lower and
-// BenchmarkPipelineVsEngine's ratio 0.67 against 0.72 (p < 0.001). 1 MiB
-// of compressed mail is still 1,500 or more messages of 4–5 KB a round
-// trip, more than one instance verifies in a millisecond.
+// it handed back and faulted in again. At 1 MiB the pipeline takes 37–41%
+// fewer page faults in BenchmarkPipelineVsEngine, and its ratio rose from
+// 0.67 to 0.71–0.72 (docs/design-notes.md has the two A/Bs). 1 MiB of
+// compressed mail is still 1,500 or more messages of 4–5 KB a round trip,
+// more than one instance verifies in a millisecond.
 const fetchMaxBytes = 1 << 20
 
 // decompressPoolBytes is one fetch decompressed: what the client's

@@ -65,8 +65,8 @@ func (nopVerifier) Verify(context.Context, []byte, stages.Envelope) *verdict.Ver
 
 // floorLoop is the Kafka-floor phase's consume-transform-produce loop:
 // each record polled is answered on cfg.VerdictTopic with values[its key]
-// and recycled once that is produced,
-// in a transaction that begins with a batch's first record and ends as the
+// (and recycled once that is produced, as the pipeline's records are), in
+// a transaction that begins with a batch's first record and ends as the
 // pipeline's batch does (input drained for batchIdleGap, or BatchInterval
 // over).
 func floorLoop(ctx context.Context, s *kgo.GroupTransactSession, cfg Config, values map[string][]byte) error {
@@ -97,8 +97,6 @@ func floorLoop(ctx context.Context, s *kgo.GroupTransactSession, cfg Config, val
 				began, end = true, time.Now().Add(cfg.BatchInterval)
 			}
 			fs.EachRecord(func(r *kgo.Record) {
-				// Recycled once produced, as the pipeline's are
-				// (decompressPool).
 				s.Produce(ctx, &kgo.Record{Topic: cfg.VerdictTopic, Key: r.Key, Value: values[string(r.Key)]}, func(*kgo.Record, error) { r.Recycle() })
 			})
 		}
