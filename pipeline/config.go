@@ -304,7 +304,7 @@ func MemoryBound(c Config, dnsCacheBytes, engineCacheBytes int64) MemoryBudget {
 	b := MemoryBudget{
 		InFlight:   c.MaxInFlightBytes,
 		Work:       int64(c.MaxInFlight)*workPerMessage + stages.MessageCopies*c.MaxInFlightBytes,
-		Fetch:      3 * decompressPoolBytes(),
+		Fetch:      3 * decompressPoolBytes,
 		Produce:    producerBufferBytes(c),
 		DNSCache:   dnsCacheBytes,
 		Engine:     engineCacheBytes,
@@ -335,19 +335,17 @@ func (b MemoryBudget) GoMemoryLimit() int64 { return b.Total / 4 * 3 }
 // consumer behind its topic fills every fetch, and the client read each
 // 4 MiB response into a fresh buffer, which kfake had built by doubling
 // from the first batch (handleFetch), and the heap churned through pages
-// it handed back and faulted in again. At 1 MiB the pipeline takes 37–41%
+// it handed back and faulted in again. At 1 MiB the pipeline takes 37%
 // fewer page faults in BenchmarkPipelineVsEngine, and its ratio rose from
-// 0.67 to 0.71–0.72 (docs/design-notes.md has the two A/Bs). 1 MiB of
-// compressed mail is still 1,500 or more messages of 4–5 KB a round trip,
-// more than one instance verifies in a millisecond.
+// 0.67 to 0.71 (scripts/benchab -n 8 b66d8f2 51430da; docs/design-notes.md).
+// 1 MiB of compressed mail is still 1,500 or more messages of 4–5 KB a
+// round trip, more than one instance verifies in a millisecond.
 const fetchMaxBytes = 1 << 20
 
 // decompressPoolBytes is one fetch decompressed: what the client's
 // decompression buffers kept for reuse may hold (decompressPool), and what
 // MemoryBound charges for each fetch buffered or being decoded.
-func decompressPoolBytes() int64 {
-	return fetchMaxBytes * fetchDecompression
-}
+const decompressPoolBytes = fetchMaxBytes * fetchDecompression
 
 // producerBufferBytes bounds the records produced and not yet acknowledged
 // (kgo.MaxBufferedBytes): the in-flight bytes plus one largest message (a

@@ -136,7 +136,7 @@ func New(cfg Config, v Verifier, opts ...Option) (*Pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Pipeline{cfg: cfg, verifier: v, decompress: newDecompressPool(decompressPoolBytes())}
+	p := &Pipeline{cfg: cfg, verifier: v, decompress: newDecompressPool(decompressPoolBytes)}
 	p.jsonBufs.New = func() any { b := make([]byte, 0, 2048); return &b }
 	for _, o := range opts {
 		o(p)
