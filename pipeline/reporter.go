@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -197,6 +198,8 @@ type reporterRun struct {
 
 	storedMu sync.Mutex
 	stored   map[string]map[int32]int64 // the store's offsets: records below are merged already
+
+	stackLogged atomic.Int64 // unix ns of the last panic stack logged (logPanic)
 }
 
 func runReporter(ctx context.Context, cfg ReporterConfig, st *reportgen.Store, rep *reportgen.Reporter, log *slog.Logger, kopts []kgo.Opt, full bool) error {
@@ -511,8 +514,11 @@ func (r *reporterRun) process(ctx context.Context, recs []*kgo.Record) error {
 			if rec.Attrs.IsControl() {
 				continue
 			}
+			// Decoding outside data: a panic (a bug this record meets)
+			// dead-letters the record like any decoding error.
 			var p reportgen.PartialAggregate
-			if err := p.UnmarshalBinary(rec.Value); err != nil {
+			if err := reportgen.Contain(func() error { return p.UnmarshalBinary(rec.Value) }); err != nil {
+				r.logPanic(err)
 				r.m.deadLettered.WithLabelValues("aggregates").Inc()
 				r.log.Error("reporter: bad partial aggregate dead-lettered", "partition", rec.Partition, "offset", rec.Offset, "err", err)
 				dlq = append(dlq, deadLetter(rec, r.cfg.AggregateDLQTopic, err))
@@ -524,11 +530,15 @@ func (r *reporterRun) process(ctx context.Context, recs []*kgo.Record) error {
 			if rec.Attrs.IsControl() {
 				continue
 			}
-			ev, err := decodeTLSResult(rec, r.own.partitions(tlsTopic), r.own.partition)
-			if err == nil {
-				err = tagg.Add(&ev)
-			}
+			err := reportgen.Contain(func() error {
+				ev, err := decodeTLSResult(rec, r.own.partitions(tlsTopic), r.own.partition)
+				if err != nil {
+					return err
+				}
+				return tagg.Add(&ev)
+			})
 			if err != nil {
+				r.logPanic(err)
 				r.m.deadLettered.WithLabelValues("tls-results").Inc()
 				r.log.Warn("reporter: TLS result dead-lettered", "partition", rec.Partition, "offset", rec.Offset, "err", err)
 				dlq = append(dlq, deadLetter(rec, r.cfg.TLSDLQTopic, err))
@@ -651,14 +661,18 @@ func (r *reporterRun) tickLoop(ctx context.Context) error {
 
 // tick applies the state topic up to its end, then closes and builds the
 // owned windows under buildMu, then delivers the outbox.
-func (r *reporterRun) tick(ctx context.Context) error {
+func (r *reporterRun) tick(ctx context.Context) (err error) {
 	wctx, cancel := context.WithTimeout(ctx, r.cfg.StateWait)
-	err := r.state.waitCaughtUp(wctx)
+	err = r.state.waitCaughtUp(wctx)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("tick skipped: %w", err)
 	}
 	var bs reportgen.BuildStats
+	// Windows that failed to build hold back neither the state flush nor
+	// the delivery of the others; their errors end up in tick's.
+	var buildErr error
+	defer func() { err = errors.Join(buildErr, err) }()
 	err = func() error {
 		r.own.buildMu.Lock()
 		defer r.own.buildMu.Unlock()
@@ -671,11 +685,13 @@ func (r *reporterRun) tick(ctx context.Context) error {
 			r.log.Info("reporter: window closed", "kind", wi.Kind.String(), "window", wi.Window.String(), "messages", wi.Messages, "late", wi.Late)
 		}
 		if r.rep != nil {
-			bs, err = r.rep.BuildClosed(ctx)
+			bs, buildErr = r.rep.BuildClosed(ctx)
 			r.m.reportsBuilt.Add(float64(bs.Files))
 			r.m.windowsTakenOver.Add(float64(bs.TakenOver))
-			if err != nil {
-				return fmt.Errorf("build: %w", err)
+			r.m.buildFailures.Add(float64(bs.Failed))
+			if buildErr != nil {
+				buildErr = fmt.Errorf("build: %w", buildErr)
+				r.logPanic(buildErr)
 			}
 		}
 		// The next owner must see this build before it can build.
@@ -686,7 +702,7 @@ func (r *reporterRun) tick(ctx context.Context) error {
 	}
 	if bs.Windows > 0 {
 		r.log.Info("reporter: reports built", "windows", bs.Windows, "files", bs.Files, "items", bs.Items,
-			"no_destination", bs.NoDestination, "unverified", bs.Unverified, "deferred", bs.Deferred, "taken_over", bs.TakenOver)
+			"no_destination", bs.NoDestination, "unverified", bs.Unverified, "deferred", bs.Deferred, "taken_over", bs.TakenOver, "failed", bs.Failed)
 	}
 	if bs.TakenOver > 0 {
 		r.log.Warn("reporter: windows built by another reporter taken over (their items were not all sent after the takeover delay: "+
@@ -718,6 +734,21 @@ func (r *reporterRun) tick(ctx context.Context) error {
 		return err
 	}
 	return r.state.flush(ctx)
+}
+
+// logPanic logs the stack of a panic contained in err (a
+// *reportgen.PanicError: a bug met on one report's data), at most once a
+// minute, so that a bug every round meets does not flood the log; the
+// error itself is logged by tickLoop.
+func (r *reporterRun) logPanic(err error) {
+	var pe *reportgen.PanicError
+	if !errors.As(err, &pe) {
+		return
+	}
+	now := time.Now().UnixNano()
+	if last := r.stackLogged.Load(); now-last >= int64(time.Minute) && r.stackLogged.CompareAndSwap(last, now) {
+		r.log.Error("reporter: panic contained (a bug); its report is left for a later round", "panic", fmt.Sprint(pe.Value), "stack", string(pe.Stack))
+	}
 }
 
 // ownership tracks the partitions assigned to this reporter and whether

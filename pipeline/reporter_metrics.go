@@ -17,6 +17,7 @@ type ReporterMetrics struct {
 	windowsClosed    *prometheus.CounterVec
 	reportsBuilt     prometheus.Counter
 	windowsTakenOver prometheus.Counter
+	buildFailures    prometheus.Counter
 	itemsSent        prometheus.Counter
 	itemsFailed      prometheus.Counter
 	stateApplied     prometheus.Counter
@@ -65,6 +66,10 @@ func NewReporterMetrics(reg prometheus.Registerer) (*ReporterMetrics, error) {
 			Name: "authpipe_reporter_windows_taken_over_total",
 			Help: "Windows another reporter built whose items were not all sent or failed after the takeover delay, rebuilt and delivered by this reporter (its owner).",
 		}),
+		buildFailures: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "authpipe_reporter_build_failures_total",
+			Help: "Window builds that failed (an error, or a panic contained to its window): the window stays closed and is built again on the next round; the others go on.",
+		}),
 		itemsSent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "authpipe_reporter_items_sent_total",
 			Help: "Outbox items accepted by their destination.",
@@ -92,7 +97,7 @@ func NewReporterMetrics(reg prometheus.Registerer) (*ReporterMetrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.partialsMerged, m.rowsMerged, m.latePartials, m.lateMessages, m.tlsMerged, m.deadLettered,
-			m.windowsClosed, m.reportsBuilt, m.windowsTakenOver, m.itemsSent, m.itemsFailed, m.stateApplied, m.statePublished, m.stateErrors, m.ownedPartitions} {
+			m.windowsClosed, m.reportsBuilt, m.windowsTakenOver, m.buildFailures, m.itemsSent, m.itemsFailed, m.stateApplied, m.statePublished, m.stateErrors, m.ownedPartitions} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

@@ -313,6 +313,10 @@ type BuildStats struct {
 	// TakenOver counts windows built elsewhere and rebuilt here (see
 	// Reporter.TakeoverAfter); they are counted in Windows too.
 	TakenOver int
+	// Failed counts windows whose build failed (an error, or a panic
+	// contained as a *PanicError): each stays closed, to be built on a
+	// later round, and holds no other window back.
+	Failed int
 }
 
 func (r *Reporter) takeoverAfter() time.Duration {
@@ -351,30 +355,44 @@ func (r *Reporter) capFor(d Destination) int64 {
 // item ids; the items the builder sent or failed are stored finished and
 // the others are delivered from this outbox. A built-remote window without
 // rows here (nothing merged: nothing to rebuild from) is not taken over.
+//
+// A window whose build fails, with an error or a panic (a *PanicError), is
+// counted in BuildStats.Failed and left closed, to be built on a later
+// call; the other windows are built. The error returned joins those
+// failures (and a store error that ended the call).
 func (r *Reporter) BuildClosed(ctx context.Context) (BuildStats, error) {
 	var st BuildStats
+	var failed []error
 	now := r.Store.Now()
 	for _, kind := range []Kind{KindDMARC, KindTLS} {
 		wins, err := r.Store.Windows(kind)
 		if err != nil {
-			return st, err
+			return st, errors.Join(append(failed, err)...)
 		}
 		for _, wi := range wins {
 			if !r.owns(kind, wi.Window) {
 				continue
 			}
-			switch {
-			case wi.State == StateClosed:
-				err = r.buildWindow(ctx, wi, &st)
-			case wi.State == StateBuiltRemote && wi.Messages > 0 && r.takeoverAfter() > 0 && !now.Before(wi.BuiltAt.Add(r.takeoverAfter())):
-				err = r.takeover(ctx, wi.Kind, wi.Window, &st)
-			}
+			// One window's failure, a panic included, is that window's:
+			// left closed for a later round, while the others are built
+			// (and, by Tick, delivered). A bolt transaction a panic
+			// leaves is rolled back by bolt.
+			err := Contain(func() error {
+				switch {
+				case wi.State == StateClosed:
+					return r.buildWindow(ctx, wi, &st)
+				case wi.State == StateBuiltRemote && wi.Messages > 0 && r.takeoverAfter() > 0 && !now.Before(wi.BuiltAt.Add(r.takeoverAfter())):
+					return r.takeover(ctx, wi.Kind, wi.Window, &st)
+				}
+				return nil
+			})
 			if err != nil {
-				return st, err
+				st.Failed++
+				failed = append(failed, fmt.Errorf("reportgen: build %s report %s: %w", kind, wi.Window, err))
 			}
 		}
 	}
-	return st, nil
+	return st, errors.Join(failed...)
 }
 
 // takeover closes a built-remote window (compacting its rows) and builds
@@ -636,7 +654,9 @@ func (r *Reporter) Deliver(ctx context.Context) (DeliverStats, error) {
 			return st, err
 		}
 		it.File = file
-		sendErr := r.send(ctx, &it)
+		// A panic sending this item (a bug its data meets) fails this
+		// attempt only: retried with backoff as a temporary failure.
+		sendErr := Contain(func() error { return r.send(ctx, &it) })
 		it.File = nil
 		if sendErr == nil {
 			if r.AfterAccept != nil {
@@ -748,15 +768,14 @@ func (r *Reporter) Tick(ctx context.Context) (BuildStats, DeliverStats, error) {
 	if _, err := r.Store.CloseDueIf(r.Owns); err != nil {
 		return BuildStats{}, DeliverStats{}, err
 	}
-	bs, err := r.BuildClosed(ctx)
-	if err != nil {
-		return bs, DeliverStats{}, err
-	}
+	// Windows that failed to build do not hold back the delivery of
+	// what was built; their errors are returned with the round's.
+	bs, buildErr := r.BuildClosed(ctx)
 	ds, err := r.Deliver(ctx)
 	if err != nil {
-		return bs, ds, err
+		return bs, ds, errors.Join(buildErr, err)
 	}
-	return bs, ds, r.Prune()
+	return bs, ds, errors.Join(buildErr, r.Prune())
 }
 
 // Prune deletes finished outbox items older than KeepDone, done markers

@@ -304,8 +304,8 @@ every --dkim-key: give an RSA and an Ed25519 key to add both signatures.`,
 			// reporter built are left to their owner's takeover (run).
 			r.TakeoverAfter = -1
 			bs, ds, err := r.Tick(cmd.Context())
-			fmt.Fprintf(cmd.OutOrStdout(), "built: windows=%d files=%d items=%d no-rua=%d unverified=%d deferred=%d\n",
-				bs.Windows, bs.Files, bs.Items, bs.NoDestination, bs.Unverified, bs.Deferred)
+			fmt.Fprintf(cmd.OutOrStdout(), "built: windows=%d files=%d items=%d no-rua=%d unverified=%d deferred=%d failed=%d\n",
+				bs.Windows, bs.Files, bs.Items, bs.NoDestination, bs.Unverified, bs.Deferred, bs.Failed)
 			fmt.Fprintf(cmd.OutOrStdout(), "delivered: sent=%d temp-failed=%d perm-failed=%d expired=%d suppressed=%d rate-limited=%d\n",
 				ds.Sent, ds.TempFailed, ds.PermFailed, ds.Expired, ds.Suppressed, ds.RateLimited)
 			return err

@@ -1,0 +1,137 @@
+package reportgen
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"errors"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/mail"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/authpipe/authpipe/internal/panictest"
+)
+
+// dmarcDocs returns the DMARC report documents mailed to rcpt, unpacked.
+func dmarcDocs(t *testing.T, s *sink, rcpt string) [][]byte {
+	t.Helper()
+	var docs [][]byte
+	for _, m := range s.messages() {
+		if m.To != rcpt {
+			continue
+		}
+		msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, params, _ := mime.ParseMediaType(msg.Header.Get("Content-Type"))
+		mr := multipart.NewReader(msg.Body, params["boundary"])
+		for {
+			p, err := mr.NextPart()
+			if err != nil {
+				break
+			}
+			if p.FileName() != "" {
+				b, _ := io.ReadAll(base64.NewDecoder(base64.StdEncoding, p))
+				docs = append(docs, gunzip(t, b))
+			}
+		}
+	}
+	return docs
+}
+
+// TestBuildPanicContained: a bug met building one window's report (here a
+// panic in the DNS lookup of its policy, panictest.Resolver: no real part
+// panics on demand) fails that window only. Before, the panic ended the
+// process (with the embedded broker, the whole `authpipe run` service, and
+// every restart would meet it again at the next round), and a window that
+// failed to build with an error stopped the round: no later window was
+// built and nothing was delivered, for any domain. Now the TLS window is
+// built and delivered in the same round, the DMARC window stays closed
+// and, once the bug is gone, is built and delivered with every count.
+func TestBuildPanicContained(t *testing.T) {
+	f := newFixture(t)
+	f.rep.Deliverer.DKIM = nil
+	res := f.rep.Deliverer.Resolver
+	f.rep.Deliverer.Resolver = panictest.Resolver{Resolver: res, Name: "_dmarc.example.com"}
+	f.now = testDay.Add(26 * time.Hour)
+	ctx := context.Background()
+
+	bs, ds, err := f.rep.Tick(ctx)
+	var pe *PanicError
+	if !errors.As(err, &pe) || !strings.Contains(err.Error(), "dmarc report example.com/") {
+		t.Fatalf("tick error %v, want the contained panic of the example.com window", err)
+	}
+	if bs.Failed != 1 || bs.Windows != 1 || ds.Sent != 2 {
+		t.Fatalf("build %+v deliver %+v: want 1 failed, the TLS window built and sent (mail and HTTPS)", bs, ds)
+	}
+	if msgs := f.sink.messages(); len(msgs) != 1 || msgs[0].To != "tls@company-y.example" {
+		t.Fatalf("mails %+v", msgs)
+	}
+	wins, err := f.store.Windows(KindDMARC)
+	if err != nil || len(wins) != 1 || wins[0].State != StateClosed {
+		t.Fatalf("DMARC window %+v %v: want it left closed", wins, err)
+	}
+
+	// The bug still there a round later: the same, and no crash.
+	if bs, _, err = f.rep.Tick(ctx); !errors.As(err, &pe) || bs.Failed != 1 {
+		t.Fatalf("second round: %v %+v", err, bs)
+	}
+
+	// The bug fixed: the window is built and delivered, every count in it.
+	f.rep.Deliverer.Resolver = res
+	bs, ds, err = f.rep.Tick(ctx)
+	if err != nil || bs.Failed != 0 || bs.Windows != 1 || ds.Sent != 2 {
+		t.Fatalf("after the fix: %v build %+v deliver %+v", err, bs, ds)
+	}
+	docs := dmarcDocs(t, f.sink, "dmarc@example.com")
+	if len(docs) != 1 {
+		t.Fatalf("%d DMARC reports to dmarc@example.com", len(docs))
+	}
+	checkCounts(t, docs, f.want)
+}
+
+// TestSendPanicContained: a bug met sending one outbox item (a panic in
+// the MX lookup for its address) fails that attempt only, as a temporary
+// failure with the panic in its LastError: the round's other items are
+// sent, and the item is sent once the bug is gone.
+func TestSendPanicContained(t *testing.T) {
+	f := newFixture(t)
+	f.rep.Deliverer.DKIM = nil
+	res := f.rep.Deliverer.Resolver
+	f.rep.Deliverer.Resolver = panictest.Resolver{Resolver: res, Name: "example.com"}
+	f.now = testDay.Add(26 * time.Hour)
+	ctx := context.Background()
+
+	bs, ds, err := f.rep.Tick(ctx)
+	if err != nil || bs.Failed != 0 || bs.Windows != 2 || ds.Sent != 3 || ds.TempFailed != 1 {
+		t.Fatalf("%v build %+v deliver %+v: want 3 sent and the one to example.com failed for now", err, bs, ds)
+	}
+	items, err := f.store.OutboxItems(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failed int
+	for _, it := range items {
+		if it.Dest == "mailto:dmarc@example.com" {
+			failed++
+			if it.State != ItemPending || !strings.Contains(it.LastError, "panic: injected bug") {
+				t.Fatalf("item %+v", it)
+			}
+		}
+	}
+	if failed != 1 {
+		t.Fatalf("%d items to dmarc@example.com", failed)
+	}
+
+	f.rep.Deliverer.Resolver = res
+	f.now = f.now.Add(5 * time.Minute) // the first retry's backoff
+	if _, ds, err = f.rep.Tick(ctx); err != nil || ds.Sent != 1 {
+		t.Fatalf("after the fix: %v %+v", err, ds)
+	}
+	checkCounts(t, dmarcDocs(t, f.sink, "dmarc@example.com"), f.want)
+}
