@@ -530,6 +530,7 @@ func (r *reporterRun) process(ctx context.Context, recs []*kgo.Record) error {
 			if rec.Attrs.IsControl() {
 				continue
 			}
+			// As above; Add counts last, so a panic in it counts nothing.
 			err := reportgen.Contain(func() error {
 				ev, err := decodeTLSResult(rec, r.own.partitions(tlsTopic), r.own.partition)
 				if err != nil {
