@@ -1,14 +1,8 @@
 package reportgen
 
 import (
-	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
-	"io"
-	"mime"
-	"mime/multipart"
-	"net/mail"
 	"strings"
 	"testing"
 	"time"
@@ -21,22 +15,9 @@ func dmarcDocs(t *testing.T, s *sink, rcpt string) [][]byte {
 	t.Helper()
 	var docs [][]byte
 	for _, m := range s.messages() {
-		if m.To != rcpt {
-			continue
-		}
-		msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, params, _ := mime.ParseMediaType(msg.Header.Get("Content-Type"))
-		mr := multipart.NewReader(msg.Body, params["boundary"])
-		for {
-			p, err := mr.NextPart()
-			if err != nil {
-				break
-			}
-			if p.FileName() != "" {
-				b, _ := io.ReadAll(base64.NewDecoder(base64.StdEncoding, p))
+		if m.To == rcpt {
+			_, files := m.attachments(t)
+			for _, b := range files {
 				docs = append(docs, gunzip(t, b))
 			}
 		}

@@ -87,6 +87,29 @@ func (ss *sinkSession) Data(r io.Reader) error {
 	return nil
 }
 
+// attachments returns the names and bytes (base64 decoded, still
+// compressed) of the attached files of a received report mail.
+func (m sinkMsg) attachments(t testing.TB) (names []string, files [][]byte) {
+	t.Helper()
+	msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, params, _ := mime.ParseMediaType(msg.Header.Get("Content-Type"))
+	mr := multipart.NewReader(msg.Body, params["boundary"])
+	for {
+		p, err := mr.NextPart()
+		if err != nil {
+			break
+		}
+		if p.FileName() != "" {
+			b, _ := io.ReadAll(base64.NewDecoder(base64.StdEncoding, p))
+			names, files = append(names, p.FileName()), append(files, b)
+		}
+	}
+	return names, files
+}
+
 func (s *sink) messages() []sinkMsg {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -424,19 +447,10 @@ func TestDeliverySplitOverCap(t *testing.T) {
 		if len(m.Data) > 24000 {
 			t.Fatalf("mail of %d octets over the 24000 cap", len(m.Data))
 		}
-		msg, _ := mail.ReadMessage(bytes.NewReader(m.Data))
-		_, params, _ := mime.ParseMediaType(msg.Header.Get("Content-Type"))
-		mr := multipart.NewReader(msg.Body, params["boundary"])
-		for {
-			p, err := mr.NextPart()
-			if err != nil {
-				break
-			}
-			if p.FileName() != "" {
-				ids[p.FileName()] = true
-				b, _ := io.ReadAll(base64.NewDecoder(base64.StdEncoding, p))
-				docs = append(docs, gunzip(t, b))
-			}
+		names, files := m.attachments(t)
+		for i, b := range files {
+			ids[names[i]] = true
+			docs = append(docs, gunzip(t, b))
 		}
 	}
 	if len(docs) < 2 || len(ids) != len(docs) {

@@ -4,15 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"mime"
-	"mime/multipart"
-	"net/mail"
 	"regexp"
 	"slices"
 	"strconv"
@@ -287,21 +283,12 @@ func TestTLSRPTSplitDelivery(t *testing.T) {
 		if len(m.Data) > 30000 {
 			t.Fatalf("TLS report mail of %d octets over the 30000 cap", len(m.Data))
 		}
-		msg, _ := mail.ReadMessage(bytes.NewReader(m.Data))
-		_, params, _ := mime.ParseMediaType(msg.Header.Get("Content-Type"))
-		mr := multipart.NewReader(msg.Body, params["boundary"])
-		for {
-			p, err := mr.NextPart()
-			if err != nil {
-				break
-			}
-			if p.FileName() != "" {
-				b, _ := io.ReadAll(base64.NewDecoder(base64.StdEncoding, p))
-				id := strings.TrimSuffix(p.FileName()[strings.LastIndexByte(p.FileName(), '!')+1:], ".json.gz")
-				files = append(files, ReportFile{Part: len(files) + 1, FileName: p.FileName(), Size: int64(len(b)), Messages: sessionsOf(t, b),
-					ReportID: DayString(DayOf(testDay)) + "_company-y.example_" + id + "@receiver.example"})
-				data = append(data, b)
-			}
+		names, bs := m.attachments(t)
+		for i, b := range bs {
+			id := strings.TrimSuffix(names[i][strings.LastIndexByte(names[i], '!')+1:], ".json.gz")
+			files = append(files, ReportFile{Part: len(files) + 1, FileName: names[i], Size: int64(len(b)), Messages: sessionsOf(t, b),
+				ReportID: DayString(DayOf(testDay)) + "_company-y.example_" + id + "@receiver.example"})
+			data = append(data, b)
 		}
 	}
 	if len(files) < 2 {
