@@ -495,17 +495,8 @@ func TestOutboxCrashBetweenAcceptAndMark(t *testing.T) {
 		}
 		msg, _ := mail.ReadMessage(bytes.NewReader(m.Data))
 		subjects = append(subjects, msg.Header.Get("Subject"))
-		_, params, _ := mime.ParseMediaType(msg.Header.Get("Content-Type"))
-		mr := multipart.NewReader(msg.Body, params["boundary"])
-		for {
-			p, err := mr.NextPart()
-			if err != nil {
-				break
-			}
-			if p.FileName() != "" {
-				names = append(names, p.FileName())
-			}
-		}
+		n, _ := m.attachments(t)
+		names = append(names, n...)
 	}
 	if len(subjects) != 2 || subjects[0] != subjects[1] || len(names) != 2 || names[0] != names[1] {
 		t.Fatalf("want exactly one re-send with the same Report-ID and file name: %q %q", subjects, names)
