@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/authpipe/authpipe/internal/panictest"
+	"github.com/authpipe/authpipe/resolvercache"
 )
 
 // dmarcDocs returns the DMARC report documents mailed to rcpt, unpacked.
@@ -25,6 +26,19 @@ func dmarcDocs(t *testing.T, s *sink, rcpt string) [][]byte {
 	return docs
 }
 
+// bugAt returns a fixture past its day's grace period whose resolver
+// panics when asked for name (panictest.Resolver: no real part panics on
+// demand), and the working resolver, to put back once the "bug" is fixed.
+func bugAt(t *testing.T, name string) (*fixture, resolvercache.Resolver) {
+	t.Helper()
+	f := newFixture(t)
+	f.rep.Deliverer.DKIM = nil
+	res := f.rep.Deliverer.Resolver
+	f.rep.Deliverer.Resolver = panictest.Resolver{Resolver: res, Name: name}
+	f.now = testDay.Add(26 * time.Hour)
+	return f, res
+}
+
 // TestBuildPanicContained: a bug met building one window's report (here a
 // panic in the DNS lookup of its policy, panictest.Resolver: no real part
 // panics on demand) fails that window only. Before, the panic ended the
@@ -35,11 +49,7 @@ func dmarcDocs(t *testing.T, s *sink, rcpt string) [][]byte {
 // built and delivered in the same round, the DMARC window stays closed
 // and, once the bug is gone, is built and delivered with every count.
 func TestBuildPanicContained(t *testing.T) {
-	f := newFixture(t)
-	f.rep.Deliverer.DKIM = nil
-	res := f.rep.Deliverer.Resolver
-	f.rep.Deliverer.Resolver = panictest.Resolver{Resolver: res, Name: "_dmarc.example.com"}
-	f.now = testDay.Add(26 * time.Hour)
+	f, res := bugAt(t, "_dmarc.example.com")
 	ctx := context.Background()
 
 	bs, ds, err := f.rep.Tick(ctx)
@@ -81,11 +91,7 @@ func TestBuildPanicContained(t *testing.T) {
 // failure with the panic in its LastError: the round's other items are
 // sent, and the item is sent once the bug is gone.
 func TestSendPanicContained(t *testing.T) {
-	f := newFixture(t)
-	f.rep.Deliverer.DKIM = nil
-	res := f.rep.Deliverer.Resolver
-	f.rep.Deliverer.Resolver = panictest.Resolver{Resolver: res, Name: "example.com"}
-	f.now = testDay.Add(26 * time.Hour)
+	f, res := bugAt(t, "example.com")
 	ctx := context.Background()
 
 	bs, ds, err := f.rep.Tick(ctx)
