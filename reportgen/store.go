@@ -146,19 +146,43 @@ type Store struct {
 // StoreFile is the name of the store file in the data directory.
 const StoreFile = "reports.db"
 
+// ErrStoreLocked is the error OpenStore wraps when another process holds
+// the store: bbolt takes an exclusive file lock, so one process at a time
+// can use a store.
+var ErrStoreLocked = errors.New("locked by another process")
+
+// DefaultLockWait is how long OpenStore waits for another process's lock
+// on the store to go (WithLockWait).
+const DefaultLockWait = 5 * time.Second
+
+// StoreOption configures OpenStore.
+type StoreOption func(*storeConfig)
+
+type storeConfig struct{ lockWait time.Duration }
+
+// WithLockWait sets how long OpenStore waits for another process to
+// release the store before it fails with ErrStoreLocked (DefaultLockWait).
+// It waits at least a millisecond (bbolt's zero would be for ever).
+func WithLockWait(d time.Duration) StoreOption {
+	return func(c *storeConfig) { c.lockWait = max(d, time.Millisecond) }
+}
+
 // OpenStore opens (creating if needed) the store in dir.
-func OpenStore(dir string, now func() time.Time) (*Store, error) {
+func OpenStore(dir string, now func() time.Time, opts ...StoreOption) (*Store, error) {
 	if now == nil {
 		return nil, errors.New("reportgen: OpenStore needs a clock")
+	}
+	cfg := storeConfig{lockWait: DefaultLockWait}
+	for _, o := range opts {
+		o(&cfg)
 	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("reportgen: data dir: %w", err)
 	}
-	db, err := bolt.Open(filepath.Join(dir, StoreFile), 0o600, &bolt.Options{Timeout: 5 * time.Second, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	path := filepath.Join(dir, StoreFile)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: cfg.lockWait, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, berrors.ErrTimeout) {
-		// bbolt takes an exclusive file lock: one process per store.
-		return nil, fmt.Errorf("reportgen: open store %s: locked by another process (a running 'authpipe run'?); one process at a time can use a store: %w",
-			filepath.Join(dir, StoreFile), err)
+		return nil, fmt.Errorf("reportgen: open store %s: %w (a running 'authpipe run'?) after %s", path, ErrStoreLocked, cfg.lockWait)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("reportgen: open store: %w", err)

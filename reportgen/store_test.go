@@ -254,20 +254,23 @@ func benchMerge(b *testing.B, size, distinct int) {
 }
 
 // TestOpenStoreLocked: a second process (here: a second handle) gets a
-// clear error instead of hanging, since bbolt locks the file.
+// clear error, ErrStoreLocked, after the lock wait instead of hanging, since
+// bbolt locks the file; once the first closes, the store opens.
 func TestOpenStoreLocked(t *testing.T) {
-	if testing.Short() {
-		t.Skip("waits for the 5 s lock timeout")
-	}
 	dir := t.TempDir()
 	now := func() time.Time { return time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC) }
 	s, err := OpenStore(dir, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	_, err = OpenStore(dir, now)
-	if err == nil || !strings.Contains(err.Error(), "locked by another process") {
+	_, err = OpenStore(dir, now, WithLockWait(50*time.Millisecond))
+	if !errors.Is(err, ErrStoreLocked) || !strings.Contains(err.Error(), "locked by another process") {
 		t.Fatalf("second open: %v", err)
 	}
+	s.Close()
+	s, err = OpenStore(dir, now, WithLockWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatalf("open after close: %v", err)
+	}
+	s.Close()
 }

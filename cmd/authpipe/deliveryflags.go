@@ -20,6 +20,9 @@ import (
 	"github.com/authpipe/authpipe/stages/dmarc"
 )
 
+// defaultReportOrg is --org's default.
+const defaultReportOrg = "authpipe"
+
 // reportIdentityFlags say who writes the reports. `report show` uses them
 // alone; deliveryFlags (`run` and `report send`) include them.
 type reportIdentityFlags struct {
@@ -30,7 +33,7 @@ type reportIdentityFlags struct {
 }
 
 func (r *reportIdentityFlags) register(f *pflag.FlagSet) {
-	f.StringVar(&r.org, "org", "authpipe", "reporting organisation `name` (DMARC org_name, TLSRPT organization-name)")
+	f.StringVar(&r.org, "org", defaultReportOrg, "reporting organisation `name` (DMARC org_name, TLSRPT organization-name)")
 	f.StringVar(&r.email, "email", "", "reporting contact `address` (DMARC email, TLSRPT contact-info; default --from)")
 	f.StringVar(&r.receiver, "receiver", "", "reporting `domain`: part of report file names, Submitter and TLS-Report-Submitter")
 	f.BoolVar(&r.rfc7489, "rfc7489", false, "write DMARC reports as RFC 7489 Appendix C XML and read rua with RFC 7489 syntax (honouring !size); verification is unaffected")

@@ -197,6 +197,43 @@ tlsrpt.gamma.example. 300 IN A 127.0.0.1
 	tlsLast, wantTLS := produceTLSResults(t, addr, day1, day2)
 	waitMerged(t, addr, total, tlsLast)
 
+	// While run holds the store, `report list` and `report show` read it
+	// through run's report views: found by the run.json beside the
+	// store, or given as --url.
+	for _, where := range [][]string{{"--data-dir", dataDir}, {"--url", "http://" + httpAddr}} {
+		out, code := runCmd(t, append([]string{"report", "list", "--json"}, where...)...)
+		var l reportList
+		if code != 0 || json.Unmarshal([]byte(out), &l) != nil {
+			t.Fatalf("report list %v while run holds the store (%d): %s", where, code, out)
+		}
+		listed := map[string]uint64{}
+		for _, w := range l.Windows {
+			listed[w.Kind+" "+w.Domain+" "+w.Day+" "+w.State] = w.Messages
+		}
+		wantListed := map[string]uint64{}
+		for _, c := range cases {
+			wantListed["dmarc "+c.domain+" "+c.day.Format(time.DateOnly)+" open"] = uint64(c.legit + c.spoof)
+		}
+		for day, summary := range wantTLS { // "sts success=5 failure=2 […]": 7 sessions
+			var ok, failed uint64
+			if _, err := fmt.Sscanf(summary, "sts success=%d failure=%d", &ok, &failed); err != nil {
+				t.Fatalf("TLS summary %q: %v", summary, err)
+			}
+			wantListed["tlsrpt gamma.example "+day+" open"] = ok + failed
+		}
+		if fmt.Sprint(listed) != fmt.Sprint(wantListed) {
+			t.Fatalf("report list %v while run holds the store:\n got %v\nwant %v", where, listed, wantListed)
+		}
+		out, code = runCmd(t, append([]string{"report", "show", "--domain", "alpha.example", "--day", day1.Format(time.DateOnly), "--receiver", "reporter.example"}, where...)...)
+		if code != 0 {
+			t.Fatalf("report show %v while run holds the store (%d): %s", where, code, out)
+		}
+		validateDMARCXML(t, []byte(out))
+		if n := strings.Count(out, "<record>"); n != 2 { // the legitimate source and the spoofer
+			t.Fatalf("report show %v: %d records, want 2:\n%s", where, n, out)
+		}
+	}
+
 	// Past both days' grace period: the next round closes, builds and
 	// delivers.
 	clock.Set(day2.Add(26 * time.Hour))
@@ -311,6 +348,9 @@ tlsrpt.gamma.example. 300 IN A 127.0.0.1
 		t.Fatalf("run exit %d", code)
 	}
 
+	if _, err := os.Stat(filepath.Join(reportStoreDir(dataDir), runInfoFile)); !os.IsNotExist(err) {
+		t.Fatalf("run.json after run stopped: %v", err)
+	}
 	// The store agrees: every outbox item sent, no window left.
 	out, code := runCmd(t, "report", "list", "--data-dir", dataDir, "--json")
 	var listed struct {

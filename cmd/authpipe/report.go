@@ -1,11 +1,8 @@
 package main
 
 import (
-	"bytes"
-	"compress/gzip"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"text/tabwriter"
@@ -24,12 +21,21 @@ type reportFlags struct {
 	domain  string
 	day     string
 	kind    string
+	// url: list and show ask this running run instead (registerView).
+	url string
 }
 
 func (rf *reportFlags) registerCommon(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&rf.config, "config", "", "YAML configuration `file` of 'authpipe run' (its report and data-dir keys apply; the others are skipped)")
 	cmd.Flags().StringVar(&rf.dataDir, "data-dir", "./authpipe-data", "data `directory` of 'authpipe run': the report store is DIR/reports/reports.db")
 	cmd.Flags().DurationVar(&rf.grace, "report-grace", reportgen.DefaultGrace, "how long after a UTC day ends its window stays open (as run's --report-grace)")
+}
+
+// registerView adds --url to list and show, which can read a store a
+// running run holds (reportView).
+func (rf *reportFlags) registerView(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&rf.url, "url", "", "read the report store through the running 'authpipe run' at this `URL` (http://its --http-addr) instead of --data-dir; "+
+		"without it, a store a run on this machine holds is read through that run")
 }
 
 func (rf *reportFlags) registerWindow(cmd *cobra.Command) {
@@ -68,7 +74,7 @@ func reportStoreDir(dataDir string) string { return filepath.Join(dataDir, "repo
 
 // open opens the report store of --data-dir; it must exist (a typo in the
 // path is an error, not a new empty store).
-func (rf *reportFlags) open() (*reportgen.Store, error) {
+func (rf *reportFlags) open(opts ...reportgen.StoreOption) (*reportgen.Store, error) {
 	dir := reportStoreDir(rf.dataDir)
 	if _, err := os.Stat(filepath.Join(dir, reportgen.StoreFile)); err != nil {
 		return nil, fmt.Errorf("no report store under --data-dir %s (is it the data directory of 'authpipe run'?): %w", rf.dataDir, err)
@@ -76,7 +82,7 @@ func (rf *reportFlags) open() (*reportgen.Store, error) {
 	if rf.grace <= 0 {
 		return nil, usagef("--report-grace must be positive, got %s", rf.grace)
 	}
-	st, err := reportgen.OpenStore(dir, time.Now)
+	st, err := reportgen.OpenStore(dir, time.Now, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -92,8 +98,12 @@ func newReportCmd() *cobra.Command {
 aggregated windows (policy domain, UTC day), their state (open, closed,
 built) and the outbox. --data-dir is the data directory of 'authpipe run'
 (the store is DIR/reports/reports.db); --config reads run's YAML file, and
-AUTHPIPE_* environment variables apply as for run. A running reporter holds
-the store open: these commands then wait 5s and fail. See docs/reports.md.`,
+AUTHPIPE_* environment variables apply as for run.
+
+A running 'authpipe run' (role report or all) holds its store: list and show
+then read it through that run's --http-addr (found in DIR/reports/run.json,
+or given as --url), while close and send wait 5s and fail: the running
+reporter closes, builds and sends itself. See docs/reports.md.`,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
 			path, _ := cmd.Flags().GetString("config")
 			runFlags := newRunCmd().Flags()
@@ -112,46 +122,29 @@ func newReportListCmd() *cobra.Command {
 		Short: "List report windows and outbox items",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			s, err := rf.open()
+			v, err := rf.view()
 			if err != nil {
 				return err
 			}
-			defer s.Close()
-			var wins []reportgen.WindowInfo
-			for _, k := range []reportgen.Kind{reportgen.KindDMARC, reportgen.KindTLS} {
-				w, err := s.Windows(k)
-				if err != nil {
-					return err
-				}
-				wins = append(wins, w...)
-			}
-			items, err := s.OutboxItems(false)
+			defer v.Close()
+			l, err := v.list(cmd.Context())
 			if err != nil {
 				return err
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
-				type win struct {
-					Kind, Domain, Day, State string
-					Messages, Rows, Late     uint64
-					ClosesAt                 time.Time
-				}
-				var ws []win
-				for _, w := range wins {
-					ws = append(ws, win{w.Kind.String(), w.Domain, reportgen.DayString(w.Day), w.State, w.Messages, w.Rows, w.Late, s.ClosesAt(w.Day)})
-				}
 				enc := json.NewEncoder(out)
 				enc.SetIndent("", "  ")
-				return enc.Encode(map[string]any{"windows": ws, "outbox": items})
+				return enc.Encode(l)
 			}
 			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "KIND\tDOMAIN\tDAY\tSTATE\tMESSAGES\tROWS\tLATE\tCLOSES AT")
-			for _, w := range wins {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", w.Kind, w.Domain, reportgen.DayString(w.Day), w.State, w.Messages, w.Rows, w.Late, s.ClosesAt(w.Day).Format(time.RFC3339))
+			for _, w := range l.Windows {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", w.Kind, w.Domain, w.Day, w.State, w.Messages, w.Rows, w.Late, w.ClosesAt.Format(time.RFC3339))
 			}
-			if len(items) > 0 {
+			if len(l.Outbox) > 0 {
 				fmt.Fprintln(tw, "\nOUTBOX\tDEST\tFILE\tSTATE\tATTEMPTS\tNEXT\tERROR")
-				for _, it := range items {
+				for _, it := range l.Outbox {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", it.ID[:8], it.Dest, it.Meta.FileName, it.State, it.Attempts, it.NextAttempt.Format(time.RFC3339), it.LastError)
 				}
 			}
@@ -159,6 +152,7 @@ func newReportListCmd() *cobra.Command {
 		},
 	}
 	rf.registerCommon(cmd)
+	rf.registerView(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
@@ -175,53 +169,17 @@ func newReportShowCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			s, err := rf.open()
+			v, err := rf.view()
 			if err != nil {
 				return err
 			}
-			defer s.Close()
-			wi, err := s.WindowInfo(kind, w)
-			if err != nil {
-				return err
-			}
-			if wi == nil {
-				return fmt.Errorf("no %s window %s", kind, w)
-			}
-			if id.receiver == "" {
-				id.receiver = "localhost"
-			}
-			if id.email == "" {
-				id.email = "postmaster@" + id.receiver
-			}
-			var gz []*bytes.Buffer // one per report part
-			if kind == reportgen.KindTLS {
-				gz = append(gz, new(bytes.Buffer))
-				if _, err := reportgen.BuildTLSRPT(s, w, id.tlsConfig(), gz[0]); err != nil {
-					return err
-				}
-			} else {
-				_, err := reportgen.BuildDMARC(s, w, wi.Policy, id.dmarcConfig(), func(reportgen.ReportFile) (io.Writer, error) {
-					gz = append(gz, new(bytes.Buffer))
-					return gz[len(gz)-1], nil
-				})
-				if err != nil {
-					return err
-				}
-			}
-			for _, b := range gz {
-				zr, err := gzip.NewReader(b)
-				if err != nil {
-					return err
-				}
-				if _, err := io.Copy(cmd.OutOrStdout(), zr); err != nil {
-					return err
-				}
-			}
-			return nil
+			defer v.Close()
+			return v.show(cmd.Context(), kind, w, id, cmd.OutOrStdout())
 		},
 	}
 	rf.registerCommon(cmd)
 	rf.registerWindow(cmd)
+	rf.registerView(cmd)
 	id.register(cmd.Flags())
 	return cmd
 }

@@ -44,6 +44,7 @@ type runFlags struct {
 	listen       string
 	dataDir      string
 	httpAddr     string
+	httpReports  bool
 	logLevel     string
 	logFormat    string
 	authservID   string
@@ -112,7 +113,10 @@ to the destination MX or
 Without --receiver and --from it only merges and closes days, says so once
 in the log, and keeps the closed days for 'authpipe report send'.
 
-/metrics (Prometheus), /healthz and /readyz are served on --http-addr.
+/metrics (Prometheus), /healthz and /readyz are served on --http-addr, and
+with the report role /reports and /reports/show (--http-reports): the views
+of 'authpipe report list' and 'show', which read them there while run holds
+the store.
 SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 --shutdown-grace), commits, and exits 0.`,
 		Example: `  authpipe run                                   # embedded broker, system DNS
@@ -134,7 +138,8 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	rf.dns.register(f)
 	f.StringVar(&rf.listen, "listen", "127.0.0.1:9092", "embedded broker listen `address` (without --brokers)")
 	f.StringVar(&rf.dataDir, "data-dir", "./authpipe-data", "`directory` where the embedded broker keeps topics and offsets")
-	f.StringVar(&rf.httpAddr, "http-addr", "127.0.0.1:9464", "`address` for /metrics, /healthz, /readyz (empty: no HTTP server)")
+	f.StringVar(&rf.httpAddr, "http-addr", "127.0.0.1:9464", "`address` for /metrics, /healthz, /readyz and the report views (empty: no HTTP server)")
+	f.BoolVar(&rf.httpReports, "http-reports", true, "report role: serve the report store read-only on --http-addr (/reports, /reports/show), which 'authpipe report list' and 'show' read while run holds the store")
 	f.StringVar(&rf.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	f.StringVar(&rf.logFormat, "log-format", "auto", "log `format`: json, text, or auto (text when standard error is a terminal, json otherwise)")
 	f.StringVar(&rf.kafkaLogLvl, "kafka-log-level", "warn", "`level` of the Kafka client's own log lines")
@@ -366,12 +371,25 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	if rf.role == "report" {
 		ready = reportReady.Load
 	}
+	// The report views' store: set while the report role has it open.
+	var views *atomic.Pointer[reportgen.Store]
+	viewsAddr := ""
 	if rf.httpAddr != "" {
-		srv, err := serveHTTP(rf.httpAddr, reg, ready)
+		var reports http.Handler
+		paths := "/metrics /healthz /readyz"
+		if rf.role != "verify" && rf.httpReports {
+			views = new(atomic.Pointer[reportgen.Store])
+			reports = reportViewHandler(views)
+			paths += " /reports /reports/show"
+		}
+		srv, err := serveHTTP(rf.httpAddr, reg, ready, reports)
 		if err != nil {
 			return err
 		}
-		log.Info("HTTP listening", "addr", srv.Addr, "paths", "/metrics /healthz /readyz")
+		if views != nil {
+			viewsAddr = srv.Addr
+		}
+		log.Info("HTTP listening", "addr", srv.Addr, "paths", paths)
 		defer func() {
 			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
@@ -388,6 +406,7 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 			StateTopic: rf.stateTopic, Group: rf.reportGroup, TickInterval: rf.reportInterval, CreateTopics: rf.createTopics,
 			Partitions: cfg.Partitions, ReplicationFactor: cfg.ReplicationFactor, Clock: now},
 		dir: reportStoreDir(rf.dataDir), grace: rf.reportGrace, reporter: rep, delivery: &rf.report, reg: reg, log: log, kopts: reportKopts,
+		views: views, viewsAddr: viewsAddr,
 	})
 	if err != nil {
 		return err // nothing started
@@ -415,6 +434,11 @@ type reportRole struct {
 	reg      prometheus.Registerer
 	log      *slog.Logger
 	kopts    []kgo.Opt
+	// views, when not nil, is the HTTP report views' store, set while
+	// the store is open; viewsAddr is their listener's address, written
+	// beside the store for the report commands (runInfoFile).
+	views     *atomic.Pointer[reportgen.Store]
+	viewsAddr string
 }
 
 // startReportRole opens the report store and starts the report role in g
@@ -435,6 +459,17 @@ func startReportRole(ctx context.Context, g *errgroup.Group, rr reportRole) (fun
 	}
 	st.Grace = rr.grace
 	log := rr.log.With("component", "report")
+	removeRunInfo(rr.dir)
+	removeInfo := func() {}
+	if rr.views != nil {
+		rr.views.Store(st)
+		if removeInfo, err = writeRunInfo(rr.dir, rr.viewsAddr); err != nil {
+			// The views still answer at the address; only the
+			// report commands' way to it is missing.
+			log.Warn("report views: the report commands will need --url", "err", err)
+			removeInfo = func() {}
+		}
+	}
 	rep := rr.reporter
 	if rep != nil {
 		rep.Store = st
@@ -449,15 +484,20 @@ func startReportRole(ctx context.Context, g *errgroup.Group, rr reportRole) (fun
 	}
 	g.Go(func() error { return pipeline.RunReporter(ctx, rr.cfg, st, rep, log, rr.kopts...) })
 	return func() {
+		removeInfo()
+		if rr.views != nil {
+			rr.views.Store(nil)
+		}
 		if err := st.Close(); err != nil {
 			log.Warn("report store: close", "err", err)
 		}
 	}, nil
 }
 
-// serveHTTP serves /metrics from reg, /healthz (the process is up) and
-// /readyz (ready() is true) on addr.
-func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool) (*http.Server, error) {
+// serveHTTP serves /metrics from reg, /healthz (the process is up),
+// /readyz (ready() is true) and, when reports is not nil, /reports and
+// below it with reports on addr.
+func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool, reports http.Handler) (*http.Server, error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--http-addr: %w", err)
@@ -472,6 +512,10 @@ func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool) (*http.
 		}
 		_, _ = io.WriteString(w, "ready\n")
 	})
+	if reports != nil {
+		mux.Handle("/reports", reports)
+		mux.Handle("/reports/", reports)
+	}
 	srv := &http.Server{Addr: l.Addr().String(), Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {

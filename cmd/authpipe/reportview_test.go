@@ -1,0 +1,124 @@
+package main
+
+import (
+	"encoding/json"
+	"encoding/xml"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/authpipe/authpipe/reportgen"
+)
+
+// TestReportViewsWhileHeld: while another process holds the report store
+// (here a second handle: bbolt's lock is per open file), `report list`
+// and `report show` read it through the HTTP views that run serves
+// (reportViewHandler, on a real loopback listener), found by run.json
+// beside the store or given as --url; without run.json they fail saying
+// how to get through. A stale run.json does not matter once the store is
+// free. TestRunReportsEndToEnd does the same against a running `run`.
+func TestReportViewsWhileHeld(t *testing.T) {
+	t.Parallel() // 5 s of it waits for the lock
+	dir := t.TempDir()
+	fillReportStore(t, dir)
+	storeDir := reportStoreDir(dir)
+	held, err := reportgen.OpenStore(storeDir, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var views atomic.Pointer[reportgen.Store]
+	srv := httptest.NewServer(reportViewHandler(&views))
+	defer srv.Close()
+
+	// The views answer 503 until the store is set, and 400 for a
+	// request that names no window.
+	for path, want := range map[string]int{"/reports": 503, "/reports/show?domain=example.com&day=2026-11-20": 503} {
+		if resp, err := http.Get(srv.URL + path); err != nil || resp.StatusCode != want {
+			t.Fatalf("%s before the store is open: %v %v", path, resp, err)
+		}
+	}
+	views.Store(held)
+	for path, want := range map[string]int{"/reports/show?day=2026-11-20": 400, "/reports/show?domain=example.com&day=2026-11-20&kind=x": 400,
+		"/reports/show?domain=example.com&day=2026-11-20&rfc7489=maybe": 400, "/reports/show?domain=example.com&day=2026-11-21": 404} {
+		if resp, err := http.Get(srv.URL + path); err != nil || resp.StatusCode != want {
+			t.Fatalf("%s: %v %v, want %d", path, resp.Status, err, want)
+		}
+	}
+
+	// No run.json: list fails after the lock wait, naming --url.
+	if out, code := runCmd(t, "report", "list", "--data-dir", dir); code != exitFailure || !strings.Contains(out, "--url") || !strings.Contains(out, "locked") {
+		t.Fatalf("list of a held store without run.json (%d): %s", code, out)
+	}
+
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	removeInfo, err := writeRunInfo(storeDir, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, where := range [][]string{{"--data-dir", dir}, {"--url", srv.URL}} {
+		start := time.Now()
+		out, code := runCmd(t, append([]string{"report", "list", "--json"}, where...)...)
+		var l reportList
+		if code != 0 || json.Unmarshal([]byte(out), &l) != nil || len(l.Windows) != 1 || l.Windows[0].Messages != 10 || l.Windows[0].State != "open" {
+			t.Fatalf("list %v (%d): %s", where, code, out)
+		}
+		t.Logf("list %v through the views: %v", where, time.Since(start).Round(time.Millisecond))
+		out, code = runCmd(t, append([]string{"report", "show", "--domain", "example.com", "--day", "2026-11-20", "--receiver", "r.example", "--org", "R Org"}, where...)...)
+		var fb struct {
+			Org   string `xml:"report_metadata>org_name"`
+			Email string `xml:"report_metadata>email"`
+			Count int    `xml:"record>row>count"`
+		}
+		if code != 0 || xml.Unmarshal([]byte(out), &fb) != nil || fb.Count != 10 || fb.Org != "R Org" || fb.Email != "postmaster@r.example" {
+			t.Fatalf("show %v (%d): %+v\n%s", where, code, fb, out)
+		}
+		out, code = runCmd(t, append([]string{"report", "show", "--domain", "example.com", "--day", "2026-11-21"}, where...)...)
+		if code != exitFailure || !strings.Contains(out, "404") || !strings.Contains(out, "no such window") {
+			t.Fatalf("show of a missing window %v (%d): %s", where, code, out)
+		}
+	}
+	// The table, as read from the store itself below.
+	viaRun, code := runCmd(t, "report", "list", "--data-dir", dir)
+	if code != 0 {
+		t.Fatalf("list: %s", viaRun)
+	}
+	if out, code := runCmd(t, "report", "list", "--url", "ftp://x"); code != exitUsage {
+		t.Fatalf("--url ftp (%d): %s", code, out)
+	}
+
+	// The store freed, run.json left behind (a run killed) and pointing
+	// at a listener that is gone: the store is read, the file is not.
+	views.Store(nil)
+	held.Close()
+	srv.Close()
+	if out, code := runCmd(t, "report", "list", "--data-dir", dir); code != 0 || out != viaRun {
+		t.Fatalf("list with a stale run.json (%d):\n%s\nwant\n%s", code, out, viaRun)
+	}
+	removeInfo()
+	if _, err := os.Stat(filepath.Join(storeDir, runInfoFile)); !os.IsNotExist(err) {
+		t.Fatalf("run.json after remove: %v", err)
+	}
+}
+
+// TestWriteRunInfo: an unspecified listener host is reached on loopback.
+func TestWriteRunInfo(t *testing.T) {
+	dir := t.TempDir()
+	for addr, want := range map[string]string{"0.0.0.0:9464": "http://127.0.0.1:9464", "[::]:9464": "http://[::1]:9464",
+		"127.0.0.1:80": "http://127.0.0.1:80", "[::1]:9464": "http://[::1]:9464", ":9464": "http://127.0.0.1:9464"} {
+		if _, err := writeRunInfo(dir, addr); err != nil {
+			t.Fatal(err)
+		}
+		ri, err := readRunInfo(dir)
+		if err != nil || ri.URL != want || ri.PID != os.Getpid() {
+			t.Fatalf("%s: %+v %v, want %s", addr, ri, err, want)
+		}
+	}
+	if _, err := writeRunInfo(dir, "no-port"); err == nil {
+		t.Fatal("no error for an address without a port")
+	}
+}
