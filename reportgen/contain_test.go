@@ -67,11 +67,22 @@ func TestBuildPanicContained(t *testing.T) {
 	if err != nil || len(wins) != 1 || wins[0].State != StateClosed {
 		t.Fatalf("DMARC window %+v %v: want it left closed", wins, err)
 	}
+	w := wins[0].Window
+	// The window says so (`report list` shows it).
+	checkFailures := func(n uint64, msg string) {
+		t.Helper()
+		wi, err := f.store.WindowInfo(KindDMARC, w)
+		if err != nil || wi == nil || wi.BuildFailures != n || !strings.Contains(wi.BuildError, msg) || (msg == "") != (wi.BuildError == "") {
+			t.Fatalf("window %+v %v: want %d failed builds, error %q", wi, err, n, msg)
+		}
+	}
+	checkFailures(1, "panic: injected bug")
 
 	// The bug still there a round later: the same, and no crash.
 	if bs, _, err = f.rep.Tick(ctx); !errors.As(err, &pe) || bs.Failed != 1 {
 		t.Fatalf("second round: %v %+v", err, bs)
 	}
+	checkFailures(2, "panic: injected bug")
 
 	// The bug fixed: the window is built and delivered, every count in it.
 	f.rep.Deliverer.Resolver = res
@@ -79,6 +90,7 @@ func TestBuildPanicContained(t *testing.T) {
 	if err != nil || bs.Failed != 0 || bs.Windows != 1 || ds.Sent != 2 {
 		t.Fatalf("after the fix: %v build %+v deliver %+v", err, bs, ds)
 	}
+	checkFailures(2, "") // the count kept, the error gone
 	docs := dmarcDocs(t, f.sink, "dmarc@example.com")
 	if len(docs) != 1 {
 		t.Fatalf("%d DMARC reports to dmarc@example.com", len(docs))

@@ -98,7 +98,7 @@ func (s *Store) enqueue(kind Kind, w Window, items []OutboxItem, dests []BuiltDe
 			}
 			ids = append(ids, items[i].ID)
 		}
-		wi.State, wi.Remote, wi.Reports, wi.Dests, wi.BuiltAt = StateBuilt, false, ids, dests, at
+		wi.State, wi.Remote, wi.Reports, wi.Dests, wi.BuiltAt, wi.BuildError = StateBuilt, false, ids, dests, at, ""
 		if err := putWindow(tx, wi); err != nil {
 			return err
 		}
@@ -389,6 +389,9 @@ func (r *Reporter) BuildClosed(ctx context.Context) (BuildStats, error) {
 			if err != nil {
 				st.Failed++
 				failed = append(failed, fmt.Errorf("reportgen: build %s report %s: %w", kind, wi.Window, err))
+				if err := r.Store.noteBuildFailure(kind, wi.Window, err); err != nil {
+					failed = append(failed, err)
+				}
 			}
 		}
 	}

@@ -120,6 +120,40 @@ type WindowInfo struct {
 	// delivery state topic): built-remote, done, or closed again for a
 	// takeover in progress.
 	Remote bool `json:"remote,omitempty"`
+	// BuildFailures counts the rounds whose build of the window failed
+	// (an error, or a panic contained by BuildClosed), and BuildError is
+	// the last failure's, cut to maxBuildError bytes and cleared once the
+	// window is built. A window that fails for good stays closed and is
+	// tried again every round; these show it in `authpipe report list`
+	// beside the log and authpipe_reporter_build_failures_total.
+	BuildFailures uint64 `json:"build_failures,omitempty"`
+	BuildError    string `json:"build_error,omitempty"`
+}
+
+// maxBuildError bounds WindowInfo.BuildError.
+const maxBuildError = 512
+
+// noteBuildFailure records a failed build of kind's window w: one more
+// BuildFailures, and buildErr as BuildError. A window gone meanwhile is
+// left gone.
+func (s *Store) noteBuildFailure(kind Kind, w Window, buildErr error) error {
+	msg := buildErr.Error()
+	if len(msg) > maxBuildError {
+		msg = strings.ToValidUTF8(msg[:maxBuildError], "") + "…"
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		wi, err := getWindow(tx, kind, w)
+		if err != nil || wi == nil {
+			return err
+		}
+		wi.BuildFailures++
+		wi.BuildError = msg
+		return putWindow(tx, wi)
+	})
+	if err != nil {
+		return fmt.Errorf("reportgen: note failed build of %s %s: %w", kind, w, err)
+	}
+	return nil
 }
 
 // Offset is a consumed position: the next offset to read from a partition.

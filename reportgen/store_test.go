@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 func TestAggregateMergeCounts(t *testing.T) {
@@ -273,4 +274,42 @@ func TestOpenStoreLocked(t *testing.T) {
 		t.Fatalf("open after close: %v", err)
 	}
 	s.Close()
+}
+
+// TestNoteBuildFailure: a failed build is counted on its window with its
+// error cut to maxBuildError bytes of valid UTF-8; a window gone is left
+// gone.
+func TestNoteBuildFailure(t *testing.T) {
+	s, err := OpenStore(t.TempDir(), func() time.Time { return time.Date(2026, 11, 22, 0, 0, 0, 0, time.UTC) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a := NewAggregator()
+	if err := a.Add(mkVerdict(1, time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC))); err != nil {
+		t.Fatal(err)
+	}
+	parts := a.Flush()
+	if _, err := s.Merge(parts, nil); err != nil {
+		t.Fatal(err)
+	}
+	w := parts[0].Window
+	long := errors.New(strings.Repeat("é", maxBuildError)) // 2 bytes each: the cut falls inside one
+	for range 2 {
+		if err := s.noteBuildFailure(KindDMARC, w, long); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wi, err := s.WindowInfo(KindDMARC, w)
+	if err != nil || wi == nil || wi.BuildFailures != 2 || len(wi.BuildError) > maxBuildError+len("…") || !utf8.ValidString(wi.BuildError) ||
+		!strings.HasSuffix(wi.BuildError, "é…") {
+		t.Fatalf("%+v %v", wi, err)
+	}
+	gone := Window{Domain: "gone.example", Day: w.Day}
+	if err := s.noteBuildFailure(KindDMARC, gone, long); err != nil {
+		t.Fatalf("window gone: %v", err)
+	}
+	if wi, err := s.WindowInfo(KindDMARC, gone); wi != nil || err != nil {
+		t.Fatalf("window gone, now %+v %v", wi, err)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -138,9 +139,9 @@ func newReportListCmd() *cobra.Command {
 				return enc.Encode(l)
 			}
 			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "KIND\tDOMAIN\tDAY\tSTATE\tMESSAGES\tROWS\tLATE\tCLOSES AT")
+			fmt.Fprintln(tw, "KIND\tDOMAIN\tDAY\tSTATE\tMESSAGES\tROWS\tLATE\tCLOSES AT\tBUILD")
 			for _, w := range l.Windows {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", w.Kind, w.Domain, w.Day, w.State, w.Messages, w.Rows, w.Late, w.ClosesAt.Format(time.RFC3339))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", w.Kind, w.Domain, w.Day, w.State, w.Messages, w.Rows, w.Late, w.ClosesAt.Format(time.RFC3339), buildColumn(w))
 			}
 			if len(l.Outbox) > 0 {
 				fmt.Fprintln(tw, "\nOUTBOX\tDEST\tFILE\tSTATE\tATTEMPTS\tNEXT\tERROR")
@@ -155,6 +156,27 @@ func newReportListCmd() *cobra.Command {
 	rf.registerView(cmd)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// buildColumn is list's BUILD column: empty, or how many rounds failed to
+// build the window and, while it is not built, the last error (its first
+// line, at most 100 bytes; --json has it whole).
+func buildColumn(w listedWindow) string {
+	if w.BuildFailures == 0 {
+		return ""
+	}
+	s := fmt.Sprintf("%d failed", w.BuildFailures)
+	if w.BuildError == "" {
+		return s
+	}
+	msg, _, cut := strings.Cut(w.BuildError, "\n")
+	if len(msg) > 100 {
+		msg, cut = strings.ToValidUTF8(msg[:100], ""), true
+	}
+	if cut {
+		msg += "…"
+	}
+	return s + ", last: " + msg
 }
 
 func newReportShowCmd() *cobra.Command {

@@ -88,11 +88,14 @@ type reportList struct {
 }
 
 // listedWindow is a window in reportList. Its field names are the JSON
-// keys `report list --json` has always printed.
+// keys `report list --json` has always printed; BuildFailures and
+// BuildError are reportgen.WindowInfo's (a window whose build fails).
 type listedWindow struct {
 	Kind, Domain, Day, State string
 	Messages, Rows, Late     uint64
 	ClosesAt                 time.Time
+	BuildFailures            uint64 `json:",omitempty"`
+	BuildError               string `json:",omitempty"`
 }
 
 // listReports reads the windows (DMARC, then TLS) and the outbox items
@@ -105,7 +108,8 @@ func listReports(s *reportgen.Store) (reportList, error) {
 			return l, err
 		}
 		for _, w := range ws {
-			l.Windows = append(l.Windows, listedWindow{w.Kind.String(), w.Domain, reportgen.DayString(w.Day), w.State, w.Messages, w.Rows, w.Late, s.ClosesAt(w.Day)})
+			l.Windows = append(l.Windows, listedWindow{w.Kind.String(), w.Domain, reportgen.DayString(w.Day), w.State, w.Messages, w.Rows, w.Late,
+				s.ClosesAt(w.Day), w.BuildFailures, w.BuildError})
 		}
 	}
 	items, err := s.OutboxItems(false)

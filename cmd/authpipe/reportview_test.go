@@ -122,3 +122,23 @@ func TestWriteRunInfo(t *testing.T) {
 		t.Fatal("no error for an address without a port")
 	}
 }
+
+// TestBuildColumn: list's BUILD column says how many rounds failed to
+// build a window and the last error's first line, cut to 100 bytes.
+func TestBuildColumn(t *testing.T) {
+	long := strings.Repeat("ü", 60) // 120 bytes
+	for _, c := range []struct {
+		w    listedWindow
+		want string
+	}{
+		{listedWindow{}, ""},
+		{listedWindow{BuildFailures: 2}, "2 failed"},
+		{listedWindow{BuildFailures: 1, BuildError: "reportgen: build dmarc report x/2026-11-20: panic: bug"}, "1 failed, last: reportgen: build dmarc report x/2026-11-20: panic: bug"},
+		{listedWindow{BuildFailures: 3, BuildError: "line one\nline two"}, "3 failed, last: line one…"},
+		{listedWindow{BuildFailures: 3, BuildError: long}, "3 failed, last: " + strings.Repeat("ü", 50) + "…"},
+	} {
+		if got := buildColumn(c.w); got != c.want {
+			t.Errorf("%+v: %q, want %q", c.w, got, c.want)
+		}
+	}
+}
