@@ -127,12 +127,22 @@ var errNoWindow = errors.New("no such window")
 // read it (XML or TLSRPT JSON, uncompressed; the parts of a split DMARC
 // report one after the other), written by id.
 func showReport(s *reportgen.Store, kind reportgen.Kind, w reportgen.Window, id reportIdentityFlags, out io.Writer) error {
-	wi, err := s.WindowInfo(kind, w)
+	parts, err := buildReport(s, kind, w, id)
 	if err != nil {
 		return err
 	}
+	return writeReport(parts, out)
+}
+
+// buildReport builds the report of kind's window w as its files would be
+// sent: gzip-compressed, one per part.
+func buildReport(s *reportgen.Store, kind reportgen.Kind, w reportgen.Window, id reportIdentityFlags) ([]*bytes.Buffer, error) {
+	wi, err := s.WindowInfo(kind, w)
+	if err != nil {
+		return nil, err
+	}
 	if wi == nil {
-		return fmt.Errorf("%w: %s %s", errNoWindow, kind, w)
+		return nil, fmt.Errorf("%w: %s %s", errNoWindow, kind, w)
 	}
 	if id.receiver == "" {
 		id.receiver = "localhost"
@@ -144,7 +154,7 @@ func showReport(s *reportgen.Store, kind reportgen.Kind, w reportgen.Window, id 
 	if kind == reportgen.KindTLS {
 		gz = append(gz, new(bytes.Buffer))
 		if _, err := reportgen.BuildTLSRPT(s, w, id.tlsConfig(), gz[0]); err != nil {
-			return err
+			return nil, err
 		}
 	} else {
 		_, err := reportgen.BuildDMARC(s, w, wi.Policy, id.dmarcConfig(), func(reportgen.ReportFile) (io.Writer, error) {
@@ -152,9 +162,15 @@ func showReport(s *reportgen.Store, kind reportgen.Kind, w reportgen.Window, id 
 			return gz[len(gz)-1], nil
 		})
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
+	return gz, nil
+}
+
+// writeReport writes the report files of buildReport uncompressed, one
+// after the other.
+func writeReport(gz []*bytes.Buffer, out io.Writer) error {
 	for _, b := range gz {
 		zr, err := gzip.NewReader(b)
 		if err != nil {
@@ -171,8 +187,12 @@ func showReport(s *reportgen.Store, kind reportgen.Kind, w reportgen.Window, id 
 // read-only: GET /reports is reportList as JSON, GET /reports/show the
 // report of one window (query: kind, domain, day, and the identity: org,
 // email, receiver, rfc7489). store is nil until the store is open and
-// again once it is closing (503).
-func reportViewHandler(store *atomic.Pointer[reportgen.Store]) http.Handler {
+// again once it is closing (503). building bounds the reports built at
+// once (its capacity; run gives 1): a large domain's takes as long and as
+// much memory as its daily build, and the views are not to load the
+// service more than a reporter round does. A request waiting for its turn
+// ends with its context.
+func reportViewHandler(store *atomic.Pointer[reportgen.Store], building chan struct{}) http.Handler {
 	mux := http.NewServeMux()
 	open := func(w http.ResponseWriter) *reportgen.Store {
 		s := store.Load()
@@ -217,14 +237,20 @@ func reportViewHandler(store *atomic.Pointer[reportgen.Store]) http.Handler {
 				return
 			}
 		}
+		select {
+		case building <- struct{}{}:
+			defer func() { <-building }()
+		case <-r.Context().Done():
+			return
+		}
 		s := open(w)
 		if s == nil {
 			return
 		}
-		// Built in memory first: an error after the first byte could
-		// not change the status any more.
-		var doc bytes.Buffer
-		if err := showReport(s, kind, win, id, &doc); errors.Is(err, errNoWindow) {
+		// Built (compressed, as sent) before the first byte goes out, so
+		// that an error can still set the status.
+		parts, err := buildReport(s, kind, win, id)
+		if errors.Is(err, errNoWindow) {
 			http.Error(w, err.Error(), http.StatusNotFound)
 			return
 		} else if err != nil {
@@ -236,7 +262,7 @@ func reportViewHandler(store *atomic.Pointer[reportgen.Store]) http.Handler {
 		} else {
 			w.Header().Set("Content-Type", "application/xml")
 		}
-		_, _ = w.Write(doc.Bytes())
+		_ = writeReport(parts, w)
 	})
 	return mux
 }

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"encoding/xml"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -32,7 +34,8 @@ func TestReportViewsWhileHeld(t *testing.T) {
 		t.Fatal(err)
 	}
 	var views atomic.Pointer[reportgen.Store]
-	srv := httptest.NewServer(reportViewHandler(&views))
+	building := make(chan struct{}, 1)
+	srv := httptest.NewServer(reportViewHandler(&views, building))
 	defer srv.Close()
 
 	// The views answer 503 until the store is set, and 400 for a
@@ -49,6 +52,17 @@ func TestReportViewsWhileHeld(t *testing.T) {
 			t.Fatalf("%s: %v %v, want %d", path, resp.Status, err, want)
 		}
 	}
+
+	// One report built at a time: while another build holds the turn, a
+	// show waits, and gives up with its context.
+	building <- struct{}{}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/reports/show?domain=example.com&day=2026-11-20", nil)
+	if resp, err := http.DefaultClient.Do(req); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("show while another build runs: %v %v, want it waiting", resp, err)
+	}
+	cancel()
+	<-building
 
 	// No run.json: list fails after the lock wait, naming --url.
 	if out, code := runCmd(t, "report", "list", "--data-dir", dir); code != exitFailure || !strings.Contains(out, "--url") || !strings.Contains(out, "locked") {

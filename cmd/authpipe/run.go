@@ -379,7 +379,7 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 		paths := "/metrics /healthz /readyz"
 		if rf.role != "verify" && rf.httpReports {
 			views = new(atomic.Pointer[reportgen.Store])
-			reports = reportViewHandler(views)
+			reports = reportViewHandler(views, make(chan struct{}, 1))
 			paths += " /reports /reports/show"
 		}
 		srv, err := serveHTTP(rf.httpAddr, reg, ready, reports)
