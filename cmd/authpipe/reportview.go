@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -290,7 +291,7 @@ func (rf *reportFlags) view() (*reportView, error) {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return nil, usagef("--url %q: want the http://host:port of a running 'authpipe run' (its --http-addr)", rf.url)
 		}
-		return &reportView{url: rf.url}, nil
+		return &reportView{url: strings.TrimRight(rf.url, "/")}, nil
 	}
 	info, infoErr := readRunInfo(reportStoreDir(rf.dataDir))
 	var opts []reportgen.StoreOption

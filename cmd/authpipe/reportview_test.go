@@ -74,7 +74,7 @@ func TestReportViewsWhileHeld(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, where := range [][]string{{"--data-dir", dir}, {"--url", srv.URL}} {
+	for _, where := range [][]string{{"--data-dir", dir}, {"--url", srv.URL}, {"--url", srv.URL + "/"}} {
 		start := time.Now()
 		out, code := runCmd(t, append([]string{"report", "list", "--json"}, where...)...)
 		var l reportList
