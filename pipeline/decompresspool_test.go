@@ -70,11 +70,7 @@ func TestDecompressPool(t *testing.T) {
 // buffer given back while still read would be zeroed under them
 // (kgo clears it) and then overwritten.
 func TestDecompressBuffersReused(t *testing.T) {
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
+	_, _, e, brokers := startTestStack(t)
 	out := collect(t, brokers, "mail.verdicts")
 	dlq := collect(t, brokers, "mail.raw.dlq")
 	ctx, cancel := context.WithCancel(context.Background())

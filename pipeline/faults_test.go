@@ -63,11 +63,7 @@ func TestBrokerFaults(t *testing.T) {
 	}
 	for _, f := range faults {
 		t.Run(f.name, func(t *testing.T) {
-			b := startTestBroker(t)
-			dns := startTestDNS(t)
-			e := testEngine(t, dns.Addr)
-			brokers := b.Addrs()
-			createTopics(t, brokers, 4)
+			b, _, e, brokers := startTestStack(t)
 			msgs := corpus(400, "f")
 			produceCorpus(t, brokers, "mail.raw", msgs)
 			out := collect(t, brokers, "mail.verdicts")

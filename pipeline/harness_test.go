@@ -36,6 +36,18 @@ func startTestBroker(t testing.TB) *Broker {
 	return b
 }
 
+// startTestStack is what most pipeline tests start with: the embedded
+// broker with the topics created (4 partitions), the DNS server
+// (startTestDNS), an engine on it, and the broker's addresses.
+func startTestStack(t testing.TB) (*Broker, *dnstest.Server, *stages.Engine, []string) {
+	t.Helper()
+	b := startTestBroker(t)
+	dns := startTestDNS(t)
+	e := testEngine(t, dns.Addr)
+	createTopics(t, b.Addrs(), 4)
+	return b, dns, e, b.Addrs()
+}
+
 // startTestDNS serves SPF records for sender0.example … sender7.example:
 // even ones authorise 192.0.2.0/24, odd ones end in -all only.
 func startTestDNS(t testing.TB) *dnstest.Server {

@@ -39,11 +39,7 @@ func (n nilVerifier) Verify(ctx context.Context, raw []byte, env stages.Envelope
 // gets its verdict (equal to a working engine's), and the process lives.
 // The error log carries the stack once, not once a record.
 func TestVerifyPanicToDLQ(t *testing.T) {
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
+	_, dns, e, brokers := startTestStack(t)
 	msgs := corpus(400, "x")
 	var good []testMsg
 	bad := map[string]string{} // key: the DLQ reason

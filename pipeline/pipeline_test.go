@@ -15,11 +15,7 @@ import (
 )
 
 func TestExactlyOnceNInNOut(t *testing.T) {
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
+	_, _, e, brokers := startTestStack(t)
 	msgs := corpus(1000, "q")
 	produceCorpus(t, brokers, "mail.raw", msgs)
 	out := collect(t, brokers, "mail.verdicts")
@@ -35,11 +31,7 @@ func TestExactlyOnceNInNOut(t *testing.T) {
 }
 
 func TestAtLeastOnceNInNOut(t *testing.T) {
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
+	_, _, e, brokers := startTestStack(t)
 	msgs := corpus(500, "a")
 	produceCorpus(t, brokers, "mail.raw", msgs)
 	out := collect(t, brokers, "mail.verdicts")
@@ -69,11 +61,7 @@ func TestCrashRestart(t *testing.T) {
 // the engine's.
 func crashRestart(t *testing.T, txnID string, n, minBefore int, watch func(brokers []string) func() bool, extraEnv ...string) {
 	t.Helper()
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
+	_, dns, e, brokers := startTestStack(t)
 	msgs := corpus(n, txnID[:1])
 	produceCorpus(t, brokers, "mail.raw", msgs)
 	out := collect(t, brokers, "mail.verdicts")
@@ -127,11 +115,7 @@ func stopChild(t *testing.T, child *exec.Cmd) {
 // mid-stream: it exits 0, and the input offsets it committed match the
 // verdicts it published. A second process finishes the stream exactly.
 func TestSIGTERMDrainsAndCommits(t *testing.T) {
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
+	_, dns, e, brokers := startTestStack(t)
 	msgs := corpus(2000, "s")
 	produceCorpus(t, brokers, "mail.raw", msgs)
 	out := collect(t, brokers, "mail.verdicts")
@@ -184,11 +168,7 @@ func committedTotal(t *testing.T, brokers []string, group, topic string) int64 {
 // TestTwoInstancesOneLeaves runs two instances in one group; one leaves
 // mid-stream. Both did work and the totals are exact.
 func TestTwoInstancesOneLeaves(t *testing.T) {
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
+	_, _, e, brokers := startTestStack(t)
 	msgs := corpus(2000, "g")
 	out := collect(t, brokers, "mail.verdicts")
 
@@ -238,11 +218,7 @@ func TestTwoInstancesOneLeaves(t *testing.T) {
 // transaction timeout aborts it. A read_committed consumer must still see
 // exactly one verdict per message, equal to the engine's.
 func TestTwoInstancesOneKilledReplaced(t *testing.T) {
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
+	_, dns, e, brokers := startTestStack(t)
 	msgs := corpus(3000, "r")
 	out := collect(t, brokers, "mail.verdicts")
 	logged := collectIsolated(t, brokers, "mail.verdicts", kgo.ReadUncommitted())
@@ -317,11 +293,7 @@ func TestTwoInstancesOneKilledReplaced(t *testing.T) {
 // 4,000 verdicts after 90 s) where Kafka would expire the member after
 // the session timeout.
 func TestChurnKills(t *testing.T) {
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
+	_, dns, e, brokers := startTestStack(t)
 	msgs := corpus(4000, "c")
 	out := collect(t, brokers, "mail.verdicts")
 	adm := kadm.NewClient(mustClient(t, brokers))
@@ -384,11 +356,7 @@ func waitGroupStable(t *testing.T, adm *kadm.Client, group string, procs ...*exe
 // TestPoisonToDLQ mixes undecodable records into the stream: each goes to
 // the DLQ with its reason, the good ones get verdicts.
 func TestPoisonToDLQ(t *testing.T) {
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
+	_, _, e, brokers := startTestStack(t)
 	good := corpus(100, "p")
 	env := good[0].env
 	big := append([]byte("Subject: big\r\n\r\n"), make([]byte, 5000)...)
@@ -467,11 +435,7 @@ func TestPoisonToDLQ(t *testing.T) {
 // TestDNSOutage stops the DNS server: verdicts report temperror and the
 // stream keeps moving; after the server returns, verdicts are normal.
 func TestDNSOutage(t *testing.T) {
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
+	_, dns, e, brokers := startTestStack(t)
 	out := collect(t, brokers, "mail.verdicts")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -500,11 +464,7 @@ func TestDNSOutage(t *testing.T) {
 // TestRetryTemperror re-verifies temperror verdicts after a delay: an
 // outage shorter than the retries leaves no temperror behind.
 func TestRetryTemperror(t *testing.T) {
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
+	_, dns, e, brokers := startTestStack(t)
 	out := collect(t, brokers, "mail.verdicts")
 	cfg := testConfig(brokers, "retry")
 	cfg.RetryTemperror = 5

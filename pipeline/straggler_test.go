@@ -228,11 +228,7 @@ func TestCrashRestartWithStragglers(t *testing.T) {
 // wait; instance b leaves mid-stream (SIGTERM-like, its context ends).
 // Every message still has exactly one verdict, equal to the engine's.
 func TestTwoInstancesWithStragglers(t *testing.T) {
-	b := startTestBroker(t)
-	dns := startTestDNS(t)
-	e := testEngine(t, dns.Addr)
-	brokers := b.Addrs()
-	createTopics(t, brokers, 4)
+	_, _, e, brokers := startTestStack(t)
 	msgs := corpus(1500, "w")
 	out := collect(t, brokers, "mail.verdicts")
 	retried := collect(t, brokers, "mail.raw.retry")
