@@ -21,6 +21,9 @@ import (
 	"github.com/spf13/pflag"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl"
+	"github.com/twmb/franz-go/pkg/sasl/aws"
+	"github.com/twmb/franz-go/pkg/sasl/oauth"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 )
@@ -139,6 +142,10 @@ type kafkaFlags struct {
 	saslMechanism string
 	saslUser      string
 	saslPassword  string
+	saslTokenFile string
+	// getenv reads the AWS credentials of aws-msk-iam at each
+	// authentication (os.Getenv when nil).
+	getenv func(string) string
 }
 
 func (k *kafkaFlags) register(f *pflag.FlagSet, brokersHelp string) {
@@ -148,9 +155,81 @@ func (k *kafkaFlags) register(f *pflag.FlagSet, brokersHelp string) {
 	f.StringVar(&k.tlsCert, "tls-cert", "", "PEM client certificate `file` for mutual TLS; implies --tls")
 	f.StringVar(&k.tlsKey, "tls-key", "", "PEM private key `file` of --tls-cert")
 	f.StringVar(&k.tlsServerName, "tls-server-name", "", "expected broker certificate `name` (default: the host dialled)")
-	f.StringVar(&k.saslMechanism, "sasl-mechanism", "", "SASL `mechanism`: plain, scram-sha-256 or scram-sha-512 (default: no SASL)")
-	f.StringVar(&k.saslUser, "sasl-user", "", "SASL user `name`")
-	f.StringVar(&k.saslPassword, "sasl-password", "", "SASL `password` (prefer the AUTHPIPE_SASL_PASSWORD environment variable)")
+	f.StringVar(&k.saslMechanism, "sasl-mechanism", "", "SASL `mechanism`: plain, scram-sha-256, scram-sha-512, oauthbearer (token from --sasl-token-file) "+
+		"or aws-msk-iam (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; region from the broker name or AWS_REGION) (default: no SASL)")
+	f.StringVar(&k.saslUser, "sasl-user", "", "SASL user `name` (oauthbearer: the optional authorization id; aws-msk-iam: the access key id, instead of AWS_ACCESS_KEY_ID)")
+	f.StringVar(&k.saslPassword, "sasl-password", "", "SASL `password` (prefer the AUTHPIPE_SASL_PASSWORD environment variable; aws-msk-iam: the secret access key)")
+	f.StringVar(&k.saslTokenFile, "sasl-token-file", "", "oauthbearer: `file` holding the OAuth bearer token, read again at each authentication so that a token refresher can replace it")
+}
+
+// saslMechanismOpt returns the franz-go SASL mechanism of --sasl-mechanism,
+// nil for none. oauthbearer and aws-msk-iam read their credentials at
+// each authentication (each new broker connection), so that rotated
+// tokens and keys are used without a restart.
+func (k *kafkaFlags) saslMechanismOpt() (sasl.Mechanism, error) {
+	getenv := k.getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	mech := strings.ToLower(k.saslMechanism)
+	if k.saslTokenFile != "" && mech != "oauthbearer" {
+		return nil, usagef("--sasl-token-file is for --sasl-mechanism oauthbearer, not %q", k.saslMechanism)
+	}
+	switch mech {
+	case "":
+		return nil, nil
+	case "plain":
+		return plain.Auth{User: k.saslUser, Pass: k.saslPassword}.AsMechanism(), nil
+	case "scram-sha-256":
+		return scram.Auth{User: k.saslUser, Pass: k.saslPassword}.AsSha256Mechanism(), nil
+	case "scram-sha-512":
+		return scram.Auth{User: k.saslUser, Pass: k.saslPassword}.AsSha512Mechanism(), nil
+	case "oauthbearer":
+		if k.saslTokenFile == "" {
+			return nil, usagef("--sasl-mechanism oauthbearer needs --sasl-token-file")
+		}
+		file := k.saslTokenFile
+		if _, err := readToken(file); err != nil {
+			return nil, err
+		}
+		return oauth.Oauth(func(context.Context) (oauth.Auth, error) {
+			tok, err := readToken(file)
+			return oauth.Auth{Zid: k.saslUser, Token: tok}, err
+		}), nil
+	case "aws-msk-iam":
+		creds := func() (aws.Auth, error) {
+			a := aws.Auth{AccessKey: k.saslUser, SecretKey: k.saslPassword, SessionToken: getenv("AWS_SESSION_TOKEN"), UserAgent: "authpipe"}
+			if a.AccessKey == "" {
+				a.AccessKey = getenv("AWS_ACCESS_KEY_ID")
+			}
+			if a.SecretKey == "" {
+				a.SecretKey = getenv("AWS_SECRET_ACCESS_KEY")
+			}
+			if a.AccessKey == "" || a.SecretKey == "" {
+				return a, errors.New("aws-msk-iam: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or --sasl-user and --sasl-password)")
+			}
+			return a, nil
+		}
+		if _, err := creds(); err != nil {
+			return nil, usageError{err}
+		}
+		return aws.ManagedStreamingIAM(func(context.Context) (aws.Auth, error) { return creds() }), nil
+	}
+	return nil, usagef("--sasl-mechanism %q: want plain, scram-sha-256, scram-sha-512, oauthbearer or aws-msk-iam", k.saslMechanism)
+}
+
+// readToken reads an OAuth bearer token file: its content without
+// surrounding white space, which must not be empty.
+func readToken(file string) (string, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return "", fmt.Errorf("--sasl-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("--sasl-token-file %s: empty", file)
+	}
+	return tok, nil
 }
 
 // opts returns the franz-go options for TLS and SASL.
@@ -178,16 +257,12 @@ func (k *kafkaFlags) opts() ([]kgo.Opt, error) {
 		}
 		opts = append(opts, kgo.DialTLSConfig(tc))
 	}
-	switch strings.ToLower(k.saslMechanism) {
-	case "":
-	case "plain":
-		opts = append(opts, kgo.SASL(plain.Auth{User: k.saslUser, Pass: k.saslPassword}.AsMechanism()))
-	case "scram-sha-256":
-		opts = append(opts, kgo.SASL(scram.Auth{User: k.saslUser, Pass: k.saslPassword}.AsSha256Mechanism()))
-	case "scram-sha-512":
-		opts = append(opts, kgo.SASL(scram.Auth{User: k.saslUser, Pass: k.saslPassword}.AsSha512Mechanism()))
-	default:
-		return nil, usagef("--sasl-mechanism %q: want plain, scram-sha-256 or scram-sha-512", k.saslMechanism)
+	mech, err := k.saslMechanismOpt()
+	if err != nil {
+		return nil, err
+	}
+	if mech != nil {
+		opts = append(opts, kgo.SASL(mech))
 	}
 	return opts, nil
 }
@@ -219,7 +294,7 @@ func (k *kafkaFlags) check(ctx context.Context, cl *kgo.Client, brokers []string
 		if errors.Is(err, io.EOF) && k.saslMechanism != "" {
 			// A broker that refuses the credentials may close the
 			// connection instead of answering with an error code.
-			err = fmt.Errorf("%w (the broker closed the connection: with --sasl-mechanism %s, a wrong user or password does that)", err, k.saslMechanism)
+			err = fmt.Errorf("%w (the broker closed the connection: with --sasl-mechanism %s, wrong credentials do that)", err, k.saslMechanism)
 		}
 		if code, ok := remoteTLSAlert(err); ok && clientCertAlert(code) {
 			err = fmt.Errorf("%w (the broker refused this client's certificate: check --tls-cert and --tls-key)", err)
