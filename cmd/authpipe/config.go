@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/knadh/koanf/parsers/yaml"
@@ -235,26 +236,11 @@ func readToken(file string) (string, error) {
 // opts returns the franz-go options for TLS and SASL.
 func (k *kafkaFlags) opts() ([]kgo.Opt, error) {
 	var opts []kgo.Opt
-	if k.tls || k.tlsCA != "" || k.tlsCert != "" {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: k.tlsServerName}
-		if k.tlsCA != "" {
-			pem, err := os.ReadFile(k.tlsCA)
-			if err != nil {
-				return nil, fmt.Errorf("--tls-ca: %w", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(pem) {
-				return nil, usagef("--tls-ca %s: no PEM certificates", k.tlsCA)
-			}
-			tc.RootCAs = pool
-		}
-		if k.tlsCert != "" || k.tlsKey != "" {
-			cert, err := tls.LoadX509KeyPair(k.tlsCert, k.tlsKey)
-			if err != nil {
-				return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
-			}
-			tc.Certificates = []tls.Certificate{cert}
-		}
+	tc, err := k.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	if tc != nil {
 		opts = append(opts, kgo.DialTLSConfig(tc))
 	}
 	mech, err := k.saslMechanismOpt()
@@ -265,6 +251,81 @@ func (k *kafkaFlags) opts() ([]kgo.Opt, error) {
 		opts = append(opts, kgo.SASL(mech))
 	}
 	return opts, nil
+}
+
+// tlsConfig is the TLS configuration of the --tls options, nil without
+// TLS.
+func (k *kafkaFlags) tlsConfig() (*tls.Config, error) {
+	if !k.tls && k.tlsCA == "" && k.tlsCert == "" {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: k.tlsServerName}
+	if k.tlsCA != "" {
+		pem, err := os.ReadFile(k.tlsCA)
+		if err != nil {
+			return nil, fmt.Errorf("--tls-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, usagef("--tls-ca %s: no PEM certificates", k.tlsCA)
+		}
+		tc.RootCAs = pool
+	}
+	if k.tlsCert != "" || k.tlsKey != "" {
+		kp := &keyPairFiles{certFile: k.tlsCert, keyFile: k.tlsKey}
+		if _, err := kp.get(nil); err != nil {
+			return nil, err
+		}
+		tc.GetClientCertificate = kp.get
+	}
+	return tc, nil
+}
+
+// keyPairFiles is the client certificate of --tls-cert and --tls-key, read
+// again at a TLS handshake (a new broker connection) when either file's
+// modification time or size has changed since, so that a certificate
+// rotated on disk (cert-manager, a renewal job) is used without a restart.
+// A pair that does not load (caught between its two files being
+// replaced, say) leaves the last good one in use until the next
+// handshake looks again; only the first load's failure is an error.
+type keyPairFiles struct {
+	certFile, keyFile string
+
+	mu    sync.Mutex
+	cert  *tls.Certificate
+	stamp [2]fileStamp
+}
+
+type fileStamp struct {
+	mod  time.Time
+	size int64
+}
+
+func stampOf(file string) fileStamp {
+	fi, err := os.Stat(file)
+	if err != nil {
+		return fileStamp{}
+	}
+	return fileStamp{fi.ModTime(), fi.Size()}
+}
+
+// get is tls.Config.GetClientCertificate.
+func (kp *keyPairFiles) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	stamp := [2]fileStamp{stampOf(kp.certFile), stampOf(kp.keyFile)}
+	if kp.cert != nil && stamp == kp.stamp {
+		return kp.cert, nil
+	}
+	cert, err := tls.LoadX509KeyPair(kp.certFile, kp.keyFile)
+	if err != nil {
+		if kp.cert != nil {
+			return kp.cert, nil // the last good pair; the files are looked at again next time
+		}
+		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	kp.cert, kp.stamp = &cert, stamp
+	return kp.cert, nil
 }
 
 // brokerCheckTimeout bounds kafkaFlags.check.

@@ -8,8 +8,10 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
+	"io"
 	"math/big"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -45,6 +47,7 @@ type testPKI struct {
 	caFile, clientCertFile, clientKeyFile string
 	server                                tls.Certificate
 	ca                                    *x509.Certificate
+	caKey                                 *ecdsa.PrivateKey
 }
 
 func newTestPKI(t *testing.T) *testPKI {
@@ -74,7 +77,7 @@ func newTestPKI(t *testing.T) *testPKI {
 		t.Fatal(err)
 	}
 	pki := &testPKI{caFile: filepath.Join(dir, "ca.pem"), clientCertFile: filepath.Join(dir, "client.pem"), clientKeyFile: filepath.Join(dir, "client.key"),
-		server: tls.Certificate{Certificate: [][]byte{caDER}, PrivateKey: caKey}, ca: ca}
+		server: tls.Certificate{Certificate: [][]byte{caDER}, PrivateKey: caKey}, ca: ca, caKey: caKey}
 	writePEM(t, pki.caFile, "CERTIFICATE", caDER)
 	writePEM(t, pki.clientCertFile, "CERTIFICATE", clientDER)
 	writePEM(t, pki.clientKeyFile, "PRIVATE KEY", keyDER)
@@ -157,5 +160,78 @@ func TestRunKafkaTLSAndSASL(t *testing.T) {
 	}
 	if code := stop(); code != 0 {
 		t.Fatalf("run exit %d:\n%s", code, logs)
+	}
+}
+
+// TestClientCertificateRotation: the client certificate of --tls-cert and
+// --tls-key is read again at a handshake once its files change, so a
+// rotated certificate is used by new broker connections without a
+// restart; a pair caught half replaced (the new certificate, the old key)
+// leaves the last good one in use. Each handshake is a real one, with a
+// TLS server on loopback that requires a client certificate from the CA
+// and says which it got.
+func TestClientCertificateRotation(t *testing.T) {
+	pki := newTestPKI(t)
+	pool := x509.NewCertPool()
+	pool.AddCert(pki.ca)
+	l, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientAuth: tls.RequireAndVerifyClientCert,
+		ClientCAs: pool, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			tc := c.(*tls.Conn)
+			if tc.Handshake() == nil {
+				_, _ = tc.Write([]byte(tc.ConnectionState().PeerCertificates[0].Subject.CommonName))
+			}
+			tc.Close()
+		}
+	}()
+	k := kafkaFlags{tlsCA: pki.caFile, tlsCert: pki.clientCertFile, tlsKey: pki.clientKeyFile}
+	tc, err := k.tlsConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	presented := func() string {
+		t.Helper()
+		c, err := tls.Dial("tcp", l.Addr().String(), tc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	if got := presented(); got != "authpipe" {
+		t.Fatalf("first handshake: %q", got)
+	}
+	// Rotated: a new certificate and key from the same CA.
+	der, key := issue(t, &x509.Certificate{SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "authpipe-rotated"},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, pki.ca, pki.caKey)
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	oldCert, _ := os.ReadFile(pki.clientCertFile)
+	writePEM(t, pki.clientCertFile, "CERTIFICATE", der)
+	// Half replaced (the new certificate, the old key): the old pair.
+	later := time.Now().Add(time.Second)
+	os.Chtimes(pki.clientCertFile, later, later)
+	if got := presented(); got != "authpipe" {
+		t.Fatalf("half-replaced pair: %q, want the last good certificate", got)
+	}
+	writePEM(t, pki.clientKeyFile, "PRIVATE KEY", keyDER)
+	later = later.Add(time.Second)
+	os.Chtimes(pki.clientKeyFile, later, later)
+	if got := presented(); got != "authpipe-rotated" {
+		t.Fatalf("after the rotation: %q", got)
+	}
+	// A certificate that does not load at the start is an error then.
+	os.WriteFile(pki.clientCertFile, oldCert[:len(oldCert)/2], 0o600)
+	if _, err := k.tlsConfig(); err == nil || !strings.Contains(err.Error(), "--tls-cert") {
+		t.Fatalf("broken certificate at the start: %v", err)
 	}
 }
