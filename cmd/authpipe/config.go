@@ -144,9 +144,6 @@ type kafkaFlags struct {
 	saslUser      string
 	saslPassword  string
 	saslTokenFile string
-	// getenv reads the AWS credentials of aws-msk-iam at each
-	// authentication (os.Getenv when nil).
-	getenv func(string) string
 }
 
 func (k *kafkaFlags) register(f *pflag.FlagSet, brokersHelp string) {
@@ -168,10 +165,6 @@ func (k *kafkaFlags) register(f *pflag.FlagSet, brokersHelp string) {
 // each authentication (each new broker connection), so that rotated
 // tokens and keys are used without a restart.
 func (k *kafkaFlags) saslMechanismOpt() (sasl.Mechanism, error) {
-	getenv := k.getenv
-	if getenv == nil {
-		getenv = os.Getenv
-	}
 	mech := strings.ToLower(k.saslMechanism)
 	if k.saslTokenFile != "" && mech != "oauthbearer" {
 		return nil, usagef("--sasl-token-file is for --sasl-mechanism oauthbearer, not %q", k.saslMechanism)
@@ -199,12 +192,12 @@ func (k *kafkaFlags) saslMechanismOpt() (sasl.Mechanism, error) {
 		}), nil
 	case "aws-msk-iam":
 		creds := func() (aws.Auth, error) {
-			a := aws.Auth{AccessKey: k.saslUser, SecretKey: k.saslPassword, SessionToken: getenv("AWS_SESSION_TOKEN"), UserAgent: "authpipe"}
+			a := aws.Auth{AccessKey: k.saslUser, SecretKey: k.saslPassword, SessionToken: os.Getenv("AWS_SESSION_TOKEN"), UserAgent: "authpipe"}
 			if a.AccessKey == "" {
-				a.AccessKey = getenv("AWS_ACCESS_KEY_ID")
+				a.AccessKey = os.Getenv("AWS_ACCESS_KEY_ID")
 			}
 			if a.SecretKey == "" {
-				a.SecretKey = getenv("AWS_SECRET_ACCESS_KEY")
+				a.SecretKey = os.Getenv("AWS_SECRET_ACCESS_KEY")
 			}
 			if a.AccessKey == "" || a.SecretKey == "" {
 				return a, errors.New("aws-msk-iam: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or --sasl-user and --sasl-password)")
