@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -153,6 +154,25 @@ func TestBuildColumn(t *testing.T) {
 	} {
 		if got := buildColumn(c.w); got != c.want {
 			t.Errorf("%+v: %q, want %q", c.w, got, c.want)
+		}
+	}
+}
+
+// TestRunWarnsOfExposedReportViews: run says so in its log when the
+// report views are served on an address beyond this host, and not on
+// loopback.
+func TestRunWarnsOfExposedReportViews(t *testing.T) {
+	port := strings.TrimPrefix(freeAddr(t), "127.0.0.1:")
+	for addr, warn := range map[string]bool{"127.0.0.1:" + port: false, "0.0.0.0:" + port: true} {
+		stop, logs := startRunWith(t, "127.0.0.1:"+port, func(ctx context.Context, args []string, stderr io.Writer) int {
+			args[2] = addr // --http-addr's value
+			return run(ctx, args, strings.NewReader(""), io.Discard, stderr)
+		}, "--data-dir", t.TempDir(), "--listen", freeAddr(t), "--zone", "../../examples/example.zone")
+		if code := stop(); code != 0 {
+			t.Fatalf("run on %s: exit %d\n%s", addr, code, logs)
+		}
+		if got := strings.Contains(logs.String(), "report views (/reports) are served beyond this host"); got != warn {
+			t.Fatalf("run on %s: warning %v, want %v\n%s", addr, got, warn, logs)
 		}
 	}
 }

@@ -388,6 +388,10 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 		}
 		if views != nil {
 			viewsAddr = srv.Addr
+			if !loopbackAddr(srv.Addr) {
+				log.Warn("the report views (/reports) are served beyond this host: whoever reaches --http-addr can read which sources send mail for which domains; "+
+					"--http-reports=false turns them off", "addr", srv.Addr)
+			}
 		}
 		log.Info("HTTP listening", "addr", srv.Addr, "paths", paths)
 		defer func() {
@@ -492,6 +496,17 @@ func startReportRole(ctx context.Context, g *errgroup.Group, rr reportRole) (fun
 			log.Warn("report store: close", "err", err)
 		}
 	}, nil
+}
+
+// loopbackAddr reports whether the listener address addr (host:port) is
+// on a loopback address, reachable from this host only.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // serveHTTP serves /metrics from reg, /healthz (the process is up),
