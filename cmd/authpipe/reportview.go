@@ -39,7 +39,6 @@ const runInfoFile = "run.json"
 type runInfo struct {
 	// URL is the base of the HTTP listener: http://host:port.
 	URL string `json:"url"`
-	PID int    `json:"pid"`
 }
 
 // runInfoLockWait is how long list and show wait for the store's lock
@@ -60,7 +59,7 @@ func writeRunInfo(dir, addr string) (remove func(), err error) {
 			host = "::1"
 		}
 	}
-	b, err := json.Marshal(runInfo{URL: "http://" + net.JoinHostPort(host, port), PID: os.Getpid()})
+	b, err := json.Marshal(runInfo{URL: "http://" + net.JoinHostPort(host, port)})
 	if err != nil {
 		return nil, err
 	}
@@ -77,8 +76,8 @@ func writeRunInfo(dir, addr string) (remove func(), err error) {
 
 // removeRunInfo removes a runInfoFile an earlier run left (killed before
 // it could), so that it does not point commands at a listener that is gone
-// or someone else's.
-// Should it fail, the stale file is read only while the store is locked.
+// or someone else's. Should that fail, the stale file is still read only
+// while the store is locked.
 func removeRunInfo(dir string) { _ = os.Remove(filepath.Join(dir, runInfoFile)) }
 
 // reportList is what `report list` prints (as JSON with --json) and what
