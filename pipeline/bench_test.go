@@ -158,6 +158,7 @@ const signedDistinct = 1024
 // sets its segment size and AUTHPIPE_BENCH_DATADIR=1 puts it on disk;
 // AUTHPIPE_BENCH_CODEC and AUTHPIPE_BENCH_LOADER_CODEC (none, snappy, lz4,
 // zstd) choose the compression of the verdicts and of mail.raw;
+// AUTHPIPE_BENCH_LINGER the producer linger (franz-go's 10ms by default);
 // AUTHPIPE_BENCH_DELIVERY, AUTHPIPE_BENCH_BATCH and
 // AUTHPIPE_BENCH_BATCH_RECORDS set the delivery mode, batch interval and
 // batch size; AUTHPIPE_BENCH_INFLIGHT_BYTES the in-flight bytes;
@@ -202,7 +203,8 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	kopts := WithKafkaOpts(kgo.ProducerBatchCompression(benchCodec("AUTHPIPE_BENCH_CODEC")...))
+	kopts := WithKafkaOpts(kgo.ProducerBatchCompression(benchCodec("AUTHPIPE_BENCH_CODEC")...),
+		kgo.ProducerLinger(benchDuration("AUTHPIPE_BENCH_LINGER", 10*time.Millisecond)))
 	if wait := benchDuration("AUTHPIPE_BENCH_STRAGGLER_WAIT", 0); wait > 0 {
 		// Deferral on, with its retry stage, as `authpipe run` has it.
 		cfg.RetryTopic, cfg.StragglerWait = "mail.raw.retry", wait
