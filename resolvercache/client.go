@@ -220,8 +220,9 @@ type waiter struct {
 	// handed: exchangeUDP handed its in-flight slot on to an orphan, so
 	// try must not give it back.
 	handed bool
-	// sent: when an orphan's attempt after the first was sent
-	// (continueOrphan), for the metrics; zero for the lookup's own.
+	// sent: when an orphan that sendOrphan sent (an attempt after the
+	// first, or a prefetch) went out, for the metrics; zero for the
+	// lookup's own.
 	sent time.Time
 
 	wbuf [maxQueryOctets]byte // the packed query
@@ -1029,7 +1030,29 @@ func (c *Client) settleLate(w *waiter, r reply) {
 // on a socket's reader or the sweeper), and reports false if there is none,
 // the client is closed, or the query cannot be sent.
 func (c *Client) continueOrphan(w *waiter) bool {
-	attempt := w.attempt + 1
+	return c.sendOrphan(w.q, w.attempt+1)
+}
+
+// start sends the first query of a lookup of name and type that nobody
+// waits for, as an orphan (see leave): what it comes to goes to the Cache
+// in front (settleLate), which caches it as any fill's. It is how
+// Cache.Prefetch asks without a goroutine blocked on the reply. It takes
+// a free in-flight slot without waiting, and reports false, having sent
+// nothing, if there is none, there is no Cache in front, the name is not
+// valid, the client is closed, or the query cannot be sent.
+func (c *Client) start(name string, qtype uint16) bool {
+	canon := CanonicalName(name)
+	if c.late.Load() == nil || ValidateName(canon) != nil {
+		return false
+	}
+	return c.sendOrphan(question{name: wireName(canon), qtype: qtype, orig: canon, otype: qtype}, 0)
+}
+
+// sendOrphan sends attempt of the query q (its name the lookup's own) as
+// an orphan waiter, on the upstream query would have chosen for it,
+// taking a free in-flight slot without waiting; it reports whether the
+// query went out (or is settled by the socket's shutdown).
+func (c *Client) sendOrphan(q question, attempt int) bool {
 	u := c.upstreams[attempt%len(c.upstreams)]
 	u.mu.Lock()
 	closed := u.closed
@@ -1042,7 +1065,7 @@ func (c *Client) continueOrphan(w *waiter) bool {
 	default:
 		return false
 	}
-	o := &waiter{q: w.q, ch: make(chan reply, 1), orphan: true, attempt: attempt, sent: time.Now()}
+	o := &waiter{q: q, ch: make(chan reply, 1), orphan: true, attempt: attempt, sent: time.Now()}
 	rel := int64(o.sent.Sub(c.epoch))
 	uc, err := u.register(o, o.sent, rel+int64(c.timeout))
 	if err != nil {

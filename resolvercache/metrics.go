@@ -21,7 +21,7 @@ import (
 //	cache_hits_total                 lookups answered from the cache (answers and cached errors)
 //	cache_misses_total               lookups that had to go upstream (or join an in-flight query)
 //	cache_shared_total               misses that joined another caller's in-flight query
-//	cache_late_total                 wire queries left running after their lookup gave up, settled (answer, error or nothing usable)
+//	cache_late_total                 wire queries no lookup waited for (prefetches, and those left running after their lookup gave up), settled (answer, error or nothing usable)
 //	cache_cost_bytes                 approximate bytes held by the cache (read when scraped)
 //	cache_evictions_total            entries evicted or expired by the cache
 type Metrics struct {
@@ -73,7 +73,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	})
 	late := prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "authpipe", Subsystem: "dns", Name: "cache_late_total",
-		Help: "Wire queries left running after the lookup that asked gave up, by the time they settled (an answer or error cached as a fill's, or nothing usable).",
+		Help: "Wire queries no lookup waited for, by the time they settled (an answer or error cached as a fill's, or nothing usable): prefetches, and queries left running after the lookup that asked gave up.",
 	})
 	m := new(Metrics)
 	cost := prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -30,7 +30,9 @@
 //   - [Cache] (cache.go) sits in front of any Resolver: ristretto with a
 //     byte budget, TTLs clamped per kind of answer, negative caching (RFC
 //     2308 5), short caching of failures (RFC 2308 7), and one upstream
-//     lookup for identical concurrent misses.
+//     lookup for identical concurrent misses. In front of a Client it can
+//     also ask without waiting (Prefetch, cached.go): the query goes out
+//     on the caller's goroutine and the socket's reader caches the reply.
 //   - [Zone] (zone.go) answers from zone-file data (RFC 1035 5) with the
 //     same Answer semantics, including empty non-terminals (RFC 8020) and
 //     wildcards (RFC 4592), for offline verification.

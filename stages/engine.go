@@ -69,7 +69,7 @@ type Engine struct {
 	arc        arc.Validator
 	dmarc      dmarc.Evaluator
 	helpers    *helpers
-	cached     cacheChecker // res, if it can say what it holds: for prefetch
+	pre        prefetcher // res, if it can ask without waiting: for prefetch
 	keyEntries int          // the DKIM key cache's bound (WithKeyCacheEntries)
 }
 
@@ -180,8 +180,8 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 	e.arc.Keys = keys
 	e.arc.Now = e.now
 	e.dmarc.Resolver = res
-	e.cached, _ = res.(cacheChecker)
-	if e.cached != nil {
+	e.pre, _ = res.(prefetcher)
+	if e.pre != nil {
 		// A message signed by several domains, or forwarded through
 		// several sealers, seen for the first time asks for their other
 		// keys beside the first.
@@ -237,21 +237,23 @@ func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.
 	// message waits for the slowest chain, not the sum of them. DKIM stays
 	// on this goroutine: its RSA path is stack-hungry, and a fresh
 	// goroutine would pay for growing its stack on every message. SPF runs
-	// on a reused helper goroutine (helpers), unless the resolver says its
-	// first record is cached: then its lookups are most likely all cached,
-	// it needs CPU only, and it runs here after DKIM, so a warm message
-	// hands nothing to another goroutine (that hand-off cost about 5 µs a
-	// message in the pipeline, and a quarter of the engine's CPU in
-	// BenchmarkEngineTypical, where the helper's core went idle between
-	// messages). ARC gets a helper only when there is a chain to validate.
+	// here after DKIM when the resolver has its first record cached or on
+	// its way (prefetcher: asked now, answered while DKIM waits for its
+	// key), so a message hands nothing to another goroutine (that hand-off
+	// cost about 5 µs a message in the pipeline, and a quarter of the
+	// engine's CPU in BenchmarkEngineTypical, where the helper's core went
+	// idle between messages). SPF's later lookups (include, a, mx) cannot
+	// start before its first record has come, so they wait no longer here
+	// than on a helper. Otherwise SPF runs on a reused helper goroutine
+	// (helpers). ARC gets a helper only when there is a chain to validate.
 	var (
 		spfRes *verdict.SPF
 		arcRes arc.Result
 	)
 	spfHere := false
-	if e.cached != nil {
+	if e.pre != nil {
 		name, ok := spf.FirstQuery(spfRequest(env))
-		spfHere = !ok || e.cached.Cached(name, dns.TypeTXT)
+		spfHere = !ok || e.pre.Prefetch(name, dns.TypeTXT)
 	}
 	arcHelper := msg.Count("arc-seal") > 0
 	h := newHelped(!spfHere || arcHelper)
@@ -326,26 +328,29 @@ func newHelped(need bool) *helped {
 	return &helped{}
 }
 
-// prefetch looks up, one after another on a single helper, those of
-// names (TXT records) the resolver says are not cached: the first author
-// domain's _dmarc record (policy discovery's first query), and the keys a
-// DKIM or ARC verifier offers (those it will need after the one it is
-// about to fetch). The check that needs one later finds it cached or joins
-// the lookup in flight, so a message from domains seen for the first time
-// does not wait for them one after another. Only resolvers that can tell
-// what they hold (resolvercache.Cache) get prefetches: without that a warm
-// message would pay a goroutine hand-off for nothing. One helper, not one
-// per name, bounds what a message with many signatures holds while it
-// waits (each goroutine is a stack of about 12 KiB): the second key, the
-// commonest case, is fetched beside the first, a third after the second.
-// The lookups end with ctx, when Verify returns.
+// prefetch asks early for those of names (TXT records) the resolver does
+// not hold: the first author domain's _dmarc record (policy discovery's
+// first query), and the keys a DKIM or ARC verifier offers (those it will
+// need after the one it is about to fetch). The check that needs one later
+// finds it cached or joins the lookup in flight, so a message from domains
+// seen for the first time does not wait for them one after another. Only
+// resolvers that can ask without waiting (resolvercache.Cache) get
+// prefetches: without that a warm message would pay for asking.
+//
+// The cache sends each query on this goroutine and its reader caches the
+// reply (resolvercache.Cache.Prefetch), so nothing waits for it here. A
+// name the cache cannot start that way (no in-flight slot free, an
+// upstream that is not its client) is looked up on a single helper, one
+// after another: one helper, not one per name, bounds what a message with
+// many signatures holds while it waits (each goroutine is a stack of about
+// 12 KiB). Those lookups end with ctx, when Verify returns.
 func (e *Engine) prefetch(ctx context.Context, names []string) {
-	if e.cached == nil {
+	if e.pre == nil {
 		return
 	}
 	var todo []string
 	for _, n := range names {
-		if !e.cached.Cached(n, dns.TypeTXT) {
+		if !e.pre.Prefetch(n, dns.TypeTXT) {
 			todo = append(todo, n)
 		}
 	}
@@ -368,10 +373,12 @@ func (e *Engine) prefetch(ctx context.Context, names []string) {
 	})
 }
 
-// cacheChecker is a resolver that can say whether it holds an answer
-// without asking upstream (resolvercache.Cache).
-type cacheChecker interface {
-	Cached(name string, qtype uint16) bool
+// prefetcher is a resolver that can start asking for an answer without
+// waiting for it (resolvercache.Cache). Prefetch reports whether the
+// answer is cached or on its way; false means neither, and the caller
+// asks itself.
+type prefetcher interface {
+	Prefetch(name string, qtype uint16) bool
 }
 
 func (e *Engine) dmarcMode() string {

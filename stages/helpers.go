@@ -5,10 +5,11 @@ import (
 	"time"
 )
 
-// helpers runs the work Verify starts beside DKIM on reused goroutines: SPF
-// when its first record is not cached (or the resolver cannot say), ARC
-// when there is a chain, and the lookups started early when not cached
-// (DMARC's first, the keys of later DKIM signatures and ARC sets). SPF evaluation needs a stack of
+// helpers runs the work Verify starts beside DKIM on reused goroutines: ARC
+// when there is a chain, and, when the resolver cannot ask without waiting
+// (a prefetcher, or one with no in-flight slot free), SPF and the lookups
+// started early (DMARC's first, the keys of later DKIM signatures and ARC
+// sets). SPF evaluation needs a stack of
 // several KiB; a fresh goroutine starts with 2 KiB and copies its stack as
 // it grows, which cost 4–7% of a typical message's CPU. A helper that
 // finished waits up to helperIdle for the next function, so the stack it
