@@ -70,4 +70,3 @@ func TestCacheKeptFillExpires(t *testing.T) {
 		t.Errorf("%d upstream queries after both expired, want 4", q)
 	}
 }
-

@@ -70,7 +70,7 @@ type Engine struct {
 	dmarc      dmarc.Evaluator
 	helpers    *helpers
 	pre        prefetcher // res, if it can ask without waiting: for prefetch
-	keyEntries int          // the DKIM key cache's bound (WithKeyCacheEntries)
+	keyEntries int        // the DKIM key cache's bound (WithKeyCacheEntries)
 }
 
 // Option configures an Engine.
