@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -97,7 +98,11 @@ func cachedEngine(tb testing.TB, dnsAddr string, cacheOpts ...resolvercache.Cach
 	if err != nil {
 		tb.Fatal(err)
 	}
-	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dnsAddr), resolvercache.WithTimeout(time.Second), resolvercache.WithMetrics(m))
+	copts := []resolvercache.ClientOption{resolvercache.WithUpstreams(dnsAddr), resolvercache.WithTimeout(time.Second), resolvercache.WithMetrics(m)}
+	if n, err := strconv.Atoi(os.Getenv("AUTHPIPE_BENCH_DNS_INFLIGHT")); err == nil {
+		copts = append(copts, resolvercache.WithMaxInFlight(n))
+	}
+	c, err := resolvercache.NewClient(copts...)
 	if err != nil {
 		tb.Fatal(err)
 	}
