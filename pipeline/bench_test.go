@@ -183,7 +183,7 @@ func BenchmarkPipelineVsEngine(b *testing.B) {
 	}
 	dns := startTestDNS(b)
 	msgs := signedCorpus(b, dns, n)
-	e := cachedEngine(b, dns.Addr)
+	e := cachedEngine(b, dns.Addr, conc)
 	rv := newReplayVerifier(b, e, msgs)
 	if v := e.Verify(context.Background(), msgs[0].raw, msgs[0].env); v.DMARC == nil || len(v.DKIM) != 1 || v.DKIM[0].Result != "pass" {
 		b.Fatalf("corpus verdict: %+v %+v", v.DMARC, v.DKIM)
@@ -536,7 +536,7 @@ func BenchmarkEngineBuffers(b *testing.B) {
 		distinct[i] = m
 		distinct[i].raw = bytes.Clone(m.raw)
 	}
-	e := cachedEngine(b, dns.Addr)
+	e := cachedEngine(b, dns.Addr, conc)
 	run := func(msgs []testMsg) time.Duration {
 		u0 := usage()
 		verifyAll(e, msgs, conc)

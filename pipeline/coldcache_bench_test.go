@@ -106,7 +106,7 @@ func BenchmarkPipelineColdCache(b *testing.B) {
 	}
 	pub, _ := x509.MarshalPKIXPublicKey(&key.PublicKey)
 
-	e := cachedEngine(b, dns.Addr())
+	e := cachedEngine(b, dns.Addr(), inflight)
 	brokers := br.Addrs()
 	createTopics(b, brokers, 4)
 	ld := startLoader(b, brokers)

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/authpipe/authpipe/resolvercache"
 	"github.com/authpipe/authpipe/stages"
 )
 
@@ -139,6 +140,30 @@ func RetryStage(c Config) Config {
 	r.RetryTopic, r.StragglerWait = "", 0
 	r.SkipCreateTopics = true // the first stage creates them, RetryTopic included
 	return r
+}
+
+// DNSQueriesPerMessage is how many DNS queries each message in flight may
+// have on the wire at once without waiting for a slot of the resolver
+// client (DNSQueriesInFlight). A message from domains the cache does not
+// hold asks three at once: SPF's first record and the DMARC record, both
+// prefetched (resolvercache.Cache.Prefetch), and its DKIM key; the fourth
+// covers a second signature's or an ARC sealer's key. A prefetch that
+// finds no slot free is looked up on a helper goroutine instead, which in
+// BenchmarkPipelineColdCache cost about 15 µs of CPU a cold message: with
+// the client's default 1,024 slots and 1,024 messages in flight, cold/warm
+// was 0.41, with 4,096 slots 0.49 (session 19, docs/design-notes.md).
+const DNSQueriesPerMessage = 4
+
+// DNSQueriesInFlight is the resolver client's bound on queries in flight
+// (resolvercache.WithMaxInFlight) that c's messages need:
+// DNSQueriesPerMessage for each message in flight, the retry stage's
+// included, and never below the client's default of 1,024.
+func DNSQueriesInFlight(c Config) int {
+	n := c.MaxInFlight
+	if c.RetryTopic != "" {
+		n += RetryStage(c).MaxInFlight
+	}
+	return max(DNSQueriesPerMessage*n, resolvercache.DefaultMaxInFlight)
 }
 
 // Defaults returns the default configuration.

@@ -88,21 +88,24 @@ func testEngineNoT(dnsAddr string) *stages.Engine {
 	return stages.New(c, stages.WithClock(func() time.Time { return fixedNow }), stages.WithDNSBudget(600*time.Millisecond))
 }
 
-// cachedEngine builds the engine `authpipe run` has: the real DNS client
-// against dnsAddr behind the cache (options such as its size in cacheOpts),
-// and the real clock, as the benchmarks' signatures carry t= of now.
-func cachedEngine(tb testing.TB, dnsAddr string, cacheOpts ...resolvercache.CacheOption) *stages.Engine {
+// cachedEngine builds the engine `authpipe run` has for inFlight messages
+// verified at once: the real DNS client against dnsAddr, with run's
+// queries in flight (DNSQueriesInFlight, or AUTHPIPE_BENCH_DNS_INFLIGHT),
+// behind the cache (options such as its size in cacheOpts), and the real
+// clock, as the benchmarks' signatures carry t= of now.
+func cachedEngine(tb testing.TB, dnsAddr string, inFlight int, cacheOpts ...resolvercache.CacheOption) *stages.Engine {
 	tb.Helper()
 	// Counting, as `authpipe run`'s client and cache do (unregistered).
 	m, err := resolvercache.NewMetrics(nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	copts := []resolvercache.ClientOption{resolvercache.WithUpstreams(dnsAddr), resolvercache.WithTimeout(time.Second), resolvercache.WithMetrics(m)}
+	queries := DNSQueriesInFlight(Config{MaxInFlight: inFlight})
 	if n, err := strconv.Atoi(os.Getenv("AUTHPIPE_BENCH_DNS_INFLIGHT")); err == nil {
-		copts = append(copts, resolvercache.WithMaxInFlight(n))
+		queries = n
 	}
-	c, err := resolvercache.NewClient(copts...)
+	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dnsAddr), resolvercache.WithTimeout(time.Second),
+		resolvercache.WithMetrics(m), resolvercache.WithMaxInFlight(queries))
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -132,7 +132,7 @@ func TestMemoryBoundSustained(t *testing.T) {
 	dns := startTestDNS(t)
 	msgs := signedCorpus(t, dns, n)
 	const cacheBytes = 4 << 20
-	e := cachedEngine(t, dns.Addr, resolvercache.WithMaxBytes(cacheBytes))
+	e := cachedEngine(t, dns.Addr, 128, resolvercache.WithMaxBytes(cacheBytes))
 	brokers := br.Addrs()
 	createTopics(t, brokers, 4)
 	ld := startLoader(t, brokers)

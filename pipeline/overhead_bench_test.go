@@ -19,7 +19,7 @@ import (
 func BenchmarkHandleOverhead(b *testing.B) {
 	dns := startTestDNS(b)
 	msgs := signedCorpus(b, dns, 1)
-	e := cachedEngine(b, dns.Addr)
+	e := cachedEngine(b, dns.Addr, 1)
 	m := &msgs[0]
 	v := e.Verify(context.Background(), m.raw, m.env)
 	v.Key = m.key

@@ -35,7 +35,7 @@ func BenchmarkPipelineSlowDNS(b *testing.B) {
 	brokers := benchBroker(b).Addrs()
 	dns := startTestDNS(b)
 	msgs := signedCorpus(b, dns, n)
-	e := cachedEngine(b, dns.Addr)
+	e := cachedEngine(b, dns.Addr, 1024)
 	createTopics(b, brokers, 4)
 	ld := startLoader(b, brokers)
 	dir := b.TempDir()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	"github.com/authpipe/authpipe/resolvercache"
 	"github.com/authpipe/authpipe/stages"
 )
 
@@ -179,6 +180,25 @@ func TestConfigDefaults(t *testing.T) {
 	for _, bad := range []Config{{Delivery: "maybe"}, {MaxInFlight: -1}, {InputTopic: "x", VerdictTopic: "x"}, {RetryTemperror: -1}} {
 		if _, err := bad.withDefaults("h"); err == nil {
 			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
+
+// TestDNSQueriesInFlight: the resolver client gets DNSQueriesPerMessage
+// slots for each message in flight, the retry stage's too, and never fewer
+// than its default.
+func TestDNSQueriesInFlight(t *testing.T) {
+	for _, tc := range []struct {
+		c    Config
+		want int
+	}{
+		{Config{MaxInFlight: 512}, 2048},
+		{Config{MaxInFlight: 512, RetryTopic: "mail.raw.retry"}, 4 * (512 + 128)},
+		{Config{MaxInFlight: 64}, resolvercache.DefaultMaxInFlight},
+		{Config{MaxInFlight: 32, RetryTopic: "r"}, resolvercache.DefaultMaxInFlight},
+	} {
+		if got := DNSQueriesInFlight(tc.c); got != tc.want {
+			t.Errorf("%d in flight, retry topic %q: %d queries, want %d", tc.c.MaxInFlight, tc.c.RetryTopic, got, tc.want)
 		}
 	}
 }

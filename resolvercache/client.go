@@ -24,7 +24,9 @@ const (
 	DefaultNegativeTTL  = 30 * time.Second
 
 	// DefaultUDPSockets is how many connected UDP sockets the queries to
-	// one upstream share (WithUDPSockets). Each has one reader goroutine,
+	// one upstream share (WithUDPSockets) at the default MaxInFlight; a
+	// larger MaxInFlight gets one more socket per udpRepliesPerSocket
+	// queries, up to maxAutoUDPSockets. Each has one reader goroutine,
 	// which reads and checks every reply on it (about 3 µs of CPU, most
 	// of it the kernel's read and the handoff to the waiting query), so 8
 	// readers work in parallel on up to 8 cores, far more replies per
@@ -52,6 +54,8 @@ const (
 	udpReadBuffer = 1 << 20
 
 	maxUDPSockets        = 1024
+	udpRepliesPerSocket  = DefaultMaxInFlight / DefaultUDPSockets
+	maxAutoUDPSockets    = 64
 	maxRetries           = 16
 	maxCNAMEHopsLimit    = 64
 	defaultResolvConf    = "/etc/resolv.conf"
@@ -263,6 +267,7 @@ type clientConfig struct {
 	maxHops    int
 	negTTL     time.Duration
 	udpSockets int
+	socketsSet bool // WithUDPSockets given: not sized from maxFlight
 	maxFlight  int
 	clock      func() time.Time
 	metrics    *Metrics
@@ -337,7 +342,8 @@ func WithNegativeTTL(d time.Duration) ClientOption {
 }
 
 // WithUDPSockets sets how many connected UDP sockets the queries to each
-// upstream share (default 8, at most 1024); each has a goroutine reading
+// upstream share (default 8, or one per 128 of WithMaxInFlight's queries
+// if more, up to 64; at most 1024); each has a goroutine reading
 // its replies, and is replaced by a new one every 256 queries. 0 gives
 // every query a socket of its own, closed after its reply, which costs
 // about 20 µs of CPU a query for the socket alone.
@@ -346,14 +352,16 @@ func WithUDPSockets(n int) ClientOption {
 		if n < 0 || n > maxUDPSockets {
 			return fmt.Errorf("WithUDPSockets: %d is outside [0, %d]", n, maxUDPSockets)
 		}
-		c.udpSockets = n
+		c.udpSockets, c.socketsSet = n, true
 		return nil
 	}
 }
 
 // WithMaxInFlight bounds the wire queries outstanding to each upstream
 // (default 1024). Queries over the bound wait for a slot or for their
-// context to end.
+// context to end; a prefetch (Cache.Prefetch) finds none and is not sent.
+// Unless WithUDPSockets says otherwise, a bound over the default gets
+// more sockets, one per 128 queries, up to 64.
 func WithMaxInFlight(n int) ClientOption {
 	return func(c *clientConfig) error {
 		if n < 1 {
@@ -398,6 +406,10 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 		if err := o(&cfg); err != nil {
 			return nil, fmt.Errorf("resolvercache: %w", err)
 		}
+	}
+	if !cfg.socketsSet {
+		n := (cfg.maxFlight + udpRepliesPerSocket - 1) / udpRepliesPerSocket
+		cfg.udpSockets = min(max(cfg.udpSockets, n), maxAutoUDPSockets)
 	}
 	addrs := cfg.upstreams
 	if len(addrs) == 0 {

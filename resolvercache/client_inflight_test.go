@@ -81,3 +81,27 @@ func TestClientMaxInFlightWaitHonoursContext(t *testing.T) {
 		t.Fatal("WithMaxInFlight(0) accepted")
 	}
 }
+
+// TestClientSocketsFollowInFlight: a bound on queries in flight over the
+// default gets a socket per 128 of them (as many replies outstanding on
+// each as at the defaults), at most 64, unless WithUDPSockets says
+// otherwise; under it, the default 8.
+func TestClientSocketsFollowInFlight(t *testing.T) {
+	for _, tc := range []struct {
+		opts []resolvercache.ClientOption
+		want int
+	}{
+		{nil, resolvercache.DefaultUDPSockets},
+		{[]resolvercache.ClientOption{resolvercache.WithMaxInFlight(100)}, 8},
+		{[]resolvercache.ClientOption{resolvercache.WithMaxInFlight(2048)}, 16},
+		{[]resolvercache.ClientOption{resolvercache.WithMaxInFlight(4097)}, 33},
+		{[]resolvercache.ClientOption{resolvercache.WithMaxInFlight(1 << 20)}, 64},
+		{[]resolvercache.ClientOption{resolvercache.WithMaxInFlight(4096), resolvercache.WithUDPSockets(4)}, 4},
+		{[]resolvercache.ClientOption{resolvercache.WithUDPSockets(2), resolvercache.WithMaxInFlight(4096)}, 2},
+	} {
+		c := newClient(t, append([]resolvercache.ClientOption{resolvercache.WithUpstreams("127.0.0.1:53")}, tc.opts...)...)
+		if got := resolvercache.UDPSocketsForTest(c); got != tc.want {
+			t.Errorf("%d options: %d sockets, want %d", len(tc.opts), got, tc.want)
+		}
+	}
+}

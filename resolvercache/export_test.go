@@ -30,3 +30,7 @@ func (c *Cache) FlightsForTest() int {
 
 // KeptFills is how many filled entries stay in the flights map.
 const KeptFills = keptFills
+
+// UDPSocketsForTest reports how many shared UDP sockets the client keeps
+// for its first upstream.
+func UDPSocketsForTest(c *Client) int { return len(c.upstreams[0].slots) }

@@ -149,7 +149,8 @@ func demo(ctx context.Context, out, progress io.Writer, o demoOptions) error {
 		return err
 	}
 	defer b.Close()
-	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dns.Addr), resolvercache.WithTimeout(time.Second))
+	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dns.Addr), resolvercache.WithTimeout(time.Second),
+		resolvercache.WithMaxInFlight(pipeline.DNSQueriesInFlight(pipeline.Config{MaxInFlight: inflight})))
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,10 @@ type dnsFlags struct {
 	// cacheBytes is the DNS cache's byte budget (part of run's memory
 	// bound).
 	cacheBytes int64
+	// maxInFlight bounds the queries on the wire to each server; 0 sizes
+	// it from the messages verified at once (run) or takes the client's
+	// default.
+	maxInFlight int
 }
 
 func (d *dnsFlags) register(f *pflag.FlagSet) {
@@ -27,14 +31,23 @@ func (d *dnsFlags) register(f *pflag.FlagSet) {
 	f.DurationVar(&d.timeout, "dns-timeout", 2*time.Second, "timeout for one DNS query")
 	f.DurationVar(&d.budget, "dns-budget", 10*time.Second, "time all DNS work for one message may take; checks still waiting then report temperror")
 	f.Int64Var(&d.cacheBytes, "dns-cache-bytes", 64<<20, "`bytes` the DNS cache may hold (answers, negative answers, errors)")
+	f.IntVar(&d.maxInFlight, "dns-max-in-flight", 0, "DNS `queries` on the wire to each server at once; more wait for a slot (0: run gives 4 per message in flight, at least 1024; other commands 1024)")
 }
 
 // resolver builds the resolver the flags ask for, counting in m (nil: no
-// metrics). Caches run on the wall clock: --at changes what messages are
-// judged against, not how long DNS answers stay fresh.
-func (d *dnsFlags) resolver(m *resolvercache.Metrics) (resolvercache.Resolver, error) {
+// metrics), with inFlight queries on the wire to each server at once
+// unless --dns-max-in-flight says otherwise (0: the client's default).
+// Caches run on the wall clock: --at changes what messages are judged
+// against, not how long DNS answers stay fresh.
+func (d *dnsFlags) resolver(m *resolvercache.Metrics, inFlight int) (resolvercache.Resolver, error) {
 	if d.timeout <= 0 {
 		return nil, usagef("--dns-timeout must be positive, got %s", d.timeout)
+	}
+	if d.maxInFlight < 0 {
+		return nil, usagef("--dns-max-in-flight must not be negative, got %d", d.maxInFlight)
+	}
+	if d.maxInFlight > 0 {
+		inFlight = d.maxInFlight
 	}
 	if d.zone != "" {
 		if d.server != "" {
@@ -47,6 +60,9 @@ func (d *dnsFlags) resolver(m *resolvercache.Metrics) (resolvercache.Resolver, e
 		return z, nil
 	}
 	opts := []resolvercache.ClientOption{resolvercache.WithTimeout(d.timeout), resolvercache.WithMetrics(m)}
+	if inFlight > 0 {
+		opts = append(opts, resolvercache.WithMaxInFlight(inFlight))
+	}
 	if d.server != "" {
 		if _, _, err := net.SplitHostPort(d.server); err != nil {
 			return nil, usagef("--resolver: want host:port: %v", err)

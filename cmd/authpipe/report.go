@@ -266,7 +266,7 @@ every --dkim-key: give an RSA and an Ed25519 key to add both signatures.`,
       --from dmarc-reports@example.net --dkim-key rsa2026=/etc/authpipe/rsa.pem --dkim-key ed2026=/etc/authpipe/ed25519.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			res, err := dns.resolver(nil)
+			res, err := dns.resolver(nil, 0)
 			if err != nil {
 				return err
 			}

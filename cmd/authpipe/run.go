@@ -258,7 +258,7 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	res, err := rf.dns.resolver(dnsMetrics)
+	res, err := rf.dns.resolver(dnsMetrics, pipeline.DNSQueriesInFlight(cfg))
 	if err != nil {
 		return err
 	}

@@ -355,9 +355,9 @@ func TestMemorySettings(t *testing.T) {
 	}
 }
 
-// TestRunBrokerFlagsChecked: embedded-broker sizes, straggler settings and
-// the DKIM key cache size out of range are usage errors, reported before
-// anything starts.
+// TestRunBrokerFlagsChecked: embedded-broker sizes, straggler settings,
+// the DKIM key cache size and the DNS queries in flight out of range are
+// usage errors, reported before anything starts.
 func TestRunBrokerFlagsChecked(t *testing.T) {
 	dir := t.TempDir()
 	for _, args := range [][]string{
@@ -368,6 +368,7 @@ func TestRunBrokerFlagsChecked(t *testing.T) {
 		{"--retry-topic", "mail.raw"},
 		{"--dkim-key-cache", "0"},
 		{"--dkim-key-cache", "20000000"},
+		{"--dns-max-in-flight", "-1"},
 	} {
 		code, _, stderr := authpipe(t, "", append([]string{"run", "--listen", "127.0.0.1:0", "--data-dir", dir}, args...)...)
 		if code != exitUsage || !strings.Contains(stderr, strings.TrimPrefix(args[0], "--")) && !strings.Contains(stderr, "RetryTopic") {

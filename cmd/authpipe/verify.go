@@ -67,7 +67,7 @@ message cannot be read; 2 on a usage error.`,
 			if mode != dmarc.ModeRFC9989 && mode != dmarc.ModeRFC7489 {
 				return usagef("--dmarc-mode: want rfc9989 or rfc7489, got %q", dmarcMode)
 			}
-			res, err := dns.resolver(nil)
+			res, err := dns.resolver(nil, 0)
 			if err != nil {
 				return err
 			}
