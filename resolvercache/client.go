@@ -985,8 +985,9 @@ func (uc *udpConn) leave(w *waiter) bool {
 	}
 	// Before the orphan is in waiters, so before its outcome can come.
 	cache.leftRunning(w.q.orig, w.q.otype)
-	uc.waiters[w.q.id] = &waiter{q: w.q, ch: make(chan reply, 1), orphan: true, attempt: w.attempt,
-		mismatch: w.mismatch, strays: w.strays}
+	o := uc.u.c.orphan(w.q, w.attempt)
+	o.mismatch, o.strays = w.mismatch, w.strays
+	uc.waiters[w.q.id] = o
 	w.handed = true
 	return true
 }
@@ -1002,6 +1003,10 @@ func (uc *udpConn) leave(w *waiter) bool {
 // cannot be sent. r.m views the reader's buffer; the Answer copies what it
 // keeps.
 func (c *Client) settleLate(w *waiter, r reply) {
+	// w is out of its socket's waiters, and ends here (see orphan); r.m
+	// views the reader's buffer, not w's, and continueOrphan copies what
+	// it needs of w before this returns.
+	defer c.waiterPool.Put(w)
 	cache := c.late.Load()
 	if cache == nil {
 		return
@@ -1077,11 +1082,13 @@ func (c *Client) sendOrphan(q question, attempt int) bool {
 	default:
 		return false
 	}
-	o := &waiter{q: q, ch: make(chan reply, 1), orphan: true, attempt: attempt, sent: time.Now()}
+	o := c.orphan(q, attempt)
+	o.sent = time.Now()
 	rel := int64(o.sent.Sub(c.epoch))
 	uc, err := u.register(o, o.sent, rel+int64(c.timeout))
 	if err != nil {
 		<-u.sem
+		c.waiterPool.Put(o)
 		return false
 	}
 	uc.boundWrite(rel)
@@ -1089,10 +1096,24 @@ func (c *Client) sendOrphan(q question, attempt int) bool {
 		if !uc.abandon(o) { // out, and its slot given back (endLocked)
 			return true // the socket failed meanwhile: shutdown settles o
 		}
+		c.waiterPool.Put(o)
 		uc.retire()
 		return false
 	}
 	return true
+}
+
+// orphan returns a waiter from the pool for an orphan query of q: one left
+// running (leave) or sent with nobody waiting (sendOrphan). It goes back
+// to the pool once settled (settleLate): a cold message's prefetches make
+// two of its three queries orphans, and a fresh one each (2 KiB) was
+// garbage that the collector and the page faults of a growing heap paid
+// for. Its channel is empty: nothing is ever sent to an orphan's.
+func (c *Client) orphan(q question, attempt int) *waiter {
+	o := c.waiter()
+	o.q, o.attempt, o.orphan = q, attempt, true
+	o.mismatch, o.strays, o.first, o.handed, o.sent = nil, 0, false, false, time.Time{}
+	return o
 }
 
 // retire takes uc out of the rotation; it closes once its queries end.
