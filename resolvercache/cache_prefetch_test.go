@@ -2,6 +2,7 @@ package resolvercache_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -130,5 +131,32 @@ func TestCachePrefetchOtherUpstream(t *testing.T) {
 	c.Wait()
 	if !c.Prefetch("z.example", dns.TypeTXT) {
 		t.Error("Prefetch false for a cached answer")
+	}
+}
+
+// TestCachePrefetchThenLookups: the waiters of settled prefetches go back
+// to the client's pool, and lookups that take them from there wait for
+// their own replies as lookups, not as prefetches: each is answered.
+// (A waiter that went back still marked as a prefetch's left its lookup
+// waiting for a reply that was cached instead of handed to it.)
+func TestCachePrefetchThenLookups(t *testing.T) {
+	f := newLateFixture(t, 0)
+	const n = 64
+	for i := range n {
+		name := fmt.Sprintf("p%d.example.com", i)
+		f.srv.AddRR(dnstest.TXT(name, "p", 300))
+		f.srv.AddRR(dnstest.TXT("l"+name, "l", 300))
+		if !f.cache.Prefetch(name, dns.TypeTXT) {
+			t.Fatalf("Prefetch %s: not started", name)
+		}
+	}
+	f.waitLate(t, n)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i := range n {
+		name := fmt.Sprintf("lp%d.example.com", i)
+		if a, err := f.cache.Lookup(ctx, name, dns.TypeTXT); err != nil || a.TXT[0] != "l" {
+			t.Fatalf("%s after the prefetches: %+v, %v", name, a, err)
+		}
 	}
 }

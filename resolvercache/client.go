@@ -1006,7 +1006,7 @@ func (c *Client) settleLate(w *waiter, r reply) {
 	// w is out of its socket's waiters, and ends here (see orphan); r.m
 	// views the reader's buffer, not w's, and continueOrphan copies what
 	// it needs of w before this returns.
-	defer c.waiterPool.Put(w)
+	defer c.release(w)
 	cache := c.late.Load()
 	if cache == nil {
 		return
@@ -1088,7 +1088,7 @@ func (c *Client) sendOrphan(q question, attempt int) bool {
 	uc, err := u.register(o, o.sent, rel+int64(c.timeout))
 	if err != nil {
 		<-u.sem
-		c.waiterPool.Put(o)
+		c.release(o)
 		return false
 	}
 	uc.boundWrite(rel)
@@ -1096,7 +1096,7 @@ func (c *Client) sendOrphan(q question, attempt int) bool {
 		if !uc.abandon(o) { // out, and its slot given back (endLocked)
 			return true // the socket failed meanwhile: shutdown settles o
 		}
-		c.waiterPool.Put(o)
+		c.release(o)
 		uc.retire()
 		return false
 	}
@@ -1114,6 +1114,15 @@ func (c *Client) orphan(q question, attempt int) *waiter {
 	o.q, o.attempt, o.orphan = q, attempt, true
 	o.mismatch, o.strays, o.first, o.handed, o.sent = nil, 0, false, false, time.Time{}
 	return o
+}
+
+// release gives the orphan o back to the pool once it has ended, marked
+// as no orphan: a lookup that takes it from there must get its replies in
+// its channel (dispatch and expire hand an orphan's to the Cache instead;
+// TestCachePrefetchThenLookups).
+func (c *Client) release(o *waiter) {
+	o.orphan = false
+	c.waiterPool.Put(o)
 }
 
 // retire takes uc out of the rotation; it closes once its queries end.
