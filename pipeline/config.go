@@ -149,9 +149,9 @@ func RetryStage(c Config) Config {
 // prefetched (resolvercache.Cache.Prefetch), and its DKIM key; the fourth
 // covers a second signature's or an ARC sealer's key. A prefetch that
 // finds no slot free is looked up on a helper goroutine instead, which in
-// BenchmarkPipelineColdCache cost about 15 µs of CPU a cold message: with
+// BenchmarkPipelineColdCache cost about 19 µs of CPU a cold message: with
 // the client's default 1,024 slots and 1,024 messages in flight, cold/warm
-// was 0.41, with 4,096 slots 0.49 (session 19, docs/design-notes.md).
+// was 0.40, with 4,096 slots 0.49 (session 19, docs/design-notes.md).
 const DNSQueriesPerMessage = 4
 
 // DNSQueriesInFlight is the resolver client's bound on queries in flight
