@@ -33,7 +33,9 @@ import (
 // many messages in flight, not by more cores: AUTHPIPE_BENCH_INFLIGHT
 // (default 1024) sets how many, AUTHPIPE_BENCH_BATCH the batch interval
 // (default `authpipe run`'s, 250 ms; until session 7 it was the tests'
-// 50 ms).
+// 50 ms). The DNS client has `authpipe run`'s query slots for them
+// (DNSQueriesInFlight: 4,096 for 1,024) unless AUTHPIPE_BENCH_DNS_INFLIGHT
+// sets another number.
 //
 // AUTHPIPE_BENCH_COLD_PER_DOMAIN (default 1) sets how many messages each
 // fresh domain sends: 1 is the worst case (every message misses three
