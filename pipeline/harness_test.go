@@ -104,8 +104,12 @@ func cachedEngine(tb testing.TB, dnsAddr string, inFlight int, cacheOpts ...reso
 	if n, err := strconv.Atoi(os.Getenv("AUTHPIPE_BENCH_DNS_INFLIGHT")); err == nil {
 		queries = n
 	}
-	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dnsAddr), resolvercache.WithTimeout(time.Second),
-		resolvercache.WithMetrics(m), resolvercache.WithMaxInFlight(queries))
+	opts := []resolvercache.ClientOption{resolvercache.WithUpstreams(dnsAddr), resolvercache.WithTimeout(time.Second),
+		resolvercache.WithMetrics(m), resolvercache.WithMaxInFlight(queries)}
+	if n, err := strconv.Atoi(os.Getenv("AUTHPIPE_BENCH_DNS_SOCKETS")); err == nil {
+		opts = append(opts, resolvercache.WithUDPSockets(n))
+	}
+	c, err := resolvercache.NewClient(opts...)
 	if err != nil {
 		tb.Fatal(err)
 	}
