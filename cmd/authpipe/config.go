@@ -27,6 +27,8 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/oauth"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
+
+	"github.com/authpipe/authpipe/internal/awscreds"
 )
 
 // envPrefix starts every environment variable that sets an option:
@@ -154,7 +156,9 @@ func (k *kafkaFlags) register(f *pflag.FlagSet, brokersHelp string) {
 	f.StringVar(&k.tlsKey, "tls-key", "", "PEM private key `file` of --tls-cert")
 	f.StringVar(&k.tlsServerName, "tls-server-name", "", "expected broker certificate `name` (default: the host dialled)")
 	f.StringVar(&k.saslMechanism, "sasl-mechanism", "", "SASL `mechanism`: plain, scram-sha-256, scram-sha-512, oauthbearer (token from --sasl-token-file) "+
-		"or aws-msk-iam (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN; region from the broker name or AWS_REGION) (default: no SASL)")
+		"or aws-msk-iam (credentials from --sasl-user and --sasl-password, else as the AWS SDKs find them: AWS_ACCESS_KEY_ID, "+
+		"a web identity token (EKS service account roles), the ECS/EKS container endpoint or the EC2 instance profile; "+
+		"region from the broker name or AWS_REGION) (default: no SASL)")
 	f.StringVar(&k.saslUser, "sasl-user", "", "SASL user `name` (oauthbearer: the optional authorization id; aws-msk-iam: the access key id, instead of AWS_ACCESS_KEY_ID)")
 	f.StringVar(&k.saslPassword, "sasl-password", "", "SASL `password` (prefer the AUTHPIPE_SASL_PASSWORD environment variable; aws-msk-iam: the secret access key)")
 	f.StringVar(&k.saslTokenFile, "sasl-token-file", "", "oauthbearer: `file` holding the OAuth bearer token, read again at each authentication so that a token refresher can replace it")
@@ -191,25 +195,49 @@ func (k *kafkaFlags) saslMechanismOpt() (sasl.Mechanism, error) {
 			return oauth.Auth{Zid: k.saslUser, Token: tok}, err
 		}), nil
 	case "aws-msk-iam":
-		creds := func() (aws.Auth, error) {
-			a := aws.Auth{AccessKey: k.saslUser, SecretKey: k.saslPassword, SessionToken: os.Getenv("AWS_SESSION_TOKEN"), UserAgent: "authpipe"}
-			if a.AccessKey == "" {
-				a.AccessKey = os.Getenv("AWS_ACCESS_KEY_ID")
-			}
-			if a.SecretKey == "" {
-				a.SecretKey = os.Getenv("AWS_SECRET_ACCESS_KEY")
-			}
-			if a.AccessKey == "" || a.SecretKey == "" {
-				return a, errors.New("aws-msk-iam: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or --sasl-user and --sasl-password)")
-			}
-			return a, nil
-		}
-		if _, err := creds(); err != nil {
-			return nil, usageError{err}
-		}
-		return aws.ManagedStreamingIAM(func(context.Context) (aws.Auth, error) { return creds() }), nil
+		return k.awsMechanism()
 	}
 	return nil, usagef("--sasl-mechanism %q: want plain, scram-sha-256, scram-sha-512, oauthbearer or aws-msk-iam", k.saslMechanism)
+}
+
+// awsMechanism is aws-msk-iam. With --sasl-user or --sasl-password the
+// keys are static: the flags, each completed from AWS_ACCESS_KEY_ID or
+// AWS_SECRET_ACCESS_KEY, with AWS_SESSION_TOKEN. Otherwise awscreds finds
+// them as the AWS SDKs do (environment, web identity, container endpoint,
+// instance profile) and fetches temporary ones again before they expire.
+// Either way they are looked for once at start, so that a setup without
+// any fails at once (a usage error when nothing is set up, exit 1 when a
+// source is set up and fails).
+func (k *kafkaFlags) awsMechanism() (sasl.Mechanism, error) {
+	var creds func(context.Context) (aws.Auth, error)
+	if k.saslUser != "" || k.saslPassword != "" {
+		a := aws.Auth{AccessKey: k.saslUser, SecretKey: k.saslPassword, SessionToken: os.Getenv("AWS_SESSION_TOKEN"), UserAgent: "authpipe"}
+		if a.AccessKey == "" {
+			a.AccessKey = os.Getenv("AWS_ACCESS_KEY_ID")
+		}
+		if a.SecretKey == "" {
+			a.SecretKey = os.Getenv("AWS_SECRET_ACCESS_KEY")
+		}
+		if a.AccessKey == "" || a.SecretKey == "" {
+			return nil, usagef("aws-msk-iam: --sasl-user and --sasl-password need each other (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+		}
+		creds = func(context.Context) (aws.Auth, error) { return a, nil }
+	} else {
+		p := awscreds.New()
+		creds = func(ctx context.Context) (aws.Auth, error) {
+			c, err := p.Retrieve(ctx)
+			return aws.Auth{AccessKey: c.AccessKeyID, SecretKey: c.SecretAccessKey, SessionToken: c.SessionToken, UserAgent: "authpipe"}, err
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if _, err := creds(ctx); err != nil {
+		if errors.Is(err, awscreds.ErrNoCredentials) {
+			return nil, usageError{fmt.Errorf("aws-msk-iam: %w", err)}
+		}
+		return nil, fmt.Errorf("aws-msk-iam: %w", err)
+	}
+	return aws.ManagedStreamingIAM(creds), nil
 }
 
 // readToken reads an OAuth bearer token file: its content without

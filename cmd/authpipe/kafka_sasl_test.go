@@ -9,12 +9,15 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -193,7 +196,52 @@ func TestRunKafkaAWSMSKIAM(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", "")
 	code, _, stderr = cli(t, 10*time.Second, append([]string{"produce", "../../examples/message.eml"}, auth...)...)
 	if code != exitUsage || !strings.Contains(stderr, "AWS_ACCESS_KEY_ID") {
+		t.Fatalf("produce with half the keys: exit %d %s", code, stderr)
+	}
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	code, _, stderr = cli(t, 10*time.Second, append([]string{"produce", "../../examples/message.eml"}, auth...)...)
+	if code != exitUsage || !strings.Contains(stderr, "no AWS credentials") || !strings.Contains(stderr, "AWS_WEB_IDENTITY_TOKEN_FILE") {
 		t.Fatalf("produce without credentials: exit %d %s", code, stderr)
+	}
+}
+
+// TestRunKafkaAWSMSKIAMContainerCredentials: with no keys given, run
+// takes temporary credentials from the ECS/EKS container credentials
+// endpoint (internal/awscreds, which also covers web identity and IMDS)
+// and signs with them. The endpoint cannot run here; an httptest server
+// on loopback speaks its protocol (as AWS_CONTAINER_CREDENTIALS_FULL_URI
+// allows for loopback addresses).
+func TestRunKafkaAWSMSKIAMContainerCredentials(t *testing.T) {
+	const keyID, secret, session, region, authz = "ASIACONTAINER", "container-secret", "container-session", "eu-west-1", "pod-identity-token"
+	var fetched atomic.Int32
+	creds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != authz {
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		fetched.Add(1)
+		fmt.Fprintf(w, `{"AccessKeyId":%q,"SecretAccessKey":%q,"Token":%q,"Expiration":%q}`,
+			keyID, secret, session, time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
+	}))
+	defer creds.Close()
+	broker := saslBroker(t, "AWS_MSK_IAM", 0, func(b []byte) error { return checkMSKIAM(b, keyID, secret, session, region) })
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("AWS_REGION", region)
+	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", creds.URL+"/v1/credentials")
+	t.Setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", authz)
+	verifyThroughBroker(t, []string{"--brokers", broker, "--sasl-mechanism", "aws-msk-iam"}, nil)
+	if fetched.Load() == 0 {
+		t.Fatal("the container endpoint was not asked")
+	}
+
+	// Set up but refused: exit 1 with the endpoint's answer, not a usage error.
+	t.Setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", "wrong")
+	code, _, stderr := cli(t, 10*time.Second, "produce", "../../examples/message.eml", "--brokers", broker, "--sasl-mechanism", "aws-msk-iam")
+	if code != 1 || !strings.Contains(stderr, "401") {
+		t.Fatalf("produce with a refused container token: exit %d %s", code, stderr)
 	}
 }
 
