@@ -62,9 +62,9 @@ import (
 // second is 0 unless the DNS cache evicted entries); dns-floor-µs/msg is
 // this process's CPU a cold message in a third phase that asks the cold
 // pass's questions again, as cheaply as a process can (dnsFloor: packed
-// queries, connected UDP sockets, replies matched by ID, nothing parsed
-// or cached; the in-process server's CPU included, as in the cold
-// phase), and floor-per-core-cold/warm is warm/(warm + floor): the
+// queries, as many connected UDP sockets and outstanding queries as the
+// cold pass's client, replies matched by ID, nothing parsed or cached;
+// the in-process server's CPU included, as in the cold phase), and floor-per-core-cold/warm is warm/(warm + floor): the
 // per-core cold/warm if the cold path cost nothing beyond those round
 // trips. cold/warm is the
 // wall-clock ratio, on the 2 cores everything here shares.
@@ -167,14 +167,19 @@ func BenchmarkPipelineColdCache(b *testing.B) {
 		stop()
 		b.StopTimer()
 		warmQueries += dns.Queries(b) - q0
-		floor := newDNSFloor(b, dns.Addr(), coldQuestions(msgs))
+		questions := coldQuestions(msgs)
+		slots, sockets := benchDNSClient(inflight)
+		floor := newDNSFloor(b, dns.Addr(), questions, sockets)
 		b.StartTimer()
 
 		// The DNS floor: the cold pass's questions, asked as cheaply as a
-		// process can (dnsFloor), with as many outstanding.
+		// process can (dnsFloor), on as many sockets as the client has and
+		// with as many outstanding as the cold pass can have: a message's
+		// questions are asked together (the engine's prefetch), within
+		// the client's query slots.
 		stop = phaseProfile(b, "dnsfloor")
 		u0 = usage()
-		if err := floor.run(inflight, time.Minute); err != nil {
+		if err := floor.run(min(slots, max(inflight, inflight*len(questions)/len(msgs))), time.Minute); err != nil {
 			b.Fatal(err)
 		}
 		u1 = usage()

@@ -25,23 +25,21 @@ type dnsFloor struct {
 	queries [][]byte // queries[i] goes on conns[i%len(conns)] with ID i/len(conns)
 }
 
-// dnsFloorSockets is how many sockets the floor spreads its queries over,
-// as resolvercache's client does (WithUDPSockets' default).
-const dnsFloorSockets = 8
-
-// newDNSFloor packs a TXT query for each name (fully qualified) to addr.
-// Queries on one socket have distinct IDs, so at most 65,536 per socket.
-func newDNSFloor(tb testing.TB, addr string, names []string) *dnsFloor {
+// newDNSFloor packs a TXT query for each name (fully qualified) to addr,
+// spread over sockets connected UDP sockets (the benchmarks' client's
+// number, benchDNSClient). Queries on one socket have distinct IDs, so at
+// most 65,536 per socket.
+func newDNSFloor(tb testing.TB, addr string, names []string, sockets int) *dnsFloor {
 	tb.Helper()
-	if len(names) > dnsFloorSockets*65536 {
-		tb.Fatalf("dns floor: %d names, at most %d", len(names), dnsFloorSockets*65536)
+	if sockets < 1 || len(names) > sockets*65536 {
+		tb.Fatalf("dns floor: %d names on %d sockets, at most 65,536 a socket", len(names), sockets)
 	}
 	raddr, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		tb.Fatal(err)
 	}
 	f := &dnsFloor{}
-	for range dnsFloorSockets {
+	for range sockets {
 		c, err := net.DialUDP("udp", nil, raddr)
 		if err != nil {
 			tb.Fatal(err)
@@ -52,7 +50,7 @@ func newDNSFloor(tb testing.TB, addr string, names []string) *dnsFloor {
 	for i, name := range names {
 		m := new(dns.Msg)
 		m.SetQuestion(name, dns.TypeTXT)
-		m.Id = uint16(i / dnsFloorSockets)
+		m.Id = uint16(i / sockets)
 		q, err := m.Pack()
 		if err != nil {
 			tb.Fatal(err)

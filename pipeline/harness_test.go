@@ -100,16 +100,9 @@ func cachedEngine(tb testing.TB, dnsAddr string, inFlight int, cacheOpts ...reso
 	if err != nil {
 		tb.Fatal(err)
 	}
-	queries := DNSQueriesInFlight(Config{MaxInFlight: inFlight})
-	if n, err := strconv.Atoi(os.Getenv("AUTHPIPE_BENCH_DNS_INFLIGHT")); err == nil {
-		queries = n
-	}
-	opts := []resolvercache.ClientOption{resolvercache.WithUpstreams(dnsAddr), resolvercache.WithTimeout(time.Second),
-		resolvercache.WithMetrics(m), resolvercache.WithMaxInFlight(queries)}
-	if n, err := strconv.Atoi(os.Getenv("AUTHPIPE_BENCH_DNS_SOCKETS")); err == nil {
-		opts = append(opts, resolvercache.WithUDPSockets(n))
-	}
-	c, err := resolvercache.NewClient(opts...)
+	queries, sockets := benchDNSClient(inFlight)
+	c, err := resolvercache.NewClient(resolvercache.WithUpstreams(dnsAddr), resolvercache.WithTimeout(time.Second),
+		resolvercache.WithMetrics(m), resolvercache.WithMaxInFlight(queries), resolvercache.WithUDPSockets(sockets))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -119,6 +112,22 @@ func cachedEngine(tb testing.TB, dnsAddr string, inFlight int, cacheOpts ...reso
 	}
 	tb.Cleanup(res.Close)
 	return stages.New(res)
+}
+
+// benchDNSClient returns the DNS query slots and UDP sockets of the
+// benchmarks' client for inFlight messages: `authpipe run`'s
+// (DNSQueriesInFlight, resolvercache.UDPSocketsFor), unless
+// AUTHPIPE_BENCH_DNS_INFLIGHT or AUTHPIPE_BENCH_DNS_SOCKETS says otherwise.
+func benchDNSClient(inFlight int) (queries, sockets int) {
+	queries = DNSQueriesInFlight(Config{MaxInFlight: inFlight})
+	if n, err := strconv.Atoi(os.Getenv("AUTHPIPE_BENCH_DNS_INFLIGHT")); err == nil {
+		queries = n
+	}
+	sockets = resolvercache.UDPSocketsFor(queries)
+	if n, err := strconv.Atoi(os.Getenv("AUTHPIPE_BENCH_DNS_SOCKETS")); err == nil {
+		sockets = n
+	}
+	return queries, sockets
 }
 
 type testMsg struct {

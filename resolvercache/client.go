@@ -372,6 +372,14 @@ func WithMaxInFlight(n int) ClientOption {
 	}
 }
 
+// UDPSocketsFor returns how many UDP sockets per upstream a client with
+// WithMaxInFlight(maxInFlight) opens unless WithUDPSockets says otherwise:
+// DefaultUDPSockets, or one per 128 queries if more, up to 64.
+func UDPSocketsFor(maxInFlight int) int {
+	n := (maxInFlight + udpRepliesPerSocket - 1) / udpRepliesPerSocket
+	return min(max(DefaultUDPSockets, n), maxAutoUDPSockets)
+}
+
 // WithClock sets the clock that stamps Answer.Received (default time.Now).
 // Socket deadlines always use the real clock.
 func WithClock(now func() time.Time) ClientOption {
@@ -408,8 +416,7 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 		}
 	}
 	if !cfg.socketsSet {
-		n := (cfg.maxFlight + udpRepliesPerSocket - 1) / udpRepliesPerSocket
-		cfg.udpSockets = min(max(cfg.udpSockets, n), maxAutoUDPSockets)
+		cfg.udpSockets = UDPSocketsFor(cfg.maxFlight)
 	}
 	addrs := cfg.upstreams
 	if len(addrs) == 0 {
