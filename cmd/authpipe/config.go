@@ -15,6 +15,10 @@ import (
 	"sync"
 	"time"
 
+	krbclient "github.com/jcmturner/gokrb5/v8/client"
+	krbconfig "github.com/jcmturner/gokrb5/v8/config"
+	"github.com/jcmturner/gokrb5/v8/keytab"
+	"github.com/jcmturner/gokrb5/v8/krberror"
 	"github.com/knadh/koanf/parsers/yaml"
 	"github.com/knadh/koanf/providers/env/v2"
 	"github.com/knadh/koanf/providers/file"
@@ -24,6 +28,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl"
 	"github.com/twmb/franz-go/pkg/sasl/aws"
+	"github.com/twmb/franz-go/pkg/sasl/kerberos"
 	"github.com/twmb/franz-go/pkg/sasl/oauth"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
@@ -146,6 +151,9 @@ type kafkaFlags struct {
 	saslUser      string
 	saslPassword  string
 	saslTokenFile string
+	krbConfig     string
+	krbKeytab     string
+	krbService    string
 }
 
 func (k *kafkaFlags) register(f *pflag.FlagSet, brokersHelp string) {
@@ -155,13 +163,17 @@ func (k *kafkaFlags) register(f *pflag.FlagSet, brokersHelp string) {
 	f.StringVar(&k.tlsCert, "tls-cert", "", "PEM client certificate `file` for mutual TLS; implies --tls")
 	f.StringVar(&k.tlsKey, "tls-key", "", "PEM private key `file` of --tls-cert")
 	f.StringVar(&k.tlsServerName, "tls-server-name", "", "expected broker certificate `name` (default: the host dialled)")
-	f.StringVar(&k.saslMechanism, "sasl-mechanism", "", "SASL `mechanism`: plain, scram-sha-256, scram-sha-512, oauthbearer (token from --sasl-token-file) "+
+	f.StringVar(&k.saslMechanism, "sasl-mechanism", "", "SASL `mechanism`: plain, scram-sha-256, scram-sha-512, gssapi (Kerberos: principal --sasl-user, key from --kerberos-keytab or --sasl-password), "+
+		"oauthbearer (token from --sasl-token-file) "+
 		"or aws-msk-iam (credentials from --sasl-user and --sasl-password, else as the AWS SDKs find them: AWS_ACCESS_KEY_ID, "+
 		"a web identity token (EKS service account roles), the ECS/EKS container endpoint or the EC2 instance profile; "+
 		"region from the broker name or AWS_REGION) (default: no SASL)")
 	f.StringVar(&k.saslUser, "sasl-user", "", "SASL user `name` (oauthbearer: the optional authorization id; aws-msk-iam: the access key id, instead of AWS_ACCESS_KEY_ID)")
 	f.StringVar(&k.saslPassword, "sasl-password", "", "SASL `password` (prefer the AUTHPIPE_SASL_PASSWORD environment variable; aws-msk-iam: the secret access key)")
 	f.StringVar(&k.saslTokenFile, "sasl-token-file", "", "oauthbearer: `file` holding the OAuth bearer token, read again at each authentication so that a token refresher can replace it")
+	f.StringVar(&k.krbConfig, "kerberos-config", "", "gssapi: Kerberos configuration `file` (default: $KRB5_CONFIG, else /etc/krb5.conf)")
+	f.StringVar(&k.krbKeytab, "kerberos-keytab", "", "gssapi: keytab `file` holding --sasl-user's keys, instead of --sasl-password")
+	f.StringVar(&k.krbService, "kerberos-service", "kafka", "gssapi: the brokers' Kerberos service `name` (their principals are name/host@REALM)")
 }
 
 // saslMechanismOpt returns the franz-go SASL mechanism of --sasl-mechanism,
@@ -172,6 +184,9 @@ func (k *kafkaFlags) saslMechanismOpt() (sasl.Mechanism, error) {
 	mech := strings.ToLower(k.saslMechanism)
 	if k.saslTokenFile != "" && mech != "oauthbearer" {
 		return nil, usagef("--sasl-token-file is for --sasl-mechanism oauthbearer, not %q", k.saslMechanism)
+	}
+	if (k.krbConfig != "" || k.krbKeytab != "") && mech != "gssapi" {
+		return nil, usagef("--kerberos-config and --kerberos-keytab are for --sasl-mechanism gssapi, not %q", k.saslMechanism)
 	}
 	switch mech {
 	case "":
@@ -196,8 +211,10 @@ func (k *kafkaFlags) saslMechanismOpt() (sasl.Mechanism, error) {
 		}), nil
 	case "aws-msk-iam":
 		return k.awsMechanism()
+	case "gssapi":
+		return k.kerberosMechanism()
 	}
-	return nil, usagef("--sasl-mechanism %q: want plain, scram-sha-256, scram-sha-512, oauthbearer or aws-msk-iam", k.saslMechanism)
+	return nil, usagef("--sasl-mechanism %q: want plain, scram-sha-256, scram-sha-512, gssapi, oauthbearer or aws-msk-iam", k.saslMechanism)
 }
 
 // awsMechanism is aws-msk-iam. With --sasl-user or --sasl-password the
@@ -238,6 +255,60 @@ func (k *kafkaFlags) awsMechanism() (sasl.Mechanism, error) {
 		return nil, fmt.Errorf("aws-msk-iam: %w", err)
 	}
 	return aws.ManagedStreamingIAM(creds), nil
+}
+
+// kerberosMechanism is gssapi: Kerberos V5 through GSS-API (RFC 4752),
+// as Kafka's SASL/GSSAPI has it, with github.com/jcmturner/gokrb5 under
+// franz-go's kerberos plugin. The client principal is --sasl-user (name,
+// or name@REALM; the realm defaults to the configuration's
+// default_realm), its key a keytab or a password; the brokers' principals
+// are --kerberos-service/host@REALM, host as the broker is dialled. It
+// logs in once at start, so that a refused principal or an unreachable KDC
+// ends the command at once with the KDC's reason (exit status 1); the
+// client renews its ticket-granting ticket itself (gokrb5 logs in again
+// with the keytab or password when it can no longer renew).
+func (k *kafkaFlags) kerberosMechanism() (sasl.Mechanism, error) {
+	if k.saslUser == "" {
+		return nil, usagef("--sasl-mechanism gssapi needs --sasl-user, the client principal (name or name@REALM)")
+	}
+	if (k.krbKeytab == "") == (k.saslPassword == "") {
+		return nil, usagef("--sasl-mechanism gssapi needs one of --kerberos-keytab and --sasl-password")
+	}
+	path := k.krbConfig
+	if path == "" {
+		path = os.Getenv("KRB5_CONFIG")
+	}
+	if path == "" {
+		path = "/etc/krb5.conf"
+	}
+	cfg, err := krbconfig.Load(path)
+	if err != nil {
+		return nil, usagef("gssapi: Kerberos configuration %s: %v", path, err)
+	}
+	name, realm, _ := strings.Cut(k.saslUser, "@")
+	if realm == "" {
+		realm = cfg.LibDefaults.DefaultRealm
+	}
+	if name == "" || realm == "" {
+		return nil, usagef("gssapi: --sasl-user %q: no realm, and %s has no default_realm", k.saslUser, path)
+	}
+	var cl *krbclient.Client
+	if k.krbKeytab != "" {
+		kt, err := keytab.Load(k.krbKeytab)
+		if err != nil {
+			return nil, usagef("gssapi: --kerberos-keytab %s: %v", k.krbKeytab, err)
+		}
+		cl = krbclient.NewWithKeytab(name, realm, kt, cfg, krbclient.DisablePAFXFAST(true))
+	} else {
+		cl = krbclient.NewWithPassword(name, realm, k.saslPassword, cfg, krbclient.DisablePAFXFAST(true))
+	}
+	if err := cl.Login(); err != nil {
+		return nil, fmt.Errorf("gssapi: log in as %s@%s: %w", name, realm, err)
+	}
+	// One client for every Kafka client of the command (they share the
+	// mechanism), kept for the life of the process: closing one Kafka
+	// client must not log the others out.
+	return kerberos.Auth{Client: cl, Service: k.krbService}.AsMechanism(), nil
 }
 
 // readToken reads an OAuth bearer token file: its content without
@@ -409,11 +480,18 @@ func (k *kafkaFlags) checkCluster(ctx context.Context, kopts []kgo.Opt, brokers 
 // unknown authority or a wrong name, in a CertificateVerificationError),
 // or the broker ending the TLS handshake with an alert (remoteTLSAlert):
 // no client certificate or one it does not trust, no common protocol
-// version or cipher suite.
+// version or cipher suite; or the Kerberos KDC refusing a ticket.
 func permanentConnError(err error) bool {
 	var certErr *tls.CertificateVerificationError
 	if errors.Is(err, kerr.SaslAuthenticationFailed) || errors.Is(err, kerr.UnsupportedSaslMechanism) ||
 		errors.Is(err, kerr.IllegalSaslState) || errors.As(err, &certErr) {
+		return true
+	}
+	// gssapi: the KDC refused a ticket (an unknown service principal, a
+	// disabled client); a KDC that cannot be reached is a networking
+	// error, which may pass.
+	var krbErr krberror.Krberror
+	if errors.As(err, &krbErr) && krbErr.RootCause == krberror.KDCError {
 		return true
 	}
 	code, ok := remoteTLSAlert(err)

@@ -40,6 +40,22 @@ import (
 // refuse a client that skips SASL, as a real broker would.)
 func saslBroker(t *testing.T, mechanism string, lifetime time.Duration, check func([]byte) error) string {
 	t.Helper()
+	return saslExchangeBroker(t, mechanism, lifetime, func(b []byte) ([]byte, error) {
+		if err := check(b); err != nil {
+			return nil, err
+		}
+		if mechanism == "AWS_MSK_IAM" {
+			return []byte(`{"version":"2020_10_22","request-id":"test"}`), nil
+		}
+		return nil, nil
+	})
+}
+
+// saslExchangeBroker is saslBroker for mechanisms of more than one round:
+// answer gets the bytes of each SASLAuthenticate request and returns the
+// bytes of its response, or the error that refuses the client.
+func saslExchangeBroker(t *testing.T, mechanism string, lifetime time.Duration, answer func([]byte) ([]byte, error)) string {
+	t.Helper()
 	c, err := kfake.NewCluster(kfake.NumBrokers(1))
 	if err != nil {
 		t.Fatal(err)
@@ -59,16 +75,15 @@ func saslBroker(t *testing.T, mechanism string, lifetime time.Duration, check fu
 		c.KeepControl()
 		r := req.(*kmsg.SASLAuthenticateRequest)
 		resp := r.ResponseKind().(*kmsg.SASLAuthenticateResponse)
-		if err := check(r.SASLAuthBytes); err != nil {
+		out, err := answer(r.SASLAuthBytes)
+		if err != nil {
 			resp.ErrorCode = kerr.SaslAuthenticationFailed.Code
 			msg := err.Error()
 			resp.ErrorMessage = &msg
 			return resp, nil, true
 		}
 		resp.SessionLifetimeMillis = lifetime.Milliseconds()
-		if mechanism == "AWS_MSK_IAM" {
-			resp.SASLAuthBytes = []byte(`{"version":"2020_10_22","request-id":"test"}`)
-		}
+		resp.SASLAuthBytes = out
 		return resp, nil, true
 	})
 	return c.ListenAddrs()[0]
