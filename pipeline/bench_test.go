@@ -159,8 +159,9 @@ const signedDistinct = 1024
 // AUTHPIPE_BENCH_CODEC and AUTHPIPE_BENCH_LOADER_CODEC (none, snappy, lz4,
 // zstd) choose the compression of the verdicts and of mail.raw;
 // AUTHPIPE_BENCH_LINGER the producer linger (franz-go's 10ms by default);
-// AUTHPIPE_BENCH_DNS_INFLIGHT the DNS client's query slots (default
-// DNSQueriesInFlight, as `authpipe run` sizes them);
+// AUTHPIPE_BENCH_DNS_INFLIGHT and AUTHPIPE_BENCH_DNS_SOCKETS the DNS
+// client's query slots and UDP sockets (default DNSQueriesInFlight and
+// resolvercache.UDPSocketsFor, as `authpipe run` sizes them);
 // AUTHPIPE_BENCH_DELIVERY, AUTHPIPE_BENCH_BATCH and
 // AUTHPIPE_BENCH_BATCH_RECORDS set the delivery mode, batch interval and
 // batch size; AUTHPIPE_BENCH_INFLIGHT_BYTES the in-flight bytes;

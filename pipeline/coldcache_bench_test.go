@@ -34,8 +34,9 @@ import (
 // (default 1024) sets how many, AUTHPIPE_BENCH_BATCH the batch interval
 // (default `authpipe run`'s, 250 ms; until session 7 it was the tests'
 // 50 ms). The DNS client has `authpipe run`'s query slots for them
-// (DNSQueriesInFlight: 4,096 for 1,024) unless AUTHPIPE_BENCH_DNS_INFLIGHT
-// sets another number.
+// (DNSQueriesInFlight: 4,096 for 1,024) and sockets (UDPSocketsFor: 32)
+// unless AUTHPIPE_BENCH_DNS_INFLIGHT or AUTHPIPE_BENCH_DNS_SOCKETS sets
+// another number.
 //
 // AUTHPIPE_BENCH_COLD_PER_DOMAIN (default 1) sets how many messages each
 // fresh domain sends: 1 is the worst case (every message misses three

@@ -90,8 +90,7 @@ func testEngineNoT(dnsAddr string) *stages.Engine {
 
 // cachedEngine builds the engine `authpipe run` has for inFlight messages
 // verified at once: the real DNS client against dnsAddr, with run's
-// queries in flight (DNSQueriesInFlight, or AUTHPIPE_BENCH_DNS_INFLIGHT),
-// behind the cache (options such as its size in cacheOpts), and the real
+// queries in flight and sockets (benchDNSClient), behind the cache (options such as its size in cacheOpts), and the real
 // clock, as the benchmarks' signatures carry t= of now.
 func cachedEngine(tb testing.TB, dnsAddr string, inFlight int, cacheOpts ...resolvercache.CacheOption) *stages.Engine {
 	tb.Helper()
