@@ -263,8 +263,8 @@ func (k *kafkaFlags) awsMechanism() (sasl.Mechanism, error) {
 // or name@REALM; the realm defaults to the configuration's
 // default_realm), its key a keytab or a password; the brokers' principals
 // are --kerberos-service/host@REALM, host as the broker is dialled. It
-// logs in once at start, so that a refused principal or an unreachable KDC
-// ends the command at once with the KDC's reason (exit status 1); the
+// logs in once at start, so that a refused principal or password ends the
+// command at once with the KDC's reason (exit status 1); the
 // client renews its ticket-granting ticket itself (gokrb5 logs in again
 // with the keytab or password when it can no longer renew).
 func (k *kafkaFlags) kerberosMechanism() (sasl.Mechanism, error) {
@@ -302,13 +302,24 @@ func (k *kafkaFlags) kerberosMechanism() (sasl.Mechanism, error) {
 	} else {
 		cl = krbclient.NewWithPassword(name, realm, k.saslPassword, cfg, krbclient.DisablePAFXFAST(true))
 	}
-	if err := cl.Login(); err != nil {
+	if err := cl.Login(); err != nil && !krbNetworkError(err) {
 		return nil, fmt.Errorf("gssapi: log in as %s@%s: %w", name, realm, err)
 	}
+	// A KDC that cannot be reached yet is not the end: franz-go logs in
+	// again at each broker connection (AffirmLogin), so the broker check
+	// treats it as it treats brokers not reachable yet (produce and tail
+	// retry for a while, run keeps trying).
 	// One client for every Kafka client of the command (they share the
 	// mechanism), kept for the life of the process: closing one Kafka
 	// client must not log the others out.
 	return kerberos.Auth{Client: cl, Service: k.krbService}.AsMechanism(), nil
+}
+
+// krbNetworkError reports whether err is gokrb5's failure to reach the
+// KDC, rather than the KDC's refusal.
+func krbNetworkError(err error) bool {
+	var krbErr krberror.Krberror
+	return errors.As(err, &krbErr) && krbErr.RootCause == krberror.NetworkingError
 }
 
 // readToken reads an OAuth bearer token file: its content without

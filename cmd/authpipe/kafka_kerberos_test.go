@@ -18,6 +18,7 @@ import (
 	"github.com/jcmturner/gokrb5/v8/gssapi"
 	"github.com/jcmturner/gokrb5/v8/iana/keyusage"
 	"github.com/jcmturner/gokrb5/v8/keytab"
+	"github.com/jcmturner/gokrb5/v8/krberror"
 	"github.com/jcmturner/gokrb5/v8/messages"
 	"github.com/jcmturner/gokrb5/v8/service"
 	"github.com/jcmturner/gokrb5/v8/types"
@@ -260,6 +261,31 @@ func TestRunKafkaKerberos(t *testing.T) {
 		"--sasl-password", "authpipe-password", "--kerberos-service", "kafka-other"}, base...)...)
 	if code != 1 || !strings.Contains(stderr, "KDC_ERR_S_PRINCIPAL_UNKNOWN") || time.Since(start) > 10*time.Second {
 		t.Fatalf("produce with an unknown service principal: exit %d after %v: %s", code, time.Since(start), stderr)
+	}
+}
+
+// TestKerberosKDCNotReachable: a KDC that does not answer yet is no
+// reason to stop at start (the broker check then retries, and run keeps
+// trying, as with brokers not reachable yet); a KDC that refuses is.
+func TestKerberosKDCNotReachable(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	conf := filepath.Join(t.TempDir(), "krb5.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("[libdefaults]\n  default_realm = %s\n  udp_preference_limit = 1\n[realms]\n  %s = {\n    kdc = %s\n  }\n",
+		krbRealm, krbRealm, addr)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k := &kafkaFlags{saslMechanism: "gssapi", saslUser: "authpipe", saslPassword: "p", krbConfig: conf, krbService: "kafka"}
+	if m, err := k.saslMechanismOpt(); err != nil || m == nil {
+		t.Fatalf("KDC not reachable: %v, %v", m, err)
+	}
+	if !krbNetworkError(krberror.New(krberror.NetworkingError, "x")) || krbNetworkError(krberror.New(krberror.KDCError, "x")) ||
+		krbNetworkError(errors.New("x")) {
+		t.Fatal("krbNetworkError")
 	}
 }
 
