@@ -79,10 +79,9 @@ const (
 // refresh. It is safe for concurrent use; concurrent callers share one
 // fetch.
 type Provider struct {
-	getenv   func(string) string
-	readFile func(string) ([]byte, error)
-	client   *http.Client
-	now      func() time.Time
+	getenv func(string) string
+	client *http.Client // no proxy: link-local endpoints must not go through one
+	now    func() time.Time
 
 	mu     sync.Mutex
 	cached Credentials
@@ -95,11 +94,6 @@ type Option func(*Provider)
 // (default os.Getenv).
 func WithEnv(getenv func(string) string) Option { return func(p *Provider) { p.getenv = getenv } }
 
-// WithHTTPClient sets the HTTP client for STS, the container endpoint and
-// IMDS (default: one with no proxy, as link-local endpoints must not go
-// through one).
-func WithHTTPClient(c *http.Client) Option { return func(p *Provider) { p.client = c } }
-
 // WithClock sets the clock that decides when credentials are due for a
 // refresh (default time.Now).
 func WithClock(now func() time.Time) Option { return func(p *Provider) { p.now = now } }
@@ -107,10 +101,9 @@ func WithClock(now func() time.Time) Option { return func(p *Provider) { p.now =
 // New returns a Provider.
 func New(opts ...Option) *Provider {
 	p := &Provider{
-		getenv:   os.Getenv,
-		readFile: os.ReadFile,
-		client:   &http.Client{Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}},
-		now:      time.Now,
+		getenv: os.Getenv,
+		client: &http.Client{Transport: &http.Transport{Proxy: nil, DialContext: (&net.Dialer{Timeout: 2 * time.Second}).DialContext}},
+		now:    time.Now,
 	}
 	for _, o := range opts {
 		o(p)
@@ -178,7 +171,7 @@ func (p *Provider) webIdentity(ctx context.Context) (Credentials, error) {
 	if role == "" {
 		return Credentials{}, errors.New("awscreds: web identity: AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN is not")
 	}
-	tok, err := p.readFile(env("AWS_WEB_IDENTITY_TOKEN_FILE"))
+	tok, err := os.ReadFile(env("AWS_WEB_IDENTITY_TOKEN_FILE"))
 	if err != nil {
 		return Credentials{}, fmt.Errorf("awscreds: web identity: %w", err)
 	}
@@ -232,7 +225,7 @@ func (p *Provider) container(ctx context.Context) (Credentials, error) {
 	h := http.Header{}
 	auth := env("AWS_CONTAINER_AUTHORIZATION_TOKEN")
 	if f := env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"); f != "" {
-		b, err := p.readFile(f)
+		b, err := os.ReadFile(f)
 		if err != nil {
 			return Credentials{}, fmt.Errorf("awscreds: container: %w", err)
 		}
