@@ -890,12 +890,14 @@ func (st *verifyState) stackCheck(r *Result, h string) {
 				present++
 			}
 		}
-		lname := lowerASCII(name)
+		// Lower-cased only for a finding: signers list names as the
+		// message spells them ("From:To:Subject"), and most messages
+		// have no finding.
 		switch {
 		case present > signed:
-			r.UnsignedStack = append(r.UnsignedStack, StackFinding{Field: lname, Present: present, Signed: signed})
+			r.UnsignedStack = append(r.UnsignedStack, StackFinding{Field: lowerASCII(name), Present: present, Signed: signed})
 		case signed > present:
-			r.Oversigned = append(r.Oversigned, lname)
+			r.Oversigned = append(r.Oversigned, lowerASCII(name))
 		}
 	}
 }
