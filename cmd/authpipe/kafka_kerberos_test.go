@@ -35,9 +35,26 @@ type testKDC struct {
 	krb5conf     string
 	brokerKeytab string
 	clientKeytab string
+
+	// start starts krb5kdc on the realm and waits until it listens. It
+	// may run on any goroutine; the test's cleanup stops the KDC.
+	start func() error
 }
 
+// startKDC creates the realm and starts its KDC.
 func startKDC(t *testing.T) *testKDC {
+	t.Helper()
+	k := newKDC(t)
+	if err := k.start(); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// newKDC creates the realm, its principals and keytabs, and the
+// configuration files, without starting the KDC: until start, a client
+// configured with krb5conf finds nothing listening at the KDC's address.
+func newKDC(t *testing.T) *testKDC {
 	t.Helper()
 	var bins [3]string
 	for i, name := range []string{"krb5kdc", "kdb5_util", "kadmin.local"} {
@@ -111,32 +128,35 @@ func startKDC(t *testing.T) *testKDC {
 	} {
 		run(bins[2], "-r", krbRealm, "-q", q)
 	}
-	kdc := exec.Command(bins[0], "-n", "-r", krbRealm)
-	kdc.Env = env
-	var logs bytes.Buffer
-	kdc.Stdout, kdc.Stderr = &logs, &logs
-	if err := kdc.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = kdc.Process.Kill()
-		_ = kdc.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "kdc.log"))
-			t.Logf("krb5kdc output:\n%s\nkdc.log:\n%s", logs.String(), b)
+	k.start = func() error {
+		kdc := exec.Command(bins[0], "-n", "-r", krbRealm)
+		kdc.Env = env
+		logs := &syncBuffer{}
+		kdc.Stdout, kdc.Stderr = logs, logs
+		if err := kdc.Start(); err != nil {
+			return err
 		}
-	})
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			break
+		t.Cleanup(func() {
+			_ = kdc.Process.Kill()
+			_ = kdc.Wait()
+			if t.Failed() {
+				b, _ := os.ReadFile(filepath.Join(dir, "kdc.log"))
+				t.Logf("krb5kdc output:\n%s\nkdc.log:\n%s", logs, b)
+			}
+		})
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("krb5kdc does not listen on %s: %v\n%s", addr, err, logs)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("krb5kdc does not listen on %s: %v\n%s", addr, err, logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
 	}
 	return k
 }
@@ -261,6 +281,22 @@ func TestRunKafkaKerberos(t *testing.T) {
 		"--sasl-password", "authpipe-password", "--kerberos-service", "kafka-other"}, base...)...)
 	if code != 1 || !strings.Contains(stderr, "KDC_ERR_S_PRINCIPAL_UNKNOWN") || time.Since(start) > 10*time.Second {
 		t.Fatalf("produce with an unknown service principal: exit %d after %v: %s", code, time.Since(start), stderr)
+	}
+}
+
+// TestRunKerberosKDCLate: run started while its KDC does not answer yet
+// neither ends nor gives up: its login at start and franz-go's at each
+// connection wait as they do for brokers not reachable yet, and once the
+// KDC is up (3 s later) the message is verified.
+func TestRunKerberosKDCLate(t *testing.T) {
+	kdc := newKDC(t)
+	broker := saslExchangeBroker(t, "GSSAPI", 0, gssapiAcceptor(t, kdc.brokerKeytab))
+	started := make(chan error, 1)
+	time.AfterFunc(3*time.Second, func() { started <- kdc.start() })
+	verifyThroughBroker(t, []string{"--brokers", broker, "--sasl-mechanism", "gssapi", "--kerberos-config", kdc.krb5conf,
+		"--sasl-user", "authpipe", "--sasl-password", "authpipe-password"}, nil)
+	if err := <-started; err != nil {
+		t.Fatal(err)
 	}
 }
 
