@@ -166,6 +166,7 @@ func (k *kafkaFlags) register(f *pflag.FlagSet, brokersHelp string) {
 	f.StringVar(&k.saslMechanism, "sasl-mechanism", "", "SASL `mechanism`: plain, scram-sha-256, scram-sha-512, gssapi (Kerberos: principal --sasl-user, key from --kerberos-keytab or --sasl-password), "+
 		"oauthbearer (token from --sasl-token-file) "+
 		"or aws-msk-iam (credentials from --sasl-user and --sasl-password, else as the AWS SDKs find them: AWS_ACCESS_KEY_ID, "+
+		"the ~/.aws profile AWS_PROFILE or default (keys, credential_process, role_arn), "+
 		"a web identity token (EKS service account roles), the ECS/EKS container endpoint or the EC2 instance profile; "+
 		"region from the broker name or AWS_REGION) (default: no SASL)")
 	f.StringVar(&k.saslUser, "sasl-user", "", "SASL user `name` (oauthbearer: the optional authorization id; aws-msk-iam: the access key id, instead of AWS_ACCESS_KEY_ID)")
@@ -220,11 +221,14 @@ func (k *kafkaFlags) saslMechanismOpt() (sasl.Mechanism, error) {
 // awsMechanism is aws-msk-iam. With --sasl-user or --sasl-password the
 // keys are static: the flags, each completed from AWS_ACCESS_KEY_ID or
 // AWS_SECRET_ACCESS_KEY, with AWS_SESSION_TOKEN. Otherwise awscreds finds
-// them as the AWS SDKs do (environment, web identity, container endpoint,
-// instance profile) and fetches temporary ones again before they expire.
-// Either way they are looked for once at start, so that a setup without
-// any fails at once (a usage error when nothing is set up, exit 1 when a
-// source is set up and fails).
+// them as the AWS SDKs do (environment, the shared credentials and config
+// files' profile: static keys, credential_process or an assumed role;
+// web identity, container endpoint, instance profile) and fetches
+// temporary ones again before they expire. Either way they are looked for
+// once at start, so that a setup without any fails at once (a usage error
+// when nothing is set up, or an AWS_PROFILE without credential settings;
+// exit 1 when a source is set up and fails, an AWS_PROFILE in neither
+// file included).
 func (k *kafkaFlags) awsMechanism() (sasl.Mechanism, error) {
 	var creds func(context.Context) (aws.Auth, error)
 	if k.saslUser != "" || k.saslPassword != "" {

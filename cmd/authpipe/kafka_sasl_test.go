@@ -196,6 +196,7 @@ func TestRunKafkaOAuthBearer(t *testing.T) {
 func TestRunKafkaAWSMSKIAM(t *testing.T) {
 	const keyID, secret, session, region = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "session-token-1", "eu-west-1"
 	broker := saslBroker(t, "AWS_MSK_IAM", 0, func(b []byte) error { return checkMSKIAM(b, keyID, secret, session, region) })
+	isolateAWS(t)
 	t.Setenv("AWS_REGION", region)
 	t.Setenv("AWS_ACCESS_KEY_ID", keyID)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", secret)
@@ -221,6 +222,53 @@ func TestRunKafkaAWSMSKIAM(t *testing.T) {
 	}
 }
 
+// isolateAWS clears the variables that select AWS credentials and points
+// HOME at an empty directory, so that a developer's keys or ~/.aws files
+// cannot stand in for the ones a test sets up.
+func isolateAWS(t *testing.T) {
+	t.Helper()
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+		"AWS_ROLE_ARN", "AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+		"AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"} {
+		t.Setenv(k, "")
+	}
+	t.Setenv("HOME", t.TempDir())
+}
+
+// TestRunKafkaAWSMSKIAMCredentialProcess: a host outside AWS (an MX
+// fleet's own machines) reaches MSK with a profile whose
+// credential_process prints temporary credentials, as IAM Roles
+// Anywhere's aws_signing_helper does; a script stands in for it.
+func TestRunKafkaAWSMSKIAMCredentialProcess(t *testing.T) {
+	const keyID, secret, session, region = "ASIAPROCESS", "process-secret", "process-session", "eu-west-1"
+	broker := saslBroker(t, "AWS_MSK_IAM", 0, func(b []byte) error { return checkMSKIAM(b, keyID, secret, session, region) })
+	isolateAWS(t)
+	t.Setenv("AWS_REGION", region)
+	dir := os.Getenv("HOME")
+	helper := filepath.Join(dir, "signing-helper")
+	script := fmt.Sprintf("#!/bin/sh\nprintf '%%s' '{\"Version\":1,\"AccessKeyId\":\"%s\",\"SecretAccessKey\":\"%s\",\"SessionToken\":\"%s\",\"Expiration\":\"%s\"}'\n",
+		keyID, secret, session, time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
+	if err := os.WriteFile(helper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, ".aws"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	config := "[profile msk]\nregion = " + region + "\ncredential_process = " + helper + " credential-process --role-arn arn:aws:iam::123456789012:role/msk\n"
+	if err := os.WriteFile(filepath.Join(dir, ".aws", "config"), []byte(config), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_PROFILE", "msk")
+	verifyThroughBroker(t, []string{"--brokers", broker, "--sasl-mechanism", "aws-msk-iam"}, nil)
+
+	// A profile named but not there: exit 1, no fall back to another source.
+	t.Setenv("AWS_PROFILE", "mks")
+	code, _, stderr := cli(t, 10*time.Second, "produce", "../../examples/message.eml", "--brokers", broker, "--sasl-mechanism", "aws-msk-iam")
+	if code != 1 || !strings.Contains(stderr, "profile mks") {
+		t.Fatalf("produce with a missing profile: exit %d %s", code, stderr)
+	}
+}
+
 // TestRunKafkaAWSMSKIAMContainerCredentials: with no keys given, run
 // takes temporary credentials from the ECS/EKS container credentials
 // endpoint (internal/awscreds, which also covers web identity and IMDS)
@@ -241,9 +289,7 @@ func TestRunKafkaAWSMSKIAMContainerCredentials(t *testing.T) {
 	}))
 	defer creds.Close()
 	broker := saslBroker(t, "AWS_MSK_IAM", 0, func(b []byte) error { return checkMSKIAM(b, keyID, secret, session, region) })
-	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_WEB_IDENTITY_TOKEN_FILE"} {
-		t.Setenv(k, "")
-	}
+	isolateAWS(t)
 	t.Setenv("AWS_REGION", region)
 	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", creds.URL+"/v1/credentials")
 	t.Setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN", authz)

@@ -2,7 +2,8 @@ package awscreds
 
 // The AWS endpoints these tests need (STS, the ECS/EKS container
 // credentials endpoint, the EC2 instance metadata service) cannot run
-// here, so each is an httptest server on loopback speaking the endpoint's
+// here (profile_test.go has the shared files' tests and its own STS
+// stand-in, which checks SigV4 signatures), so each is an httptest server on loopback speaking the endpoint's
 // documented protocol: real HTTP through the provider's real client, with
 // the documented variables pointing at it (AWS_ENDPOINT_URL_STS,
 // AWS_CONTAINER_CREDENTIALS_FULL_URI, AWS_EC2_METADATA_SERVICE_ENDPOINT).
@@ -295,11 +296,28 @@ func TestParse(t *testing.T) {
 			t.Errorf("ParseJSON(%s): %v, want %q", tc.doc, err, tc.want)
 		}
 	}
-	if _, err := ParseSTS([]byte(`<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>`)); err == nil {
-		t.Error("ParseSTS of an error document: no error")
-	}
-	if _, err := ParseSTS([]byte(`<a>`)); err == nil {
-		t.Error("ParseSTS of broken XML: no error")
+	// Both STS answers parse; an error document is an error with its
+	// code and message.
+	for _, tc := range []struct {
+		doc  string
+		want string // error substring, "" for success
+	}{
+		{stsAnswer("AssumeRole"), ""},
+		{stsAnswer("AssumeRoleWithWebIdentity"), ""},
+		{`<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>`, "sts error: AccessDenied"},
+		{`<ErrorResponse><Error><Type>Sender</Type><Code>ExpiredToken</Code><Message>The security
+		  token included in the request is expired</Message></Error></ErrorResponse>`, "ExpiredToken: The security token included in the request is expired"},
+		{`<GetCallerIdentityResponse/>`, "unexpected <GetCallerIdentityResponse>"},
+		{`<AssumeRoleResponse><AssumeRoleWithWebIdentityResult/></AssumeRoleResponse>`, "without"},
+		{`<a>`, "sts answer"},
+	} {
+		c, err := ParseSTS([]byte(tc.doc))
+		if (tc.want == "") != (err == nil) || err != nil && !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ParseSTS(%s): %v, want %q", tc.doc, err, tc.want)
+		}
+		if err == nil && (c.AccessKeyID != "A" || c.SessionToken != "T" || !c.Expires.Equal(t0.Add(time.Hour))) {
+			t.Errorf("ParseSTS(%s): %+v", tc.doc, c)
+		}
 	}
 }
 
@@ -317,12 +335,20 @@ func FuzzParseJSON(f *testing.F) {
 	})
 }
 
-// FuzzParseSTS: the same for STS's XML answer.
+// stsAnswer is an STS answer to action (AssumeRole or
+// AssumeRoleWithWebIdentity) with credentials A, S, T expiring at t0+1h.
+func stsAnswer(action string) string {
+	return fmt.Sprintf(`<%sResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><%[1]sResult><Credentials><AccessKeyId>A</AccessKeyId>`+
+		`<SecretAccessKey>S</SecretAccessKey><SessionToken>T</SessionToken><Expiration>%s</Expiration>`+
+		`</Credentials></%[1]sResult></%[1]sResponse>`, action, t0.Add(time.Hour).Format(time.RFC3339))
+}
+
+// FuzzParseSTS: the same for STS's XML answers.
 func FuzzParseSTS(f *testing.F) {
-	f.Add([]byte(`<AssumeRoleWithWebIdentityResponse><AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>A</AccessKeyId>` +
-		`<SecretAccessKey>S</SecretAccessKey><SessionToken>T</SessionToken><Expiration>2026-11-24T13:00:00Z</Expiration>` +
-		`</Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>`))
+	f.Add([]byte(stsAnswer("AssumeRoleWithWebIdentity")))
+	f.Add([]byte(stsAnswer("AssumeRole")))
 	f.Add([]byte(`<ErrorResponse><Error><Code>AccessDenied</Code></Error></ErrorResponse>`))
+	f.Add([]byte(`<ErrorResponse><Error><Type>Sender</Type><Code>ExpiredToken</Code><Message>expired</Message></Error></ErrorResponse>`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := ParseSTS(b)
 		if err == nil && (c.AccessKeyID == "" || c.SecretAccessKey == "") {
