@@ -292,7 +292,8 @@ func TestRunKerberosKDCLate(t *testing.T) {
 	kdc := newKDC(t)
 	broker := saslExchangeBroker(t, "GSSAPI", 0, gssapiAcceptor(t, kdc.brokerKeytab))
 	started := make(chan error, 1)
-	time.AfterFunc(3*time.Second, func() { started <- kdc.start() })
+	timer := time.AfterFunc(3*time.Second, func() { started <- kdc.start() })
+	defer timer.Stop() // a test that failed before: no KDC to start after it
 	verifyThroughBroker(t, []string{"--brokers", broker, "--sasl-mechanism", "gssapi", "--kerberos-config", kdc.krb5conf,
 		"--sasl-user", "authpipe", "--sasl-password", "authpipe-password"}, nil)
 	if err := <-started; err != nil {
