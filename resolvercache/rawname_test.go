@@ -195,3 +195,26 @@ func TestNameSpecialOctetsKept(t *testing.T) {
 		}
 	}
 }
+
+// TestCNAMEToRoot is the regression test for the committed fuzz seed
+// testdata/fuzz/FuzzParseResponse/52a8ef19545682ae: a CNAME whose target
+// is the root. The alias is reported raw as "" (the root), and wireName
+// gave that back as "\x00\x00" (an empty label, then the root) instead of
+// the root's one zero octet.
+func TestCNAMEToRoot(t *testing.T) {
+	if w := wireName(""); w != "\x00" {
+		t.Fatalf(`wireName("") = %q, want the root, "\x00"`, w)
+	}
+	reply := "00\x810\x00\x01000000\aeXAmple\x03Com\x00\x00\x10\x00\x01" +
+		"\aeXAmple\x03Com\x00\x00\x05\x00\x010000\x00\x01\x00"
+	q := &question{id: 0x3030, name: wireName("example.com"), qtype: dns.TypeTXT, orig: "example.com", otype: dns.TypeTXT}
+	var ch chain
+	ch.init(q.name, q.qtype, 4, 30)
+	next, err := parseResponse([]byte(reply), q, &ch, true)
+	if err != nil || next != "\x00" {
+		t.Fatalf("parseResponse: next %q, %v; want the root", next, err)
+	}
+	if raw := rawName(next); raw != "" || wireName(raw) != next {
+		t.Fatalf("alias reported as %q, %q on the wire", raw, wireName(raw))
+	}
+}

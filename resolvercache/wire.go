@@ -41,7 +41,12 @@ var (
 
 // wireName returns the wire form of a raw, dot-separated name that
 // ValidateName accepted: each label prefixed by its length, then the root.
+// The root itself is "" in raw form (as rawName gives it), one zero octet
+// on the wire.
 func wireName(raw string) string {
+	if raw == "" {
+		return "\x00"
+	}
 	var buf [maxNameOctets]byte
 	b := buf[:0]
 	start := 0
