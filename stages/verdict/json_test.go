@@ -88,6 +88,31 @@ func TestJSONMatchesReflection(t *testing.T) {
 	checkVerdictJSON(t, &Verdict{EvaluatedAt: time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC)})
 }
 
+// TestJSONTypical: the benchmark corpus's verdict (testdata/typical.json,
+// BenchmarkJSON/typical) encodes back to the very octets it was read from.
+func TestJSONTypical(t *testing.T) {
+	v := corpusVerdict(t)
+	checkVerdictJSON(t, v)
+	raw, _ := os.ReadFile("testdata/typical.json")
+	if got, _ := AppendJSON(nil, v); !bytes.Equal(got, bytes.TrimSpace(raw)) {
+		t.Fatalf("typical verdict re-encoded differs:\n got %s\nwant %s", got, raw)
+	}
+}
+
+// corpusVerdict reads testdata/typical.json.
+func corpusVerdict(tb testing.TB) *Verdict {
+	tb.Helper()
+	var v Verdict
+	raw, err := os.ReadFile("testdata/typical.json")
+	if err == nil {
+		err = json.Unmarshal(raw, (*reflectVerdict)(&v))
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return &v
+}
+
 func FuzzJSON(f *testing.F) {
 	for _, s := range jsonSpecialStrings {
 		f.Add(s, s, 1)
@@ -122,19 +147,12 @@ func BenchmarkJSON(b *testing.B) {
 	// one DKIM signature, DMARC pass), whose strings (about 700 octets,
 	// the Authentication-Results value 260 of them) are longer than the
 	// filled verdict's.
-	var typical Verdict
-	raw, err := os.ReadFile("testdata/typical.json")
-	if err == nil {
-		err = json.Unmarshal(raw, (*reflectVerdict)(&typical))
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
+	typical := corpusVerdict(b)
 	b.Run("typical", func(b *testing.B) {
 		b.ReportAllocs()
 		buf := make([]byte, 0, 4096)
 		for range b.N {
-			buf, _ = AppendJSON(buf[:0], &typical)
+			buf, _ = AppendJSON(buf[:0], typical)
 		}
 		b.SetBytes(int64(len(buf)))
 	})
