@@ -233,6 +233,9 @@ func runReporter(ctx context.Context, cfg ReporterConfig, st *reportgen.Store, r
 	r.admCl, r.adm = admCl, kadm.NewClient(admCl)
 	if cfg.CreateTopics {
 		if err := r.createTopics(ctx, admCl); err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while starting: a stop, as Pipeline.Run has it
+			}
 			return err
 		}
 	}

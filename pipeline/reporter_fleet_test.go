@@ -930,3 +930,22 @@ func (b *lockedBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestReporterStoppedWhileStarting: a reporter whose context ends while it
+// creates its topics (a SIGTERM just after start) stops cleanly, as the
+// pipeline does, rather than failing with "create topics: context
+// canceled" (TestRunWarnsOfExposedReportViews saw run exit 1 so).
+func TestReporterStoppedWhileStarting(t *testing.T) {
+	b := startTestBroker(t)
+	st, err := reportgen.OpenStore(t.TempDir(), func() time.Time { return fixedNow })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // ended before the topics are created
+	cfg := ReporterConfig{Brokers: b.Addrs(), CreateTopics: true, Partitions: 4, TickInterval: time.Hour}
+	if err := RunReporter(ctx, cfg, st, nil, nil, reporterKafkaOpts()...); err != nil {
+		t.Fatalf("RunReporter stopped while starting: %v", err)
+	}
+}
