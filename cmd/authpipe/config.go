@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"reflect"
@@ -154,6 +155,9 @@ type kafkaFlags struct {
 	krbConfig     string
 	krbKeytab     string
 	krbService    string
+
+	// log, when set, is told where aws-msk-iam found its credentials.
+	log *slog.Logger
 }
 
 func (k *kafkaFlags) register(f *pflag.FlagSet, brokersHelp string) {
@@ -231,6 +235,9 @@ func (k *kafkaFlags) saslMechanismOpt() (sasl.Mechanism, error) {
 // file included).
 func (k *kafkaFlags) awsMechanism() (sasl.Mechanism, error) {
 	var creds func(context.Context) (aws.Auth, error)
+	var p *awscreds.Provider
+	var source, keyID string // of the credentials found at start, for the log
+	var expires time.Time
 	if k.saslUser != "" || k.saslPassword != "" {
 		a := aws.Auth{AccessKey: k.saslUser, SecretKey: k.saslPassword, SessionToken: os.Getenv("AWS_SESSION_TOKEN"), UserAgent: "authpipe"}
 		if a.AccessKey == "" {
@@ -243,8 +250,9 @@ func (k *kafkaFlags) awsMechanism() (sasl.Mechanism, error) {
 			return nil, usagef("aws-msk-iam: --sasl-user and --sasl-password need each other (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
 		}
 		creds = func(context.Context) (aws.Auth, error) { return a, nil }
+		source, keyID = "flags", a.AccessKey
 	} else {
-		p := awscreds.New()
+		p = awscreds.New()
 		creds = func(ctx context.Context) (aws.Auth, error) {
 			c, err := p.Retrieve(ctx)
 			return aws.Auth{AccessKey: c.AccessKeyID, SecretKey: c.SecretAccessKey, SessionToken: c.SessionToken, UserAgent: "authpipe"}, err
@@ -257,6 +265,19 @@ func (k *kafkaFlags) awsMechanism() (sasl.Mechanism, error) {
 			return nil, usageError{fmt.Errorf("aws-msk-iam: %w", err)}
 		}
 		return nil, fmt.Errorf("aws-msk-iam: %w", err)
+	}
+	if p != nil {
+		c, _ := p.Retrieve(ctx) // those just fetched, kept by p
+		source, keyID, expires = c.Source, c.AccessKeyID, c.Expires
+	}
+	if k.log != nil {
+		// Which of the chain's sources answered: the first thing to
+		// know when the brokers refuse the signature.
+		attrs := []any{"source", source, "access_key_id", keyID}
+		if !expires.IsZero() {
+			attrs = append(attrs, "expires", expires)
+		}
+		k.log.Info("aws-msk-iam credentials", attrs...)
 	}
 	return aws.ManagedStreamingIAM(creds), nil
 }

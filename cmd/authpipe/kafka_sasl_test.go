@@ -92,7 +92,7 @@ func saslExchangeBroker(t *testing.T, mechanism string, lifetime time.Duration, 
 // verifyThroughBroker runs `run` against the broker with auth; once it is
 // ready, calls meanwhile (if any), then produces the example message,
 // waits for its verdict and stops run.
-func verifyThroughBroker(t *testing.T, auth []string, meanwhile func()) {
+func verifyThroughBroker(t *testing.T, auth []string, meanwhile func()) (runLogs *syncBuffer) {
 	t.Helper()
 	stop, logs := startRun(t, freeAddr(t), append([]string{"--data-dir", t.TempDir(), "--zone", "../../examples/example.zone",
 		"--batch-interval", "50ms"}, auth...)...)
@@ -114,6 +114,7 @@ func verifyThroughBroker(t *testing.T, auth []string, meanwhile func()) {
 	if code != 0 || json.Unmarshal([]byte(strings.TrimSpace(out)), &v) != nil || v.DMARC == nil || v.DMARC.Result != "pass" {
 		t.Fatalf("tail: %d %q %s\n%s", code, out, stderr, logs)
 	}
+	return logs
 }
 
 // TestRunKafkaOAuthBearer: --sasl-mechanism oauthbearer sends the token of
@@ -259,7 +260,11 @@ func TestRunKafkaAWSMSKIAMCredentialProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("AWS_PROFILE", "msk")
-	verifyThroughBroker(t, []string{"--brokers", broker, "--sasl-mechanism", "aws-msk-iam"}, nil)
+	logs := verifyThroughBroker(t, []string{"--brokers", broker, "--sasl-mechanism", "aws-msk-iam"}, nil)
+	// run says where the credentials came from.
+	if l := logs.String(); !strings.Contains(l, `"msg":"aws-msk-iam credentials","source":"credential-process","access_key_id":"`+keyID+`","expires"`) {
+		t.Fatalf("no log line of the credentials' source:\n%s", l)
+	}
 
 	// A profile named but not there: exit 1, no fall back to another source.
 	t.Setenv("AWS_PROFILE", "mks")

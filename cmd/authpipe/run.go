@@ -248,6 +248,7 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	if rf.keyCache < 1 || rf.keyCache > maxKeyCache {
 		return usagef("--dkim-key-cache must be between 1 and %d, got %d", maxKeyCache, rf.keyCache)
 	}
+	rf.kafka.log = log
 	kopts, err := rf.kafka.opts()
 	if err != nil {
 		return err
