@@ -2,9 +2,9 @@ package awscreds
 
 // The AWS endpoints these tests need (STS, the ECS/EKS container
 // credentials endpoint, the EC2 instance metadata service) cannot run
-// here (profile_test.go has the shared files' tests and its own STS
-// stand-in, which checks SigV4 signatures), so each is an httptest server on loopback speaking the endpoint's
-// documented protocol: real HTTP through the provider's real client, with
+// here, so each is an httptest server on loopback speaking the endpoint's
+// documented protocol (profile_test.go has the shared files' tests and
+// an STS stand-in of its own, which checks SigV4 signatures): real HTTP through the provider's real client, with
 // the documented variables pointing at it (AWS_ENDPOINT_URL_STS,
 // AWS_CONTAINER_CREDENTIALS_FULL_URI, AWS_EC2_METADATA_SERVICE_ENDPOINT).
 
