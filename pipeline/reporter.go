@@ -381,6 +381,7 @@ func (r *reporterRun) adjustOffsets(ctx context.Context, offs map[string]map[int
 	}
 	for topic, parts := range offs {
 		assigned := map[int32]partOwn{}
+		fromStore, replay := 0, int64(0)
 		for p := range parts {
 			start := int64(0)
 			if o, ok := starts.Lookup(topic, p); ok && o.Err == nil {
@@ -405,8 +406,17 @@ func (r *reporterRun) adjustOffsets(ctx context.Context, offs map[string]map[int
 				end = start // unknown: do not hold the partition back forever
 			}
 			assigned[p] = partOwn{next: max(next, start), target: end}
-			r.log.Info("reporter: partition assigned", "topic", topic, "partition", p, "from_store", ok, "resume_at", max(next, start), "replay_to", end)
+			if ok {
+				fromStore++
+			}
+			replay += max(end-max(next, start), 0)
+			r.log.Debug("reporter: partition assigned", "topic", topic, "partition", p, "from_store", ok, "resume_at", max(next, start), "replay_to", end)
 		}
+		// One line per topic at info: a reporter takes every partition of
+		// its topics at a start (24 with the defaults), each with a line
+		// of its own at debug.
+		r.log.Info("reporter: partitions assigned", "topic", topic, "partitions", slices.Sorted(maps.Keys(assigned)),
+			"from_store", fromStore, "records_to_replay", replay)
 		r.own.assign(topic, counts[topic], assigned)
 	}
 	return offs, nil

@@ -20,6 +20,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -947,5 +948,68 @@ func TestReporterStoppedWhileStarting(t *testing.T) {
 	cfg := ReporterConfig{Brokers: b.Addrs(), CreateTopics: true, Partitions: 4, TickInterval: time.Hour}
 	if err := RunReporter(ctx, cfg, st, nil, nil, reporterKafkaOpts()...); err != nil {
 		t.Fatalf("RunReporter stopped while starting: %v", err)
+	}
+}
+
+// TestReporterLogsAssignmentPerTopic: at info, a reporter says once per
+// topic which partitions it took, not once per partition (24 lines at a
+// start with the defaults); the per-partition lines are at debug.
+func TestReporterLogsAssignmentPerTopic(t *testing.T) {
+	b := startTestBroker(t)
+	st, err := reportgen.OpenStore(t.TempDir(), func() time.Time { return fixedNow })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	logs := &lockedBuffer{}
+	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := ReporterConfig{Brokers: b.Addrs(), CreateTopics: true, Partitions: 4, TickInterval: time.Hour}
+	done := make(chan error, 1)
+	go func() { done <- RunReporter(ctx, cfg, st, nil, log, reporterKafkaOpts()...) }()
+	type line struct {
+		Msg        string  `json:"msg"`
+		Topic      string  `json:"topic"`
+		Partitions []int32 `json:"partitions"`
+		FromStore  *int    `json:"from_store"`
+		Replay     *int64  `json:"records_to_replay"`
+	}
+	var assigned map[string]line
+	waitUntil(t, 15*time.Second, "both topics assigned", func() bool {
+		assigned = map[string]line{}
+		for _, s := range strings.Split(strings.TrimSpace(logs.String()), "\n") {
+			if s == "" {
+				continue
+			}
+			var m struct{ Msg string }
+			if json.Unmarshal([]byte(s), &m) != nil {
+				t.Fatalf("not JSON: %s", s)
+			}
+			switch m.Msg {
+			case "reporter: partition assigned":
+				t.Fatalf("a line per partition at info: %s", s)
+			case "reporter: partitions assigned":
+				var l line
+				if err := json.Unmarshal([]byte(s), &l); err != nil {
+					t.Fatalf("%s: %v", s, err)
+				}
+				assigned[l.Topic] = l
+			}
+		}
+		return len(assigned) == 2
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	for _, topic := range []string{"authpipe.aggregates", "mail.tls-results"} {
+		l, ok := assigned[topic]
+		if !ok {
+			t.Fatalf("no assignment line for %s: %v", topic, assigned)
+		}
+		if !slices.Equal(l.Partitions, []int32{0, 1, 2, 3}) || l.FromStore == nil || *l.FromStore != 0 || l.Replay == nil || *l.Replay != 0 {
+			t.Errorf("%s: %+v, want partitions [0 1 2 3], from_store 0, records_to_replay 0", topic, l)
+		}
 	}
 }
