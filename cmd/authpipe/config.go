@@ -42,21 +42,27 @@ import (
 const envPrefix = "AUTHPIPE_"
 
 // applyConfig fills the flags of fs that were not given on the command
-// line from, in increasing precedence, the YAML file at path (if not "")
-// and AUTHPIPE_* environment variables (environ, as os.Environ returns).
-// Keys are flag names: `max-in-flight: 512` in YAML, AUTHPIPE_MAX_IN_FLIGHT
-// in the environment. Lists are YAML sequences or comma-separated strings.
-// A key that names no flag is an error, so typos do not pass silently.
-// Flags given on the command line win over both.
-func applyConfig(fs *pflag.FlagSet, path string, environ []string) error {
-	return applyConfigShared(fs, path, environ, nil)
+// line from, in increasing precedence, the YAML file named by fs's
+// --config flag or else the AUTHPIPE_CONFIG environment variable (none if
+// neither is set) and AUTHPIPE_* environment variables (environ, as
+// os.Environ returns). Keys are flag names: `max-in-flight: 512` in YAML,
+// AUTHPIPE_MAX_IN_FLIGHT in the environment. Lists are YAML sequences or
+// comma-separated strings. A key that names no flag is an error, so typos
+// do not pass silently. Flags given on the command line win over both.
+func applyConfig(fs *pflag.FlagSet, environ []string) error {
+	return applyConfigShared(fs, environ, nil, nil)
 }
 
 // applyConfigShared is applyConfig for a command that reads the
-// configuration file of another: `authpipe report ...` reads the file of
-// `authpipe run`, so keys for which others(key) is true and that name no
-// flag of fs are skipped rather than refused.
-func applyConfigShared(fs *pflag.FlagSet, path string, environ []string, others func(key string) bool) error {
+// configuration file of another: `authpipe report ...`, `produce` and
+// `tail` read the file of `authpipe run`, so keys for which others(key) is
+// true and that name no flag of fs are skipped rather than refused. An
+// option of the other command can stand for one of fs under another name
+// (aliases, key to flag name: run's verdict-topic is tail's topic); it
+// applies when the flag is set neither on the command line nor under its
+// own name.
+func applyConfigShared(fs *pflag.FlagSet, environ []string, others func(key string) bool, aliases map[string]string) error {
+	path := configPath(fs, environ)
 	k := koanf.New("\x00") // keys are flat; no nesting delimiter
 	if path != "" {
 		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
@@ -80,7 +86,13 @@ func applyConfigShared(fs *pflag.FlagSet, path string, environ []string, others 
 	sort.Strings(keys)
 	for _, key := range keys {
 		f := fs.Lookup(key)
-		where := "config file"
+		if to, ok := aliases[key]; ok && f == nil {
+			if k.Exists(to) {
+				continue // the flag's own name wins
+			}
+			f = fs.Lookup(to)
+		}
+		where := "config file " + path
 		if ev, ok := fromEnv[key]; ok {
 			where = "environment variable " + ev
 		}
@@ -114,6 +126,25 @@ func applyConfigShared(fs *pflag.FlagSet, path string, environ []string, others 
 		}
 	}
 	return nil
+}
+
+// isRunOption reports whether key names an option of `authpipe run`: the
+// keys of run's file that the commands reading it skip.
+func isRunOption(key string) bool { return newRunCmd().Flags().Lookup(key) != nil }
+
+// configPath is the configuration file a command reads: its --config
+// flag when given on the command line, else the AUTHPIPE_CONFIG
+// environment variable, else none ("").
+func configPath(fs *pflag.FlagSet, environ []string) string {
+	if f := fs.Lookup("config"); f != nil && f.Changed {
+		return f.Value.String()
+	}
+	for _, kv := range environ {
+		if v, ok := strings.CutPrefix(kv, envPrefix+"CONFIG="); ok {
+			return v
+		}
+	}
+	return ""
 }
 
 func flagValue(v any) (string, error) {

@@ -31,11 +31,11 @@ func TestApplyConfigPrecedence(t *testing.T) {
 	fs.StringVar(&group, "group", "authpipe-verify", "")
 	fs.StringVar(&delivery, "delivery", "exactly-once", "")
 	fs.String("config", "", "")
-	if err := fs.Parse([]string{"--group", "from-flag"}); err != nil {
+	if err := fs.Parse([]string{"--group", "from-flag", "--config", path}); err != nil {
 		t.Fatal(err)
 	}
 	env := []string{"AUTHPIPE_MAX_IN_FLIGHT=9", "AUTHPIPE_GROUP=from-env", "AUTHPIPE_UNRELATED=x", "PATH=/bin"}
-	if err := applyConfig(fs, path, env); err != nil {
+	if err := applyConfig(fs, env); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(brokers, ",") != "a:1,b:2" || inflight != 9 || interval != time.Second || group != "from-flag" || delivery != "at-least-once" {
@@ -57,7 +57,7 @@ func TestApplyConfigErrors(t *testing.T) {
 		}
 		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
 		fs.Int("max-in-flight", 0, "")
-		err := applyConfig(fs, path, nil)
+		err := applyConfig(fs, []string{"AUTHPIPE_CONFIG=" + path})
 		var ue usageError
 		if err == nil || !asUsage(err, &ue) {
 			t.Errorf("%s: err %v, want a usage error", name, err)
@@ -65,8 +65,117 @@ func TestApplyConfigErrors(t *testing.T) {
 	}
 	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
 	fs.Int("max-in-flight", 0, "")
-	if err := applyConfig(fs, "", []string{"AUTHPIPE_MAX_IN_FLIGHT=many"}); err == nil || !strings.Contains(err.Error(), "AUTHPIPE_MAX_IN_FLIGHT") {
+	if err := applyConfig(fs, []string{"AUTHPIPE_MAX_IN_FLIGHT=many"}); err == nil || !strings.Contains(err.Error(), "AUTHPIPE_MAX_IN_FLIGHT") {
 		t.Errorf("bad env value: %v", err)
+	}
+}
+
+// TestConfigFileFromEnvironment: AUTHPIPE_CONFIG names the file when
+// --config is not given (until session 22 it was documented but not read:
+// run started with its defaults), and --config wins over it.
+func TestConfigFileFromEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	fromEnv := write("env.yaml", "group: from-env-file\n")
+	fromFlag := write("flag.yaml", "group: from-flag-file\n")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "from-env-file"},
+		{[]string{"--config", fromFlag}, "from-flag-file"},
+	} {
+		var group string
+		fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
+		fs.StringVar(&group, "group", "authpipe-verify", "")
+		fs.String("config", "", "")
+		if err := fs.Parse(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		if err := applyConfig(fs, []string{"AUTHPIPE_CONFIG=" + fromEnv}); err != nil {
+			t.Fatal(err)
+		}
+		if group != tc.want {
+			t.Errorf("args %q: group %q, want %q", tc.args, group, tc.want)
+		}
+	}
+	// A bad file named by the environment is refused as one named by the flag.
+	bad := write("bad.yaml", "max-in-flight: notanumber\n")
+	cmd := newRunCmd()
+	if err := applyConfig(cmd.Flags(), []string{"AUTHPIPE_CONFIG=" + bad}); err == nil || !strings.Contains(err.Error(), bad) {
+		t.Errorf("AUTHPIPE_CONFIG with a bad value: %v, want an error naming %s", err, bad)
+	}
+}
+
+// TestTailProduceReadRunConfig: tail and produce take run's file: its Kafka
+// keys apply, run's other keys are skipped, run's listen stands for
+// brokers (the embedded broker) unless brokers is set, and run's topics
+// for --topic unless --topic is given or set under its own name.
+func TestTailProduceReadRunConfig(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	runFile := write("run.yaml", "listen: 127.0.0.1:19999\nverdict-topic: v.prod\ninput-topic: raw.prod\nmax-in-flight: 64\ntls: true\nmax-message-bytes: 1000\n")
+	withBrokers := write("brokers.yaml", "brokers: [k1:9092, k2:9092]\nlisten: 127.0.0.1:19999\n")
+	typo := write("typo.yaml", "verdict-topc: v\n")
+
+	parse := func(cmd interface {
+		Flags() *pflag.FlagSet
+	}, args ...string) *pflag.FlagSet {
+		fs := cmd.Flags()
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		return fs
+	}
+	get := func(fs *pflag.FlagSet, name string) string { return fs.Lookup(name).Value.String() }
+
+	fs := parse(newTailCmd(), "--config", runFile)
+	if err := applyTailConfig(fs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if get(fs, "brokers") != "[127.0.0.1:19999]" || get(fs, "topic") != "v.prod" || get(fs, "tls") != "true" {
+		t.Errorf("tail: brokers %s topic %s tls %s", get(fs, "brokers"), get(fs, "topic"), get(fs, "tls"))
+	}
+	fs = parse(newProduceCmd(), "--config", runFile)
+	if err := applyProduceConfig(fs, nil); err != nil {
+		t.Fatal(err)
+	}
+	if get(fs, "brokers") != "[127.0.0.1:19999]" || get(fs, "topic") != "raw.prod" || get(fs, "max-message-bytes") != "1000" {
+		t.Errorf("produce: brokers %s topic %s max-message-bytes %s", get(fs, "brokers"), get(fs, "topic"), get(fs, "max-message-bytes"))
+	}
+	// brokers in the file win over listen; --topic over verdict-topic;
+	// AUTHPIPE_VERDICT_TOPIC applies as the file's key would.
+	fs = parse(newTailCmd(), "--config", withBrokers, "--topic", "mine")
+	if err := applyTailConfig(fs, []string{"AUTHPIPE_VERDICT_TOPIC=v.env"}); err != nil {
+		t.Fatal(err)
+	}
+	if get(fs, "brokers") != "[k1:9092,k2:9092]" || get(fs, "topic") != "mine" {
+		t.Errorf("tail with brokers and --topic: brokers %s topic %s", get(fs, "brokers"), get(fs, "topic"))
+	}
+	fs = parse(newTailCmd())
+	if err := applyTailConfig(fs, []string{"AUTHPIPE_VERDICT_TOPIC=v.env"}); err != nil {
+		t.Fatal(err)
+	}
+	if get(fs, "topic") != "v.env" {
+		t.Errorf("tail with AUTHPIPE_VERDICT_TOPIC: topic %s", get(fs, "topic"))
+	}
+	// A key no command knows is still an error.
+	fs = parse(newTailCmd(), "--config", typo)
+	var ue usageError
+	if err := applyTailConfig(fs, nil); err == nil || !asUsage(err, &ue) {
+		t.Errorf("typo: %v, want a usage error", err)
 	}
 }
 

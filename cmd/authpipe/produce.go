@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/pipeline"
@@ -72,12 +73,16 @@ own envelope:
 ("raw" may hold the message instead of "path"; paths are relative to the
 envelopes file.) The record key is the queue id, else the file's path from
 PATH's own name down (for a PATH that is a file, its name; name#n for the n-th
-message of an mbox).`,
+message of an mbox).
+
+--config (or AUTHPIPE_CONFIG) reads run's YAML file: its brokers (or, for the
+embedded broker, its listen address), TLS and SASL settings, input-topic and
+max-message-bytes apply; its other keys are skipped.`,
 		Example: `  authpipe produce --ip 192.0.2.10 --helo mail.example.com \
       --mail-from alice@example.com examples/message.eml
   authpipe produce --envelopes corpus/envelopes.jsonl`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := applyConfig(cmd.Flags(), "", os.Environ()); err != nil {
+			if err := applyProduceConfig(cmd.Flags(), os.Environ()); err != nil {
 				return err
 			}
 			if len(args) == 0 && pf.envelopes == "" {
@@ -88,7 +93,8 @@ message of an mbox).`,
 	}
 	f := cmd.Flags()
 	pf.kafka.register(f, "Kafka seed `brokers` host:port,... (default 127.0.0.1:9092, the embedded broker)")
-	f.StringVar(&pf.topic, "topic", "mail.raw", "`topic` to write to")
+	f.StringVar(&pf.topic, "topic", "mail.raw", "`topic` to write to (default: --config's input-topic, else mail.raw)")
+	f.String("config", "", "YAML configuration `file` of 'authpipe run': its Kafka keys apply (brokers, or listen for the embedded broker; TLS; SASL), input-topic as --topic, max-message-bytes; the others are skipped (default: $AUTHPIPE_CONFIG)")
 	f.StringVar(&pf.envelopes, "envelopes", "", "JSON-lines `file` of messages with their envelopes")
 	f.StringVar(&pf.ip, "ip", "", "SMTP client `IP` for PATH messages")
 	f.StringVar(&pf.helo, "helo", "", "HELO `name` for PATH messages")
@@ -126,6 +132,14 @@ func (p *producer) firstErr() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.errOne
+}
+
+// applyProduceConfig fills produce's flags from run's configuration file
+// and the environment (applyConfigShared): run's listen address (its
+// embedded broker) stands for --brokers when the file names no brokers,
+// and its input-topic for --topic.
+func applyProduceConfig(fs *pflag.FlagSet, environ []string) error {
+	return applyConfigShared(fs, environ, isRunOption, map[string]string{"listen": "brokers", "input-topic": "topic"})
 }
 
 func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Writer) error {
@@ -174,7 +188,7 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 		if ferr != nil {
 			return fmt.Errorf("%w (and sending what came before it: %v)", err, ferr)
 		}
-		return fmt.Errorf("%w (produced %d messages before it, none after)", err, p.n.Load())
+		return fmt.Errorf("%w (produced %s before it, none after)", err, countMessages(p.n.Load()))
 	}
 	for _, path := range paths {
 		if err := producePath(ctx, p, path, env, pf.maxBytes); err != nil {
@@ -192,7 +206,7 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 	if err := p.firstErr(); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "produced %d messages to %s on %s\n", p.n.Load(), pf.topic, strings.Join(brokers, ","))
+	fmt.Fprintf(stderr, "produced %s to %s on %s\n", countMessages(p.n.Load()), pf.topic, strings.Join(brokers, ","))
 	return nil
 }
 
@@ -354,4 +368,12 @@ func produceEnvelopes(ctx context.Context, p *producer, name string, maxBytes in
 		return fmt.Errorf("%s: %w", name, err)
 	}
 	return nil
+}
+
+// countMessages is "1 message" or "N messages".
+func countMessages(n int64) string {
+	if n == 1 {
+		return "1 message"
+	}
+	return fmt.Sprintf("%d messages", n)
 }

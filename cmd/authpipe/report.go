@@ -27,7 +27,7 @@ type reportFlags struct {
 }
 
 func (rf *reportFlags) registerCommon(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&rf.config, "config", "", "YAML configuration `file` of 'authpipe run' (its report and data-dir keys apply; the others are skipped)")
+	cmd.Flags().StringVar(&rf.config, "config", "", "YAML configuration `file` of 'authpipe run' (its report and data-dir keys apply; the others are skipped; default: $AUTHPIPE_CONFIG)")
 	cmd.Flags().StringVar(&rf.dataDir, "data-dir", "./authpipe-data", "data `directory` of 'authpipe run': the report store is DIR/reports/reports.db")
 	cmd.Flags().DurationVar(&rf.grace, "report-grace", reportgen.DefaultGrace, "how long after a UTC day ends its window stays open (as run's --report-grace)")
 }
@@ -106,9 +106,7 @@ then read it through that run's --http-addr (found in DIR/reports/run.json,
 or given as --url), while close and send wait 5s and fail: the running
 reporter closes, builds and sends itself. See docs/reports.md.`,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			path, _ := cmd.Flags().GetString("config")
-			runFlags := newRunCmd().Flags()
-			return applyConfigShared(cmd.Flags(), path, os.Environ(), func(key string) bool { return runFlags.Lookup(key) != nil })
+			return applyConfigShared(cmd.Flags(), os.Environ(), isRunOption, nil)
 		},
 	}
 	cmd.AddCommand(newReportListCmd(), newReportShowCmd(), newReportCloseCmd(), newReportSendCmd())

@@ -98,8 +98,9 @@ produce to (see 'authpipe produce'). With --brokers it joins that cluster;
 more instances with the same group share the partitions.
 
 Options come from flags, then AUTHPIPE_* environment variables (AUTHPIPE_MAX_IN_FLIGHT
-sets --max-in-flight), then the YAML --config file (keys are flag names), then
-the defaults; docs/configuration.md lists them all.
+sets --max-in-flight), then the YAML --config file (or AUTHPIPE_CONFIG; keys are
+flag names), then the defaults; docs/configuration.md lists them all. produce,
+tail and report read the same file.
 
 The report role (--role report or all) merges the partial aggregates of
 authpipe.aggregates and the TLS session results of mail.tls-results (group
@@ -125,7 +126,7 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
       --from dmarc-reports@example.net --dkim-key rsa2026=rsa.pem --dkim-key ed2026=ed25519.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyConfig(cmd.Flags(), rf.config, os.Environ()); err != nil {
+			if err := applyConfig(cmd.Flags(), os.Environ()); err != nil {
 				return err
 			}
 			return runPipeline(cmd.Context(), rf, cmd.ErrOrStderr())
@@ -133,7 +134,7 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	}
 	f := cmd.Flags()
 	d := pipeline.Defaults()
-	f.StringVar(&rf.config, "config", "", "YAML configuration `file` (keys are flag names)")
+	f.StringVar(&rf.config, "config", "", "YAML configuration `file` (keys are flag names; default: $AUTHPIPE_CONFIG)")
 	rf.kafka.register(f, "Kafka seed `brokers` host:port,...; none starts the embedded broker")
 	rf.dns.register(f)
 	f.StringVar(&rf.listen, "listen", "127.0.0.1:9092", "embedded broker listen `address` (without --brokers)")

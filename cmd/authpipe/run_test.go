@@ -418,3 +418,38 @@ func TestLogFormat(t *testing.T) {
 		t.Error("--log-format yaml accepted")
 	}
 }
+
+// TestRunProduceTailShareConfig: one YAML file serves run, produce and
+// tail. run reads it through AUTHPIPE_CONFIG (documented, but until
+// session 22 not read), produce through --config, tail through
+// AUTHPIPE_CONFIG again; the file's listen address and topics, none of
+// them the defaults, reach all three, and nothing is given on their
+// command lines but the file and the message.
+func TestRunProduceTailShareConfig(t *testing.T) {
+	addrs, dataDir := freeAddrs(t, 2), t.TempDir()
+	addr, httpAddr := addrs[0], addrs[1]
+	cfg := filepath.Join(t.TempDir(), "authpipe.yaml")
+	yaml := fmt.Sprintf("listen: %s\ndata-dir: %s\nzone: ../../examples/example.zone\nbatch-interval: 50ms\n"+
+		"input-topic: raw.custom\nverdict-topic: verdicts.custom\n", addr, dataDir)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AUTHPIPE_CONFIG", cfg)
+	stop, logs := startRun(t, httpAddr)
+	if !strings.Contains(logs.String(), `"input":"raw.custom"`) {
+		t.Fatalf("run did not read AUTHPIPE_CONFIG:\n%s", logs)
+	}
+	t.Setenv("AUTHPIPE_CONFIG", "")
+	code, _, stderr := cli(t, 20*time.Second, "produce", "--config", cfg, "--ip", "192.0.2.10", "--mail-from", "alice@example.com", "../../examples/message.eml")
+	if code != 0 || !strings.Contains(stderr, "produced 1 message to raw.custom on "+addr) {
+		t.Fatalf("produce: %d %s", code, stderr)
+	}
+	t.Setenv("AUTHPIPE_CONFIG", cfg)
+	code, out, stderr := cli(t, 30*time.Second, "tail", "--from-beginning", "--count", "1")
+	if code != 0 || !strings.Contains(out, "spf=pass") || !strings.Contains(out, "dmarc=pass") {
+		t.Errorf("tail: %d %q %s", code, out, stderr)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("run exit %d:\n%s", code, logs)
+	}
+}

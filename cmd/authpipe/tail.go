@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/pipeline"
@@ -32,10 +33,14 @@ func newTailCmd() *cobra.Command {
 transactions) and prints each verdict: one summary line per message (--format
 pretty) or the JSON verdict as published (--format json, one per line).
 It reads new verdicts only, unless --from-beginning; it stops after --count
-verdicts, or on SIGINT/SIGTERM.`,
+verdicts, or on SIGINT/SIGTERM.
+
+--config (or AUTHPIPE_CONFIG) reads run's YAML file: its brokers (or, for the
+embedded broker, its listen address), TLS and SASL settings and its
+verdict-topic apply; its other keys are skipped.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyConfig(cmd.Flags(), "", os.Environ()); err != nil {
+			if err := applyTailConfig(cmd.Flags(), os.Environ()); err != nil {
 				return err
 			}
 			if tf.format != "pretty" && tf.format != "json" {
@@ -46,11 +51,20 @@ verdicts, or on SIGINT/SIGTERM.`,
 	}
 	f := cmd.Flags()
 	tf.kafka.register(f, "Kafka seed `brokers` host:port,... (default 127.0.0.1:9092, the embedded broker)")
-	f.StringVar(&tf.topic, "topic", "mail.verdicts", "verdict `topic` to follow")
+	f.StringVar(&tf.topic, "topic", "mail.verdicts", "verdict `topic` to follow (default: --config's verdict-topic, else mail.verdicts)")
+	f.String("config", "", "YAML configuration `file` of 'authpipe run': its Kafka keys apply (brokers, or listen for the embedded broker; TLS; SASL), verdict-topic as --topic; the others are skipped (default: $AUTHPIPE_CONFIG)")
 	f.StringVar(&tf.format, "format", "pretty", "output `format`: pretty or json")
 	f.BoolVar(&tf.start, "from-beginning", false, "start at the oldest verdict instead of the newest")
 	f.IntVar(&tf.count, "count", 0, "exit after this many verdicts (0: follow until interrupted)")
 	return cmd
+}
+
+// applyTailConfig fills tail's flags from run's configuration file and the
+// environment (applyConfigShared): run's listen address (its embedded
+// broker) stands for --brokers when the file names no brokers, and its
+// verdict-topic for --topic.
+func applyTailConfig(fs *pflag.FlagSet, environ []string) error {
+	return applyConfigShared(fs, environ, isRunOption, map[string]string{"listen": "brokers", "verdict-topic": "topic"})
 }
 
 func tail(ctx context.Context, tf *tailFlags, out io.Writer) error {
