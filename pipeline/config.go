@@ -59,7 +59,11 @@ type Config struct {
 	// TransactionalID identifies this instance's transactional producer.
 	// It must be stable across restarts of one instance (so a restart fences
 	// and aborts the crashed instance's open transaction at once) and
-	// distinct between instances. Default "authpipe-verify-" + hostname.
+	// distinct between instances: a producer that starts with the ID of a
+	// running one fences it, and the older one stops. Default Group + "-" +
+	// hostname ("authpipe-verify-HOST" with the default group), so that
+	// pipelines of different groups on one host do not fence each other;
+	// two instances of one group on one host must set it.
 	TransactionalID string
 
 	// MaxInFlight bounds messages being verified at once (default 256 per
@@ -208,7 +212,7 @@ func (c Config) withDefaults(hostname string) (Config, error) {
 	str(&c.AggregateTopic, d.AggregateTopic)
 	str(&c.Group, d.Group)
 	str((*string)(&c.Delivery), string(d.Delivery))
-	str(&c.TransactionalID, "authpipe-verify-"+hostname)
+	str(&c.TransactionalID, c.Group+"-"+hostname)
 	if c.Partitions == 0 {
 		c.Partitions = d.Partitions
 	}

@@ -345,7 +345,7 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 	committed, err = st.end(endCtx, commit)
 	p.metrics.commitObs.Observe(time.Since(start).Seconds())
 	if err != nil {
-		return false, n, &endError{records: n, err: err}
+		return false, n, &endError{records: n, err: err, txnID: p.cfg.TransactionalID}
 	}
 	if committed {
 		p.metrics.batches.WithLabelValues("committed").Inc()
@@ -366,9 +366,18 @@ func (p *Pipeline) endTimeout() time.Duration { return max(p.cfg.TransactionTime
 type endError struct {
 	records int
 	err     error
+	txnID   string // the producer's transactional ID, "" without transactions
 }
 
-func (e *endError) Error() string { return fmt.Sprintf("pipeline: end batch: %v", e.err) }
+func (e *endError) Error() string {
+	if e.txnID != "" && errors.Is(e.err, kerr.ProducerFenced) {
+		// The broker's own text says only that a newer producer
+		// exists; say which ID and what to do about it.
+		return fmt.Sprintf("pipeline: end batch: %v (another process started with transactional id %q: "+
+			"each instance, of any group, needs an id of its own, see --transactional-id; this one stops)", e.err, e.txnID)
+	}
+	return fmt.Sprintf("pipeline: end batch: %v", e.err)
+}
 func (e *endError) Unwrap() error { return e.err }
 
 // maxAbortAttempts bounds afterFailedEnd's attempts to abort a batch whose

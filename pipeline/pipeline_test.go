@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os/exec"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -482,5 +484,43 @@ func TestRetryTemperror(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestFencedInstanceStops: a pipeline started with the transactional ID of
+// a running one fences it, as Kafka's exactly-once requires; the older one
+// stops at its next commit with an error that names the ID and the
+// option to set (the broker's PRODUCER_FENCED text alone says neither),
+// and the newer one goes on. Different groups get different IDs by
+// default (TestConfigDefaults); here both set the same one on purpose.
+func TestFencedInstanceStops(t *testing.T) {
+	_, _, e, brokers := startTestStack(t)
+	produceCorpus(t, brokers, "mail.raw", corpus(10, "a"))
+	out := collect(t, brokers, "mail.verdicts")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfgA := testConfig(brokers, "shared-id")
+	cfgA.Group = "group-a"
+	_, doneA := runPipeline(t, ctx, cfgA, e)
+	out.waitCount(t, 10, 30*time.Second)
+
+	cfgB := testConfig(brokers, "shared-id")
+	cfgB.Group = "group-b"
+	_, doneB := runPipeline(t, ctx, cfgB, e)
+	out.waitCount(t, 20, 30*time.Second) // B verdicts the first 10 for its own group
+	produceCorpus(t, brokers, "mail.raw", corpus(10, "b"))
+	select {
+	case err := <-doneA:
+		if !errors.Is(err, kerr.ProducerFenced) || !strings.Contains(err.Error(), `transactional id "shared-id"`) ||
+			!strings.Contains(err.Error(), "--transactional-id") {
+			t.Fatalf("fenced instance: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the fenced instance did not stop")
+	}
+	out.waitCount(t, 30, 30*time.Second) // B's verdicts of the new 10
+	cancel()
+	if err := <-doneB; err != nil {
+		t.Fatalf("the newer instance: %v", err)
 	}
 }

@@ -177,6 +177,11 @@ func TestConfigDefaults(t *testing.T) {
 		c.Delivery != ExactlyOnce || c.TransactionalID != "authpipe-verify-h1" || c.BatchMaxRecords != 16*c.MaxInFlight || c.MaxMessageBytes != 64<<20 || c.FetchMaxWait != 500*time.Millisecond {
 		t.Fatalf("defaults: %+v", c)
 	}
+	// Another group on the same host gets an ID of its own: with the
+	// same one, the pipeline started second fenced the first.
+	if c, err := (Config{Group: "rescore"}).withDefaults("h1"); err != nil || c.TransactionalID != "rescore-h1" {
+		t.Errorf("group rescore: transactional ID %q (%v), want rescore-h1", c.TransactionalID, err)
+	}
 	for _, bad := range []Config{{Delivery: "maybe"}, {MaxInFlight: -1}, {InputTopic: "x", VerdictTopic: "x"}, {RetryTemperror: -1}} {
 		if _, err := bad.withDefaults("h"); err == nil {
 			t.Errorf("%+v accepted", bad)
