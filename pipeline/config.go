@@ -125,6 +125,10 @@ type Config struct {
 	// "" and 0: every message is waited for.
 	RetryTopic    string
 	StragglerWait time.Duration
+
+	// retryStage marks RetryStage's configuration: its topics are the
+	// first stage's to check or create.
+	retryStage bool
 }
 
 // RetryStage returns the configuration of the pipeline that reads c's
@@ -143,6 +147,7 @@ func RetryStage(c Config) Config {
 	r.BatchMaxRecords = 16 * r.MaxInFlight
 	r.RetryTopic, r.StragglerWait = "", 0
 	r.SkipCreateTopics = true // the first stage creates them, RetryTopic included
+	r.retryStage = true
 	return r
 }
 

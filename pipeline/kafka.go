@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -20,6 +21,12 @@ type stream interface {
 	poll(ctx context.Context, max int) kgo.Fetches
 	begin() error
 	produce(ctx context.Context, r *kgo.Record, promise func(*kgo.Record, error))
+	// flush waits until every record produced so far has been written or
+	// has failed, its promise called: a batch decides whether to commit
+	// only after it (a record can fail late, such as one for a topic that
+	// does not exist, failed after some metadata retries). An error means
+	// ctx ended first.
+	flush(ctx context.Context) error
 	// end finishes the batch: commit=true commits outputs and input offsets
 	// (reporting whether it did), false discards the batch so its records
 	// are consumed again.
@@ -43,6 +50,7 @@ func (t *txnStream) begin() error { return t.s.Begin() }
 func (t *txnStream) produce(ctx context.Context, r *kgo.Record, p func(*kgo.Record, error)) {
 	t.s.Produce(ctx, r, p)
 }
+func (t *txnStream) flush(ctx context.Context) error { return t.s.Client().Flush(ctx) }
 func (t *txnStream) end(ctx context.Context, commit bool) (bool, error) {
 	return t.s.End(ctx, kgo.TransactionEndTry(commit))
 }
@@ -62,6 +70,8 @@ func (a *aloStream) begin() error { return nil }
 func (a *aloStream) produce(ctx context.Context, r *kgo.Record, p func(*kgo.Record, error)) {
 	a.cl.Produce(ctx, r, p)
 }
+
+func (a *aloStream) flush(ctx context.Context) error { return a.cl.Flush(ctx) }
 
 func (a *aloStream) end(ctx context.Context, commit bool) (bool, error) {
 	defer a.cl.AllowRebalance()
@@ -208,6 +218,15 @@ func (p *Pipeline) adminClient() (*kgo.Client, error) {
 	return cl, nil
 }
 
+// topics are those the pipeline reads and writes.
+func (p *Pipeline) topics() []string {
+	topics := []string{p.cfg.InputTopic, p.cfg.VerdictTopic, p.cfg.DLQTopic, p.cfg.AggregateTopic}
+	if p.cfg.RetryTopic != "" {
+		topics = append(topics, p.cfg.RetryTopic)
+	}
+	return topics
+}
+
 func (p *Pipeline) ensureTopics(ctx context.Context) error {
 	cl, err := p.adminClient()
 	if err != nil {
@@ -216,29 +235,36 @@ func (p *Pipeline) ensureTopics(ctx context.Context) error {
 	defer cl.Close()
 	maxBytes := strconv.Itoa(p.cfg.MaxMessageBytes + 1<<20)
 	cfg := map[string]*string{"max.message.bytes": &maxBytes}
-	topics := []string{p.cfg.InputTopic, p.cfg.VerdictTopic, p.cfg.DLQTopic, p.cfg.AggregateTopic}
-	if p.cfg.RetryTopic != "" {
-		topics = append(topics, p.cfg.RetryTopic)
-	}
-	if err := EnsureTopics(ctx, cl, p.cfg.Partitions, p.cfg.ReplicationFactor, cfg, topics...); err != nil {
+	if err := EnsureTopics(ctx, cl, p.cfg.Partitions, p.cfg.ReplicationFactor, cfg, p.topics()...); err != nil {
 		return fmt.Errorf("pipeline: %w", err)
 	}
 	return nil
 }
 
 // checkTopic returns an error unless topic exists.
-func (p *Pipeline) checkTopic(ctx context.Context, topic string) error {
+func (p *Pipeline) checkTopics(ctx context.Context) error {
 	cl, err := p.adminClient()
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	tds, err := kadm.NewClient(cl).ListTopics(ctx, topic)
+	topics := p.topics()
+	tds, err := kadm.NewClient(cl).ListTopics(ctx, topics...)
 	if err != nil {
-		return fmt.Errorf("pipeline: look up topic %s: %w", topic, err)
+		return fmt.Errorf("pipeline: look up topics: %w", err)
 	}
-	if !tds.Has(topic) || tds[topic].Err != nil {
-		return fmt.Errorf("pipeline: retry topic %s does not exist and topic creation is off: create it, or turn deferral off (StragglerWait 0; run --straggler-wait 0)", topic)
+	var missing []string
+	for _, t := range topics {
+		if !tds.Has(t) || tds[t].Err != nil {
+			missing = append(missing, t)
+		}
 	}
-	return nil
+	switch {
+	case len(missing) == 0:
+		return nil
+	case len(missing) == 1 && missing[0] == p.cfg.RetryTopic:
+		return fmt.Errorf("pipeline: retry topic %s does not exist and topic creation is off: create it, or turn deferral off (StragglerWait 0; run --straggler-wait 0)", missing[0])
+	}
+	return fmt.Errorf("pipeline: topics %s do not exist and topic creation is off (run --create-topics=false): "+
+		"create them, or let run create them", strings.Join(missing, ", "))
 }

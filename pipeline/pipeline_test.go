@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -523,4 +524,118 @@ func TestFencedInstanceStops(t *testing.T) {
 	if err := <-doneB; err != nil {
 		t.Fatalf("the newer instance: %v", err)
 	}
+}
+
+// TestMissingOutputTopicLosesNothing: a verdict that cannot be written
+// keeps its input uncommitted, in both delivery modes. The verdict topic
+// is missing while the pipeline runs; franz-go fails a record for a topic
+// it has never seen only after some metadata retries, during the flush
+// at the batch's end, and before the fix the batch had already decided
+// to commit: the input offsets were committed and the verdicts lost. Now
+// every batch aborts until the topic exists, and then each message gets
+// exactly one verdict. The pipeline runs as the retry stage does, whose
+// topics are not checked at start (the first stage's are:
+// TestMissingTopicsRefusedAtStart), so the missing topic is met in a batch.
+func TestMissingOutputTopicLosesNothing(t *testing.T) {
+	for _, delivery := range []Delivery{ExactlyOnce, AtLeastOnce} {
+		t.Run(string(delivery), func(t *testing.T) {
+			b := startTestBroker(t)
+			dns := startTestDNS(t)
+			e := testEngine(t, dns.Addr)
+			brokers := b.Addrs()
+			ensureTestTopics(t, brokers, 4, "mail.raw", "mail.raw.dlq", "authpipe.aggregates")
+			msgs := corpus(20, "m")
+			produceCorpus(t, brokers, "mail.raw", msgs)
+			cfg := testConfig(brokers, "t-missing")
+			cfg.Delivery = delivery
+			cfg.SkipCreateTopics, cfg.retryStage = true, true
+			reg := prometheus.NewRegistry()
+			met, err := NewMetrics(reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			_, done := runPipeline(t, ctx, cfg, e, WithMetrics(met))
+
+			cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			adm := kadm.NewClient(cl)
+			waitUntil(t, 20*time.Second, "a batch's end", func() bool {
+				return batchesTotal(t, reg, "aborted")+batchesTotal(t, reg, "committed") > 0
+			})
+			offs, err := adm.FetchOffsets(context.Background(), cfg.Group)
+			if err != nil && !errors.Is(err, kerr.GroupIDNotFound) { // not found: nothing committed
+				t.Fatal(err)
+			}
+			offs.Each(func(o kadm.OffsetResponse) {
+				if o.Err == nil && o.At > 0 {
+					t.Errorf("offset %d of %s/%d committed without its verdicts", o.At, o.Topic, o.Partition)
+				}
+			})
+			if n := batchesTotal(t, reg, "committed"); n != 0 {
+				t.Fatalf("%v batches committed without their verdicts", n)
+			}
+
+			ensureTestTopics(t, brokers, 4, "mail.verdicts")
+			out := collect(t, brokers, "mail.verdicts")
+			recs := out.waitCount(t, len(msgs), 30*time.Second)
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if delivery == ExactlyOnce {
+				checkVerdicts(t, e, msgs, recs)
+			} else {
+				checkVerdictsAtLeastOnce(t, e, msgs, out.snapshot())
+			}
+		})
+	}
+}
+
+// TestMissingTopicsRefusedAtStart: with topic creation off, a pipeline
+// whose topics do not all exist stops at start and names them, rather
+// than redo every batch for ever (an output) or idle without a word (the
+// input).
+func TestMissingTopicsRefusedAtStart(t *testing.T) {
+	b := startTestBroker(t)
+	brokers := b.Addrs()
+	ensureTestTopics(t, brokers, 4, "mail.raw", "mail.raw.dlq")
+	cfg := testConfig(brokers, "t-refused")
+	cfg.SkipCreateTopics = true
+	p, err := New(cfg, nil, WithKafkaOpts(testKafkaOpts()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = p.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "topics mail.verdicts, authpipe.aggregates do not exist and topic creation is off") {
+		t.Fatalf("Run = %v, want an error naming mail.verdicts and authpipe.aggregates", err)
+	}
+}
+
+// batchesTotal is authpipe_pipeline_batches_total{outcome} in reg.
+func batchesTotal(t testing.TB, reg *prometheus.Registry, outcome string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "authpipe_pipeline_batches_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "outcome" && l.GetValue() == outcome {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
