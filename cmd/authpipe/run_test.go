@@ -449,6 +449,14 @@ func TestRunProduceTailShareConfig(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "spf=pass") || !strings.Contains(out, "dmarc=pass") {
 		t.Errorf("tail: %d %q %s", code, out, stderr)
 	}
+	if strings.Contains(stderr, "does not exist") {
+		t.Errorf("tail of an existing topic: %s", stderr)
+	}
+	// A topic that does not exist is waited for, with a word on stderr.
+	code, out, stderr = cli(t, 2*time.Second, "tail", "--topic", "verdicts.typo")
+	if code != 0 || out != "" || !strings.Contains(stderr, "topic verdicts.typo does not exist yet; waiting for it") {
+		t.Errorf("tail of a missing topic: %d %q %q", code, out, stderr)
+	}
 	if code := stop(); code != 0 {
 		t.Fatalf("run exit %d:\n%s", code, logs)
 	}

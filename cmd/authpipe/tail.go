@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/pipeline"
@@ -46,7 +47,7 @@ verdict-topic apply; its other keys are skipped.`,
 			if tf.format != "pretty" && tf.format != "json" {
 				return usagef("--format %q: want pretty or json", tf.format)
 			}
-			return tail(cmd.Context(), tf, cmd.OutOrStdout())
+			return tail(cmd.Context(), tf, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	f := cmd.Flags()
@@ -67,7 +68,7 @@ func applyTailConfig(fs *pflag.FlagSet, environ []string) error {
 	return applyConfigShared(fs, environ, isRunOption, map[string]string{"listen": "brokers", "verdict-topic": "topic"})
 }
 
-func tail(ctx context.Context, tf *tailFlags, out io.Writer) error {
+func tail(ctx context.Context, tf *tailFlags, out, stderr io.Writer) error {
 	kopts, err := tf.kafka.opts()
 	if err != nil {
 		return err
@@ -86,6 +87,14 @@ func tail(ctx context.Context, tf *tailFlags, out io.Writer) error {
 	defer cl.Close()
 	if err := tf.kafka.check(ctx, cl, brokers); err != nil {
 		return err
+	}
+	// A topic that does not exist is waited for (run creates its topics
+	// when it starts, maybe after tail), but not without a word: a
+	// mistyped --topic would otherwise look like a quiet stream.
+	if tds, err := kadm.NewClient(cl).ListTopics(ctx, tf.topic); err == nil {
+		if td, ok := tds[tf.topic]; !ok || td.Err != nil {
+			fmt.Fprintf(stderr, "authpipe tail: topic %s does not exist yet; waiting for it (check --topic)\n", tf.topic)
+		}
 	}
 	n := 0
 	for {
