@@ -19,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/pipeline"
@@ -119,7 +120,10 @@ func (p *producer) send(ctx context.Context, key string, raw []byte, env stages.
 		if err != nil {
 			p.mu.Lock()
 			if p.errOne == nil {
-				p.errOne = fmt.Errorf("produce %s: %w", key, err)
+				p.errOne = fmt.Errorf("produce %s to %s: %w", key, p.topic, err)
+				if errors.Is(err, kerr.UnknownTopicOrPartition) {
+					p.errOne = fmt.Errorf("%w (topic %s does not exist: 'authpipe run' creates its topics at start; check --topic)", p.errOne, p.topic)
+				}
 			}
 			p.mu.Unlock()
 			return

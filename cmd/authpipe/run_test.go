@@ -452,6 +452,11 @@ func TestRunProduceTailShareConfig(t *testing.T) {
 	if strings.Contains(stderr, "does not exist") {
 		t.Errorf("tail of an existing topic: %s", stderr)
 	}
+	// produce to a topic that does not exist fails, naming it.
+	code, _, stderr = cli(t, 20*time.Second, "produce", "--brokers", addr, "--topic", "raw.typo", "../../examples/message.eml")
+	if code != 1 || !strings.Contains(stderr, "topic raw.typo does not exist") {
+		t.Errorf("produce to a missing topic: %d %q", code, stderr)
+	}
 	// A topic that does not exist is waited for, with a word on stderr.
 	code, out, stderr = cli(t, 2*time.Second, "tail", "--topic", "verdicts.typo")
 	if code != 0 || out != "" || !strings.Contains(stderr, "topic verdicts.typo does not exist yet; waiting for it") {
