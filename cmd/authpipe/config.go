@@ -24,6 +24,7 @@ import (
 	"github.com/knadh/koanf/providers/env/v2"
 	"github.com/knadh/koanf/providers/file"
 	"github.com/knadh/koanf/v2"
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -131,6 +132,36 @@ func applyConfigShared(fs *pflag.FlagSet, environ []string, others func(key stri
 // isRunOption reports whether key names an option of `authpipe run`: the
 // keys of run's file that the commands reading it skip.
 func isRunOption(key string) bool { return newRunCmd().Flags().Lookup(key) != nil }
+
+// unknownEnvOptions returns the AUTHPIPE_* variables of environ that name
+// no option of any authpipe command (nor AUTHPIPE_CONFIG), sorted: each
+// command ignores the variables of the others, so a mistyped one
+// (AUTHPIPE_MAX_INFLIGHT) would otherwise pass without a word. The test
+// and benchmark knobs (AUTHPIPE_TEST_*, AUTHPIPE_BENCH_*) are not options.
+func unknownEnvOptions(environ []string) []string {
+	known := map[string]bool{"config": true}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		c.Flags().VisitAll(func(f *pflag.Flag) { known[f.Name] = true })
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(newRootCmd(nil, nil, nil))
+	var out []string
+	for _, kv := range environ {
+		name, _, _ := strings.Cut(kv, "=")
+		rest, ok := strings.CutPrefix(name, envPrefix)
+		if !ok || strings.HasPrefix(rest, "TEST_") || strings.HasPrefix(rest, "BENCH_") {
+			continue
+		}
+		if !known[strings.ReplaceAll(strings.ToLower(rest), "_", "-")] {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
 
 // configPath is the configuration file a command reads: its --config
 // flag when given on the command line, else the AUTHPIPE_CONFIG

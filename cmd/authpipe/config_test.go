@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -176,6 +177,18 @@ func TestTailProduceReadRunConfig(t *testing.T) {
 	var ue usageError
 	if err := applyTailConfig(fs, nil); err == nil || !asUsage(err, &ue) {
 		t.Errorf("typo: %v, want a usage error", err)
+	}
+}
+
+// TestUnknownEnvOptions: AUTHPIPE_* variables that name no option of any
+// command are reported (run logs them), those of other commands, the
+// config file's and the test and benchmark knobs are not.
+func TestUnknownEnvOptions(t *testing.T) {
+	env := []string{"AUTHPIPE_MAX_INFLIGHT=5", "AUTHPIPE_MAX_IN_FLIGHT=5", "AUTHPIPE_FORMAT=json", "AUTHPIPE_CONFIG=x",
+		"AUTHPIPE_BENCH_N=1", "AUTHPIPE_TEST_LOG=1", "AUTHPIPE_ENVELOPES=e", "AUTHPIPE_BROKRES=k:9092", "PATH=/bin"}
+	got := unknownEnvOptions(env)
+	if want := []string{"AUTHPIPE_BROKRES", "AUTHPIPE_MAX_INFLIGHT"}; !slices.Equal(got, want) {
+		t.Errorf("unknownEnvOptions = %v, want %v", got, want)
 	}
 }
 

@@ -218,6 +218,9 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	for _, v := range unknownEnvOptions(os.Environ()) {
+		log.Warn("environment variable names no option of any authpipe command; ignored", "variable", v)
+	}
 	cfg := rf.cfg
 	cfg.Delivery = pipeline.Delivery(rf.delivery)
 	switch {

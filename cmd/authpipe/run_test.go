@@ -435,9 +435,13 @@ func TestRunProduceTailShareConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("AUTHPIPE_CONFIG", cfg)
+	t.Setenv("AUTHPIPE_MAX_INFLIGHT", "5") // a typo: warned about, not an error
 	stop, logs := startRun(t, httpAddr)
 	if !strings.Contains(logs.String(), `"input":"raw.custom"`) {
 		t.Fatalf("run did not read AUTHPIPE_CONFIG:\n%s", logs)
+	}
+	if !strings.Contains(logs.String(), `names no option of any authpipe command; ignored","variable":"AUTHPIPE_MAX_INFLIGHT"`) {
+		t.Errorf("no warning about AUTHPIPE_MAX_INFLIGHT:\n%s", logs)
 	}
 	t.Setenv("AUTHPIPE_CONFIG", "")
 	code, _, stderr := cli(t, 20*time.Second, "produce", "--config", cfg, "--ip", "192.0.2.10", "--mail-from", "alice@example.com", "../../examples/message.eml")
