@@ -101,7 +101,9 @@ type listedWindow struct {
 // listReports reads the windows (DMARC, then TLS) and the outbox items
 // (without their files) of s.
 func listReports(s *reportgen.Store) (reportList, error) {
-	var l reportList
+	// Empty lists are [] in the JSON, not null: a client can range over
+	// them without a check.
+	l := reportList{Windows: []listedWindow{}}
 	for _, k := range []reportgen.Kind{reportgen.KindDMARC, reportgen.KindTLS} {
 		ws, err := s.Windows(k)
 		if err != nil {
@@ -117,6 +119,9 @@ func listReports(s *reportgen.Store) (reportList, error) {
 		return l, err
 	}
 	l.Outbox = items
+	if l.Outbox == nil {
+		l.Outbox = []reportgen.OutboxItem{}
+	}
 	return l, nil
 }
 

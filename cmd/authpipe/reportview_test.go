@@ -176,3 +176,24 @@ func TestRunWarnsOfExposedReportViews(t *testing.T) {
 		}
 	}
 }
+
+// TestListReportsEmptyIsArrays: an empty store lists as [] windows and []
+// outbox items in JSON (/reports, report list --json), not null.
+func TestListReportsEmptyIsArrays(t *testing.T) {
+	st, err := reportgen.OpenStore(t.TempDir(), time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	l, err := listReports(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := json.Marshal(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(js) != `{"windows":[],"outbox":[]}` {
+		t.Errorf("empty list: %s", js)
+	}
+}
