@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/spf13/pflag"
 
 	"github.com/authpipe/authpipe/resolvercache"
@@ -40,24 +44,31 @@ func (d *dnsFlags) register(f *pflag.FlagSet) {
 // Caches run on the wall clock: --at changes what messages are judged
 // against, not how long DNS answers stay fresh.
 func (d *dnsFlags) resolver(m *resolvercache.Metrics, inFlight int) (resolvercache.Resolver, error) {
+	r, _, err := d.resolverClient(m, inFlight)
+	return r, err
+}
+
+// resolverClient is resolver that also returns the client behind the
+// cache (nil with --zone), whose servers run reports.
+func (d *dnsFlags) resolverClient(m *resolvercache.Metrics, inFlight int) (resolvercache.Resolver, *resolvercache.Client, error) {
 	if d.timeout <= 0 {
-		return nil, usagef("--dns-timeout must be positive, got %s", d.timeout)
+		return nil, nil, usagef("--dns-timeout must be positive, got %s", d.timeout)
 	}
 	if d.maxInFlight < 0 {
-		return nil, usagef("--dns-max-in-flight must not be negative, got %d", d.maxInFlight)
+		return nil, nil, usagef("--dns-max-in-flight must not be negative, got %d", d.maxInFlight)
 	}
 	if d.maxInFlight > 0 {
 		inFlight = d.maxInFlight
 	}
 	if d.zone != "" {
 		if d.server != "" {
-			return nil, usagef("--zone and --resolver exclude each other")
+			return nil, nil, usagef("--zone and --resolver exclude each other")
 		}
 		z, err := resolvercache.LoadZoneFile(d.zone, resolvercache.WithZoneMetrics(m))
 		if err != nil {
-			return nil, fmt.Errorf("load zone: %w", err)
+			return nil, nil, fmt.Errorf("load zone: %w", err)
 		}
-		return z, nil
+		return z, nil, nil
 	}
 	opts := []resolvercache.ClientOption{resolvercache.WithTimeout(d.timeout), resolvercache.WithMetrics(m)}
 	if inFlight > 0 {
@@ -65,17 +76,30 @@ func (d *dnsFlags) resolver(m *resolvercache.Metrics, inFlight int) (resolvercac
 	}
 	if d.server != "" {
 		if _, _, err := net.SplitHostPort(d.server); err != nil {
-			return nil, usagef("--resolver: want host:port: %v", err)
+			return nil, nil, usagef("--resolver: want host:port: %v", err)
 		}
 		opts = append(opts, resolvercache.WithUpstreams(d.server))
 	}
 	c, err := resolvercache.NewClient(opts...)
 	if err != nil {
-		return nil, fmt.Errorf("dns client: %w", err)
+		return nil, nil, fmt.Errorf("dns client: %w", err)
 	}
 	cache, err := resolvercache.NewCache(c, resolvercache.WithMaxBytes(d.cacheBytes), resolvercache.WithCacheMetrics(m))
 	if err != nil {
-		return nil, usagef("--dns-cache-bytes: %v", err)
+		return nil, nil, usagef("--dns-cache-bytes: %v", err)
 	}
-	return cache, nil
+	return cache, c, nil
+}
+
+// probeDNS asks the resolver once, at start, for a name under .invalid
+// (RFC 6761 6.4: a recursive server answers NXDOMAIN at once, asking
+// nobody), and warns when servers does not answer: every verdict would
+// then say temperror, and the log says why before the metrics do. It asks
+// with the client's timeout and retries, and gives up with ctx.
+func probeDNS(ctx context.Context, r resolvercache.Resolver, servers []string, log *slog.Logger) {
+	_, err := r.Lookup(ctx, "authpipe-start-probe.invalid", dns.TypeTXT)
+	var re *resolvercache.Error
+	if errors.As(err, &re) && (re.Kind == resolvercache.KindTimeout || re.Kind == resolvercache.KindNetwork) && ctx.Err() == nil {
+		log.Warn("DNS servers not answering: verdicts will say temperror until they do (see --resolver)", "servers", servers, "err", err)
+	}
 }

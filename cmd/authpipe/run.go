@@ -263,9 +263,16 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	res, err := rf.dns.resolver(dnsMetrics, pipeline.DNSQueriesInFlight(cfg))
+	res, dnsClient, err := rf.dns.resolverClient(dnsMetrics, pipeline.DNSQueriesInFlight(cfg))
 	if err != nil {
 		return err
+	}
+	if dnsClient != nil {
+		servers := dnsClient.Upstreams()
+		log.Info("DNS", "servers", servers, "timeout", rf.dns.timeout, "budget", rf.dns.budget, "cache_bytes", rf.dns.cacheBytes)
+		go probeDNS(ctx, res, servers, log)
+	} else {
+		log.Info("DNS from a zone file, no network", "zone", rf.dns.zone)
 	}
 	now := rf.now
 	if now == nil {

@@ -470,3 +470,23 @@ func TestRunProduceTailShareConfig(t *testing.T) {
 		t.Fatalf("run exit %d:\n%s", code, logs)
 	}
 }
+
+// TestRunWarnsWhenDNSDoesNotAnswer: run names its DNS servers at start and
+// warns when they do not answer a first query (every verdict would say
+// temperror); with --zone there is no network to ask.
+func TestRunWarnsWhenDNSDoesNotAnswer(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	addr, httpAddr, deadDNS := addrs[0], addrs[1], addrs[2] // nothing listens on deadDNS
+	stop, logs := startRun(t, httpAddr, "--listen", addr, "--data-dir", t.TempDir(), "--resolver", deadDNS, "--dns-timeout", "200ms")
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), "DNS servers not answering"); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning about the DNS server:\n%s", logs)
+		}
+	}
+	if !strings.Contains(logs.String(), `"msg":"DNS","servers":["`+deadDNS+`"]`) {
+		t.Errorf("no DNS start line naming %s:\n%s", deadDNS, logs)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("run exit %d:\n%s", code, logs)
+	}
+}
