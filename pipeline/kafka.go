@@ -242,22 +242,30 @@ func (p *Pipeline) ensureTopics(ctx context.Context) error {
 }
 
 // checkTopic returns an error unless topic exists.
+// missingTopics returns those of topics that do not exist, in order.
+func missingTopics(ctx context.Context, adm *kadm.Client, topics ...string) ([]string, error) {
+	tds, err := adm.ListTopics(ctx, topics...)
+	if err != nil {
+		return nil, fmt.Errorf("look up topics: %w", err)
+	}
+	var missing []string
+	for _, t := range topics {
+		if td, ok := tds[t]; !ok || td.Err != nil {
+			missing = append(missing, t)
+		}
+	}
+	return missing, nil
+}
+
 func (p *Pipeline) checkTopics(ctx context.Context) error {
 	cl, err := p.adminClient()
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
-	topics := p.topics()
-	tds, err := kadm.NewClient(cl).ListTopics(ctx, topics...)
+	missing, err := missingTopics(ctx, kadm.NewClient(cl), p.topics()...)
 	if err != nil {
-		return fmt.Errorf("pipeline: look up topics: %w", err)
-	}
-	var missing []string
-	for _, t := range topics {
-		if !tds.Has(t) || tds[t].Err != nil {
-			missing = append(missing, t)
-		}
+		return fmt.Errorf("pipeline: %w", err)
 	}
 	switch {
 	case len(missing) == 0:

@@ -531,7 +531,7 @@ wait:
 	cancelWork()
 	if deferred > 0 {
 		p.metrics.deferred.Add(float64(deferred))
-		p.log.Debug("deferred slow messages", "topic", p.cfg.RetryTopic, "messages", deferred, "after", p.cfg.StragglerWait)
+		p.log.Debug("deferred slow messages", "topic", p.cfg.RetryTopic, "messages", deferred, "after", p.cfg.StragglerWait.String())
 	}
 	<-done
 }

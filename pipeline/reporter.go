@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -237,6 +238,21 @@ func runReporter(ctx context.Context, cfg ReporterConfig, st *reportgen.Store, r
 				return nil // stopped while starting: a stop, as Pipeline.Run has it
 			}
 			return err
+		}
+	} else if full {
+		// A topic to read that does not exist would leave the reporter
+		// idle without a word (a mistyped --aggregate-topic), the state
+		// topic failing every publish: say so at start. The DLQ topics
+		// are created when first needed (deadLetter).
+		missing, err := missingTopics(ctx, r.adm, cfg.AggregateTopic, cfg.TLSTopic, cfg.StateTopic)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			return fmt.Errorf("pipeline: reporter: %w", err)
+		case len(missing) > 0:
+			return fmt.Errorf("pipeline: reporter: topics %s do not exist and topic creation is off (run --create-topics=false): "+
+				"create them, or let run create them", strings.Join(missing, ", "))
 		}
 	}
 	offs, err := st.Offsets()

@@ -1013,3 +1013,23 @@ func TestReporterLogsAssignmentPerTopic(t *testing.T) {
 		}
 	}
 }
+
+// TestReporterMissingTopicsRefusedAtStart: with topic creation off, a
+// reporter whose aggregate, TLS or state topic does not exist stops at
+// start and names them, rather than idle without a word.
+func TestReporterMissingTopicsRefusedAtStart(t *testing.T) {
+	b := startTestBroker(t)
+	ensureTestTopics(t, b.Addrs(), 4, "mail.tls-results")
+	st, err := reportgen.OpenStore(t.TempDir(), func() time.Time { return fixedNow })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cfg := ReporterConfig{Brokers: b.Addrs(), AggregateTopic: "aggs.typo", Partitions: 4, TickInterval: time.Hour}
+	err = RunReporter(ctx, cfg, st, nil, nil, reporterKafkaOpts()...)
+	if err == nil || !strings.Contains(err.Error(), "topics aggs.typo, authpipe.report-state do not exist and topic creation is off") {
+		t.Fatalf("RunReporter = %v, want an error naming aggs.typo and authpipe.report-state", err)
+	}
+}

@@ -269,7 +269,7 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
 	}
 	if dnsClient != nil {
 		servers := dnsClient.Upstreams()
-		log.Info("DNS", "servers", servers, "timeout", rf.dns.timeout, "budget", rf.dns.budget, "cache_bytes", rf.dns.cacheBytes)
+		log.Info("DNS", "servers", servers, "timeout", rf.dns.timeout.String(), "budget", rf.dns.budget.String(), "cache_bytes", rf.dns.cacheBytes)
 		go probeDNS(ctx, res, servers, log)
 	} else {
 		log.Info("DNS from a zone file, no network", "zone", rf.dns.zone)
@@ -489,7 +489,7 @@ func startReportRole(ctx context.Context, g *errgroup.Group, rr reportRole) (fun
 	rep := rr.reporter
 	if rep != nil {
 		rep.Store = st
-		log.Info("report delivery on", "receiver", rr.delivery.receiver, "delivery", rr.delivery.describe(rep.Deliverer.DKIM), "interval", rr.cfg.TickInterval)
+		log.Info("report delivery on", "receiver", rr.delivery.receiver, "delivery", rr.delivery.describe(rep.Deliverer.DKIM), "interval", rr.cfg.TickInterval.String())
 		if len(rep.Deliverer.DKIM) == 0 {
 			log.Warn("report mail will not be DKIM-signed (no --dkim-key): receivers may discard it as failing DMARC")
 		}
