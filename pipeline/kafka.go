@@ -241,7 +241,6 @@ func (p *Pipeline) ensureTopics(ctx context.Context) error {
 	return nil
 }
 
-// checkTopic returns an error unless topic exists.
 // missingTopics returns those of topics that do not exist, in order.
 func missingTopics(ctx context.Context, adm *kadm.Client, topics ...string) ([]string, error) {
 	tds, err := adm.ListTopics(ctx, topics...)
@@ -257,6 +256,8 @@ func missingTopics(ctx context.Context, adm *kadm.Client, topics ...string) ([]s
 	return missing, nil
 }
 
+// checkTopics returns an error naming the pipeline's topics that do not
+// exist, if any (with topic creation off).
 func (p *Pipeline) checkTopics(ctx context.Context) error {
 	cl, err := p.adminClient()
 	if err != nil {

@@ -93,7 +93,7 @@ func (d *dnsFlags) resolverClient(m *resolvercache.Metrics, inFlight int) (resol
 
 // probeDNS asks the resolver once, at start, for a name under .invalid
 // (RFC 6761 6.4: a recursive server answers NXDOMAIN at once, asking
-// nobody), and warns when servers does not answer: every verdict would
+// nobody), and warns when the servers do not answer: every verdict would
 // then say temperror, and the log says why before the metrics do. It asks
 // with the client's timeout and retries, and gives up with ctx.
 func probeDNS(ctx context.Context, r resolvercache.Resolver, servers []string, log *slog.Logger) {
