@@ -76,13 +76,7 @@ func TestApplyConfigErrors(t *testing.T) {
 // run started with its defaults), and --config wins over it.
 func TestConfigFileFromEnvironment(t *testing.T) {
 	dir := t.TempDir()
-	write := func(name, body string) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
+	write := func(name, body string) string { return writeTestFile(t, dir, name, body) }
 	fromEnv := write("env.yaml", "group: from-env-file\n")
 	fromFlag := write("flag.yaml", "group: from-flag-file\n")
 	for _, tc := range []struct {
@@ -120,13 +114,7 @@ func TestConfigFileFromEnvironment(t *testing.T) {
 // for --topic unless --topic is given or set under its own name.
 func TestTailProduceReadRunConfig(t *testing.T) {
 	dir := t.TempDir()
-	write := func(name, body string) string {
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
+	write := func(name, body string) string { return writeTestFile(t, dir, name, body) }
 	runFile := write("run.yaml", "listen: 127.0.0.1:19999\nverdict-topic: v.prod\ninput-topic: raw.prod\nmax-in-flight: 64\ntls: true\nmax-message-bytes: 1000\n")
 	withBrokers := write("brokers.yaml", "brokers: [k1:9092, k2:9092]\nlisten: 127.0.0.1:19999\n")
 	typo := write("typo.yaml", "verdict-topc: v\n")
@@ -190,6 +178,16 @@ func TestUnknownEnvOptions(t *testing.T) {
 	if want := []string{"AUTHPIPE_BROKRES", "AUTHPIPE_MAX_INFLIGHT"}; !slices.Equal(got, want) {
 		t.Errorf("unknownEnvOptions = %v, want %v", got, want)
 	}
+}
+
+// writeTestFile writes body to dir/name and returns the path.
+func writeTestFile(t *testing.T, dir, name, body string) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func asUsage(err error, ue *usageError) bool {
