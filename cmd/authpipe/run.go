@@ -209,11 +209,19 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	return nil, usagef("--log-format %q: want json, text or auto", format)
 }
 
-func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) error {
+func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) (err error) {
 	log, err := newLogger(stderr, rf.logLevel, rf.logFormat)
 	if err != nil {
 		return err
 	}
+	// The last line of a clean stop, after every deferred close (the
+	// embedded broker's included): a log that ends without it was cut
+	// short (killed) or ended in the error standard error shows.
+	defer func() {
+		if err == nil {
+			log.Info("run stopped: work committed, exit 0")
+		}
+	}()
 	kLog, err := newLogger(stderr, rf.kafkaLogLvl, rf.logFormat)
 	if err != nil {
 		return err

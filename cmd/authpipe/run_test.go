@@ -469,6 +469,10 @@ func TestRunProduceTailShareConfig(t *testing.T) {
 	if code := stop(); code != 0 {
 		t.Fatalf("run exit %d:\n%s", code, logs)
 	}
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	if last := lines[len(lines)-1]; !strings.Contains(last, "run stopped: work committed, exit 0") {
+		t.Errorf("last log line of a clean stop: %s", last)
+	}
 }
 
 // TestRunWarnsWhenDNSDoesNotAnswer: run names its DNS servers at start and
