@@ -58,8 +58,12 @@ type Input struct {
 // is not an IP address, a received-at that is not RFC 3339, a header given
 // more than once where one is allowed (bad-envelope), when the value is not
 // an RFC 5322 message: empty, or not starting with a header field (RFC 5322
-// 2.2) (not-a-message), or when it is larger than maxBytes (too-large).
+// 2.2) (not-a-message), or when it is larger than maxBytes or its headers
+// larger than MaxHeaderBytes (too-large).
 func Decode(r *kgo.Record, maxBytes int) (*Input, error) {
+	if n := headerBytes(r); n > MaxHeaderBytes {
+		return nil, &DecodeError{"too-large", fmt.Sprintf("record headers are %d bytes, the cap is %d", n, MaxHeaderBytes)}
+	}
 	in := &Input{Raw: r.Value}
 	var seen int
 	var once uint8 // bit per header allowed once
@@ -124,6 +128,26 @@ func Decode(r *kgo.Record, maxBytes int) (*Input, error) {
 	}
 	return in, nil
 }
+
+// MaxHeaderBytes caps a record's headers (keys and values, the envelope's
+// and any other's): 1 MiB, room for some 4,000 recipients of RFC 5321's
+// longest path (256 octets, 4.5.3.1.3), where MTAs accept 100 to 1,000 per
+// message (RFC 5321 4.5.3.1.8 asks for at least 100). The message's own
+// cap (MaxMessageBytes) counts only the value; without this one a record
+// could carry tens of MiB of headers past the in-flight bytes bound.
+const MaxHeaderBytes = 1 << 20
+
+// headerBytes is the size of r's headers, keys and values.
+func headerBytes(r *kgo.Record) int {
+	n := 0
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value)
+	}
+	return n
+}
+
+// recordBytes is what a record in flight holds: its value and headers.
+func recordBytes(r *kgo.Record) int64 { return int64(len(r.Value) + headerBytes(r)) }
 
 // looksLikeMessage is a cheap check that b starts with an RFC 5322 header
 // field: a field name of printable ASCII other than ':' (RFC 5322 2.2),

@@ -293,7 +293,7 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 		}
 		for _, r := range recs {
 			n++
-			size := int64(len(r.Value))
+			size := recordBytes(r)
 			start := time.Now()
 			t := &recordTask{r: r}
 			if p.cfg.RetryTopic != "" {

@@ -52,6 +52,8 @@ func TestDecode(t *testing.T) {
 		{"space in name", []byte("Sub ject: x\r\n\r\n"), h(HeaderHELO, "h"), "not-a-message", nil},
 		{"leading colon", []byte(": x\r\n\r\n"), h(HeaderHELO, "h"), "not-a-message", nil},
 		{"too large", bytes.Repeat([]byte("X-A: b\r\n"), 20), h(HeaderHELO, "h"), "too-large", nil},
+		{"headers too large", msg, append(h(HeaderHELO, "h"), manyRcpts(MaxHeaderBytes/64)...), "too-large", nil},
+		{"headers at the cap", msg, manyRcpts(MaxHeaderBytes/64 - 1), "", func(in *Input) bool { return len(in.Envelope.RcptTo) == MaxHeaderBytes/64-1 }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -71,6 +73,16 @@ func TestDecode(t *testing.T) {
 			}
 		})
 	}
+}
+
+// manyRcpts is n smtp.rcpt-to headers of 64 bytes each, key and value.
+func manyRcpts(n int) []kgo.RecordHeader {
+	v := []byte(strings.Repeat("r", 64-len(HeaderRcptTo)-len("@example.net")) + "@example.net")
+	hs := make([]kgo.RecordHeader, n)
+	for i := range hs {
+		hs[i] = kgo.RecordHeader{Key: HeaderRcptTo, Value: v}
+	}
+	return hs
 }
 
 func TestEnvelopeHeadersRoundTrip(t *testing.T) {
