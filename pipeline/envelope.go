@@ -59,10 +59,13 @@ type Input struct {
 // more than once where one is allowed (bad-envelope), when the value is not
 // an RFC 5322 message: empty, or not starting with a header field (RFC 5322
 // 2.2) (not-a-message), or when it is larger than maxBytes or its headers
-// larger than MaxHeaderBytes (too-large).
+// larger than MaxHeaderBytes or its key than MaxKeyBytes (too-large).
 func Decode(r *kgo.Record, maxBytes int) (*Input, error) {
 	if n := headerBytes(r); n > MaxHeaderBytes {
 		return nil, &DecodeError{"too-large", fmt.Sprintf("record headers are %d bytes, the cap is %d", n, MaxHeaderBytes)}
+	}
+	if len(r.Key) > MaxKeyBytes {
+		return nil, &DecodeError{"too-large", fmt.Sprintf("record key is %d bytes, the cap is %d", len(r.Key), MaxKeyBytes)}
 	}
 	in := &Input{Raw: r.Value}
 	var seen int
@@ -137,6 +140,10 @@ func Decode(r *kgo.Record, maxBytes int) (*Input, error) {
 // could carry tens of MiB of headers past the in-flight bytes bound.
 const MaxHeaderBytes = 1 << 20
 
+// MaxKeyBytes caps a record's key (the verdict's key too): 64 KiB, where
+// a queue id or a file's path takes tens of bytes.
+const MaxKeyBytes = 64 << 10
+
 // headerBytes is the size of r's headers, keys and values.
 func headerBytes(r *kgo.Record) int {
 	n := 0
@@ -146,8 +153,8 @@ func headerBytes(r *kgo.Record) int {
 	return n
 }
 
-// recordBytes is what a record in flight holds: its value and headers.
-func recordBytes(r *kgo.Record) int64 { return int64(len(r.Value) + headerBytes(r)) }
+// recordBytes is what a record in flight holds: its key, value and headers.
+func recordBytes(r *kgo.Record) int64 { return int64(len(r.Key) + len(r.Value) + headerBytes(r)) }
 
 // looksLikeMessage is a cheap check that b starts with an RFC 5322 header
 // field: a field name of printable ASCII other than ':' (RFC 5322 2.2),

@@ -708,16 +708,55 @@ func (p *Pipeline) dlqRecord(r *kgo.Record, err error) *kgo.Record {
 	}
 	p.metrics.dlq.WithLabelValues(kind).Inc()
 	p.log.Debug("record to DLQ", "topic", r.Topic, "partition", r.Partition, "offset", r.Offset, "err", err)
-	hs := make([]kgo.RecordHeader, 0, len(r.Headers)+2)
-	hs = append(hs, r.Headers...)
-	hs = append(hs, kgo.RecordHeader{Key: HeaderError, Value: []byte(err.Error())})
+	// The copy must fit the producer's batch limit (MaxMessageBytes + 1
+	// MiB) whatever the input topic let in, or its batch would fail and be
+	// redone for ever: the value is cut to the message cap, the key to
+	// MaxKeyBytes, the headers to dlqHeaderBytes with their wire overhead,
+	// each cut said in a header.
+	hs := make([]kgo.RecordHeader, 0, len(r.Headers)+3)
+	hb := 0
+	for i, h := range r.Headers {
+		if hb += len(h.Key) + len(h.Value) + headerOverhead; hb > dlqHeaderBytes {
+			hs = append(hs, kgo.RecordHeader{Key: HeaderHeadersTruncated, Value: []byte(strconv.Itoa(len(r.Headers) - i))})
+			break
+		}
+		hs = append(hs, h)
+	}
+	errText := err.Error()
+	if len(errText) > 1024 {
+		errText = errText[:1024]
+	}
+	hs = append(hs, kgo.RecordHeader{Key: HeaderError, Value: []byte(errText)})
 	val := r.Value
 	if len(val) > p.cfg.MaxMessageBytes {
 		hs = append(hs, kgo.RecordHeader{Key: HeaderTruncated, Value: []byte(strconv.Itoa(len(val)))})
 		val = val[:p.cfg.MaxMessageBytes]
 	}
-	return &kgo.Record{Topic: p.cfg.DLQTopic, Key: r.Key, Value: val, Headers: hs, Timestamp: r.Timestamp}
+	key := r.Key
+	if len(key) > MaxKeyBytes {
+		hs = append(hs, kgo.RecordHeader{Key: HeaderKeyTruncated, Value: []byte(strconv.Itoa(len(key)))})
+		key = key[:MaxKeyBytes]
+	}
+	return &kgo.Record{Topic: p.cfg.DLQTopic, Key: key, Value: val, Headers: hs, Timestamp: r.Timestamp}
 }
+
+const (
+	// dlqHeaderBytes bounds the input's headers a DLQ copy keeps, wire
+	// overhead included: half the producer's margin over the message cap.
+	dlqHeaderBytes = 512 << 10
+	// headerOverhead is the most a record header adds on the wire beyond
+	// its key and value: two varint lengths.
+	headerOverhead = 10
+)
+
+// HeaderKeyTruncated is set on a DLQ record whose key was cut to
+// MaxKeyBytes; its value is the original size in bytes.
+const HeaderKeyTruncated = "authpipe.key-truncated"
+
+// HeaderHeadersTruncated is set on a DLQ record that kept only some of the
+// input's headers (over dlqHeaderBytes); its value is how many were left
+// out, the last ones.
+const HeaderHeadersTruncated = "authpipe.headers-truncated"
 
 // HeaderTruncated is set on a DLQ record whose value was cut to the size
 // cap; its value is the original size in bytes.

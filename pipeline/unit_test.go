@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/netip"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -57,7 +58,7 @@ func TestDecode(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			in, err := Decode(&kgo.Record{Value: tc.value, Headers: tc.headers}, 100)
+			in, err := Decode(&kgo.Record{Key: []byte("k"), Value: tc.value, Headers: tc.headers}, 100)
 			if tc.kind != "" {
 				var de *DecodeError
 				if !errors.As(err, &de) || de.Kind != tc.kind {
@@ -83,6 +84,59 @@ func manyRcpts(n int) []kgo.RecordHeader {
 		hs[i] = kgo.RecordHeader{Key: HeaderRcptTo, Value: v}
 	}
 	return hs
+}
+
+// TestDecodeKeyBounded: a key over MaxKeyBytes is too-large.
+func TestDecodeKeyBounded(t *testing.T) {
+	hs := []kgo.RecordHeader{{Key: HeaderHELO, Value: []byte("h")}}
+	msg := []byte("From: a@example.com\r\n\r\n")
+	if _, err := Decode(&kgo.Record{Key: make([]byte, MaxKeyBytes), Value: msg, Headers: hs}, 0); err != nil {
+		t.Fatalf("key at the cap: %v", err)
+	}
+	var de *DecodeError
+	if _, err := Decode(&kgo.Record{Key: make([]byte, MaxKeyBytes+1), Value: msg, Headers: hs}, 0); !errors.As(err, &de) || de.Kind != "too-large" {
+		t.Fatalf("key over the cap: %v", err)
+	}
+}
+
+// TestDLQCopyFitsTheProducer: whatever the input topic let in, a record's
+// DLQ copy stays within the producer's batch limit (MaxMessageBytes + 1
+// MiB), or its batch would fail and be redone for ever; each cut is said
+// in a header, and a record within the bounds is copied whole.
+func TestDLQCopyFitsTheProducer(t *testing.T) {
+	p, err := New(Config{Brokers: []string{"127.0.0.1:1"}, MaxMessageBytes: 1 << 20}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := p.cfg.MaxMessageBytes + 1<<20
+	wire := func(r *kgo.Record) int {
+		n := len(r.Key) + len(r.Value) + 64
+		for _, h := range r.Headers {
+			n += len(h.Key) + len(h.Value) + headerOverhead
+		}
+		return n
+	}
+	huge := &kgo.Record{Key: make([]byte, 3<<20), Value: make([]byte, 5<<20), Headers: manyRcpts(100000)} // 6.4 MB of headers
+	c := p.dlqRecord(huge, &DecodeError{"too-large", "x"})
+	if n := wire(c); n > limit {
+		t.Fatalf("DLQ copy of a huge record: %d bytes on the wire, over %d", n, limit)
+	}
+	got := map[string]string{}
+	for _, h := range c.Headers {
+		if strings.HasPrefix(h.Key, "authpipe.") {
+			got[h.Key] = string(h.Value)
+		}
+	}
+	kept := len(c.Headers) - len(got)
+	if got[HeaderTruncated] != strconv.Itoa(5<<20) || got[HeaderKeyTruncated] != strconv.Itoa(3<<20) ||
+		got[HeaderHeadersTruncated] != strconv.Itoa(100000-kept) || got[HeaderError] != "too-large: x" {
+		t.Errorf("DLQ copy headers: %v (kept %d of the input's)", got, kept)
+	}
+	small := &kgo.Record{Key: []byte("k"), Value: []byte("v"), Headers: manyRcpts(3)}
+	c = p.dlqRecord(small, &DecodeError{"not-a-message", "y"})
+	if string(c.Key) != "k" || string(c.Value) != "v" || len(c.Headers) != 4 {
+		t.Errorf("DLQ copy of a small record: %+v", c)
+	}
 }
 
 func TestEnvelopeHeadersRoundTrip(t *testing.T) {
