@@ -340,6 +340,10 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) (err error
 		log.Info("embedded Kafka broker started; produce mail to it with: authpipe produce --brokers "+addr+" FILE.eml|DIR|MBOX "+
 			"(or any Kafka client: topic "+cfg.InputTopic+", envelope in smtp.* record headers)",
 			"addr", addr, "data_dir", rf.dataDir)
+		if !loopbackAddr(rf.listen) {
+			log.Warn("the embedded broker listens beyond this host, with no TLS and no authentication: whoever reaches it "+
+				"can read the mail and verdicts in its topics and write to them; keep --listen on loopback, or run a Kafka cluster with --brokers", "addr", addr)
+		}
 	} else {
 		cfg.Brokers = rf.kafka.brokers
 		// A cluster that refuses the credentials or whose certificate

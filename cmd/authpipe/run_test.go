@@ -494,3 +494,20 @@ func TestRunWarnsWhenDNSDoesNotAnswer(t *testing.T) {
 		t.Fatalf("run exit %d:\n%s", code, logs)
 	}
 }
+
+// TestRunWarnsOfExposedBroker: the embedded broker has no TLS and no
+// authentication, so run warns when --listen is beyond loopback, and only
+// then.
+func TestRunWarnsOfExposedBroker(t *testing.T) {
+	addrs := freeAddrs(t, 3)
+	_, port, _ := net.SplitHostPort(addrs[0])
+	const warning = "the embedded broker listens beyond this host"
+	stop, logs := startRun(t, addrs[1], "--listen", "0.0.0.0:"+port, "--data-dir", t.TempDir(), "--zone", "../../examples/example.zone")
+	if code := stop(); code != 0 || !strings.Contains(logs.String(), warning) {
+		t.Errorf("--listen 0.0.0.0: exit %d, no warning:\n%s", code, logs)
+	}
+	stop, logs = startRun(t, addrs[2], "--listen", addrs[0], "--data-dir", t.TempDir(), "--zone", "../../examples/example.zone")
+	if code := stop(); code != 0 || strings.Contains(logs.String(), warning) {
+		t.Errorf("--listen %s: exit %d, warning:\n%s", addrs[0], code, logs)
+	}
+}
