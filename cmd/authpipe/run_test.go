@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -461,6 +462,16 @@ func TestRunProduceTailShareConfig(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "topic raw.typo does not exist") {
 		t.Errorf("produce to a missing topic: %d %q", code, stderr)
 	}
+	// The metrics docs/configuration.md names are the ones served (a
+	// record for the DLQ first: its counter appears with its first use).
+	junk := filepath.Join(t.TempDir(), "junk.eml")
+	if err := os.WriteFile(junk, []byte("not a message\x00"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := cli(t, 20*time.Second, "produce", "--config", cfg, "--ip", "192.0.2.10", junk); code != 0 {
+		t.Fatalf("produce junk: %s", stderr)
+	}
+	checkDocumentedMetrics(t, httpAddr, `authpipe_pipeline_dlq_total{kind="not-a-message"} 1`)
 	// A topic that does not exist is waited for, with a word on stderr.
 	code, out, stderr = cli(t, 2*time.Second, "tail", "--topic", "verdicts.typo")
 	if code != 0 || out != "" || !strings.Contains(stderr, "topic verdicts.typo does not exist yet; waiting for it") {
@@ -509,5 +520,36 @@ func TestRunWarnsOfExposedBroker(t *testing.T) {
 	stop, logs = startRun(t, addrs[2], "--listen", addrs[0], "--data-dir", t.TempDir(), "--zone", "../../examples/example.zone")
 	if code := stop(); code != 0 || strings.Contains(logs.String(), warning) {
 		t.Errorf("--listen %s: exit %d, warning:\n%s", addrs[0], code, logs)
+	}
+}
+
+// checkDocumentedMetrics waits until the run serving httpAddr exposes
+// until, then checks that every metric name (or name prefix, before a *)
+// that README.md or docs/configuration.md mentions is among those served.
+func checkDocumentedMetrics(t *testing.T, httpAddr, until string) {
+	t.Helper()
+	var text string
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(text, until); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics never showed %s", until)
+		}
+		text = metricsText(t, httpAddr)
+	}
+	name := regexp.MustCompile(`\bauthpipe_[a-z_]+`)
+	checked := 0
+	for _, f := range []string{"../../README.md", "../../docs/configuration.md"} {
+		doc, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range name.FindAllString(string(doc), -1) {
+			checked++
+			if !strings.Contains(text, "\n"+m) {
+				t.Errorf("%s names %s, which /metrics does not serve", f, m)
+			}
+		}
+	}
+	if checked < 10 {
+		t.Fatalf("only %d metric names found in the docs", checked)
 	}
 }
