@@ -525,7 +525,8 @@ func TestRunWarnsOfExposedBroker(t *testing.T) {
 
 // checkDocumentedMetrics waits until the run serving httpAddr exposes
 // until, then checks that every metric name (or name prefix, before a *)
-// that README.md or docs/configuration.md mentions is among those served.
+// that README.md, docs/configuration.md or docs/reports.md mentions is
+// among those served.
 func checkDocumentedMetrics(t *testing.T, httpAddr, until string) {
 	t.Helper()
 	var text string
@@ -537,7 +538,7 @@ func checkDocumentedMetrics(t *testing.T, httpAddr, until string) {
 	}
 	name := regexp.MustCompile(`\bauthpipe_[a-z_]+`)
 	checked := 0
-	for _, f := range []string{"../../README.md", "../../docs/configuration.md"} {
+	for _, f := range []string{"../../README.md", "../../docs/configuration.md", "../../docs/reports.md"} {
 		doc, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
