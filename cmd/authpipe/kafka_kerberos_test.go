@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -68,12 +69,7 @@ func newKDC(t *testing.T) *testKDC {
 		bins[i] = p
 	}
 	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
+	port := kdcPort(t)
 	k := &testKDC{krb5conf: filepath.Join(dir, "krb5.conf"), brokerKeytab: filepath.Join(dir, "kafka.keytab"),
 		clientKeytab: filepath.Join(dir, "client.keytab")}
 	write := func(path, text string) {
@@ -350,4 +346,38 @@ func TestKrb5MechToken(t *testing.T) {
 			t.Errorf("%x: no error", bad)
 		}
 	}
+}
+
+// kdcPort returns a port of 127.0.0.1 free for both TCP and UDP, below the
+// kernel's ephemeral range: krb5kdc binds both, and a port the kernel
+// picked for TCP could meanwhile be any UDP socket's ephemeral port (the
+// DNS clients of the tests running beside this one open many); once
+// krb5kdc failed so ("Cannot bind server socket", a CI run of session 22).
+func kdcPort(t *testing.T) int {
+	t.Helper()
+	lo := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 11000 {
+				lo = n
+			}
+		}
+	}
+	for range 100 {
+		port := 10000 + rand.IntN(lo-10000)
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return port
+	}
+	t.Fatal("no port free for both TCP and UDP")
+	return 0
 }
