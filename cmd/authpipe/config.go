@@ -63,11 +63,11 @@ func applyConfig(fs *pflag.FlagSet, environ []string) error {
 // applies when the flag is set neither on the command line nor under its
 // own name.
 func applyConfigShared(fs *pflag.FlagSet, environ []string, others func(key string) bool, aliases map[string]string) error {
-	path := configPath(fs, environ)
+	path, source := configPath(fs, environ)
 	k := koanf.New("\x00") // keys are flat; no nesting delimiter
 	if path != "" {
 		if err := k.Load(file.Provider(path), yaml.Parser()); err != nil {
-			return usagef("--config %s: %v", path, err)
+			return usagef("%s %s: %v", source, path, err)
 		}
 	}
 	fromEnv := map[string]string{}
@@ -163,19 +163,19 @@ func unknownEnvOptions(environ []string) []string {
 	return out
 }
 
-// configPath is the configuration file a command reads: its --config
-// flag when given on the command line, else the AUTHPIPE_CONFIG
-// environment variable, else none ("").
-func configPath(fs *pflag.FlagSet, environ []string) string {
+// configPath is the configuration file a command reads, and where it was
+// named: its --config flag when given on the command line, else the
+// AUTHPIPE_CONFIG environment variable, else none ("").
+func configPath(fs *pflag.FlagSet, environ []string) (path, source string) {
 	if f := fs.Lookup("config"); f != nil && f.Changed {
-		return f.Value.String()
+		return f.Value.String(), "--config"
 	}
 	for _, kv := range environ {
 		if v, ok := strings.CutPrefix(kv, envPrefix+"CONFIG="); ok {
-			return v
+			return v, envPrefix + "CONFIG"
 		}
 	}
-	return ""
+	return "", ""
 }
 
 func flagValue(v any) (string, error) {

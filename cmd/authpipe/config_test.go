@@ -106,6 +106,11 @@ func TestConfigFileFromEnvironment(t *testing.T) {
 	if err := applyConfig(cmd.Flags(), []string{"AUTHPIPE_CONFIG=" + bad}); err == nil || !strings.Contains(err.Error(), bad) {
 		t.Errorf("AUTHPIPE_CONFIG with a bad value: %v, want an error naming %s", err, bad)
 	}
+	// A file that cannot be read is named with where it was named.
+	missing := filepath.Join(dir, "missing.yaml")
+	if err := applyConfig(newRunCmd().Flags(), []string{"AUTHPIPE_CONFIG=" + missing}); err == nil || !strings.Contains(err.Error(), "AUTHPIPE_CONFIG "+missing) {
+		t.Errorf("AUTHPIPE_CONFIG naming a missing file: %v", err)
+	}
 }
 
 // TestTailProduceReadRunConfig: tail and produce take run's file: its Kafka

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -161,6 +162,17 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 			return usagef("--received-at: want RFC 3339: %v", err)
 		}
 		env.ReceivedAt = t
+	}
+	// Inputs that are not there fail at once, not after the broker check
+	// (up to 15 s when the broker is down too); one that goes away or is
+	// unreadable later stops produce where it is, as documented.
+	for _, path := range append(slices.Clone(paths), pf.envelopes) {
+		if path == "" {
+			continue
+		}
+		if _, err := os.Stat(path); err != nil {
+			return fmt.Errorf("produce: %w (nothing sent)", err)
+		}
 	}
 	kopts, err := pf.kafka.opts()
 	if err != nil {

@@ -172,3 +172,17 @@ func FuzzParseEnvelopeLine(f *testing.F) {
 		}
 	})
 }
+
+// TestProduceMissingInputFailsAtOnce: a PATH or --envelopes file that is
+// not there is an error before any broker is reached (none listens here;
+// the broker check would take 15 s), and nothing is sent.
+func TestProduceMissingInputFailsAtOnce(t *testing.T) {
+	dead := freeAddrs(t, 1)[0]
+	for _, args := range [][]string{{"../../examples/message.eml", "/nonexistent.eml"}, {"--envelopes", "/nonexistent.jsonl"}} {
+		start := time.Now()
+		code, _, stderr := cli(t, 20*time.Second, append([]string{"produce", "--brokers", dead}, args...)...)
+		if code != 1 || !strings.Contains(stderr, "/nonexistent.") || !strings.Contains(stderr, "nothing sent") || time.Since(start) > 5*time.Second {
+			t.Errorf("produce %v: exit %d after %v: %s", args, code, time.Since(start), stderr)
+		}
+	}
+}
