@@ -565,7 +565,7 @@ func TestMissingOutputTopicLosesNothing(t *testing.T) {
 			defer cl.Close()
 			adm := kadm.NewClient(cl)
 			waitUntil(t, 20*time.Second, "a batch's end", func() bool {
-				return batchesTotal(t, reg, "aborted")+batchesTotal(t, reg, "committed") > 0
+				return counterValue(t, reg, "authpipe_pipeline_batches_total", "outcome", "aborted")+counterValue(t, reg, "authpipe_pipeline_batches_total", "outcome", "committed") > 0
 			})
 			offs, err := adm.FetchOffsets(context.Background(), cfg.Group)
 			if err != nil && !errors.Is(err, kerr.GroupIDNotFound) { // not found: nothing committed
@@ -576,7 +576,7 @@ func TestMissingOutputTopicLosesNothing(t *testing.T) {
 					t.Errorf("offset %d of %s/%d committed without its verdicts", o.At, o.Topic, o.Partition)
 				}
 			})
-			if n := batchesTotal(t, reg, "committed"); n != 0 {
+			if n := counterValue(t, reg, "authpipe_pipeline_batches_total", "outcome", "committed"); n != 0 {
 				t.Fatalf("%v batches committed without their verdicts", n)
 			}
 
@@ -616,26 +616,4 @@ func TestMissingTopicsRefusedAtStart(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "topics mail.verdicts, authpipe.aggregates do not exist and topic creation is off") {
 		t.Fatalf("Run = %v, want an error naming mail.verdicts and authpipe.aggregates", err)
 	}
-}
-
-// batchesTotal is authpipe_pipeline_batches_total{outcome} in reg.
-func batchesTotal(t testing.TB, reg *prometheus.Registry, outcome string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "authpipe_pipeline_batches_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "outcome" && l.GetValue() == outcome {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
 }

@@ -31,6 +31,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/reportgen"
@@ -878,22 +879,32 @@ func TestReporterTakeoverAfterLostStore(t *testing.T) {
 	t.Logf("A built day 1 and lost its store unsent; B replayed, took over after the delay and delivered %v with A's Report-IDs", want)
 }
 
-func counterValue(t testing.TB, reg *prometheus.Registry, name string) float64 {
+// counterValue sums the counter name in reg over the series whose labels
+// include every name, value pair of labels.
+func counterValue(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	var v float64
 	for _, mf := range mfs {
-		if mf.GetName() == name {
-			var v float64
-			for _, m := range mf.GetMetric() {
-				v += m.GetCounter().GetValue()
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				if !slices.ContainsFunc(m.GetLabel(), func(l *dto.LabelPair) bool {
+					return l.GetName() == labels[i] && l.GetValue() == labels[i+1]
+				}) {
+					continue series
+				}
 			}
-			return v
+			v += m.GetCounter().GetValue()
 		}
 	}
-	return 0
+	return v
 }
 
 // testLog is a debug-level logger for what the test starts. Its lines go
