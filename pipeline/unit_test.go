@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -304,8 +305,8 @@ func TestMboxReader(t *testing.T) {
 		t.Fatalf("not mbox: %v", err)
 	}
 	big := "From x\n" + strings.Repeat("a", 100) + "\n"
-	if _, _, err := NewMboxReader(strings.NewReader(big), 50).Next(); err == nil {
-		t.Fatal("over the bound accepted")
+	if _, _, err := NewMboxReader(strings.NewReader(big), 50).Next(); !errors.Is(err, ErrMessageTooLarge) {
+		t.Fatalf("over the bound: %v", err)
 	}
 	crlf := "From x\r\nA: b\r\n\r\nbody\r\n\r\nFrom y\r\nC: d\r\n\r\n"
 	r = NewMboxReader(strings.NewReader(crlf), 0)
@@ -313,6 +314,76 @@ func TestMboxReader(t *testing.T) {
 	if string(m) != "A: b\r\n\r\nbody\r\n" {
 		t.Fatalf("CRLF message %q", m)
 	}
+}
+
+// TestMboxReaderSkipsTooLarge: a message over the bound is reported with
+// its separator and skipped, and the messages after it are still read; a
+// separator or a line without an end longer than the reader's buffer is
+// handled in bounded memory.
+func TestMboxReaderSkipsTooLarge(t *testing.T) {
+	long := strings.Repeat("x", 200<<10) // longer than the reader's 64 KiB buffer
+	in := "From a\nSubject: one\n\nshort\n\n" +
+		"From big " + long + "\nSubject: two\n\n" + long + "\n>From inside\n\n" +
+		"From c\nSubject: three\n\n>From kept\n" + "From d\n"
+	r := NewMboxReader(strings.NewReader(in), 1<<10)
+	type got struct {
+		msg, sep string
+		tooLarge bool
+	}
+	var all []got
+	for {
+		m, sep, err := r.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil && !errors.Is(err, ErrMessageTooLarge) {
+			t.Fatal(err)
+		}
+		all = append(all, got{string(m), sep, err != nil})
+	}
+	if len(all) != 4 {
+		t.Fatalf("%d messages, want 4: %+v", len(all), all)
+	}
+	if all[0].msg != "Subject: one\n\nshort\n" || all[0].tooLarge {
+		t.Errorf("first: %+v", all[0])
+	}
+	if !all[1].tooLarge || all[1].msg != "" || len(all[1].sep) != maxSeparatorBytes || !strings.HasPrefix(all[1].sep, "From big xxx") {
+		t.Errorf("second: too large %v, %d bytes, separator %d bytes", all[1].tooLarge, len(all[1].msg), len(all[1].sep))
+	}
+	if all[2].msg != "Subject: three\n\nFrom kept\n" || all[2].sep != "From c" || all[2].tooLarge {
+		t.Errorf("third: %+v", all[2])
+	}
+	if all[3].msg != "" || all[3].sep != "From d" {
+		t.Errorf("fourth (empty, the separator ends the input): %+v", all[3])
+	}
+
+	// 64 MiB without a line end, the bound 1 MiB: memory stays near the
+	// bound, not the line.
+	const lineBytes = 64 << 20
+	src := io.MultiReader(strings.NewReader("From x\n"), io.LimitReader(repeatReader('a'), lineBytes))
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	r = NewMboxReader(src, 1<<20)
+	if _, _, err := r.Next(); !errors.Is(err, ErrMessageTooLarge) {
+		t.Fatalf("endless line: %v", err)
+	}
+	runtime.ReadMemStats(&m1)
+	if alloc := m1.TotalAlloc - m0.TotalAlloc; alloc > 8<<20 {
+		t.Errorf("reading a %d-byte line under a 1 MiB bound allocated %d bytes", lineBytes, alloc)
+	}
+	if _, _, err := r.Next(); err != io.EOF {
+		t.Errorf("after it: %v, want EOF", err)
+	}
+}
+
+// repeatReader reads as an endless run of one byte.
+type repeatReader byte
+
+func (c repeatReader) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(c)
+	}
+	return len(p), nil
 }
 
 func FuzzMboxReader(f *testing.F) {

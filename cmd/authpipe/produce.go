@@ -77,6 +77,11 @@ envelopes file.) The record key is the queue id, else the file's path from
 PATH's own name down (for a PATH that is a file, its name; name#n for the n-th
 message of an mbox).
 
+A message over --max-message-bytes is not sent: produce names it on standard
+error (its key, or FILE:LINE of --envelopes), sends the others, and exits 1.
+An input that cannot be read (a file gone, an mbox cut off, a bad --envelopes
+line) stops produce there: the messages before it are sent, none after it.
+
 --config (or AUTHPIPE_CONFIG) reads run's YAML file: its brokers (or, for the
 embedded broker, its listen address), TLS and SASL settings, input-topic and
 max-message-bytes apply; its other keys are skipped.`,
@@ -103,7 +108,7 @@ max-message-bytes apply; its other keys are skipped.`,
 	f.StringVar(&pf.mailFrom, "mail-from", "", "MAIL FROM `address` for PATH messages (empty: null sender)")
 	f.StringSliceVar(&pf.rcptTo, "rcpt-to", nil, "RCPT TO `address`es for PATH messages")
 	f.StringVar(&pf.receivedAt, "received-at", "", "arrival `time`, RFC 3339 (default: now)")
-	f.IntVar(&pf.maxBytes, "max-message-bytes", 64<<20, "largest message read, in `bytes`")
+	f.IntVar(&pf.maxBytes, "max-message-bytes", 64<<20, "largest message sent, in `bytes`; larger ones are named on stderr and skipped (exit 1)")
 	return cmd
 }
 
@@ -113,6 +118,19 @@ type producer struct {
 	n      atomic.Int64
 	mu     sync.Mutex
 	errOne error
+	// A message over --max-message-bytes is not sent: skip names it on
+	// stderr, counts it here, and produce goes on with the next one and
+	// exits 1 at the end (a message the topic could not take, where one
+	// unreadable file stops produce: see produce).
+	stderr   io.Writer
+	maxBytes int
+	skipped  int
+}
+
+// skip reports a message over the size bound, named by key.
+func (p *producer) skip(key string, size string) {
+	p.skipped++
+	fmt.Fprintf(p.stderr, "produce: %s: %s, over --max-message-bytes (%d): not sent\n", key, size, p.maxBytes)
 }
 
 func (p *producer) send(ctx context.Context, key string, raw []byte, env stages.Envelope, queueID string) {
@@ -190,7 +208,7 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 	if err := pf.kafka.check(ctx, cl, brokers); err != nil {
 		return err
 	}
-	p := &producer{cl: cl, topic: pf.topic}
+	p := &producer{cl: cl, topic: pf.topic, stderr: stderr, maxBytes: pf.maxBytes}
 
 	// An input that cannot be read stops produce where it is. What was
 	// queued before it is flushed, and the error says how much that was,
@@ -223,6 +241,9 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 		return err
 	}
 	fmt.Fprintf(stderr, "produced %s to %s on %s\n", countMessages(p.n.Load()), pf.topic, strings.Join(brokers, ","))
+	if p.skipped > 0 {
+		return fmt.Errorf("produce: %s over --max-message-bytes not sent (named above); all others sent", countMessages(int64(p.skipped)))
+	}
 	return nil
 }
 
@@ -273,15 +294,18 @@ func produceFile(ctx context.Context, p *producer, name, key string, env stages.
 	}
 	defer f.Close()
 	br := bufio.NewReader(f)
-	head, _ := br.Peek(5)
-	if bytes.Equal(head, []byte("From ")) {
+	head, _ := br.Peek(64)
+	if pipeline.LooksLikeMbox(head) {
 		mr := pipeline.NewMboxReader(br, maxBytes)
 		for i := 1; ; i++ {
-			msg, _, err := mr.Next()
-			if errors.Is(err, io.EOF) {
+			msg, sep, err := mr.Next()
+			switch {
+			case errors.Is(err, io.EOF):
 				return nil
-			}
-			if err != nil {
+			case errors.Is(err, pipeline.ErrMessageTooLarge):
+				p.skip(key+"#"+strconv.Itoa(i), fmt.Sprintf("the message after %.80q", sep))
+				continue
+			case err != nil:
 				return fmt.Errorf("%s: %w", name, err)
 			}
 			p.send(ctx, key+"#"+strconv.Itoa(i), msg, env, "")
@@ -292,10 +316,26 @@ func produceFile(ctx context.Context, p *producer, name, key string, env stages.
 		return fmt.Errorf("read %s: %w", name, err)
 	}
 	if len(raw) > maxBytes {
-		return fmt.Errorf("read %s: larger than %d bytes", name, maxBytes)
+		p.skip(key, "the file")
+		return nil
 	}
 	p.send(ctx, key, raw, env, "")
 	return nil
+}
+
+// readBounded reads file name, or reports that it holds more than
+// maxBytes without reading further.
+func readBounded(name string, maxBytes int) (raw []byte, tooLarge bool, err error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, false, err
+	}
+	defer f.Close()
+	raw, err = io.ReadAll(io.LimitReader(f, int64(maxBytes)+1))
+	if err != nil {
+		return nil, false, err
+	}
+	return raw, len(raw) > maxBytes, nil
 }
 
 // parseEnvelopeLine reads one line of an --envelopes file: a JSON object
@@ -356,12 +396,13 @@ func produceEnvelopes(ctx context.Context, p *producer, name string, maxBytes in
 		}
 		raw := []byte(e.Raw)
 		key := e.Key
+		tooLarge := len(raw) > maxBytes
 		if e.Path != "" {
 			p := e.Path
 			if !filepath.IsAbs(p) {
 				p = filepath.Join(dir, p)
 			}
-			raw, err = os.ReadFile(p)
+			raw, tooLarge, err = readBounded(p, maxBytes)
 			if err != nil {
 				return fmt.Errorf("%s:%d: %w", name, ln, err)
 			}
@@ -369,8 +410,9 @@ func produceEnvelopes(ctx context.Context, p *producer, name string, maxBytes in
 				key = filepath.Base(p)
 			}
 		}
-		if len(raw) > maxBytes {
-			return fmt.Errorf("%s:%d: message larger than %d bytes", name, ln, maxBytes)
+		if tooLarge {
+			p.skip(fmt.Sprintf("%s:%d", name, ln), "the message")
+			continue
 		}
 		if e.QueueID != "" {
 			key = e.QueueID

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -119,6 +120,55 @@ func TestProduceStopsAtBadLine(t *testing.T) {
 	}
 	if !slices.Equal(keys, []string{"one", "two"}) {
 		t.Errorf("records %q, want one and two", keys)
+	}
+}
+
+// TestProduceSkipsTooLarge: a message over --max-message-bytes, whether a
+// file, one message of an mbox or an --envelopes line, is named on stderr
+// and not sent; every other message is sent, the rest of that mbox
+// included, and produce exits 1 saying how many were skipped.
+func TestProduceSkipsTooLarge(t *testing.T) {
+	broker, cl, ctx := produceTarget(t)
+	small := "Subject: small\n\nbody\n"
+	big := "Subject: big\n\n" + strings.Repeat("x", 5000) + "\n"
+	dir := t.TempDir()
+	files := map[string]string{
+		"in/a.eml":  small,
+		"in/b.eml":  big,
+		"in/c.mbox": "From one\n" + small + "\nFrom two\n" + big + "\nFrom three\n" + small,
+		"env.jsonl": `{"raw":` + strconv.Quote(big) + `,"key":"e1"}` + "\n" + `{"raw":` + strconv.Quote(small) + `,"key":"e2"}` + "\n" + `{"path":"in/b.eml","key":"e3"}` + "\n",
+	}
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", broker, "--max-message-bytes", "1000",
+		"--envelopes", filepath.Join(dir, "env.jsonl"), filepath.Join(dir, "in"))
+	if code != 1 || !strings.Contains(stderr, "produced 4 messages") || !strings.Contains(stderr, "4 messages over --max-message-bytes not sent") {
+		t.Fatalf("produce: exit %d, %s", code, stderr)
+	}
+	for _, skipped := range []string{"in/b.eml: the file", `in/c.mbox#2: the message after "From two"`, "env.jsonl:1: the message", "env.jsonl:3: the message"} {
+		if !strings.Contains(stderr, skipped) {
+			t.Errorf("stderr does not name %q:\n%s", skipped, stderr)
+		}
+	}
+	var keys []string
+	for len(keys) < 4 && ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			keys = append(keys, string(r.Key))
+			if string(r.Value) != small {
+				t.Errorf("record %s: %q", r.Key, r.Value)
+			}
+		})
+	}
+	slices.Sort(keys)
+	if want := []string{"e2", "in/a.eml", "in/c.mbox#1", "in/c.mbox#3"}; !slices.Equal(keys, want) {
+		t.Errorf("keys %q, want %q", keys, want)
 	}
 }
 

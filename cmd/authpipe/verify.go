@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/authpipe/authpipe/pipeline"
 	"github.com/authpipe/authpipe/stages"
 	"github.com/authpipe/authpipe/stages/dmarc"
 )
@@ -30,7 +33,8 @@ func newVerifyCmd() *cobra.Command {
 		Long: `verify reads one RFC 5322 message (CRLF or LF line endings) from FILE, or
 from standard input when FILE is "-", checks it against the SMTP envelope given
 by the flags, and prints one JSON verdict on standard output (schema:
-docs/verdict.schema.json).
+docs/verdict.schema.json). A message saved with an mbox "From " line before
+it (an mbox of one message) is read without that line.
 
 DNS goes to the system resolvers (/etc/resolv.conf), to the one server named by
 --resolver, or, with --zone, to a zone file and no network at all.
@@ -115,6 +119,19 @@ func readMessage(stdin io.Reader, name string) ([]byte, error) {
 	}
 	if len(raw) > maxInputBytes {
 		return nil, fmt.Errorf("read message %s: larger than %d bytes", name, maxInputBytes)
+	}
+	if pipeline.LooksLikeMbox(raw[:min(len(raw), 64)]) {
+		// A message saved with its mbox "From " line, as mail clients and
+		// archives keep it: the message is what follows the line.
+		mr := pipeline.NewMboxReader(bytes.NewReader(raw), 0)
+		msg, _, err := mr.Next()
+		if err != nil {
+			return nil, fmt.Errorf("read message %s: %w", name, err)
+		}
+		if _, _, err := mr.Next(); !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("read message %s: an mbox of more than one message; verify takes one ('authpipe produce' feeds a whole mbox to the pipeline)", name)
+		}
+		return msg, nil
 	}
 	return raw, nil
 }

@@ -79,6 +79,38 @@ func TestVerifyStdinAndLF(t *testing.T) {
 	}
 }
 
+// TestVerifyMboxFromLine: a message saved with its mbox "From " line is
+// verified as the message after the line (both signatures pass, so not a
+// byte was changed); an mbox of two messages is refused (exit 1); a message
+// whose first field is From in the obsolete "From :" form is a message.
+func TestVerifyMboxFromLine(t *testing.T) {
+	raw, err := os.ReadFile("../../examples/message.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append(append([]string{}, readmeArgs[:len(readmeArgs)-1]...), "-")
+	one := "From alice@example.com Mon Nov 23 09:15:00 2026\r\n" + string(raw) + "\r\n"
+	code, out, errs := authpipe(t, one, args...)
+	if code != exitOK {
+		t.Fatalf("one-message mbox: exit %d, stderr: %s", code, errs)
+	}
+	if v := decodeVerdict(t, out); v.Message != nil || len(v.DKIM) != 2 || v.DKIM[0].Result != "pass" || v.DKIM[1].Result != "pass" || v.DMARC.Result != "pass" {
+		t.Errorf("one-message mbox: message %+v, dkim %+v, dmarc %+v", v.Message, v.DKIM, v.DMARC)
+	}
+	code, _, errs = authpipe(t, one+one, args...)
+	if code != exitFailure || !strings.Contains(errs, "more than one message") {
+		t.Errorf("two-message mbox: exit %d, stderr: %s", code, errs)
+	}
+	obs := "From : alice@example.com\r\nSubject: x\r\n\r\nbody\r\n"
+	code, out, errs = authpipe(t, obs, args...)
+	if code != exitOK {
+		t.Fatalf("obsolete From field: exit %d, stderr: %s", code, errs)
+	}
+	if v := decodeVerdict(t, out); v.Message != nil || len(v.HeaderFrom) != 1 || v.HeaderFrom[0] != "example.com" {
+		t.Errorf("obsolete From field: message %+v, header_from %q", v.Message, v.HeaderFrom)
+	}
+}
+
 func TestVerifySPFFailAndAt(t *testing.T) {
 	args := []string{"verify", "--zone", "../../examples/example.zone", "--ip", "203.0.113.9",
 		"--mail-from", "alice@example.com", "--at", "2026-05-01T12:00:00Z", "../../examples/message.eml"}
