@@ -16,6 +16,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"mime"
 	"mime/multipart"
@@ -26,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -355,7 +357,7 @@ tlsrpt.gamma.example. 300 IN A 127.0.0.1
 	out, code := runCmd(t, "report", "list", "--data-dir", dataDir, "--json")
 	var listed struct {
 		Windows []any
-		Outbox  []reportgen.OutboxItem
+		Outbox  []map[string]any
 	}
 	if code != 0 || json.Unmarshal([]byte(out), &listed) != nil {
 		t.Fatalf("report list: %d %s", code, out)
@@ -363,9 +365,27 @@ tlsrpt.gamma.example. 300 IN A 127.0.0.1
 	if len(listed.Windows) != 0 || len(listed.Outbox) != len(cases)+2*len(wantTLS) {
 		t.Fatalf("after delivery: %d windows, %d outbox items", len(listed.Windows), len(listed.Outbox))
 	}
+	// An outbox item is listed in the windows' words: kind by name, day as
+	// YYYY-MM-DD, the file by its name.
+	wantKeys := []string{"Attempts", "Created", "Day", "Dest", "Domain", "File", "ID", "Kind", "NextAttempt", "Part", "Parts", "ReportID", "SentAt", "State"}
 	for _, it := range listed.Outbox {
-		if it.State != reportgen.ItemSent || it.Attempts != 1 {
-			t.Fatalf("outbox item %s: %s after %d attempts", it.Meta.FileName, it.State, it.Attempts)
+		keys := slices.Sorted(maps.Keys(it))
+		if !slices.Equal(keys, wantKeys) {
+			t.Fatalf("outbox item keys %q, want %q", keys, wantKeys)
+		}
+		if it["State"] != reportgen.ItemSent || it["Attempts"] != 1.0 {
+			t.Fatalf("outbox item %s: %s after %v attempts", it["File"], it["State"], it["Attempts"])
+		}
+		file, _ := it["File"].(string)
+		day, _ := it["Day"].(string)
+		_, dayErr := time.Parse(time.DateOnly, day)
+		switch {
+		case dayErr != nil,
+			it["Kind"] == "dmarc" && !strings.HasSuffix(file, ".xml.gz"),
+			it["Kind"] == "tlsrpt" && !strings.HasSuffix(file, ".json.gz"),
+			it["Kind"] != "dmarc" && it["Kind"] != "tlsrpt",
+			!strings.Contains(file, "!"+it["Domain"].(string)+"!"):
+			t.Fatalf("outbox item %v", it)
 		}
 	}
 }

@@ -144,7 +144,7 @@ func newReportListCmd() *cobra.Command {
 			if len(l.Outbox) > 0 {
 				fmt.Fprintln(tw, "\nOUTBOX\tDEST\tFILE\tSTATE\tATTEMPTS\tNEXT\tERROR")
 				for _, it := range l.Outbox {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", it.ID[:8], it.Dest, it.Meta.FileName, it.State, it.Attempts, it.NextAttempt.Format(time.RFC3339), it.LastError)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", it.ID[:min(8, len(it.ID))], it.Dest, it.File, it.State, it.Attempts, it.NextAttempt.Format(time.RFC3339), it.LastError)
 				}
 			}
 			return tw.Flush()

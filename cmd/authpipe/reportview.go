@@ -83,8 +83,8 @@ func removeRunInfo(dir string) { _ = os.Remove(filepath.Join(dir, runInfoFile)) 
 // reportList is what `report list` prints (as JSON with --json) and what
 // /reports serves.
 type reportList struct {
-	Windows []listedWindow         `json:"windows"`
-	Outbox  []reportgen.OutboxItem `json:"outbox"`
+	Windows []listedWindow `json:"windows"`
+	Outbox  []listedItem   `json:"outbox"`
 }
 
 // listedWindow is a window in reportList. Its field names are the JSON
@@ -96,6 +96,27 @@ type listedWindow struct {
 	ClosesAt                 time.Time
 	BuildFailures            uint64 `json:",omitempty"`
 	BuildError               string `json:",omitempty"`
+}
+
+// listedItem is an outbox item in reportList, in the words and key style
+// of listedWindow: the kind as "dmarc" or "tlsrpt", the day as YYYY-MM-DD,
+// the file by its name. Until session 23 the list served
+// reportgen.OutboxItem as the store keeps it (kind 0 or 1, the day as a
+// day number, a "file" that was always null).
+type listedItem struct {
+	ID, Kind, Domain, Day string
+	Dest                  string
+	File                  string // the report file's name
+	ReportID              string
+	Part, Parts           int
+	State                 string
+	Attempts              int
+	Created, NextAttempt  time.Time
+	SentAt                time.Time `json:",omitzero"`
+	LastError             string    `json:",omitempty"`
+	// Remote: another reporter sent (or failed) the item, and this one
+	// learnt it from the state topic.
+	Remote bool `json:",omitempty"`
 }
 
 // listReports reads the windows (DMARC, then TLS) and the outbox items
@@ -118,9 +139,14 @@ func listReports(s *reportgen.Store) (reportList, error) {
 	if err != nil {
 		return l, err
 	}
-	l.Outbox = items
-	if l.Outbox == nil {
-		l.Outbox = []reportgen.OutboxItem{}
+	l.Outbox = make([]listedItem, 0, len(items))
+	for _, it := range items {
+		l.Outbox = append(l.Outbox, listedItem{
+			ID: it.ID, Kind: it.Kind.String(), Domain: it.Window.Domain, Day: reportgen.DayString(it.Window.Day),
+			Dest: it.Dest, File: it.Meta.FileName, ReportID: it.Meta.ReportID, Part: it.Meta.Part, Parts: it.Meta.Parts,
+			State: it.State, Attempts: it.Attempts, Created: it.Created, NextAttempt: it.NextAttempt,
+			SentAt: it.SentAt, LastError: it.LastError, Remote: it.Remote,
+		})
 	}
 	return l, nil
 }
