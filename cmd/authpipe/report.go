@@ -180,27 +180,40 @@ func buildColumn(w listedWindow) string {
 func newReportShowCmd() *cobra.Command {
 	var rf reportFlags
 	var id reportIdentityFlags
+	var from string
 	cmd := &cobra.Command{
 		Use:   "show",
 		Short: "Print the report of one window (XML or TLSRPT JSON, uncompressed)",
-		Args:  cobra.NoArgs,
+		Long: `show prints the report of one window as its receiver would read it: the
+XML (RFC 9990, or RFC 7489 with --rfc7489) or TLSRPT JSON, uncompressed, the
+parts of a split report one after the other.
+
+The reporting identity (--org, --email or --from, --receiver, --rfc7489)
+comes from the flags, the environment or --config, as for run. Read through
+a running run, an identity setting not given is run's own, so the report
+shown is the one run would send.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			kind, w, err := rf.window()
 			if err != nil {
 				return err
+			}
+			if id.email == "" {
+				id.email = from
 			}
 			v, err := rf.view()
 			if err != nil {
 				return err
 			}
 			defer v.Close()
-			return v.show(cmd.Context(), kind, w, id, cmd.OutOrStdout())
+			return v.show(cmd.Context(), kind, w, id, cmd.Flags().Changed, cmd.OutOrStdout())
 		},
 	}
 	rf.registerCommon(cmd)
 	rf.registerWindow(cmd)
 	rf.registerView(cmd)
 	id.register(cmd.Flags())
+	cmd.Flags().StringVar(&from, "from", "", "From `address` of report mail (run's --from): the reporting contact when --email is not given")
 	return cmd
 }
 

@@ -217,13 +217,14 @@ func writeReport(gz []*bytes.Buffer, out io.Writer) error {
 // reportViewHandler serves the report store of a running `run`
 // read-only: GET /reports is reportList as JSON, GET /reports/show the
 // report of one window (query: kind, domain, day, and the identity: org,
-// email, receiver, rfc7489). store is nil until the store is open and
+// email, receiver, rfc7489, each defaulting to run's own, id, so that the
+// report shown is the one run would send). store is nil until the store is open and
 // again once it is closing (503). building bounds the reports built at
 // once (its capacity; run gives 1): a large domain's takes as long and as
 // much memory as its daily build, and the views are not to load the
 // service more than a reporter round does. A request waiting for its turn
 // ends with its context.
-func reportViewHandler(store *atomic.Pointer[reportgen.Store], building chan struct{}) http.Handler {
+func reportViewHandler(store *atomic.Pointer[reportgen.Store], building chan struct{}, id reportIdentityFlags) http.Handler {
 	mux := http.NewServeMux()
 	open := func(w http.ResponseWriter) *reportgen.Store {
 		s := store.Load()
@@ -258,7 +259,12 @@ func reportViewHandler(store *atomic.Pointer[reportgen.Store], building chan str
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		id := reportIdentityFlags{org: q.Get("org"), email: q.Get("email"), receiver: q.Get("receiver")}
+		id := id
+		for name, v := range map[string]*string{"org": &id.org, "email": &id.email, "receiver": &id.receiver} {
+			if q.Has(name) {
+				*v = q.Get(name)
+			}
+		}
 		if id.org == "" {
 			id.org = defaultReportOrg
 		}
@@ -371,12 +377,26 @@ func (v *reportView) list(ctx context.Context) (reportList, error) {
 }
 
 // show writes the report of one window, from the store or the running run.
-func (v *reportView) show(ctx context.Context, kind reportgen.Kind, w reportgen.Window, id reportIdentityFlags, out io.Writer) error {
+// Through a run, only the identity settings given (set reports which: a
+// flag, the environment or --config) are sent; run fills the others with
+// its own, so that the report shown is the one it would send.
+func (v *reportView) show(ctx context.Context, kind reportgen.Kind, w reportgen.Window, id reportIdentityFlags, set func(name string) bool, out io.Writer) error {
 	if v.store != nil {
 		return showReport(v.store, kind, w, id, out)
 	}
-	q := url.Values{"kind": {kind.String()}, "domain": {w.Domain}, "day": {reportgen.DayString(w.Day)},
-		"org": {id.org}, "email": {id.email}, "receiver": {id.receiver}, "rfc7489": {strconv.FormatBool(id.rfc7489)}}
+	q := url.Values{"kind": {kind.String()}, "domain": {w.Domain}, "day": {reportgen.DayString(w.Day)}}
+	if set("org") {
+		q.Set("org", id.org)
+	}
+	if set("email") || set("from") {
+		q.Set("email", id.email)
+	}
+	if set("receiver") {
+		q.Set("receiver", id.receiver)
+	}
+	if set("rfc7489") {
+		q.Set("rfc7489", strconv.FormatBool(id.rfc7489))
+	}
 	body, err := v.get(ctx, "/reports/show", q)
 	if err != nil {
 		return err

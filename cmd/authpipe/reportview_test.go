@@ -36,7 +36,9 @@ func TestReportViewsWhileHeld(t *testing.T) {
 	}
 	var views atomic.Pointer[reportgen.Store]
 	building := make(chan struct{}, 1)
-	srv := httptest.NewServer(reportViewHandler(&views, building))
+	// run's own reporting identity, which show gets for what it does not set.
+	runID := reportIdentityFlags{org: "Run Org", email: "dmarc@run.example", receiver: "run.example"}
+	srv := httptest.NewServer(reportViewHandler(&views, building, runID))
 	defer srv.Close()
 
 	// The views answer 503 until the store is set, and 400 for a
@@ -83,14 +85,26 @@ func TestReportViewsWhileHeld(t *testing.T) {
 			t.Fatalf("list %v (%d): %s", where, code, out)
 		}
 		t.Logf("list %v through the views: %v", where, time.Since(start).Round(time.Millisecond))
-		out, code = runCmd(t, append([]string{"report", "show", "--domain", "example.com", "--day", "2026-11-20", "--receiver", "r.example", "--org", "R Org"}, where...)...)
-		var fb struct {
-			Org   string `xml:"report_metadata>org_name"`
-			Email string `xml:"report_metadata>email"`
-			Count int    `xml:"record>row>count"`
-		}
-		if code != 0 || xml.Unmarshal([]byte(out), &fb) != nil || fb.Count != 10 || fb.Org != "R Org" || fb.Email != "postmaster@r.example" {
-			t.Fatalf("show %v (%d): %+v\n%s", where, code, fb, out)
+		// The identity: run's own but for what show sets.
+		for _, tc := range []struct {
+			flags      []string
+			org, email string
+		}{
+			{nil, "Run Org", "dmarc@run.example"},
+			{[]string{"--receiver", "r.example", "--org", "R Org"}, "R Org", "dmarc@run.example"},
+			{[]string{"--from", "me@r.example"}, "Run Org", "me@r.example"},
+			{[]string{"--from", "me@r.example", "--email", "postmaster@r.example"}, "Run Org", "postmaster@r.example"},
+		} {
+			args := append(append([]string{"report", "show", "--domain", "example.com", "--day", "2026-11-20"}, tc.flags...), where...)
+			out, code = runCmd(t, args...)
+			var fb struct {
+				Org   string `xml:"report_metadata>org_name"`
+				Email string `xml:"report_metadata>email"`
+				Count int    `xml:"record>row>count"`
+			}
+			if code != 0 || xml.Unmarshal([]byte(out), &fb) != nil || fb.Count != 10 || fb.Org != tc.org || fb.Email != tc.email {
+				t.Fatalf("show %v %v (%d): %+v, want org %q, email %q\n%s", where, tc.flags, code, fb, tc.org, tc.email, out)
+			}
 		}
 		out, code = runCmd(t, append([]string{"report", "show", "--domain", "example.com", "--day", "2026-11-21"}, where...)...)
 		if code != exitFailure || !strings.Contains(out, "404") || !strings.Contains(out, "no such window") {

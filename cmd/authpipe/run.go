@@ -403,7 +403,11 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) (err error
 		paths := "/metrics /healthz /readyz"
 		if rf.role != "verify" && rf.httpReports {
 			views = new(atomic.Pointer[reportgen.Store])
-			reports = reportViewHandler(views, make(chan struct{}, 1))
+			id := rf.report.reportIdentityFlags
+			if id.email == "" {
+				id.email = rf.report.from
+			}
+			reports = reportViewHandler(views, make(chan struct{}, 1), id)
 			paths += " /reports /reports/show"
 		}
 		srv, err := serveHTTP(rf.httpAddr, reg, ready, reports)
