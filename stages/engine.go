@@ -24,6 +24,7 @@ import (
 	"github.com/authpipe/authpipe/stages/arc"
 	"github.com/authpipe/authpipe/stages/dkim"
 	"github.com/authpipe/authpipe/stages/dmarc"
+	"github.com/authpipe/authpipe/stages/internal/judgetime"
 	"github.com/authpipe/authpipe/stages/message"
 	"github.com/authpipe/authpipe/stages/spf"
 	"github.com/authpipe/authpipe/stages/verdict"
@@ -71,14 +72,24 @@ type Engine struct {
 	helpers    *helpers
 	pre        prefetcher // res, if it can ask without waiting: for prefetch
 	keyEntries int        // the DKIM key cache's bound (WithKeyCacheEntries)
+	// judgeAtArrival: see WithJudgeAtArrival.
+	judgeAtArrival bool
 }
 
 // Option configures an Engine.
 type Option func(*Engine)
 
+// WithJudgeAtArrival judges each message whose envelope has a ReceivedAt as
+// of that time instead of the engine's clock: DKIM and ARC x= and t=, SPF's
+// %{t}. It is for re-scoring archived mail through the pipeline, where
+// every message arrived at its own time; the verdict's evaluated_at stays
+// the engine's clock, and caches keep theirs.
+func WithJudgeAtArrival(on bool) Option { return func(e *Engine) { e.judgeAtArrival = on } }
+
 // WithClock sets the clock checks are judged against (DKIM x= and t=, SPF's
-// %{t}). Re-scoring archived mail passes the arrival time. Caches keep
-// using the wall clock.
+// %{t}). Re-scoring one archived message passes its arrival time (verify
+// --at); a stream of them, each with its own, uses WithJudgeAtArrival.
+// Caches keep using the wall clock.
 func WithClock(now func() time.Time) Option { return func(e *Engine) { e.now = now } }
 
 // WithAuthServID sets the authserv-id of Authentication-Results (RFC 8601
@@ -195,6 +206,9 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 // bug that panics reaches the caller's goroutine, whichever check it was
 // in (PanicError).
 func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.Verdict {
+	if e.judgeAtArrival && !env.ReceivedAt.IsZero() {
+		ctx = judgetime.With(ctx, env.ReceivedAt)
+	}
 	budget := withBudget(ctx, e.dnsBudget)
 	defer budget.cancel()
 	ctx = budget

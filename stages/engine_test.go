@@ -483,3 +483,55 @@ func TestParseClientIP(t *testing.T) {
 		}
 	}
 }
+
+// TestJudgeAtArrival: with WithJudgeAtArrival, a message is judged as of
+// its envelope's ReceivedAt (re-scoring an archive): a DKIM signature that
+// had expired by the engine's clock passes, and SPF's %{t} in an exp=
+// explanation is the arrival time; without ReceivedAt, or without the
+// option, the engine's clock judges. evaluated_at is the engine's clock in
+// every case.
+func TestJudgeAtArrival(t *testing.T) {
+	w := newWorld(t)
+	w.srv.AddRR(dnstest.TXT("old.example", "v=spf1 -all exp=why.old.example", 3600))
+	w.srv.AddRR(dnstest.TXT("why.old.example", "refused at %{t}", 3600))
+	arrived := time.Now().Truncate(time.Second)
+	var signed bytes.Buffer
+	err := msgdkim.Sign(&signed, bytes.NewReader(newMessage("alice@example.com", 1000)), &msgdkim.SignOptions{
+		Domain: "example.com", Selector: "ed", Signer: w.edKey, Expiration: arrived.Add(time.Hour),
+		HeaderKeys: []string{"From", "To", "Subject", "Date", "Message-ID"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	later := arrived.Add(30 * 24 * time.Hour) // the archive is re-scored a month on
+	clock := stages.WithClock(func() time.Time { return later })
+	env := stages.Envelope{ClientIP: goodIP, HELO: "mail.example.com", MailFrom: "bounce@old.example", ReceivedAt: arrived.Add(time.Minute)}
+	for _, tc := range []struct {
+		name     string
+		opts     []stages.Option
+		env      stages.Envelope
+		judgedAt time.Time
+	}{
+		{"arrival", []stages.Option{clock, stages.WithJudgeAtArrival(true)}, env, env.ReceivedAt},
+		{"no option", []stages.Option{clock}, env, later},
+		{"no arrival time", []stages.Option{clock, stages.WithJudgeAtArrival(true)}, stages.Envelope{ClientIP: env.ClientIP, HELO: env.HELO, MailFrom: env.MailFrom}, later},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v := stages.New(w.res, append(tc.opts, stages.WithAuthServID("mx.test"))...).Verify(context.Background(), signed.Bytes(), tc.env)
+			check(t, v)
+			wantDKIM := "pass"
+			if tc.judgedAt.Equal(later) {
+				wantDKIM = "permerror" // expired an hour after it was signed
+			}
+			if len(v.DKIM) != 1 || v.DKIM[0].Result != wantDKIM {
+				t.Errorf("dkim %+v, want %s", v.DKIM, wantDKIM)
+			}
+			if want := fmt.Sprintf("refused at %d", tc.judgedAt.Unix()); v.SPF.Result != "fail" || v.SPF.Explanation != want {
+				t.Errorf("spf %+v, want the explanation %q", v.SPF, want)
+			}
+			if !v.EvaluatedAt.Equal(later) {
+				t.Errorf("evaluated_at %v, want the engine's clock %v", v.EvaluatedAt, later)
+			}
+		})
+	}
+}

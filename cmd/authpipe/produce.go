@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/mail"
 	"os"
 	"path/filepath"
 	"slices"
@@ -107,7 +108,7 @@ max-message-bytes apply; its other keys are skipped.`,
 	f.StringVar(&pf.helo, "helo", "", "HELO `name` for PATH messages")
 	f.StringVar(&pf.mailFrom, "mail-from", "", "MAIL FROM `address` for PATH messages (empty: null sender)")
 	f.StringSliceVar(&pf.rcptTo, "rcpt-to", nil, "RCPT TO `address`es for PATH messages")
-	f.StringVar(&pf.receivedAt, "received-at", "", "arrival `time`, RFC 3339 (default: now)")
+	f.StringVar(&pf.receivedAt, "received-at", "", "arrival `time` of PATH messages, RFC 3339, or message: each message's own (its topmost Received field's date, else its mbox From line's, else now), for re-scoring an archive (default: now)")
 	f.IntVar(&pf.maxBytes, "max-message-bytes", 64<<20, "largest message sent, in `bytes`; larger ones are named on stderr and skipped (exit 1)")
 	return cmd
 }
@@ -125,6 +126,8 @@ type producer struct {
 	stderr   io.Writer
 	maxBytes int
 	skipped  int
+	// arrivalFromMessage: --received-at message (see messageArrival).
+	arrivalFromMessage bool
 }
 
 // skip reports a message over the size bound, named by key.
@@ -174,10 +177,11 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 		}
 		env.ClientIP = ip
 	}
-	if pf.receivedAt != "" {
+	fromMessage := pf.receivedAt == "message"
+	if pf.receivedAt != "" && !fromMessage {
 		t, err := time.Parse(time.RFC3339, pf.receivedAt)
 		if err != nil {
-			return usagef("--received-at: want RFC 3339: %v", err)
+			return usagef("--received-at: want RFC 3339 or message: %v", err)
 		}
 		env.ReceivedAt = t
 	}
@@ -208,7 +212,7 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 	if err := pf.kafka.check(ctx, cl, brokers); err != nil {
 		return err
 	}
-	p := &producer{cl: cl, topic: pf.topic, stderr: stderr, maxBytes: pf.maxBytes}
+	p := &producer{cl: cl, topic: pf.topic, stderr: stderr, maxBytes: pf.maxBytes, arrivalFromMessage: fromMessage}
 
 	// An input that cannot be read stops produce where it is. What was
 	// queued before it is flushed, and the error says how much that was,
@@ -308,7 +312,7 @@ func produceFile(ctx context.Context, p *producer, name, key string, env stages.
 			case err != nil:
 				return fmt.Errorf("%s: %w", name, err)
 			}
-			p.send(ctx, key+"#"+strconv.Itoa(i), msg, env, "")
+			p.send(ctx, key+"#"+strconv.Itoa(i), msg, p.arrival(env, msg, sep), "")
 		}
 	}
 	raw, err := io.ReadAll(io.LimitReader(br, int64(maxBytes)+1))
@@ -319,8 +323,46 @@ func produceFile(ctx context.Context, p *producer, name, key string, env stages.
 		p.skip(key, "the file")
 		return nil
 	}
-	p.send(ctx, key, raw, env, "")
+	p.send(ctx, key, raw, p.arrival(env, raw, ""), "")
 	return nil
+}
+
+// arrival is env with, under --received-at message, the message's own
+// arrival time (messageArrival).
+func (p *producer) arrival(env stages.Envelope, raw []byte, mboxFrom string) stages.Envelope {
+	if p.arrivalFromMessage {
+		if t, ok := messageArrival(raw, mboxFrom); ok {
+			env.ReceivedAt = t
+		}
+	}
+	return env
+}
+
+// messageArrival is when an archived message arrived: the date of its
+// topmost Received field (RFC 5321 4.4, the last hop's, after the last
+// ";"), else the date of its mbox "From " line (RFC 4155: asctime, taken as
+// UTC). ok is false when neither gives one.
+func messageArrival(raw []byte, mboxFrom string) (time.Time, bool) {
+	if m, err := mail.ReadMessage(bytes.NewReader(raw)); err == nil {
+		if rcvd := m.Header["Received"]; len(rcvd) > 0 {
+			if i := strings.LastIndexByte(rcvd[0], ';'); i >= 0 {
+				if t, err := mail.ParseDate(strings.TrimSpace(rcvd[0][i+1:])); err == nil {
+					return t.UTC(), true
+				}
+			}
+		}
+	}
+	// "From sender Mon Nov 23 09:15:00 2026": the date follows the sender.
+	f := strings.Fields(strings.TrimPrefix(mboxFrom, "From "))
+	if len(f) >= 6 {
+		date := strings.Join(f[1:], " ")
+		for _, layout := range []string{time.ANSIC, "Mon Jan 2 15:04:05 2006 -0700", "Mon Jan 2 15:04:05 -0700 2006", "Mon Jan 2 15:04:05 MST 2006"} {
+			if t, err := time.Parse(layout, date); err == nil {
+				return t.UTC(), true
+			}
+		}
+	}
+	return time.Time{}, false
 }
 
 // readBounded reads file name, or reports that it holds more than

@@ -172,6 +172,57 @@ func TestProduceSkipsTooLarge(t *testing.T) {
 	}
 }
 
+// TestProduceReceivedAtMessage: --received-at message gives each message
+// its own arrival time, for re-scoring an archive: its topmost Received
+// field's date, else its mbox From line's, else now.
+func TestProduceReceivedAtMessage(t *testing.T) {
+	broker, cl, ctx := produceTarget(t)
+	dir := t.TempDir()
+	rcvd := "Received: from relay.example by mx.example.net; Tue, 3 Mar 2026 10:00:00 +0100\n" +
+		"Received: from origin.example by relay.example; Tue, 3 Mar 2026 08:00:00 +0000\nSubject: a\n\nbody\n"
+	files := map[string]string{
+		"in/a.eml":  rcvd,
+		"in/b.mbox": "From alice@example.com Sun Feb  1 12:00:00 2026\nSubject: b1\n\nbody\n\nFrom bob@example.com Mon Feb  2 13:30:00 2026\n" + rcvd,
+		"in/c.eml":  "Subject: c\n\nno date to go by\n",
+	}
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := time.Now().Add(-time.Second)
+	code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", broker, "--received-at", "message", filepath.Join(dir, "in"))
+	if code != 0 || !strings.Contains(stderr, "produced 4 messages") {
+		t.Fatalf("produce: exit %d, %s", code, stderr)
+	}
+	got := map[string]time.Time{}
+	for len(got) < 4 && ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			in, err := pipeline.Decode(r, 0)
+			if err != nil {
+				t.Fatalf("record %s: %v", r.Key, err)
+			}
+			got[string(r.Key)] = in.Envelope.ReceivedAt
+		})
+	}
+	topmost := time.Date(2026, 3, 3, 9, 0, 0, 0, time.UTC) // the first Received field's, in UTC
+	for key, want := range map[string]time.Time{"in/a.eml": topmost, "in/b.mbox#1": time.Date(2026, 2, 1, 12, 0, 0, 0, time.UTC), "in/b.mbox#2": topmost} {
+		if !got[key].Equal(want) {
+			t.Errorf("%s: received at %v, want %v", key, got[key], want)
+		}
+	}
+	if c := got["in/c.eml"]; c.Before(before) || c.After(time.Now()) {
+		t.Errorf("in/c.eml (no date): received at %v, want now", c)
+	}
+	if code, _, stderr := cli(t, 5*time.Second, "produce", "--brokers", broker, "--received-at", "yesterday", filepath.Join(dir, "in")); code != exitUsage || !strings.Contains(stderr, "RFC 3339 or message") {
+		t.Errorf("--received-at yesterday: exit %d, %s", code, stderr)
+	}
+}
+
 // FuzzParseEnvelopeLine: a line of an --envelopes file either fails with
 // an error or gives a message by exactly one of path and raw, and an
 // envelope that the pipeline decodes from the record headers produce

@@ -47,7 +47,8 @@ type runFlags struct {
 	httpReports  bool
 	logLevel     string
 	logFormat    string
-	authservID   string
+	engine       engineFlags
+	judgeAt      string
 	keyCache     int
 	perCore      int
 	delivery     string
@@ -144,7 +145,8 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	f.StringVar(&rf.logLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	f.StringVar(&rf.logFormat, "log-format", "auto", "log `format`: json, text, or auto (text when standard error is a terminal, json otherwise)")
 	f.StringVar(&rf.kafkaLogLvl, "kafka-log-level", "warn", "`level` of the Kafka client's own log lines")
-	f.StringVar(&rf.authservID, "authserv-id", "authpipe", "authserv-id for Authentication-Results (RFC 8601)")
+	rf.engine.register(f)
+	f.StringVar(&rf.judgeAt, "judge-at", "now", "`time` each message is judged as of (DKIM and ARC x= expiry, SPF %{t}): now, or arrival (its smtp.received-at, for re-scoring archived mail; now when a record has none)")
 	f.IntVar(&rf.keyCache, "dkim-key-cache", dkim.DefaultKeyCacheEntries, "DKIM `keys` kept parsed for their TTL (about 3.4 KB each; part of the memory bound)")
 	f.StringVar(&rf.cfg.InputTopic, "input-topic", d.InputTopic, "`topic` of raw messages")
 	f.StringVar(&rf.cfg.VerdictTopic, "verdict-topic", d.VerdictTopic, "`topic` for JSON verdicts")
@@ -257,8 +259,18 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) (err error
 	if rf.reportInterval <= 0 {
 		return usagef("--report-interval must be positive, got %s", rf.reportInterval)
 	}
+	if rf.judgeAt != "now" && rf.judgeAt != "arrival" {
+		return usagef("--judge-at: want now or arrival, got %q", rf.judgeAt)
+	}
 	if rf.keyCache < 1 || rf.keyCache > maxKeyCache {
 		return usagef("--dkim-key-cache must be between 1 and %d, got %d", maxKeyCache, rf.keyCache)
+	}
+	engineOpts, err := rf.engine.options()
+	if err != nil {
+		return err
+	}
+	if rf.role != "report" {
+		log.Info("verification", "dmarc_mode", rf.engine.dmarcMode, "judge_at", rf.judgeAt, "overrides", rf.engine.describe())
 	}
 	rf.kafka.log = log
 	kopts, err := rf.kafka.opts()
@@ -297,8 +309,8 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) (err error
 			}
 		}
 	}
-	engine := stages.New(res, stages.WithAuthServID(rf.authservID), stages.WithDNSBudget(rf.dns.budget),
-		stages.WithKeyCacheEntries(rf.keyCache))
+	engine := stages.New(res, append(engineOpts, stages.WithDNSBudget(rf.dns.budget),
+		stages.WithKeyCacheEntries(rf.keyCache), stages.WithJudgeAtArrival(rf.judgeAt == "arrival"))...)
 
 	metrics, err := pipeline.NewMetrics(reg)
 	if err != nil {

@@ -554,3 +554,74 @@ func checkDocumentedMetrics(t *testing.T, httpAddr, until string) {
 		t.Fatalf("only %d metric names found in the docs", checked)
 	}
 }
+
+// TestRunVerificationOptions: run's engine takes the DMARC mode, the local
+// policy overrides and --judge-at from its configuration, as verify's does:
+// under rfc7489 the verdicts say so, a denied client's mail is rejected
+// (local_policy) though it passes DMARC, and with --judge-at arrival an
+// archived message is judged as of its smtp.received-at (SPF's %{t} in an
+// exp= text is that time).
+func TestRunVerificationOptions(t *testing.T) {
+	addrs, dataDir := freeAddrs(t, 2), t.TempDir()
+	addr, httpAddr := addrs[0], addrs[1]
+	example, err := os.ReadFile("../../examples/example.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	zone := filepath.Join(dir, "zone")
+	extra := "\nold.example. 300 IN TXT \"v=spf1 -all exp=why.old.example\"\nwhy.old.example. 300 IN TXT \"refused at %{t}\"\n"
+	if err := os.WriteFile(zone, append(example, extra...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "authpipe.yaml")
+	yaml := fmt.Sprintf("listen: %s\ndata-dir: %s\nzone: %s\nbatch-interval: 50ms\n"+
+		"dmarc-mode: rfc7489\njudge-at: arrival\ndmarc-deny-ip: [198.51.100.99]\ntrusted-arc-sealer: [lists.example]\n", addr, dataDir, zone)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stop, logs := startRun(t, httpAddr, "--config", cfg)
+	if !strings.Contains(logs.String(), `"msg":"verification","dmarc_mode":"rfc7489","judge_at":"arrival","overrides":"trusted ARC sealers 1, denied IPs 1"`) {
+		t.Errorf("no verification settings in the log:\n%s", logs)
+	}
+	msg, err := filepath.Abs("../../examples/message.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	envelopes := filepath.Join(dir, "env.jsonl")
+	lines := fmt.Sprintf(`{"path":%q,"client_ip":"192.0.2.10","mail_from":"alice@example.com","key":"ok"}
+{"path":%q,"client_ip":"198.51.100.99","mail_from":"alice@example.com","key":"denied"}
+{"raw":"From: a@old.example\r\nSubject: x\r\n\r\nbody\r\n","client_ip":"192.0.2.10","mail_from":"bob@old.example","received_at":"2020-01-01T00:00:00Z","key":"archived"}
+`, msg, msg)
+	if err := os.WriteFile(envelopes, []byte(lines), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", addr, "--envelopes", envelopes); code != 0 {
+		t.Fatalf("produce: %s", stderr)
+	}
+	code, out, stderr := cli(t, 30*time.Second, "tail", "--brokers", addr, "--from-beginning", "--count", "3", "--format", "json")
+	if code != 0 {
+		t.Fatalf("tail: %d %s", code, stderr)
+	}
+	verdicts := map[string]verdict.Verdict{}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var v verdict.Verdict
+		if err := json.Unmarshal([]byte(line), &v); err != nil {
+			t.Fatalf("verdict %q: %v", line, err)
+		}
+		verdicts[v.Envelope.ClientIP+" "+v.Envelope.MailFrom] = v
+	}
+	if v := verdicts["192.0.2.10 alice@example.com"]; v.DMARC == nil || v.DMARC.Mode != "rfc7489" || v.DMARC.Result != "pass" || v.DMARC.Disposition != "none" {
+		t.Errorf("ok: dmarc %+v", v.DMARC)
+	}
+	if v := verdicts["198.51.100.99 alice@example.com"]; v.DMARC == nil || v.DMARC.Result != "pass" || v.DMARC.Disposition != "reject" ||
+		len(v.DMARC.Reasons) != 1 || v.DMARC.Reasons[0].Type != "local_policy" {
+		t.Errorf("denied: dmarc %+v", v.DMARC)
+	}
+	if v := verdicts["192.0.2.10 bob@old.example"]; v.SPF == nil || v.SPF.Result != "fail" || v.SPF.Explanation != "refused at 1577836800" {
+		t.Errorf("archived: spf %+v", v.SPF)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("run exit %d:\n%s", code, logs)
+	}
+}

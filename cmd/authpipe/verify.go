@@ -13,7 +13,6 @@ import (
 
 	"github.com/authpipe/authpipe/pipeline"
 	"github.com/authpipe/authpipe/stages"
-	"github.com/authpipe/authpipe/stages/dmarc"
 )
 
 // maxInputBytes bounds what verify reads; the engine's own message-size
@@ -22,10 +21,10 @@ const maxInputBytes = 256 << 20
 
 func newVerifyCmd() *cobra.Command {
 	var (
-		ip, helo, mailFrom, at, authservID string
-		dmarcMode                          string
-		rcptTo                             []string
-		dns                                dnsFlags
+		ip, helo, mailFrom, at string
+		rcptTo                 []string
+		dns                    dnsFlags
+		eng                    engineFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "verify [flags] FILE|-",
@@ -67,9 +66,9 @@ message cannot be read; 2 on a usage error.`,
 				now = func() time.Time { return t }
 				env.ReceivedAt = t
 			}
-			mode := dmarc.Mode(dmarcMode)
-			if mode != dmarc.ModeRFC9989 && mode != dmarc.ModeRFC7489 {
-				return usagef("--dmarc-mode: want rfc9989 or rfc7489, got %q", dmarcMode)
+			opts, err := eng.options()
+			if err != nil {
+				return err
 			}
 			res, err := dns.resolver(nil, 0)
 			if err != nil {
@@ -79,8 +78,7 @@ message cannot be read; 2 on a usage error.`,
 			if err != nil {
 				return err
 			}
-			engine := stages.New(res, stages.WithClock(now), stages.WithAuthServID(authservID),
-				stages.WithDNSBudget(dns.budget), stages.WithDMARC(mode, dmarc.Overrides{}, nil))
+			engine := stages.New(res, append(opts, stages.WithClock(now), stages.WithDNSBudget(dns.budget))...)
 			v := engine.Verify(cmd.Context(), raw, env)
 			enc := json.NewEncoder(cmd.OutOrStdout())
 			enc.SetIndent("", "  ")
@@ -97,8 +95,7 @@ message cannot be read; 2 on a usage error.`,
 	f.StringVar(&mailFrom, "mail-from", "", "SMTP MAIL FROM `address`; empty means the null sender <>")
 	f.StringSliceVar(&rcptTo, "rcpt-to", nil, "SMTP RCPT TO `address`es (repeatable)")
 	f.StringVar(&at, "at", "", "judge the message as of this RFC 3339 `time` (signature expiry, SPF %{t}); default now")
-	f.StringVar(&authservID, "authserv-id", "authpipe", "authserv-id for the Authentication-Results header (RFC 8601)")
-	f.StringVar(&dmarcMode, "dmarc-mode", string(dmarc.ModeRFC9989), "DMARC rules: rfc9989 (tree walk, np, psd) or rfc7489 (public suffix list, pct)")
+	eng.register(f)
 	dns.register(f)
 	return cmd
 }

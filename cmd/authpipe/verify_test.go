@@ -183,6 +183,9 @@ func TestVerifyExitCodes(t *testing.T) {
 		{"resolver without port", []string{"verify", "--resolver", "127.0.0.1", "-"}, exitUsage},
 		{"unknown command", []string{"frobnicate"}, exitUsage},
 		{"bad dmarc mode", []string{"verify", "--dmarc-mode", "rfc1234", "-"}, exitUsage},
+		{"bad allow ip", []string{"verify", "--dmarc-allow-ip", "192.0.2.0/33", "-"}, exitUsage},
+		{"bad deny ip", []string{"verify", "--dmarc-deny-ip", "mx.example", "-"}, exitUsage},
+		{"bad trusted sealer", []string{"verify", "--trusted-arc-sealer", "a@b.example", "-"}, exitUsage},
 		{"missing file", []string{"verify", "--zone", "../../examples/example.zone", "/nonexistent/message.eml"}, exitFailure},
 		{"missing zone", []string{"verify", "--zone", "/nonexistent.zone", "-"}, exitFailure},
 	} {
@@ -217,5 +220,30 @@ func TestVerifyDMARCModeRFC7489(t *testing.T) {
 	v := decodeVerdict(t, out)
 	if v.DMARC.Mode != "rfc7489" || v.DMARC.DiscoveryMethod != "psl" || v.DMARC.Result != "pass" {
 		t.Errorf("dmarc = %+v", v.DMARC)
+	}
+}
+
+// TestVerifyOverrides: the receiver's local policy reaches the verdict: a
+// denied author domain is rejected (local_policy) though it passes DMARC,
+// and a client address on the allow list (a prefix, or an address) turns a
+// failing message's disposition to none.
+func TestVerifyOverrides(t *testing.T) {
+	args := append([]string{"verify", "--dmarc-deny-domain", "Example.COM."}, readmeArgs[1:]...)
+	code, out, errs := authpipe(t, "", args...)
+	if code != exitOK {
+		t.Fatalf("exit %d, stderr: %s", code, errs)
+	}
+	if v := decodeVerdict(t, out); v.DMARC.Result != "pass" || v.DMARC.Disposition != "reject" || len(v.DMARC.Reasons) != 1 || v.DMARC.Reasons[0].Type != "local_policy" {
+		t.Errorf("denied domain: dmarc %+v", v.DMARC)
+	}
+	spoof := "From: ceo@example.com\r\nSubject: x\r\n\r\nbody\r\n"
+	for _, allow := range []string{"203.0.113.0/24", "203.0.113.7"} {
+		code, out, errs = authpipe(t, spoof, "verify", "--zone", "../../examples/example.zone", "--ip", "203.0.113.7", "--mail-from", "x@example.com", "--dmarc-allow-ip", allow, "-")
+		if code != exitOK {
+			t.Fatalf("exit %d, stderr: %s", code, errs)
+		}
+		if v := decodeVerdict(t, out); v.DMARC.Result != "fail" || v.DMARC.Disposition != "none" || len(v.DMARC.Reasons) != 1 || v.DMARC.Reasons[0].Type != "local_policy" {
+			t.Errorf("allowed %s: dmarc %+v", allow, v.DMARC)
+		}
 	}
 }

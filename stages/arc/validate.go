@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/authpipe/authpipe/stages/dkim"
+	"github.com/authpipe/authpipe/stages/internal/judgetime"
 	"github.com/authpipe/authpipe/stages/message"
 )
 
@@ -195,6 +196,7 @@ func (v *Validator) Validate(ctx context.Context, m *message.Message) Result {
 	}
 
 	st := &state{v: v, m: m, sets: sets}
+	st.at, _ = judgetime.From(ctx)
 	// Step 4.
 	if err := st.verifyAMS(ctx, n-1); err != nil {
 		res.Sets[n-1].AMSValid = boolPtr(false)
@@ -258,6 +260,9 @@ type state struct {
 	amsEnd []int
 	// prefetched: Prefetch has been offered the chain's keys.
 	prefetched bool
+	// at, when set, is the time to judge AMS x= as of instead of now
+	// (judgetime: the message's arrival, for re-scoring).
+	at time.Time
 }
 
 type cachedKey struct {
@@ -505,11 +510,15 @@ func (st *state) verifyAMS(ctx context.Context, i int) error {
 				return errors.New("x= is before t=")
 			}
 		}
-		now := time.Now
-		if st.v.Now != nil {
-			now = st.v.Now
+		now := st.at
+		if now.IsZero() {
+			clock := time.Now
+			if st.v.Now != nil {
+				clock = st.v.Now
+			}
+			now = clock()
 		}
-		if now().Unix() > exp {
+		if now.Unix() > exp {
 			return fmt.Errorf("signature expired at %s", time.Unix(exp, 0).UTC().Format(time.RFC3339))
 		}
 	}

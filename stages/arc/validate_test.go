@@ -14,6 +14,7 @@ import (
 
 	"github.com/authpipe/authpipe/resolvercache"
 	"github.com/authpipe/authpipe/stages/dkim"
+	"github.com/authpipe/authpipe/stages/internal/judgetime"
 	"github.com/authpipe/authpipe/stages/message"
 )
 
@@ -275,6 +276,13 @@ func TestExpiredAMS(t *testing.T) {
 	r = validateString(t, v, raw)
 	if r.Result != ResultFail || !strings.Contains(r.Reason, "expired") {
 		t.Errorf("expired: %+v", r)
+	}
+	// Judged as of an arrival time before x= (judgetime, as the engine sets
+	// it for re-scoring), the AMS has not expired; it fails only for the
+	// x= tag added after sealing.
+	arrived := judgetime.With(context.Background(), time.Unix(1700000050, 0))
+	if r := v.Validate(arrived, parseRaw(t, []byte(raw))); r.Result != ResultFail || strings.Contains(r.Reason, "expired") {
+		t.Errorf("judged as of its arrival: %+v", r)
 	}
 }
 

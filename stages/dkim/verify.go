@@ -28,6 +28,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/authpipe/authpipe/stages/internal/judgetime"
 	"github.com/authpipe/authpipe/stages/message"
 )
 
@@ -198,6 +199,7 @@ func (v *Verifier) Verify(ctx context.Context, m *message.Message) []Result {
 	if v.Now != nil {
 		st.now = v.Now
 	}
+	st.at, _ = judgetime.From(ctx)
 	maxSigs := v.MaxSignatures
 	if maxSigs <= 0 {
 		maxSigs = DefaultMaxSignatures
@@ -312,7 +314,7 @@ var statePool = sync.Pool{New: func() any { return new(verifyState) }}
 
 // release clears references to the message and returns st to the pool.
 func (st *verifyState) release() {
-	st.v, st.m, st.now, st.keyQuery, st.prefetched = nil, nil, nil, nil, false
+	st.v, st.m, st.now, st.keyQuery, st.prefetched, st.at = nil, nil, nil, nil, false, time.Time{}
 	st.nbody = 0
 	st.bvals = [len(st.bvals)]string{}
 	if cap(st.buf) > 64<<10 {
@@ -327,6 +329,9 @@ type verifyState struct {
 	v   *Verifier
 	m   *message.Message
 	now func() time.Time
+	// at, when set, is the time to judge x= and t= as of instead of now
+	// (judgetime: the message's arrival, for re-scoring).
+	at time.Time
 	// keyQuery, when set (keyQueries), is told the key a signature needs
 	// instead of the key being fetched, and the signature goes no further.
 	keyQuery func(domain, selector string)
@@ -574,7 +579,10 @@ func (st *verifyState) verifyOne(ctx context.Context, r *Result, fi int) string 
 			return sig.b
 		}
 	}
-	now := st.now()
+	now := st.at
+	if now.IsZero() {
+		now = st.now()
+	}
 	if r.Expiration != 0 && now.Unix() > r.Expiration {
 		permErr(r, "signature expired at %s", time.Unix(r.Expiration, 0).UTC().Format(time.RFC3339))
 		return sig.b

@@ -11,6 +11,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/authpipe/authpipe/resolvercache"
+	"github.com/authpipe/authpipe/stages/internal/judgetime"
 )
 
 // evaluator carries the state of one check_host() evaluation, shared by
@@ -462,6 +463,9 @@ func (e *evaluator) macroValue(letter byte) (string, error) {
 		}
 		return "unknown", nil
 	case 't':
+		if t, ok := judgetime.From(e.ctx); ok {
+			return itoa(t.Unix()), nil
+		}
 		now := time.Now
 		if e.c.Now != nil {
 			now = e.c.Now
