@@ -29,7 +29,7 @@ type engineFlags struct {
 func (e *engineFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&e.authservID, "authserv-id", "authpipe", "authserv-id for the Authentication-Results header (RFC 8601)")
 	f.StringVar(&e.dmarcMode, "dmarc-mode", string(dmarc.ModeRFC9989), "DMARC rules: rfc9989 (tree walk, np, psd) or rfc7489 (public suffix list, pct)")
-	f.StringSliceVar(&e.trustedARCSealers, "trusted-arc-sealer", nil, "ARC sealer `domain` whose recorded results are trusted: a DMARC fail whose validated ARC chain, sealed by it, records a pass for the author domain gets disposition none, reason trusted_forwarder (RFC 8617 7.2; repeatable)")
+	f.StringSliceVar(&e.trustedARCSealers, "trusted-arc-sealer", nil, "ARC sealer `domain` whose recorded results are trusted: a DMARC fail whose validated ARC chain, sealed by it, records a pass for the author domain gets disposition none, reason trusted_forwarder (repeatable)")
 	f.StringSliceVar(&e.allowDomains, "dmarc-allow-domain", nil, "author `domain` whose failing mail gets disposition none, reason local_policy (repeatable)")
 	f.StringSliceVar(&e.allowIPs, "dmarc-allow-ip", nil, "client `address` or prefix whose failing mail gets disposition none, reason local_policy (repeatable)")
 	f.StringSliceVar(&e.denyDomains, "dmarc-deny-domain", nil, "author `domain` whose mail gets disposition reject, reason local_policy, whatever DMARC says; wins over every other override (repeatable)")
