@@ -667,7 +667,7 @@ func (r *reporterRun) late(kind reportgen.Kind, res reportgen.MergeResult) {
 	r.m.latePartials.WithLabelValues(kind.String()).Add(float64(res.LatePartials))
 	r.m.lateMessages.WithLabelValues(kind.String()).Add(float64(res.Late))
 	for _, w := range res.LateWindows {
-		r.log.Info("reporter: late partials counted, not merged (window closed or delivered)", "kind", kind.String(), "window", w.String())
+		r.log.Info("reporter: late partials counted, not merged (window closed or delivered, or older than its done marker would be kept)", "kind", kind.String(), "window", w.String())
 	}
 }
 

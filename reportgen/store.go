@@ -324,7 +324,9 @@ type MergeResult struct {
 // Offsets are the next offsets to consume after the batch. When none is
 // beyond the stored ones the batch is a replay and nothing is changed; when
 // some are and some are not, Merge fails with ErrMixedReplay. Partials for
-// a closed, built or done window are counted in its Late field; partials
+// a closed, built or done window are counted in its Late field, and
+// partials for a day that closed more than MarkerTTL ago, with no window
+// stored, are counted late (MergeResult) without opening one; partials
 // for a window another reporter built and that is not done yet
 // (StateBuiltRemote) are merged, since a takeover rebuilds it from these
 // rows. The Key slices of batch must not change during Merge.
@@ -378,6 +380,7 @@ func (s *Store) merge(kind Kind, batch []windowBatch, offsets []Offset) (MergeRe
 		}
 		_, rowsName := kind.buckets()
 		rowsRoot := tx.Bucket(rowsName)
+		horizon := s.Now().Add(-s.markerTTL())
 		for i := range batch {
 			p := &batch[i]
 			if p.w.Domain == "" {
@@ -386,6 +389,20 @@ func (s *Store) merge(kind Kind, batch []windowBatch, offsets []Offset) (MergeRe
 			wi, err := getWindow(tx, kind, p.w)
 			if err != nil {
 				return err
+			}
+			if wi == nil && s.ClosesAt(p.w.Day).Before(horizon) {
+				// A day whose window would have closed longer ago than a
+				// done marker is kept: its report, if there was one, was
+				// sent and its marker is gone. Opening the window would
+				// report the day again (mail re-scored from an archive,
+				// an MTA with its clock years off); it is counted late,
+				// and no window is stored for it.
+				res.Late += p.msgs
+				res.LatePartials++
+				if !slices.Contains(res.LateWindows, p.w) {
+					res.LateWindows = append(res.LateWindows, p.w)
+				}
+				continue
 			}
 			if wi == nil {
 				wi = &WindowInfo{Window: p.w, Kind: kind, State: StateOpen}

@@ -179,6 +179,42 @@ func TestWindowClosing(t *testing.T) {
 	}
 }
 
+// TestMergeBeyondMarkerHorizon: partials for a day whose window would have
+// closed more than MarkerTTL ago, with no window stored (its done marker
+// pruned, or it never had one: mail re-scored from an archive), are counted
+// late and open no window, so the day is not reported again; a day inside
+// the horizon with no window (a replay after a partition move) is merged.
+func TestMergeBeyondMarkerHorizon(t *testing.T) {
+	now := testDay.Add(40 * 24 * time.Hour)
+	s := openTestStore(t, &now)
+	a := NewAggregator()
+	old := testDay                             // closed 39 days ago: beyond 30
+	recent := testDay.Add(20 * 24 * time.Hour) // closed 19 days ago: inside
+	a.Add(mkVerdict(1, old.Add(time.Hour)))
+	a.Add(mkVerdict(2, old.Add(2*time.Hour)))
+	a.Add(mkVerdict(3, recent.Add(time.Hour)))
+	res, err := s.Merge(a.Flush(), nil)
+	if err != nil || res.Late != 2 || res.LatePartials != 1 || len(res.LateWindows) != 1 || res.LateWindows[0].Day != DayOf(old) {
+		t.Fatalf("merge: %v %+v", err, res)
+	}
+	if wi, err := s.WindowInfo(KindDMARC, Window{"example.com", DayOf(old)}); err != nil || wi != nil {
+		t.Fatalf("window beyond the horizon stored: %+v %v", wi, err)
+	}
+	if wi, err := s.WindowInfo(KindDMARC, Window{"example.com", DayOf(recent)}); err != nil || wi == nil || wi.Messages != 1 {
+		t.Fatalf("window inside the horizon: %+v %v", wi, err)
+	}
+	// Nothing due to report from the old day; the recent one closes.
+	closed, err := s.CloseDue()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range closed {
+		if w.Day == DayOf(old) {
+			t.Fatalf("the old day closed for a report: %+v", closed)
+		}
+	}
+}
+
 func TestPartialDecodeBad(t *testing.T) {
 	a := NewAggregator()
 	a.Add(mkVerdict(1, testDay))
