@@ -84,8 +84,7 @@ func (m *MboxReader) Next() (msg []byte, fromLine string, err error) {
 		chunk, err := m.r.ReadSlice('\n')
 		if len(chunk) > 0 {
 			if lineStart && bytes.HasPrefix(chunk, fromPrefix) {
-				rest := append([]byte(nil), chunk...)
-				if err := m.finishSeparator(rest, err); err != nil {
+				if err := m.finishSeparator(chunk, err); err != nil {
 					return nil, sep, err
 				}
 				return m.result(buf.Bytes(), sep, tooLarge)
@@ -125,14 +124,14 @@ func (m *MboxReader) result(msg []byte, sep string, tooLarge bool) ([]byte, stri
 // readSeparator reads the "From " line at the reader's position into m.sep.
 func (m *MboxReader) readSeparator() error {
 	chunk, err := m.r.ReadSlice('\n')
-	return m.finishSeparator(append([]byte(nil), chunk...), err)
+	return m.finishSeparator(chunk, err)
 }
 
-// finishSeparator keeps first, the start of a "From " line that ReadSlice
-// returned with err, as m.sep (at most maxSeparatorBytes of it), reading
-// and dropping the rest of a longer line.
+// finishSeparator keeps a copy of first, the start of a "From " line that
+// ReadSlice returned with err, as m.sep (at most maxSeparatorBytes of it),
+// reading and dropping the rest of a longer line.
 func (m *MboxReader) finishSeparator(first []byte, err error) error {
-	m.sep = first[:min(len(first), maxSeparatorBytes)]
+	m.sep = append(m.sep[:0], first[:min(len(first), maxSeparatorBytes)]...)
 	for errors.Is(err, bufio.ErrBufferFull) {
 		_, err = m.r.ReadSlice('\n')
 	}

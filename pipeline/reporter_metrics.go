@@ -40,7 +40,7 @@ func NewReporterMetrics(reg prometheus.Registerer) (*ReporterMetrics, error) {
 		}, []string{"kind"}),
 		latePartials: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "authpipe_reporter_late_partials_total",
-			Help: "Partials for windows already closed, built or delivered: counted in the window's late field, not in its report. Replays after a partition move count here too.",
+			Help: "Partials for windows already closed, built or delivered, or for days that closed longer ago than a done marker is kept: counted late (in the window's late field when it has one), not in a report. Replays after a partition move count here too.",
 		}, []string{"kind"}),
 		lateMessages: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "authpipe_reporter_late_messages_total",
@@ -94,6 +94,14 @@ func NewReporterMetrics(reg prometheus.Registerer) (*ReporterMetrics, error) {
 			Name: "authpipe_reporter_owned_partitions",
 			Help: "Partitions assigned to this reporter, by topic and readiness (ready: replayed up to the end seen at assignment).",
 		}, []string{"topic", "ready"}),
+	}
+	// The kinds are known: their series exist from the start at 0, so that
+	// rate() and alerts on late reports see the first increase.
+	for _, kind := range []string{"dmarc", "tlsrpt"} {
+		m.rowsMerged.WithLabelValues(kind)
+		m.latePartials.WithLabelValues(kind)
+		m.lateMessages.WithLabelValues(kind)
+		m.windowsClosed.WithLabelValues(kind)
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.partialsMerged, m.rowsMerged, m.latePartials, m.lateMessages, m.tlsMerged, m.deadLettered,
