@@ -139,12 +139,15 @@ func newReportListCmd() *cobra.Command {
 			tw := tabwriter.NewWriter(out, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "KIND\tDOMAIN\tDAY\tSTATE\tMESSAGES\tROWS\tLATE\tCLOSES AT\tBUILD")
 			for _, w := range l.Windows {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", w.Kind, w.Domain, w.Day, w.State, w.Messages, w.Rows, w.Late, w.ClosesAt.Format(time.RFC3339), buildColumn(w))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", printable(w.Kind), printable(w.Domain), printable(w.Day), printable(w.State),
+					w.Messages, w.Rows, w.Late, w.ClosesAt.Format(time.RFC3339), printable(buildColumn(w)))
 			}
 			if len(l.Outbox) > 0 {
 				fmt.Fprintln(tw, "\nOUTBOX\tDEST\tFILE\tSTATE\tATTEMPTS\tNEXT\tERROR")
 				for _, it := range l.Outbox {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", it.ID[:min(8, len(it.ID))], it.Dest, it.File, it.State, it.Attempts, it.NextAttempt.Format(time.RFC3339), it.LastError)
+					// The error is a remote server's reply as often as not.
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", printable(it.ID[:min(8, len(it.ID))]), printable(it.Dest), printable(it.File),
+						printable(it.State), it.Attempts, it.NextAttempt.Format(time.RFC3339), printable(it.LastError))
 				}
 			}
 			return tw.Flush()

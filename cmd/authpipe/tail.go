@@ -148,7 +148,10 @@ func prettyVerdict(r *kgo.Record) string {
 	if v.Message != nil {
 		fmt.Fprintf(&b, " message-problem=%s", v.Message.Kind)
 	}
-	return b.String()
+	// Keys, domains and the rest come from outside (a DKIM d= tag of a
+	// received message can hold an escape sequence): the line is made safe
+	// for a terminal as a whole.
+	return printable(b.String())
 }
 
 func orDash(s string) string {

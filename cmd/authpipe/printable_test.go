@@ -1,0 +1,55 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+func TestPrintable(t *testing.T) {
+	for in, want := range map[string]string{
+		"example.com":               "example.com",
+		"bücher.example":            "bücher.example",
+		"evil\x1b[2J.example":       `evil\x1b[2J.example`,
+		"a\tb\r\nc":                 `a\x09b\x0d\x0ac`,
+		"\u202egnp.exe":             `\u202egnp.exe`,
+		"bad \xff utf-8":            `bad \xff utf-8`,
+		"c1 \u009b control":         `c1 \u009b control`,
+		"550 5.7.1 go away\x07\x00": `550 5.7.1 go away\x07\x00`,
+	} {
+		if got := printable(in); got != want {
+			t.Errorf("printable(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestTailPrettyIsTerminalSafe: a received message's text reaches tail's
+// pretty line (here a DKIM d= tag and a record key holding terminal escape
+// sequences) escaped, never as raw control characters.
+func TestTailPrettyIsTerminalSafe(t *testing.T) {
+	raw := "From: a@example.com\r\nDKIM-Signature: v=1; a=rsa-sha256; d=evil\x1b[2J.example; s=s; h=from; bh=abc; b=abc\r\nSubject: x\r\n\r\nbody\r\n"
+	code, out, errs := authpipe(t, raw, "verify", "--zone", "../../examples/example.zone", "-")
+	if code != exitOK || !strings.Contains(out, `evil\u001b[2j.example`) {
+		t.Fatalf("verify: exit %d, %s\n%s", code, errs, out)
+	}
+	line := prettyVerdict(&kgo.Record{Key: []byte("q\x1b]0;title\x07"), Value: []byte(out), Timestamp: time.Now()})
+	for _, c := range line {
+		if c < 0x20 || c == 0x7f {
+			t.Fatalf("raw control character %q in %q", c, line)
+		}
+	}
+	if !strings.Contains(line, `dkim=permerror(evil\x1b[2j.example)`) || !strings.Contains(line, `q\x1b]0;title\x07`) {
+		t.Errorf("line %q", line)
+	}
+}
+
+// TestErrorsAreTerminalSafe: an error's text reaches standard error with
+// its control characters escaped, line by line.
+func TestErrorsAreTerminalSafe(t *testing.T) {
+	code, _, errs := authpipe(t, "", "verify", "--zone", "../../examples/example.zone", "/nonexistent/\x1b[2J.eml")
+	if code != exitFailure || strings.ContainsRune(errs, 0x1b) || !strings.Contains(errs, `/nonexistent/\x1b[2J.eml`) {
+		t.Errorf("exit %d, stderr %q", code, errs)
+	}
+}
