@@ -287,3 +287,23 @@ func TestProduceMissingInputFailsAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// FuzzMessageArrival: produce --received-at message reads a date out of the
+// message (its topmost Received field) or its mbox From line; whatever they
+// hold, it returns a UTC time or nothing, and never panics.
+func FuzzMessageArrival(f *testing.F) {
+	f.Add([]byte("Received: from a by b; Tue, 3 Mar 2026 10:00:00 +0100\r\nSubject: x\r\n\r\nbody\r\n"), "")
+	f.Add([]byte("Subject: x\n\nbody\n"), "From alice@example.com Sun Feb  1 12:00:00 2026")
+	f.Add([]byte("Received: no date here\n\n"), "From x Mon Feb 2 13:30:00 +0000 2026")
+	f.Add([]byte("Received: ;\n\n"), "From x y z")
+	f.Add([]byte(""), "From ")
+	f.Fuzz(func(t *testing.T, raw []byte, from string) {
+		at, ok := messageArrival(raw, from)
+		if ok && at.Location() != time.UTC {
+			t.Fatalf("arrival %v not in UTC", at)
+		}
+		if !ok && !at.IsZero() {
+			t.Fatalf("no arrival, but %v", at)
+		}
+	})
+}
