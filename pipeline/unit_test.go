@@ -390,13 +390,23 @@ func FuzzMboxReader(f *testing.F) {
 	f.Add([]byte("From a\nX: y\n\n>From b\n\nFrom c\nZ: w\n"))
 	f.Add([]byte("From \r\n\r\n"))
 	f.Add([]byte("nope"))
+	f.Add([]byte("From a\n" + strings.Repeat("x", 5000) + "\nFrom b\nY: z\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := NewMboxReader(bytes.NewReader(b), 1<<12)
 		total := 0
 		for range len(b) + 2 {
-			m, _, err := r.Next()
+			m, sep, err := r.Next()
+			if errors.Is(err, ErrMessageTooLarge) {
+				if len(sep) > maxSeparatorBytes {
+					t.Fatalf("separator of %d bytes kept", len(sep))
+				}
+				continue // skipped; the reader goes on
+			}
 			if err != nil {
 				return
+			}
+			if len(m) > 1<<12 {
+				t.Fatalf("a message of %d bytes under a bound of %d", len(m), 1<<12)
 			}
 			total += len(m)
 			if total > len(b) {
