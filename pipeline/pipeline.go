@@ -239,12 +239,20 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 		failMu  sync.Mutex
 		failErr error
 	)
+	// fail records the batch's first failure. Produce promises call it
+	// from the Kafka client's goroutines until the outputs are flushed, so
+	// failErr is read through failed until then.
 	fail := func(err error) {
 		failMu.Lock()
 		if failErr == nil {
 			failErr = err
 		}
 		failMu.Unlock()
+	}
+	failed := func() error {
+		failMu.Lock()
+		defer failMu.Unlock()
+		return failErr
 	}
 	var deadline time.Time
 	began := false
@@ -327,7 +335,7 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 	}
 	pool.Wait()
 	p.metrics.batchSize.Observe(float64(n))
-	if failErr == nil && hard.Err() == nil {
+	if failed() == nil && hard.Err() == nil {
 		// Partial aggregates go into the same transaction (or, at least
 		// once, are flushed before the offset commit).
 		aggs.produce(context.WithoutCancel(ctx), st, p.cfg.AggregateTopic, fail)
@@ -344,14 +352,13 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 	if err := st.flush(endCtx); err != nil {
 		fail(fmt.Errorf("pipeline: flush outputs: %w", err))
 	}
-	failMu.Lock()
-	commit := failErr == nil && hard.Err() == nil
-	failMu.Unlock()
+	batchErr := failed()
+	commit := batchErr == nil && hard.Err() == nil
 	if !commit {
-		if failErr == nil {
-			failErr = hard.Err()
+		if batchErr == nil {
+			batchErr = hard.Err()
 		}
-		p.log.Warn("aborting batch; its records will be redone", "records", n, "err", failErr)
+		p.log.Warn("aborting batch; its records will be redone", "records", n, "err", batchErr)
 	}
 	committed, err = st.end(endCtx, commit)
 	p.metrics.commitObs.Observe(time.Since(start).Seconds())
