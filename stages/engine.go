@@ -82,8 +82,9 @@ type Option func(*Engine)
 // WithJudgeAtArrival judges each message whose envelope has a ReceivedAt as
 // of that time instead of the engine's clock: DKIM and ARC x= and t=, SPF's
 // %{t}. It is for re-scoring archived mail through the pipeline, where
-// every message arrived at its own time; the verdict's evaluated_at stays
-// the engine's clock, and caches keep theirs.
+// every message arrived at its own time. The verdict's evaluated_at, the
+// time its checks were judged as of, is then the arrival time, as with
+// WithClock; caches keep the wall clock.
 func WithJudgeAtArrival(on bool) Option { return func(e *Engine) { e.judgeAtArrival = on } }
 
 // WithClock sets the clock checks are judged against (DKIM x= and t=, SPF's
@@ -206,15 +207,17 @@ func New(res resolvercache.Resolver, opts ...Option) *Engine {
 // bug that panics reaches the caller's goroutine, whichever check it was
 // in (PanicError).
 func (e *Engine) Verify(ctx context.Context, raw []byte, env Envelope) *verdict.Verdict {
+	judgedAt := e.now()
 	if e.judgeAtArrival && !env.ReceivedAt.IsZero() {
-		ctx = judgetime.With(ctx, env.ReceivedAt)
+		judgedAt = env.ReceivedAt
+		ctx = judgetime.With(ctx, judgedAt)
 	}
 	budget := withBudget(ctx, e.dnsBudget)
 	defer budget.cancel()
 	ctx = budget
 	v := &verdict.Verdict{
 		Version:     verdict.SchemaVersion,
-		EvaluatedAt: e.now().UTC(),
+		EvaluatedAt: judgedAt.UTC(),
 		Envelope: verdict.Envelope{
 			HELO:       env.HELO,
 			MailFrom:   env.MailFrom,

@@ -488,8 +488,7 @@ func TestParseClientIP(t *testing.T) {
 // its envelope's ReceivedAt (re-scoring an archive): a DKIM signature that
 // had expired by the engine's clock passes, and SPF's %{t} in an exp=
 // explanation is the arrival time; without ReceivedAt, or without the
-// option, the engine's clock judges. evaluated_at is the engine's clock in
-// every case.
+// option, the engine's clock judges; evaluated_at says which.
 func TestJudgeAtArrival(t *testing.T) {
 	w := newWorld(t)
 	w.srv.AddRR(dnstest.TXT("old.example", "v=spf1 -all exp=why.old.example", 3600))
@@ -529,8 +528,8 @@ func TestJudgeAtArrival(t *testing.T) {
 			if want := fmt.Sprintf("refused at %d", tc.judgedAt.Unix()); v.SPF.Result != "fail" || v.SPF.Explanation != want {
 				t.Errorf("spf %+v, want the explanation %q", v.SPF, want)
 			}
-			if !v.EvaluatedAt.Equal(later) {
-				t.Errorf("evaluated_at %v, want the engine's clock %v", v.EvaluatedAt, later)
+			if !v.EvaluatedAt.Equal(tc.judgedAt) {
+				t.Errorf("evaluated_at %v, want the time judged as of, %v", v.EvaluatedAt, tc.judgedAt)
 			}
 		})
 	}
