@@ -38,6 +38,11 @@ it (an mbox of one message) is read without that line.
 DNS goes to the system resolvers (/etc/resolv.conf), to the one server named by
 --resolver, or, with --zone, to a zone file and no network at all.
 
+--config (or AUTHPIPE_CONFIG) reads run's YAML file, and AUTHPIPE_* variables
+apply as for run: its DNS and verification settings (dmarc-mode, the trusted
+ARC sealers and the other local policy overrides, authserv-id) judge the
+message as the pipeline would; run's other keys are skipped.
+
 Exit status: 0 whenever a verdict is printed, whatever it says; 1 when the
 message cannot be read; 2 on a usage error.`,
 		Example: `  authpipe verify --zone examples/example.zone --ip 192.0.2.10 \
@@ -49,6 +54,9 @@ message cannot be read; 2 on a usage error.`,
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := applyConfigShared(cmd.Flags(), os.Environ(), isRunOption, nil); err != nil {
+				return err
+			}
 			env := stages.Envelope{HELO: helo, MailFrom: mailFrom, RcptTo: rcptTo}
 			if ip != "" {
 				addr, err := stages.ParseClientIP(ip)
@@ -96,6 +104,7 @@ message cannot be read; 2 on a usage error.`,
 	f.StringSliceVar(&rcptTo, "rcpt-to", nil, "SMTP RCPT TO `address`es (repeatable)")
 	f.StringVar(&at, "at", "", "judge the message as of this RFC 3339 `time` (signature expiry, SPF %{t}); default now")
 	eng.register(f)
+	f.String("config", "", "YAML configuration `file` of 'authpipe run': its DNS and verification keys apply (resolver or zone, DNS timeouts, dmarc-mode, the trusted ARC sealers and other overrides, authserv-id), so a message is judged as the pipeline judges it; the others are skipped (default: $AUTHPIPE_CONFIG)")
 	dns.register(f)
 	return cmd
 }

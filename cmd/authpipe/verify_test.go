@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -245,5 +246,41 @@ func TestVerifyOverrides(t *testing.T) {
 		if v := decodeVerdict(t, out); v.DMARC.Result != "fail" || v.DMARC.Disposition != "none" || len(v.DMARC.Reasons) != 1 || v.DMARC.Reasons[0].Type != "local_policy" {
 			t.Errorf("allowed %s: dmarc %+v", allow, v.DMARC)
 		}
+	}
+}
+
+// TestVerifyReadsRunConfig: verify takes run's YAML file (--config or
+// AUTHPIPE_CONFIG), so a message is judged with the pipeline's DNS and
+// local policy: run-only keys are skipped, a key no command knows is a
+// usage error.
+func TestVerifyReadsRunConfig(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "authpipe.yaml")
+	yaml := "zone: ../../examples/example.zone\ndmarc-deny-domain: [example.com]\nmax-in-flight: 64\nbrokers: [k1:9092]\n"
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"verify", "--ip", "192.0.2.10", "--mail-from", "alice@example.com", "../../examples/message.eml"}
+	for _, how := range []string{"flag", "environment"} {
+		a := args
+		if how == "flag" {
+			a = append([]string{"verify", "--config", cfg}, args[1:]...)
+		} else {
+			t.Setenv("AUTHPIPE_CONFIG", cfg)
+		}
+		code, out, errs := authpipe(t, "", a...)
+		if code != exitOK {
+			t.Fatalf("%s: exit %d, stderr: %s", how, code, errs)
+		}
+		if v := decodeVerdict(t, out); v.SPF.Result != "pass" || v.DMARC.Disposition != "reject" || len(v.DMARC.Reasons) != 1 || v.DMARC.Reasons[0].Type != "local_policy" {
+			t.Errorf("%s: spf %+v, dmarc %+v", how, v.SPF, v.DMARC)
+		}
+	}
+	t.Setenv("AUTHPIPE_CONFIG", "")
+	if err := os.WriteFile(cfg, []byte(yaml+"dmarc-deny-domian: [x.example]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errs := authpipe(t, "", append([]string{"verify", "--config", cfg}, args[1:]...)...); code != exitUsage || !strings.Contains(errs, "dmarc-deny-domian") {
+		t.Errorf("typo: exit %d, stderr: %s", code, errs)
 	}
 }
