@@ -101,7 +101,7 @@ more instances with the same group share the partitions.
 Options come from flags, then AUTHPIPE_* environment variables (AUTHPIPE_MAX_IN_FLIGHT
 sets --max-in-flight), then the YAML --config file (or AUTHPIPE_CONFIG; keys are
 flag names), then the defaults; docs/configuration.md lists them all. produce,
-tail and report read the same file.
+tail, verify and report read the same file.
 
 The report role (--role report or all) merges the partial aggregates of
 authpipe.aggregates and the TLS session results of mail.tls-results (group
