@@ -130,6 +130,37 @@ type producer struct {
 	arrivalFromMessage bool
 }
 
+// progressInterval is how often produce says how far it is, on a terminal.
+const progressInterval = 2 * time.Second
+
+// startProgress writes to w, every interval, how many messages have been
+// sent so far (when that changed), until the returned function is called;
+// that function waits for the last line, so nothing follows produce's own.
+func (p *producer) startProgress(w io.Writer, interval time.Duration) (stop func()) {
+	if w == io.Discard {
+		return func() {}
+	}
+	done, ended := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(ended)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		start, last := time.Now(), int64(0)
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			if n := p.n.Load(); n != last {
+				last = n
+				fmt.Fprintf(w, "produce: %s sent so far, %.0f a second\n", countMessages(n), float64(n)/time.Since(start).Seconds())
+			}
+		}
+	}()
+	return sync.OnceFunc(func() { close(done); <-ended })
+}
+
 // skip reports a message over the size bound, named by key.
 func (p *producer) skip(key string, size string) {
 	p.skipped++
@@ -213,12 +244,16 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 		return err
 	}
 	p := &producer{cl: cl, topic: pf.topic, stderr: stderr, maxBytes: pf.maxBytes, arrivalFromMessage: fromMessage}
+	// A large archive takes a while: who watches on a terminal sees it move.
+	stopProgress := p.startProgress(progressWriter(stderr), progressInterval)
+	defer stopProgress()
 
 	// An input that cannot be read stops produce where it is. What was
 	// queued before it is flushed, and the error says how much that was,
 	// so a run that stops partway leaves a known outcome: the messages
 	// before the bad one, in input order, and none after it.
 	stopped := func(err error) error {
+		defer stopProgress()
 		ferr := cl.Flush(ctx)
 		if ferr == nil {
 			ferr = p.firstErr()
@@ -241,6 +276,7 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 	if err := cl.Flush(ctx); err != nil {
 		return fmt.Errorf("flush: %w", err)
 	}
+	stopProgress()
 	if err := p.firstErr(); err != nil {
 		return err
 	}

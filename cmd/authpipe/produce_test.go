@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -306,4 +307,28 @@ func FuzzMessageArrival(f *testing.F) {
 			t.Fatalf("no arrival, but %v", at)
 		}
 	})
+}
+
+// TestProduceProgress: on a terminal, produce says every interval how many
+// messages are sent, only when that changed, and nothing once stopped.
+func TestProduceProgress(t *testing.T) {
+	var out syncBuffer
+	p := &producer{}
+	stop := p.startProgress(&out, 10*time.Millisecond)
+	p.n.Store(5)
+	for !strings.Contains(out.String(), "produce: 5 messages sent so far") {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond) // no change: no new line
+	if got := strings.Count(out.String(), "\n"); got != 1 {
+		t.Errorf("%d lines for one change:\n%s", got, out.String())
+	}
+	stop()
+	p.n.Store(6)
+	time.Sleep(50 * time.Millisecond)
+	if strings.Contains(out.String(), "6 messages") {
+		t.Errorf("a line after stop:\n%s", out.String())
+	}
+	stop()                                          // again: no panic
+	p.startProgress(io.Discard, time.Millisecond)() // not a terminal: nothing started
 }
