@@ -82,6 +82,7 @@ A message over --max-message-bytes is not sent: produce names it on standard
 error (its key, or FILE:LINE of --envelopes), sends the others, and exits 1.
 An input that cannot be read (a file gone, an mbox cut off, a bad --envelopes
 line) stops produce there: the messages before it are sent, none after it.
+When standard error is a terminal, produce says every 2 s how many it has sent.
 
 --config (or AUTHPIPE_CONFIG) reads run's YAML file: its brokers (or, for the
 embedded broker, its listen address), TLS and SASL settings, input-topic and
