@@ -82,7 +82,9 @@ Exit status: 0 on success, 1 on I/O or runtime failure, 2 on a usage error
 (or a crash, whose stack goes to standard error).`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       readBuildInfo().String(),
 	}
+	root.SetVersionTemplate("authpipe {{.Version}}\n")
 	// Without this, cobra reports an unknown subcommand as a plain error.
 	root.Args = func(_ *cobra.Command, args []string) error {
 		if len(args) > 0 {

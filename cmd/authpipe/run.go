@@ -277,7 +277,10 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) (err error
 	if err != nil {
 		return err
 	}
+	build := readBuildInfo()
+	log.Info("authpipe", "version", build.version, "revision", build.revision, "modified", build.modified, "go", build.goVersion)
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(build.collector())
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	dnsMetrics, err := resolvercache.NewMetrics(reg)
 	if err != nil {

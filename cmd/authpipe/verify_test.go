@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -202,6 +203,14 @@ func TestVerifyExitCodes(t *testing.T) {
 				t.Error("stderr should explain the error")
 			}
 		})
+	}
+}
+
+// TestVersion: --version names the build (version, revision, Go release).
+func TestVersion(t *testing.T) {
+	code, out, _ := authpipe(t, "", "--version")
+	if code != exitOK || !strings.HasPrefix(out, "authpipe ") || !strings.Contains(out, runtime.Version()) || !strings.Contains(out, "revision ") {
+		t.Errorf("--version: exit %d, %q", code, out)
 	}
 }
 
