@@ -46,17 +46,19 @@ func (e *engineFlags) options() ([]stages.Option, error) {
 	}
 	var o dmarc.Overrides
 	var err error
-	if o.TrustedARCSealers, err = domainList("trusted-arc-sealer", e.trustedARCSealers); err != nil {
-		return nil, err
-	}
-	if o.AllowDomains, err = domainList("dmarc-allow-domain", e.allowDomains); err != nil {
-		return nil, err
-	}
-	if o.DenyDomains, err = domainList("dmarc-deny-domain", e.denyDomains); err != nil {
-		return nil, err
-	}
-	if o.RequireBothAligned, err = domainList("dmarc-require-both-aligned", e.requireBothAligned); err != nil {
-		return nil, err
+	for _, l := range []struct {
+		flag string
+		in   []string
+		out  *[]string
+	}{
+		{"trusted-arc-sealer", e.trustedARCSealers, &o.TrustedARCSealers},
+		{"dmarc-allow-domain", e.allowDomains, &o.AllowDomains},
+		{"dmarc-deny-domain", e.denyDomains, &o.DenyDomains},
+		{"dmarc-require-both-aligned", e.requireBothAligned, &o.RequireBothAligned},
+	} {
+		if *l.out, err = domainList(l.flag, l.in); err != nil {
+			return nil, err
+		}
 	}
 	if o.AllowIPs, err = prefixList("dmarc-allow-ip", e.allowIPs); err != nil {
 		return nil, err

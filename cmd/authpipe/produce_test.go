@@ -39,6 +39,20 @@ func produceTarget(t *testing.T) (broker string, cl *kgo.Client, ctx context.Con
 	return strings.Join(b.Addrs(), ","), cl, ctx
 }
 
+// writeTree writes files (path under dir → content), making the folders.
+func writeTree(t *testing.T, dir string, files map[string]string) {
+	t.Helper()
+	for name, body := range files {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestProduceDirectory: a directory is walked for messages, a Maildir's
 // cur and new included and mbox files split; dot files, dot directories
 // and a Maildir's tmp (deliveries in progress) are skipped. Keys are the
@@ -60,15 +74,7 @@ func TestProduceDirectory(t *testing.T) {
 		".hidden.eml":       string(eml),
 		".Trash/cur/3:2,T":  string(eml),
 	}
-	for name, body := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeTree(t, dir, files)
 	code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", broker, "--ip", "192.0.2.10", "--mail-from", "alice@example.com", dir)
 	if code != 0 || !strings.Contains(stderr, "produced 5 messages") {
 		t.Fatalf("produce: %d %s", code, stderr)
@@ -139,15 +145,7 @@ func TestProduceSkipsTooLarge(t *testing.T) {
 		"in/c.mbox": "From one\n" + small + "\nFrom two\n" + big + "\nFrom three\n" + small,
 		"env.jsonl": `{"raw":` + strconv.Quote(big) + `,"key":"e1"}` + "\n" + `{"raw":` + strconv.Quote(small) + `,"key":"e2"}` + "\n" + `{"path":"in/b.eml","key":"e3"}` + "\n",
 	}
-	for name, body := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeTree(t, dir, files)
 	code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", broker, "--max-message-bytes", "1000",
 		"--envelopes", filepath.Join(dir, "env.jsonl"), filepath.Join(dir, "in"))
 	if code != 1 || !strings.Contains(stderr, "produced 4 messages") || !strings.Contains(stderr, "4 messages over --max-message-bytes not sent") {
@@ -186,15 +184,7 @@ func TestProduceReceivedAtMessage(t *testing.T) {
 		"in/b.mbox": "From alice@example.com Sun Feb  1 12:00:00 2026\nSubject: b1\n\nbody\n\nFrom bob@example.com Mon Feb  2 13:30:00 2026\n" + rcvd,
 		"in/c.eml":  "Subject: c\n\nno date to go by\n",
 	}
-	for name, body := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeTree(t, dir, files)
 	before := time.Now().Add(-time.Second)
 	code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", broker, "--received-at", "message", filepath.Join(dir, "in"))
 	if code != 0 || !strings.Contains(stderr, "produced 4 messages") {
