@@ -220,6 +220,10 @@ type kafkaFlags struct {
 
 	// log, when set, is told where aws-msk-iam found its credentials.
 	log *slog.Logger
+	// waiting, when set, is told once that check is waiting for brokers
+	// that do not answer yet (produce and tail give their standard error
+	// when it is a terminal: a person sees why nothing happens).
+	waiting io.Writer
 }
 
 func (k *kafkaFlags) register(f *pflag.FlagSet, brokersHelp string) {
@@ -553,6 +557,11 @@ func (k *kafkaFlags) check(ctx context.Context, cl *kgo.Client, brokers []string
 		last = fmt.Errorf("brokers %s: %w", strings.Join(brokers, ","), err)
 		if permanentConnError(last) {
 			return last
+		}
+		if k.waiting != nil {
+			deadline, _ := ctx.Deadline()
+			fmt.Fprintf(k.waiting, "waiting up to %s for %v\n", time.Until(deadline).Round(time.Second), last)
+			k.waiting = nil // once
 		}
 		select {
 		case <-ctx.Done():

@@ -241,6 +241,7 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 		return fmt.Errorf("kafka client: %w", err)
 	}
 	defer cl.Close()
+	pf.kafka.waiting = progressWriter(stderr)
 	if err := pf.kafka.check(ctx, cl, brokers); err != nil {
 		return err
 	}

@@ -322,3 +322,26 @@ func TestProduceProgress(t *testing.T) {
 	stop()                                          // again: no panic
 	p.startProgress(io.Discard, time.Millisecond)() // not a terminal: nothing started
 }
+
+// TestBrokerWaitIsSaid: while the broker check waits for brokers that do
+// not answer yet, it says so once (produce and tail give it their standard
+// error on a terminal), then fails naming the brokers.
+func TestBrokerWaitIsSaid(t *testing.T) {
+	dead := freeAddrs(t, 1)[0]
+	cl, err := kgo.NewClient(kgo.SeedBrokers(dead))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var said syncBuffer
+	k := &kafkaFlags{waiting: &said}
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	err = k.check(ctx, cl, []string{dead})
+	if err == nil || !strings.Contains(err.Error(), "brokers "+dead) {
+		t.Fatalf("check: %v", err)
+	}
+	if got := said.String(); strings.Count(got, "\n") != 1 || !strings.HasPrefix(got, "waiting up to ") || !strings.Contains(got, dead) {
+		t.Errorf("said %q", got)
+	}
+}

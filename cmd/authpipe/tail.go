@@ -85,6 +85,7 @@ func tail(ctx context.Context, tf *tailFlags, out, stderr io.Writer) error {
 		return fmt.Errorf("kafka client: %w", err)
 	}
 	defer cl.Close()
+	tf.kafka.waiting = progressWriter(stderr)
 	if err := tf.kafka.check(ctx, cl, brokers); err != nil {
 		return err
 	}
