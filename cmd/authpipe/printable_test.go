@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/authpipe/authpipe/pipeline"
 )
 
 func TestPrintable(t *testing.T) {
@@ -51,5 +53,18 @@ func TestErrorsAreTerminalSafe(t *testing.T) {
 	code, _, errs := authpipe(t, "", "verify", "--zone", "../../examples/example.zone", "/nonexistent/\x1b[2J.eml")
 	if code != exitFailure || strings.ContainsRune(errs, 0x1b) || !strings.Contains(errs, `/nonexistent/\x1b[2J.eml`) {
 		t.Errorf("exit %d, stderr %q", code, errs)
+	}
+}
+
+// TestPrettyDLQ: a dead-letter record reads as one line with its key,
+// error, size, cut and envelope, escaped for a terminal.
+func TestPrettyDLQ(t *testing.T) {
+	r := &kgo.Record{Key: []byte("q\x1b[2J1"), Value: []byte("0123456789"), Timestamp: time.Date(2026, 11, 25, 1, 0, 0, 0, time.UTC), Headers: []kgo.RecordHeader{
+		{Key: pipeline.HeaderClientIP, Value: []byte("192.0.2.1")}, {Key: pipeline.HeaderMailFrom, Value: nil},
+		{Key: pipeline.HeaderError, Value: []byte("too-large: 70000000 bytes\x07")}, {Key: pipeline.HeaderTruncated, Value: []byte("70000000")},
+	}}
+	want := `2026-11-25T01:00:00Z q\x1b[2J1           DLQ error="too-large: 70000000 bytes\a" bytes=10 (cut from 70000000) ip=192.0.2.1 mail-from=-`
+	if got := prettyDLQ(r); got != want {
+		t.Errorf("got  %q\nwant %q", got, want)
 	}
 }

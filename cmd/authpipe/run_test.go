@@ -472,6 +472,19 @@ func TestRunProduceTailShareConfig(t *testing.T) {
 		t.Fatalf("produce junk: %s", stderr)
 	}
 	checkDocumentedMetrics(t, httpAddr, `authpipe_pipeline_dlq_total{kind="not-a-message"} 1`)
+	// tail reads the DLQ as such: the key, the error and the envelope.
+	code, out, stderr = cli(t, 20*time.Second, "tail", "--topic", "mail.raw.dlq", "--from-beginning", "--count", "1", "--format", "json")
+	var dead struct {
+		DLQ struct {
+			Key, Error string
+			Bytes      int
+			Headers    map[string][]string
+		}
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &dead) != nil || dead.DLQ.Key != "junk.eml" || !strings.HasPrefix(dead.DLQ.Error, "not-a-message: ") ||
+		dead.DLQ.Bytes != len("not a message\x00") || dead.DLQ.Headers["smtp.client-ip"][0] != "192.0.2.10" {
+		t.Errorf("tail of the DLQ: %d %q %s", code, out, stderr)
+	}
 	// A topic that does not exist is waited for, with a word on stderr.
 	code, out, stderr = cli(t, 2*time.Second, "tail", "--topic", "verdicts.typo")
 	if code != 0 || out != "" || !strings.Contains(stderr, "topic verdicts.typo does not exist yet; waiting for it") {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -33,6 +34,8 @@ func newTailCmd() *cobra.Command {
 		Long: `tail follows the verdict topic (read_committed: only verdicts of committed
 transactions) and prints each verdict: one summary line per message (--format
 pretty) or the JSON verdict as published (--format json, one per line).
+Pointed at the dead-letter topic (--topic mail.raw.dlq), it prints each
+record's key, error, size and envelope instead (as {"dlq": {...}} in JSON).
 It reads new verdicts only, unless --from-beginning; it stops after --count
 verdicts, or on SIGINT/SIGTERM.
 
@@ -111,9 +114,15 @@ func tail(ctx context.Context, tf *tailFlags, out, stderr io.Writer) error {
 			return ferr
 		}
 		for _, r := range fs.Records() {
-			if tf.format == "json" {
+			_, dlq := recordHeader(r, pipeline.HeaderError)
+			switch {
+			case dlq && tf.format == "json":
+				fmt.Fprintf(out, "%s\n", dlqJSON(r))
+			case dlq:
+				fmt.Fprintln(out, prettyDLQ(r))
+			case tf.format == "json":
 				fmt.Fprintf(out, "%s\n", r.Value)
-			} else {
+			default:
 				fmt.Fprintln(out, prettyVerdict(r))
 			}
 			n++
@@ -153,6 +162,56 @@ func prettyVerdict(r *kgo.Record) string {
 	// received message can hold an escape sequence): the line is made safe
 	// for a terminal as a whole.
 	return printable(b.String())
+}
+
+// recordHeader returns the value of r's first header named key.
+func recordHeader(r *kgo.Record, key string) (string, bool) {
+	for _, h := range r.Headers {
+		if h.Key == key {
+			return string(h.Value), true
+		}
+	}
+	return "", false
+}
+
+// prettyDLQ renders a dead-letter record (one with an authpipe.error
+// header, as run writes them to the DLQ topic) on one line: time, key, the
+// error, the message's size and its envelope; the message itself is left
+// out (a Kafka client reads it whole).
+func prettyDLQ(r *kgo.Record) string {
+	var b strings.Builder
+	msg, _ := recordHeader(r, pipeline.HeaderError)
+	fmt.Fprintf(&b, "%s %-16s DLQ error=%q bytes=%d", r.Timestamp.UTC().Format("2006-01-02T15:04:05Z"), string(r.Key), msg, len(r.Value))
+	if n, ok := recordHeader(r, pipeline.HeaderTruncated); ok {
+		fmt.Fprintf(&b, " (cut from %s)", n)
+	}
+	for _, h := range []struct{ name, key string }{{"ip", pipeline.HeaderClientIP}, {"mail-from", pipeline.HeaderMailFrom}, {"queue-id", pipeline.HeaderQueueID}} {
+		if v, ok := recordHeader(r, h.key); ok {
+			fmt.Fprintf(&b, " %s=%s", h.name, orDash(v))
+		}
+	}
+	return printable(b.String())
+}
+
+// dlqJSON is a dead-letter record for --format json: its key, error, size
+// and headers (the message left out), so that a DLQ reads as JSON lines too.
+func dlqJSON(r *kgo.Record) []byte {
+	d := struct {
+		DLQ struct {
+			Key     string              `json:"key"`
+			Error   string              `json:"error"`
+			Bytes   int                 `json:"bytes"`
+			Time    time.Time           `json:"time"`
+			Headers map[string][]string `json:"headers"`
+		} `json:"dlq"`
+	}{}
+	d.DLQ.Key, d.DLQ.Bytes, d.DLQ.Time, d.DLQ.Headers = string(r.Key), len(r.Value), r.Timestamp.UTC(), map[string][]string{}
+	d.DLQ.Error, _ = recordHeader(r, pipeline.HeaderError)
+	for _, h := range r.Headers {
+		d.DLQ.Headers[h.Key] = append(d.DLQ.Headers[h.Key], string(h.Value))
+	}
+	b, _ := json.Marshal(d)
+	return b
 }
 
 func orDash(s string) string {
