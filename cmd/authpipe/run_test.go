@@ -634,6 +634,11 @@ func TestRunVerificationOptions(t *testing.T) {
 	if v := verdicts["192.0.2.10 bob@old.example"]; v.SPF == nil || v.SPF.Result != "fail" || v.SPF.Explanation != "refused at 1577836800" {
 		t.Errorf("archived: spf %+v", v.SPF)
 	}
+	// The pretty line shows the override.
+	code, out, stderr = cli(t, 30*time.Second, "tail", "--brokers", addr, "--from-beginning", "--count", "3")
+	if code != 0 || !strings.Contains(out, "dmarc=pass disposition=reject reasons=local_policy") {
+		t.Errorf("tail pretty: %d %q %s", code, out, stderr)
+	}
 	if code := stop(); code != 0 {
 		t.Fatalf("run exit %d:\n%s", code, logs)
 	}

@@ -154,6 +154,13 @@ func prettyVerdict(r *kgo.Record) string {
 	}
 	if v.DMARC != nil {
 		fmt.Fprintf(&b, " dmarc=%s disposition=%s", v.DMARC.Result, v.DMARC.Disposition)
+		for i, r := range v.DMARC.Reasons { // local policy overrides
+			sep := ","
+			if i == 0 {
+				sep = " reasons="
+			}
+			b.WriteString(sep + r.Type)
+		}
 	}
 	if v.Message != nil {
 		fmt.Fprintf(&b, " message-problem=%s", v.Message.Kind)
