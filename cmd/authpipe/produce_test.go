@@ -306,8 +306,10 @@ func TestProduceProgress(t *testing.T) {
 	p := &producer{}
 	stop := p.startProgress(&out, 10*time.Millisecond)
 	p.n.Store(5)
-	for !strings.Contains(out.String(), "produce: 5 messages sent so far") {
-		time.Sleep(5 * time.Millisecond)
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), "produce: 5 messages sent so far"); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no progress line in 5 s: %q", out.String())
+		}
 	}
 	time.Sleep(50 * time.Millisecond) // no change: no new line
 	if got := strings.Count(out.String(), "\n"); got != 1 {
