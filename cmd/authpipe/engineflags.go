@@ -85,7 +85,8 @@ func domainList(flag string, in []string) ([]string, error) {
 
 // prefixList reads the addresses and prefixes of a list flag; an address
 // is its own prefix (/32, /128). Addresses are read as client IPs are
-// (stages.ParseClientIP), so an IPv4-mapped one is the IPv4 address.
+// (stages.ParseClientIP), so an IPv4-mapped one, address or prefix, is
+// the IPv4 one.
 func prefixList(flag string, in []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, s := range in {
@@ -94,6 +95,14 @@ func prefixList(flag string, in []string) ([]netip.Prefix, error) {
 			p, err := netip.ParsePrefix(s)
 			if err != nil {
 				return nil, usagef("--%s: %v", flag, err)
+			}
+			if a := p.Addr(); a.Is4In6() {
+				// Client addresses are compared unmapped: an IPv4-mapped
+				// prefix would never match one.
+				if p.Bits() < 96 {
+					return nil, usagef("--%s: %s: an IPv4-mapped prefix needs at least /96", flag, s)
+				}
+				p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
 			}
 			out = append(out, p.Masked())
 			continue

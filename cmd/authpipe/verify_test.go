@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -291,5 +292,18 @@ func TestVerifyReadsRunConfig(t *testing.T) {
 	}
 	if code, _, errs := authpipe(t, "", append([]string{"verify", "--config", cfg}, args[1:]...)...); code != exitUsage || !strings.Contains(errs, "dmarc-deny-domian") {
 		t.Errorf("typo: exit %d, stderr: %s", code, errs)
+	}
+}
+
+func TestPrefixList(t *testing.T) {
+	got, err := prefixList("x", []string{"192.0.2.7", "2001:db8::/32", "::ffff:198.51.100.0/120", " 203.0.113.9/24 ", "::ffff:192.0.2.9"})
+	want := "[192.0.2.7/32 2001:db8::/32 198.51.100.0/24 203.0.113.0/24 192.0.2.9/32]"
+	if err != nil || fmt.Sprint(got) != want {
+		t.Errorf("got %v %v, want %s", got, err, want)
+	}
+	for _, bad := range []string{"::ffff:0.0.0.0/90", "192.0.2.0/33", "mx.example"} {
+		if _, err := prefixList("x", []string{bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
 	}
 }
