@@ -883,6 +883,9 @@ func matchIP(list []netip.Prefix, ip netip.Addr) bool {
 	}
 	ip = ip.Unmap()
 	for _, p := range list {
+		if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96) // compared unmapped, as ip is
+		}
 		if p.Contains(ip) {
 			return true
 		}

@@ -422,6 +422,11 @@ func TestOverrides(t *testing.T) {
 	if r.Disposition != "none" || r.Reasons[0].Type != ReasonLocalPolicy {
 		t.Fatalf("allow ip: %+v", r)
 	}
+	// An IPv4-mapped prefix matches the IPv4 client it maps.
+	r = eval(t, &Evaluator{Resolver: m, Overrides: Overrides{AllowIPs: []netip.Prefix{netip.MustParsePrefix("::ffff:198.51.100.0/120")}}}, in)
+	if r.Disposition != "none" || r.Reasons[0].Type != ReasonLocalPolicy {
+		t.Fatalf("allow ip, mapped prefix: %+v", r)
+	}
 	r = eval(t, &Evaluator{Resolver: m, Overrides: Overrides{AllowDomains: []string{"example.com"}, DenyIPs: []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32")}}}, in)
 	if r.Disposition != "reject" || r.Reasons[len(r.Reasons)-1].Comment != "deny list" {
 		t.Fatalf("deny beats allow: %+v", r)
