@@ -85,8 +85,7 @@ func domainList(flag string, in []string) ([]string, error) {
 
 // prefixList reads the addresses and prefixes of a list flag; an address
 // is its own prefix (/32, /128). Addresses are read as client IPs are
-// (stages.ParseClientIP), so an IPv4-mapped one, address or prefix, is
-// the IPv4 one.
+// (stages.ParseClientIP), so an IPv4-mapped one is the IPv4 address.
 func prefixList(flag string, in []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, s := range in {
@@ -96,13 +95,10 @@ func prefixList(flag string, in []string) ([]netip.Prefix, error) {
 			if err != nil {
 				return nil, usagef("--%s: %v", flag, err)
 			}
-			if a := p.Addr(); a.Is4In6() {
-				// Client addresses are compared unmapped: an IPv4-mapped
-				// prefix would never match one.
-				if p.Bits() < 96 {
-					return nil, usagef("--%s: %s: an IPv4-mapped prefix needs at least /96", flag, s)
-				}
-				p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+			if p.Addr().Is4In6() && p.Bits() < 96 {
+				// dmarc compares an IPv4-mapped prefix as the IPv4 one it
+				// maps; a shorter one maps nothing.
+				return nil, usagef("--%s: %s: an IPv4-mapped prefix needs at least /96", flag, s)
 			}
 			out = append(out, p.Masked())
 			continue

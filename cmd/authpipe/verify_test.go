@@ -297,7 +297,7 @@ func TestVerifyReadsRunConfig(t *testing.T) {
 
 func TestPrefixList(t *testing.T) {
 	got, err := prefixList("x", []string{"192.0.2.7", "2001:db8::/32", "::ffff:198.51.100.0/120", " 203.0.113.9/24 ", "::ffff:192.0.2.9"})
-	want := "[192.0.2.7/32 2001:db8::/32 198.51.100.0/24 203.0.113.0/24 192.0.2.9/32]"
+	want := "[192.0.2.7/32 2001:db8::/32 ::ffff:198.51.100.0/120 203.0.113.0/24 192.0.2.9/32]"
 	if err != nil || fmt.Sprint(got) != want {
 		t.Errorf("got %v %v, want %s", got, err, want)
 	}
