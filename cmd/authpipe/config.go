@@ -11,7 +11,9 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -104,7 +106,7 @@ func applyConfigShared(fs *pflag.FlagSet, environ []string, others func(key stri
 			if f == nil && others != nil && others(key) {
 				continue // an option of the command whose file this is
 			}
-			return usagef("%s: unknown option %q", where, key)
+			return usagef("%s: unknown option %q%s", where, key, didYouMean(key, flagNames(fs)))
 		}
 		if f.Changed {
 			continue
@@ -123,10 +125,85 @@ func applyConfigShared(fs *pflag.FlagSet, environ []string, others func(key stri
 			err = f.Value.Set(val)
 		}
 		if err != nil {
-			return usagef("%s: option %s: %v", where, key, err)
+			return usagef("%s: option %s: %v", where, key, valueError(f, val, err))
 		}
 	}
 	return nil
+}
+
+// didYouMean suggests the name closest to a mistyped option key, as
+// ` (did you mean "max-in-flight"?)`, or "" when none is close.
+func didYouMean(key string, names []string) string {
+	if best := closest(key, names); best != "" {
+		return fmt.Sprintf(" (did you mean %q?)", best)
+	}
+	return ""
+}
+
+// closest returns the name nearest to key in edit distance, counted
+// without the separators ('-' and '_', so max-inflight is one letter from
+// max-in-flight), when it is at most a third of key's length away, else "".
+func closest(key string, names []string) string {
+	bare := func(s string) string { return strings.NewReplacer("-", "", "_", "").Replace(s) }
+	k := bare(key)
+	best, bestDist := "", len(k)/3+1
+	for _, n := range names {
+		if d := editDistance(k, bare(n)); d < bestDist {
+			best, bestDist = n, d
+		}
+	}
+	return best
+}
+
+// flagNames lists the names of fs's flags.
+func flagNames(fs *pflag.FlagSet) []string {
+	var names []string
+	fs.VisitAll(func(f *pflag.Flag) { names = append(names, f.Name) })
+	return names
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// valueError says why a value from the file or the environment does not
+// fit its flag: pflag's number parsers answer with strconv's wording
+// ("strconv.ParseInt: parsing \"ten\": invalid syntax"), which names the
+// parser, not the option's type.
+func valueError(f *pflag.Flag, val string, err error) error {
+	var ne *strconv.NumError
+	if errors.As(err, &ne) {
+		if errors.Is(ne.Err, strconv.ErrRange) {
+			return fmt.Errorf("%q is out of range for a %s", val, f.Value.Type())
+		}
+		return fmt.Errorf("%q is not a%s %s", val, article(f.Value.Type()), f.Value.Type())
+	}
+	return err
+}
+
+// article is "n" before a type name that starts with a vowel ("an int").
+func article(word string) string {
+	if word != "" && strings.ContainsRune("aeiou", rune(word[0])) {
+		return "n"
+	}
+	return ""
 }
 
 // isRunOption reports whether key names an option of `authpipe run`: the
@@ -134,11 +211,12 @@ func applyConfigShared(fs *pflag.FlagSet, environ []string, others func(key stri
 func isRunOption(key string) bool { return newRunCmd().Flags().Lookup(key) != nil }
 
 // unknownEnvOptions returns the AUTHPIPE_* variables of environ that name
-// no option of any authpipe command (nor AUTHPIPE_CONFIG), sorted: each
-// command ignores the variables of the others, so a mistyped one
+// no option of any authpipe command (nor AUTHPIPE_CONFIG), sorted, each
+// with the variable it is closest to ("" for none):
+// each command ignores the variables of the others, so a mistyped one
 // (AUTHPIPE_MAX_INFLIGHT) would otherwise pass without a word. The test
 // and benchmark knobs (AUTHPIPE_TEST_*, AUTHPIPE_BENCH_*) are not options.
-func unknownEnvOptions(environ []string) []string {
+func unknownEnvOptions(environ []string) [][2]string {
 	known := map[string]bool{"config": true}
 	var walk func(c *cobra.Command)
 	walk = func(c *cobra.Command) {
@@ -148,7 +226,11 @@ func unknownEnvOptions(environ []string) []string {
 		}
 	}
 	walk(newRootCmd(nil, nil, nil))
-	var out []string
+	var vars []string
+	for name := range known {
+		vars = append(vars, envPrefix+strings.ReplaceAll(strings.ToUpper(name), "-", "_"))
+	}
+	var out [][2]string
 	for _, kv := range environ {
 		name, _, _ := strings.Cut(kv, "=")
 		rest, ok := strings.CutPrefix(name, envPrefix)
@@ -156,10 +238,10 @@ func unknownEnvOptions(environ []string) []string {
 			continue
 		}
 		if !known[strings.ReplaceAll(strings.ToLower(rest), "_", "-")] {
-			out = append(out, name)
+			out = append(out, [2]string{name, closest(name, vars)})
 		}
 	}
-	sort.Strings(out)
+	slices.SortFunc(out, func(a, b [2]string) int { return strings.Compare(a[0], b[0]) })
 	return out
 }
 

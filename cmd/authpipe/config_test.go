@@ -63,6 +63,14 @@ func TestApplyConfigErrors(t *testing.T) {
 		if err == nil || !asUsage(err, &ue) {
 			t.Errorf("%s: err %v, want a usage error", name, err)
 		}
+		// The errors a user reads: a suggestion for a typo, the type for a
+		// value that is not one.
+		if want := map[string]string{
+			"unknown.yaml": `unknown option "max-inflight" (did you mean "max-in-flight"?)`,
+			"badtype.yaml": `option max-in-flight: "lots" is not an int`,
+		}[name]; want != "" && (err == nil || !strings.HasSuffix(err.Error(), want)) {
+			t.Errorf("%s: %v, want it to end %s", name, err, want)
+		}
 	}
 	fs := pflag.NewFlagSet("t", pflag.ContinueOnError)
 	fs.Int("max-in-flight", 0, "")
@@ -180,8 +188,15 @@ func TestUnknownEnvOptions(t *testing.T) {
 	env := []string{"AUTHPIPE_MAX_INFLIGHT=5", "AUTHPIPE_MAX_IN_FLIGHT=5", "AUTHPIPE_FORMAT=json", "AUTHPIPE_CONFIG=x",
 		"AUTHPIPE_BENCH_N=1", "AUTHPIPE_TEST_LOG=1", "AUTHPIPE_ENVELOPES=e", "AUTHPIPE_BROKRES=k:9092", "PATH=/bin"}
 	got := unknownEnvOptions(env)
-	if want := []string{"AUTHPIPE_BROKRES", "AUTHPIPE_MAX_INFLIGHT"}; !slices.Equal(got, want) {
-		t.Errorf("unknownEnvOptions = %v, want %v", got, want)
+	want := [][2]string{
+		{"AUTHPIPE_BROKRES", "AUTHPIPE_BROKERS"},
+		{"AUTHPIPE_MAX_INFLIGHT", "AUTHPIPE_MAX_IN_FLIGHT"},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("unknownEnvOptions = %q, want %q", got, want)
+	}
+	if got := unknownEnvOptions([]string{"AUTHPIPE_COMPLETELY_UNRELATED=1"}); len(got) != 1 || got[0][1] != "" {
+		t.Errorf("a name close to none: %q, want no suggestion", got)
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // Exit codes.
@@ -50,7 +51,7 @@ func main() {
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root := newRootCmd(stdin, stdout, stderr)
 	root.SetArgs(args)
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return exitOK
 	}
@@ -63,7 +64,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	fmt.Fprintf(stderr, "authpipe: %s\n", strings.Join(lines, "\n"))
 	var ue usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintln(stderr, "Run 'authpipe --help' for usage.")
+		fmt.Fprintf(stderr, "Run '%s --help' for usage.\n", cmd.CommandPath())
 		return exitUsage
 	}
 	return exitFailure
@@ -85,20 +86,57 @@ Exit status: 0 on success, 1 on I/O or runtime failure, 2 on a usage error
 		Version:       readBuildInfo().String(),
 	}
 	root.SetVersionTemplate("authpipe {{.Version}}\n")
-	// Without this, cobra reports an unknown subcommand as a plain error.
-	root.Args = func(_ *cobra.Command, args []string) error {
-		if len(args) > 0 {
-			return usagef("unknown command %q", args[0])
-		}
-		return nil
-	}
-	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(flagError)
 	root.AddCommand(newVerifyCmd())
 	root.AddCommand(newRunCmd(), newProduceCmd(), newTailCmd(), newDemoCmd())
 	root.AddCommand(newReportCmd())
+	commandGroups(root)
 	return root
+}
+
+// commandGroups makes each command that only groups subcommands (authpipe,
+// authpipe report) print its help when called alone and refuse an unknown
+// subcommand as a usage error, with a suggestion. Left to cobra, the root
+// reports one as a plain error (exit 1) and `authpipe report sned` printed
+// the help and exited 0, so a typo in a cron job passed for success.
+func commandGroups(c *cobra.Command) {
+	if !c.HasSubCommands() {
+		return
+	}
+	if c.Run == nil && c.RunE == nil {
+		c.SuggestionsMinimumDistance = 2 // cobra's own default, set only on its error path
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return nil
+			}
+			hint := ""
+			if sug := cmd.SuggestionsFor(args[0]); len(sug) > 0 {
+				hint = fmt.Sprintf(" (did you mean %q?)", sug[0])
+			}
+			return usagef("unknown command %q for %q%s", args[0], cmd.CommandPath(), hint)
+		}
+		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	}
+	for _, sub := range c.Commands() {
+		commandGroups(sub)
+	}
+}
+
+// flagError is the usage error for a command line flag pflag refused, in
+// the words the config file's errors use: a suggestion for an unknown flag
+// close to a real one, the type for a value that does not parse.
+func flagError(cmd *cobra.Command, err error) error {
+	var unknown *pflag.NotExistError
+	if errors.As(err, &unknown) && unknown.GetSpecifiedShortnames() == "" {
+		return usagef("%v%s", err, didYouMean(unknown.GetSpecifiedName(), flagNames(cmd.Flags())))
+	}
+	var invalid *pflag.InvalidValueError
+	if errors.As(err, &invalid) {
+		f := invalid.GetFlag()
+		return usagef("--%s: %v", f.Name, valueError(f, invalid.GetValue(), invalid.Unwrap()))
+	}
+	return usageError{err}
 }

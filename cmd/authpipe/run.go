@@ -229,7 +229,11 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) (err error
 		return err
 	}
 	for _, v := range unknownEnvOptions(os.Environ()) {
-		log.Warn("environment variable names no option of any authpipe command; ignored", "variable", v)
+		attrs := []any{"variable", v[0]}
+		if v[1] != "" {
+			attrs = append(attrs, "did_you_mean", v[1])
+		}
+		log.Warn("environment variable names no option of any authpipe command; ignored", attrs...)
 	}
 	cfg := rf.cfg
 	cfg.Delivery = pipeline.Delivery(rf.delivery)
@@ -269,9 +273,6 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) (err error
 	if err != nil {
 		return err
 	}
-	if rf.role != "report" {
-		log.Info("verification", "dmarc_mode", rf.engine.dmarcMode, "judge_at", rf.judgeAt, "overrides", rf.engine.describe())
-	}
 	rf.kafka.log = log
 	kopts, err := rf.kafka.opts()
 	if err != nil {
@@ -279,6 +280,9 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) (err error
 	}
 	build := readBuildInfo()
 	log.Info("authpipe", "version", build.version, "revision", build.revision, "modified", build.modified, "go", build.goVersion)
+	if rf.role != "report" {
+		log.Info("verification", "dmarc_mode", rf.engine.dmarcMode, "judge_at", rf.judgeAt, "overrides", rf.engine.describe())
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(build.collector())
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

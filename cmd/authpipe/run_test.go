@@ -441,7 +441,7 @@ func TestRunProduceTailShareConfig(t *testing.T) {
 	if !strings.Contains(logs.String(), `"input":"raw.custom"`) {
 		t.Fatalf("run did not read AUTHPIPE_CONFIG:\n%s", logs)
 	}
-	if !strings.Contains(logs.String(), `names no option of any authpipe command; ignored","variable":"AUTHPIPE_MAX_INFLIGHT"`) {
+	if !strings.Contains(logs.String(), `names no option of any authpipe command; ignored","variable":"AUTHPIPE_MAX_INFLIGHT","did_you_mean":"AUTHPIPE_MAX_IN_FLIGHT"`) {
 		t.Errorf("no warning about AUTHPIPE_MAX_INFLIGHT:\n%s", logs)
 	}
 	t.Setenv("AUTHPIPE_CONFIG", "")
@@ -596,6 +596,9 @@ func TestRunVerificationOptions(t *testing.T) {
 	stop, logs := startRun(t, httpAddr, "--config", cfg)
 	if !strings.Contains(logs.String(), `"msg":"verification","dmarc_mode":"rfc7489","judge_at":"arrival","overrides":"trusted ARC sealers 1, denied IPs 1"`) {
 		t.Errorf("no verification settings in the log:\n%s", logs)
+	}
+	if first, _, _ := strings.Cut(logs.String(), "\n"); !strings.Contains(first, `"msg":"authpipe","version"`) {
+		t.Errorf("run's first log line should name the build, got %s", first)
 	}
 	msg, err := filepath.Abs("../../examples/message.eml")
 	if err != nil {

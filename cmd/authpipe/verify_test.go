@@ -215,6 +215,34 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// TestCommandLineMistakes: a mistyped command or flag is a usage error
+// (exit 2) that suggests the likely one and points at the help of the
+// command it was given to. Until session 24 `authpipe report sned` printed
+// report's help and exited 0, so a typo in a cron job passed for success.
+func TestCommandLineMistakes(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string // the error line, then the help line
+	}{
+		{[]string{"rnu"}, `authpipe: unknown command "rnu" for "authpipe" (did you mean "run"?)` + "\nRun 'authpipe --help' for usage."},
+		{[]string{"report", "sned"}, `authpipe: unknown command "sned" for "authpipe report" (did you mean "send"?)` + "\nRun 'authpipe report --help' for usage."},
+		{[]string{"report", "frobnicate"}, `authpipe: unknown command "frobnicate" for "authpipe report"` + "\nRun 'authpipe report --help' for usage."},
+		{[]string{"run", "--max-inflight", "3"}, `authpipe: unknown flag: --max-inflight (did you mean "max-in-flight"?)` + "\nRun 'authpipe run --help' for usage."},
+		{[]string{"report", "list", "--dat-dir", "x"}, `authpipe: unknown flag: --dat-dir (did you mean "data-dir"?)` + "\nRun 'authpipe report list --help' for usage."},
+		{[]string{"run", "--max-in-flight", "ten"}, `authpipe: --max-in-flight: "ten" is not an int` + "\nRun 'authpipe run --help' for usage."},
+		{[]string{"verify", "--nope", "-"}, "authpipe: unknown flag: --nope\nRun 'authpipe verify --help' for usage."},
+	} {
+		code, out, errs := authpipe(t, "", tc.args...)
+		if code != exitUsage || out != "" || strings.TrimSpace(errs) != tc.want {
+			t.Errorf("%q: exit %d, stdout %q, stderr\n%s\nwant exit 2, no stdout, stderr\n%s", tc.args, code, out, errs, tc.want)
+		}
+	}
+	// A group alone prints its help, as before.
+	if code, out, _ := authpipe(t, "", "report"); code != exitOK || !strings.Contains(out, "Available Commands") {
+		t.Errorf("report alone: exit %d, %q", code, out)
+	}
+}
+
 func TestHelp(t *testing.T) {
 	code, out, _ := authpipe(t, "", "verify", "--help")
 	if code != exitOK || !strings.Contains(out, "--zone") || !strings.Contains(out, "Exit status") {
