@@ -275,7 +275,12 @@ reports are built into the durable outbox, and due items are delivered by SMTP
 'authpipe run' (role report or all) does the same every --report-interval with
 the same delivery flags; send is for stores no running reporter owns, or for a
 round now. --receiver and --from are required. Report mail is DKIM-signed with
-every --dkim-key: give an RSA and an Ed25519 key to add both signatures.`,
+every --dkim-key: give an RSA and an Ed25519 key to add both signatures.
+
+Exit status 0 when the round ran, whatever single deliveries did: a rua
+address that refuses reports is common, and its outcome is in the counts
+printed and in 'authpipe report list' (state failed, with the reply); 1 when
+the round could not run (store, DNS set-up) or a window failed to build.`,
 		Example: `  authpipe report send --data-dir /var/lib/authpipe --receiver mx.example.net \
       --from dmarc-reports@example.net --dkim-key rsa2026=/etc/authpipe/rsa.pem --dkim-key ed2026=/etc/authpipe/ed25519.pem`,
 		Args: cobra.NoArgs,
