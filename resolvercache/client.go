@@ -145,14 +145,29 @@ type Client struct {
 	// left running for it and of what they come to (see leave); nil
 	// without one.
 	late atomic.Pointer[Cache]
+
+	// health is told when an upstream stops or starts answering (see
+	// upstream.down); holdDown is how long a server that stopped is asked
+	// nothing but a probe.
+	health   func(server string, answering bool, err error)
+	holdDown time.Duration
 }
 
 // upstream is one server with its shared UDP sockets.
 type upstream struct {
 	c    *Client
+	idx  int // in c.upstreams
 	addr string
 	udp  *net.UDPAddr
 	sem  chan struct{} // one token per wire query in flight; capacity MaxInFlight
+
+	// Health. fails counts the wire queries in a row that timed out or
+	// failed on the network (any datagram from the server resets it);
+	// after upstreamDownAfter of them the server is down: down holds the
+	// time (nanoseconds since the client's epoch) from which one query
+	// may probe it, and lookups ask the servers that answer first. 0: up.
+	fails atomic.Int32
+	down  atomic.Int64
 
 	mu     sync.Mutex
 	slots  []*udpConn            // the sockets taking new queries; nil: dial at next use
@@ -228,6 +243,9 @@ type waiter struct {
 	// first, or a prefetch) went out, for the metrics; zero for the
 	// lookup's own.
 	sent time.Time
+	// up: the upstream of its current query (register), so that an
+	// orphan's next attempt goes to the server after it (continueOrphan).
+	up *upstream
 
 	wbuf [maxQueryOctets]byte // the packed query
 	// rbuf holds the reply: the reader copies it here under udpConn.mu,
@@ -260,6 +278,7 @@ const sweepSlack = time.Millisecond
 type ClientOption func(*clientConfig) error
 
 type clientConfig struct {
+	health     func(server string, answering bool, err error)
 	upstreams  []string
 	resolvConf string
 	timeout    time.Duration
@@ -282,6 +301,22 @@ func WithUpstreams(addrs ...string) ClientOption {
 			return errors.New("WithUpstreams: no address")
 		}
 		c.upstreams = append([]string(nil), addrs...)
+		return nil
+	}
+}
+
+// WithHealthFunc has f told, once per change, when an upstream server
+// stops answering (answering false, with the error of the query that
+// decided it: upstreamDownAfter wire queries in a row timed out or failed
+// on the network) and when it answers again (true, nil). f runs on the
+// goroutine that saw the change and must not block. While a server is
+// down, with more than one upstream, lookups ask the others first and it
+// gets one probe query every upstreamHoldDown (5 s), so a dead first
+// server in resolv.conf does not cost every lookup its timeout. The
+// client keeps that state with or without f.
+func WithHealthFunc(f func(server string, answering bool, err error)) ClientOption {
+	return func(c *clientConfig) error {
+		c.health = f
 		return nil
 	}
 }
@@ -441,6 +476,9 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 		newID:   func() uint16 { return uint16(rand.Uint32()) },
 		maxAge:  udpSocketMaxAge,
 		epoch:   time.Now(),
+
+		health:   cfg.health,
+		holdDown: upstreamHoldDown,
 	}
 	for _, a := range addrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -452,6 +490,7 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 		}
 		u := &upstream{
 			c:     c,
+			idx:   len(c.upstreams),
 			addr:  ua.String(),
 			udp:   ua,
 			sem:   make(chan struct{}, cfg.maxFlight),
@@ -462,8 +501,72 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 		u.sweeper = time.AfterFunc(time.Hour, u.sweep)
 		u.sweeper.Stop()
 		c.upstreams = append(c.upstreams, u)
+		c.metrics.upstreamUp(u.addr, true)
 	}
 	return c, nil
+}
+
+// Upstream health: a server whose last upstreamDownAfter wire queries all
+// timed out or failed on the network is down, asked after the others for
+// upstreamHoldDown, then probed by one query; any datagram from it makes
+// it up again.
+const (
+	upstreamDownAfter = 3
+	upstreamHoldDown  = 5 * time.Second
+)
+
+// firstUpstream returns the index of the server a lookup asks first: the
+// first in order that is up, or a down one whose hold-down has passed, the
+// lookup then being its one probe until the next. With every server down
+// it is the first.
+func (c *Client) firstUpstream() int {
+	if len(c.upstreams) == 1 {
+		return 0
+	}
+	now := int64(-1)
+	for i, u := range c.upstreams {
+		d := u.down.Load()
+		if d == 0 {
+			return i
+		}
+		if now < 0 {
+			now = int64(time.Since(c.epoch))
+		}
+		if now >= d && u.down.CompareAndSwap(d, now+int64(c.holdDown)) {
+			return i
+		}
+	}
+	return 0
+}
+
+// answered records that a datagram came from u: it is up.
+func (u *upstream) answered() {
+	if u.fails.Load() != 0 {
+		u.fails.Store(0)
+	}
+	if u.down.Load() != 0 && u.down.Swap(0) != 0 {
+		u.c.metrics.upstreamUp(u.addr, true)
+		if f := u.c.health; f != nil {
+			f(u.addr, true, nil)
+		}
+	}
+}
+
+// failed records a wire query to u that failed on the network (err) or
+// timed out (nil); the upstreamDownAfter-th in a row makes it down.
+func (u *upstream) failed(err error) {
+	if u.fails.Add(1) < upstreamDownAfter || u.down.Load() != 0 {
+		return
+	}
+	if u.down.CompareAndSwap(0, int64(time.Since(u.c.epoch))+int64(u.c.holdDown)) {
+		if err == nil {
+			err = fmt.Errorf("no reply to %d queries in a row within %v", upstreamDownAfter, u.c.timeout)
+		}
+		u.c.metrics.upstreamUp(u.addr, false)
+		if f := u.c.health; f != nil {
+			f(u.addr, false, err)
+		}
+	}
 }
 
 // Upstreams returns the server addresses in the order they are asked.
@@ -537,8 +640,9 @@ func (c *Client) lookup(ctx context.Context, name string, qtype uint16) (*Answer
 // query asks q of the upstreams in turn until one gives a usable reply.
 func (c *Client) query(ctx context.Context, q *question, w *waiter) (replyView, error) {
 	var last error
+	first := c.firstUpstream()
 	for attempt := 0; attempt <= c.retries; attempt++ {
-		u := c.upstreams[attempt%len(c.upstreams)]
+		u := c.upstreams[(first+attempt)%len(c.upstreams)]
 		w.attempt = attempt
 		m, err := c.try(ctx, u, q, w)
 		if err == nil {
@@ -637,6 +741,7 @@ func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *w
 	if _, err := uc.conn.Write(q.pack(w.wbuf[:0])); err != nil {
 		uc.drop(w)
 		uc.retire()
+		u.failed(err)
 		return replyView{}, ioError(ctx, q, err, ctxBound, deadline)
 	}
 	var r reply
@@ -700,6 +805,9 @@ func (c *Client) exchangeTCP(ctx context.Context, u *upstream, q *question) (_ r
 	defer cancel()
 	conn, err := c.dialer.DialContext(dctx, "tcp", u.addr)
 	if err != nil {
+		if ctx.Err() == nil {
+			u.failed(err)
+		}
 		return replyView{}, ioError(ctx, q, err, ctxBound, deadline)
 	}
 	defer conn.Close()
@@ -718,6 +826,7 @@ func (c *Client) exchangeTCP(ctx context.Context, u *upstream, q *question) (_ r
 	if _, err := io.ReadFull(conn, lenBuf[:]); err != nil {
 		return replyView{}, ioError(ctx, q, fmt.Errorf("read TCP length: %w", err), ctxBound, deadline)
 	}
+	u.answered()
 	n := int(binary.BigEndian.Uint16(lenBuf[:]))
 	body := make([]byte, n) // at most 65535 octets by construction
 	if _, err := io.ReadFull(conn, body); err != nil {
@@ -751,6 +860,7 @@ func (u *upstream) register(w *waiter, now time.Time, at int64) (*udpConn, error
 		if err != nil {
 			return nil, err
 		}
+		w.up = u
 		if uc.register(w, last, at) {
 			// u.waiting counts w before this reads armed: sweep, which
 			// clears armed before it reads u.waiting, either sees w or
@@ -903,6 +1013,7 @@ func (uc *udpConn) endLocked(id uint16) {
 // before now, and returns the deadline of the next query waiting, if any.
 func (uc *udpConn) expire(now int64) (next int64, pending bool) {
 	var orphans []*waiter // their outcome goes to the Cache once uc.mu is free
+	expired := 0          // counted against the server's health once uc.mu is free
 	uc.mu.Lock()
 	for uc.swept < len(uc.expiries) {
 		e := uc.expiries[uc.swept]
@@ -916,6 +1027,7 @@ func (uc *udpConn) expire(now int64) (next int64, pending bool) {
 			break
 		}
 		uc.swept++
+		expired++
 		w.mismatch = uc.mismatchLocked(w)
 		uc.endLocked(e.id)
 		if w.orphan {
@@ -926,6 +1038,9 @@ func (uc *udpConn) expire(now int64) (next int64, pending bool) {
 	}
 	drained := uc.drainedLocked()
 	uc.mu.Unlock()
+	for range expired {
+		uc.u.failed(nil)
+	}
 	for _, w := range orphans {
 		err := w.mismatch
 		if err == nil {
@@ -993,7 +1108,7 @@ func (uc *udpConn) leave(w *waiter) bool {
 	// Before the orphan is in waiters, so before its outcome can come.
 	cache.leftRunning(w.q.orig, w.q.otype)
 	o := uc.u.c.orphan(w.q, w.attempt)
-	o.mismatch, o.strays = w.mismatch, w.strays
+	o.mismatch, o.strays, o.up = w.mismatch, w.strays, uc.u
 	uc.waiters[w.q.id] = o
 	w.handed = true
 	return true
@@ -1054,7 +1169,7 @@ func (c *Client) settleLate(w *waiter, r reply) {
 // on a socket's reader or the sweeper), and reports false if there is none,
 // the client is closed, or the query cannot be sent.
 func (c *Client) continueOrphan(w *waiter) bool {
-	return c.sendOrphan(w.q, w.attempt+1)
+	return c.sendOrphan(w.q, w.attempt+1, c.upstreams[(w.up.idx+1)%len(c.upstreams)])
 }
 
 // start sends the first query of a lookup of name and type that nobody
@@ -1069,15 +1184,14 @@ func (c *Client) start(name string, qtype uint16) bool {
 	if c.late.Load() == nil || ValidateName(canon) != nil {
 		return false
 	}
-	return c.sendOrphan(question{name: wireName(canon), qtype: qtype, orig: canon, otype: qtype}, 0)
+	return c.sendOrphan(question{name: wireName(canon), qtype: qtype, orig: canon, otype: qtype}, 0, c.upstreams[c.firstUpstream()])
 }
 
 // sendOrphan sends attempt of the query q (its name the lookup's own) as
-// an orphan waiter, on the upstream query would have chosen for it,
+// an orphan waiter, to u (the upstream query would have chosen for it),
 // taking a free in-flight slot without waiting; it reports whether the
 // query went out (or is settled by the socket's shutdown).
-func (c *Client) sendOrphan(q question, attempt int) bool {
-	u := c.upstreams[attempt%len(c.upstreams)]
+func (c *Client) sendOrphan(q question, attempt int, u *upstream) bool {
 	u.mu.Lock()
 	closed := u.closed
 	u.mu.Unlock()
@@ -1100,6 +1214,7 @@ func (c *Client) sendOrphan(q question, attempt int) bool {
 	}
 	uc.boundWrite(rel)
 	if _, err := uc.conn.Write(o.q.pack(o.wbuf[:0])); err != nil {
+		u.failed(err)
 		if !uc.abandon(o) { // out, and its slot given back (endLocked)
 			return true // the socket failed meanwhile: shutdown settles o
 		}
@@ -1119,7 +1234,7 @@ func (c *Client) sendOrphan(q question, attempt int) bool {
 func (c *Client) orphan(q question, attempt int) *waiter {
 	o := c.waiter()
 	o.q, o.attempt, o.orphan = q, attempt, true
-	o.mismatch, o.strays, o.first, o.handed, o.sent = nil, 0, false, false, time.Time{}
+	o.mismatch, o.strays, o.first, o.handed, o.sent, o.up = nil, 0, false, false, time.Time{}, nil
 	return o
 }
 
@@ -1173,9 +1288,13 @@ func (uc *udpConn) shutdown(cause error) {
 			w.ch <- reply{err: w.q.fail(KindNetwork, cause)}
 		}
 	}
+	failedAny := uc.pending > 0
 	uc.u.waiting.Add(int64(-uc.pending))
 	uc.waiters, uc.pending, uc.expiries = nil, 0, nil
 	uc.mu.Unlock()
+	if failedAny && !errors.Is(cause, net.ErrClosed) {
+		uc.u.failed(cause) // refused (ICMP), unreachable: not our own Close
+	}
 	for _, w := range orphans {
 		uc.u.c.settleLate(w, reply{err: w.q.fail(KindNetwork, cause)})
 	}
@@ -1222,6 +1341,7 @@ func (uc *udpConn) read(tracked bool) {
 			uc.shutdown(err) // nothing left to fail if uc was closed on purpose
 			return
 		}
+		uc.u.answered()
 		uc.dispatch(uc.buf[:n])
 	}
 }

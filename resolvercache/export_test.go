@@ -34,3 +34,17 @@ const KeptFills = keptFills
 // UDPSocketsForTest reports how many shared UDP sockets the client keeps
 // for its first upstream.
 func UDPSocketsForTest(c *Client) int { return len(c.upstreams[0].slots) }
+
+// ProbeNowForTest ends the hold-down of every upstream that is down: the
+// next lookup probes the first of them.
+func ProbeNowForTest(c *Client) {
+	for _, u := range c.upstreams {
+		if u.down.Load() != 0 {
+			u.down.Store(1)
+		}
+	}
+}
+
+// UpstreamDownAfter is how many wire queries in a row must time out or
+// fail before an upstream is held down.
+const UpstreamDownAfter = upstreamDownAfter

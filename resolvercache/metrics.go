@@ -24,6 +24,7 @@ import (
 //	cache_late_total                 wire queries no lookup waited for (prefetches, and those left running after their lookup gave up), settled (answer, error or nothing usable)
 //	cache_cost_bytes                 approximate bytes held by the cache (read when scraped)
 //	cache_evictions_total            entries evicted or expired by the cache
+//	upstream_up{server}              1 while a Client's upstream server answers, 0 while it is held down (WithHealthFunc)
 type Metrics struct {
 	lookupsClient, lookupsCache, lookupsZone prometheus.Counter
 	errors                                   *prometheus.CounterVec
@@ -31,6 +32,7 @@ type Metrics struct {
 	durUDP, durTCP                           prometheus.Observer
 	hits, misses, shared, late               prometheus.Counter
 	evictions                                prometheus.Counter
+	upstreams                                *prometheus.GaugeVec
 	// cost reads the bytes held by the cache counting into these
 	// metrics (the last one made with them), for cache_cost_bytes when
 	// it is scraped: summing ristretto's cost counters on every insert
@@ -89,8 +91,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		Namespace: "authpipe", Subsystem: "dns", Name: "cache_evictions_total",
 		Help: "DNS cache entries evicted or expired.",
 	})
+	upstreams := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "authpipe", Subsystem: "dns", Name: "upstream_up",
+		Help: "1 while the upstream DNS server answers, 0 while it is held down after queries in a row timed out or failed (asked after the others, probed every few seconds).",
+	}, []string{"server"})
 	if reg != nil {
-		for _, c := range []prometheus.Collector{lookups, errs, queries, dur, hits, misses, shared, late, cost, evictions} {
+		for _, c := range []prometheus.Collector{lookups, errs, queries, dur, hits, misses, shared, late, cost, evictions, upstreams} {
 			if err := reg.Register(c); err != nil {
 				var are prometheus.AlreadyRegisteredError
 				if errors.As(err, &are) {
@@ -110,7 +116,20 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m.durTCP = dur.WithLabelValues("tcp")
 	m.hits, m.misses, m.shared, m.late = hits, misses, shared, late
 	m.evictions = evictions
+	m.upstreams = upstreams
 	return m, nil
+}
+
+// upstreamUp sets upstream_up for server.
+func (m *Metrics) upstreamUp(server string, up bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.upstreams.WithLabelValues(server).Set(v)
 }
 
 func (m *Metrics) cacheHit() {

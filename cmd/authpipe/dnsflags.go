@@ -16,7 +16,7 @@ import (
 
 // dnsFlags are the DNS options shared by every subcommand that verifies mail.
 type dnsFlags struct {
-	server  string
+	servers []string
 	zone    string
 	timeout time.Duration
 	budget  time.Duration
@@ -27,10 +27,13 @@ type dnsFlags struct {
 	// it from the messages verified at once (run) or takes the client's
 	// default.
 	maxInFlight int
+	// log, when set (run), is told when a server stops or starts
+	// answering.
+	log *slog.Logger
 }
 
 func (d *dnsFlags) register(f *pflag.FlagSet) {
-	f.StringVar(&d.server, "resolver", "", "send DNS queries to this `host:port` and no other (default: servers in /etc/resolv.conf)")
+	f.StringSliceVar(&d.servers, "resolver", nil, "send DNS queries to this `host:port` and no other; repeat it (or separate with commas) for more, asked in order, a server that stops answering asked last until it answers a probe (default: the servers in /etc/resolv.conf)")
 	f.StringVar(&d.zone, "zone", "", "answer DNS from this RFC 1035 zone `file`, with no network at all")
 	f.DurationVar(&d.timeout, "dns-timeout", 2*time.Second, "timeout for one DNS query")
 	f.DurationVar(&d.budget, "dns-budget", 10*time.Second, "time all DNS work for one message may take; checks still waiting then report temperror")
@@ -61,7 +64,7 @@ func (d *dnsFlags) resolverClient(m *resolvercache.Metrics, inFlight int) (resol
 		inFlight = d.maxInFlight
 	}
 	if d.zone != "" {
-		if d.server != "" {
+		if len(d.servers) > 0 {
 			return nil, nil, usagef("--zone and --resolver exclude each other")
 		}
 		z, err := resolvercache.LoadZoneFile(d.zone, resolvercache.WithZoneMetrics(m))
@@ -74,11 +77,23 @@ func (d *dnsFlags) resolverClient(m *resolvercache.Metrics, inFlight int) (resol
 	if inFlight > 0 {
 		opts = append(opts, resolvercache.WithMaxInFlight(inFlight))
 	}
-	if d.server != "" {
-		if _, _, err := net.SplitHostPort(d.server); err != nil {
+	for _, s := range d.servers {
+		if _, _, err := net.SplitHostPort(s); err != nil {
 			return nil, nil, usagef("--resolver: want host:port: %v", err)
 		}
-		opts = append(opts, resolvercache.WithUpstreams(d.server))
+	}
+	if len(d.servers) > 0 {
+		opts = append(opts, resolvercache.WithUpstreams(d.servers...))
+	}
+	if log := d.log; log != nil {
+		opts = append(opts, resolvercache.WithHealthFunc(func(server string, answering bool, err error) {
+			if answering {
+				log.Info("DNS server answering again", "server", server)
+				return
+			}
+			log.Warn("DNS server not answering: the other servers are asked first, and it gets a probe every 5s; with none answering, verdicts say temperror",
+				"server", server, "err", err)
+		}))
 	}
 	c, err := resolvercache.NewClient(opts...)
 	if err != nil {

@@ -290,6 +290,7 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) (err error
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
+	rf.dns.log = log
 	res, dnsClient, err := rf.dns.resolverClient(dnsMetrics, pipeline.DNSQueriesInFlight(cfg))
 	if err != nil {
 		return err

@@ -514,6 +514,23 @@ func TestRunWarnsWhenDNSDoesNotAnswer(t *testing.T) {
 	if !strings.Contains(logs.String(), `"msg":"DNS","servers":["`+deadDNS+`"]`) {
 		t.Errorf("no DNS start line naming %s:\n%s", deadDNS, logs)
 	}
+	// Once its queries keep failing (the probe's two refused ones, then a
+	// message's), the server itself is named as held down, in the log and
+	// the metrics.
+	if code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", addr, "--ip", "192.0.2.10", "../../examples/message.eml"); code != 0 {
+		t.Fatalf("produce: %s", stderr)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), `"msg":"DNS server not answering`); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning naming the server:\n%s", logs)
+		}
+	}
+	if !strings.Contains(logs.String(), `"server":"`+deadDNS+`"`) {
+		t.Errorf("the warning does not name %s:\n%s", deadDNS, logs)
+	}
+	if m := metricsText(t, httpAddr); !strings.Contains(m, `authpipe_dns_upstream_up{server="`+deadDNS+`"} 0`) {
+		t.Errorf("metrics do not show %s down", deadDNS)
+	}
 	if code := stop(); code != 0 {
 		t.Fatalf("run exit %d:\n%s", code, logs)
 	}

@@ -1,0 +1,163 @@
+package resolvercache_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/authpipe/authpipe/resolvercache"
+	"github.com/authpipe/authpipe/resolvercache/dnstest"
+)
+
+// healthLog records WithHealthFunc's calls.
+type healthLog struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (h *healthLog) option() resolvercache.ClientOption {
+	return resolvercache.WithHealthFunc(func(server string, answering bool, err error) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if answering != (err == nil) {
+			h.events = append(h.events, fmt.Sprintf("%s answering=%v with error %v", server, answering, err))
+			return
+		}
+		h.events = append(h.events, fmt.Sprintf("%s %v", server, answering))
+	})
+}
+
+func (h *healthLog) get() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.events)
+}
+
+// TestDeadUpstreamAskedLast: with two servers and the first not
+// answering, a lookup went to the first and waited out its timeout every
+// time (the first in resolv.conf is asked first). Now, once
+// UpstreamDownAfter queries to it in a row have timed out, lookups ask
+// the second first; the first gets one probe per hold-down, and once it
+// answers one it is asked first again. Both changes are told to the
+// health func. Query counts, not times, show where lookups went.
+func TestDeadUpstreamAskedLast(t *testing.T) {
+	dead, good := startServer(t), startServer(t)
+	for _, s := range []*dnstest.Server{dead, good} {
+		s.AddRR(dnstest.TXT("a.example.", "v=ok", 300))
+	}
+	dead.SetDown(true)
+	var h healthLog
+	c := newClient(t, resolvercache.WithUpstreams(dead.Addr, good.Addr), resolvercache.WithTimeout(100*time.Millisecond),
+		resolvercache.WithRetries(1), h.option())
+	lookup := func() {
+		t.Helper()
+		if _, err := c.Lookup(context.Background(), "a.example", dns.TypeTXT); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 20 {
+		lookup()
+	}
+	if got := dead.Queries.Load(); got != resolvercache.UpstreamDownAfter {
+		t.Errorf("the dead server was asked %d times in 20 lookups, want %d (then held down)", got, resolvercache.UpstreamDownAfter)
+	}
+	if got := good.Queries.Load(); got != 20 {
+		t.Errorf("the good server was asked %d times, want 20", got)
+	}
+	if want := []string{dead.Addr + " false"}; !slices.Equal(h.get(), want) {
+		t.Errorf("health events %q, want %q", h.get(), want)
+	}
+
+	// Hold-down over: the next lookup probes the first server, which
+	// answers now; it is up and asked first again.
+	dead.SetDown(false)
+	resolvercache.ProbeNowForTest(c)
+	lookup()
+	lookup()
+	if got := dead.Queries.Load(); got != resolvercache.UpstreamDownAfter+2 {
+		t.Errorf("after recovery the first server was asked %d times, want %d", got, resolvercache.UpstreamDownAfter+2)
+	}
+	if got := good.Queries.Load(); got != 20 {
+		t.Errorf("after recovery the second server was asked %d times, want still 20", got)
+	}
+	if want := []string{dead.Addr + " false", dead.Addr + " true"}; !slices.Equal(h.get(), want) {
+		t.Errorf("health events %q, want %q", h.get(), want)
+	}
+
+	// A probe that fails leaves it down, and the lookup goes on to the
+	// second server.
+	dead.SetDown(true)
+	for range resolvercache.UpstreamDownAfter {
+		lookup()
+	}
+	resolvercache.ProbeNowForTest(c)
+	before := dead.Queries.Load()
+	lookup()
+	lookup()
+	if got := dead.Queries.Load() - before; got != 1 {
+		t.Errorf("a probe that timed out: the first server was asked %d times in 2 lookups, want 1", got)
+	}
+	if want := []string{dead.Addr + " false", dead.Addr + " true", dead.Addr + " false"}; !slices.Equal(h.get(), want) {
+		t.Errorf("health events %q, want %q", h.get(), want)
+	}
+}
+
+// TestRefusingUpstream: a server whose port is closed answers with ICMP
+// port unreachable, which a connected UDP socket reports as a network
+// error: it is held down like a silent one, with that error.
+func TestRefusingUpstream(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := pc.LocalAddr().String()
+	pc.Close()
+	good := startServer(t)
+	good.AddRR(dnstest.TXT("a.example.", "v=ok", 300))
+	var h healthLog
+	c := newClient(t, resolvercache.WithUpstreams(closed, good.Addr), resolvercache.WithTimeout(time.Second),
+		resolvercache.WithRetries(1), h.option())
+	for range 10 {
+		if _, err := c.Lookup(context.Background(), "a.example", dns.TypeTXT); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := good.Queries.Load(); got != 10 {
+		t.Errorf("the good server was asked %d times, want 10", got)
+	}
+	if want := []string{closed + " false"}; !slices.Equal(h.get(), want) {
+		t.Errorf("health events %q, want %q", h.get(), want)
+	}
+}
+
+// TestSingleUpstreamHealth: with one server there is nothing to ask
+// instead, so it is asked whatever its state, but its changes are told.
+func TestSingleUpstreamHealth(t *testing.T) {
+	s := startServer(t)
+	s.AddRR(dnstest.TXT("a.example.", "v=ok", 300))
+	s.SetDown(true)
+	var h healthLog
+	c := newClient(t, resolvercache.WithUpstreams(s.Addr), resolvercache.WithTimeout(50*time.Millisecond),
+		resolvercache.WithRetries(0), h.option())
+	for range resolvercache.UpstreamDownAfter + 2 {
+		if _, err := c.Lookup(context.Background(), "a.example", dns.TypeTXT); err == nil {
+			t.Fatal("a lookup of a silent server succeeded")
+		}
+	}
+	if got := s.Queries.Load(); got != resolvercache.UpstreamDownAfter+2 {
+		t.Errorf("the only server was asked %d times, want every time (%d)", got, resolvercache.UpstreamDownAfter+2)
+	}
+	s.SetDown(false)
+	if _, err := c.Lookup(context.Background(), "a.example", dns.TypeTXT); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{s.Addr + " false", s.Addr + " true"}; !slices.Equal(h.get(), want) {
+		t.Errorf("health events %q, want %q", h.get(), want)
+	}
+}
