@@ -108,13 +108,23 @@ func (d *dnsFlags) resolverClient(m *resolvercache.Metrics, inFlight int) (resol
 
 // probeDNS asks the resolver once, at start, for a name under .invalid
 // (RFC 6761 6.4: a recursive server answers NXDOMAIN at once, asking
-// nobody), and warns when the servers do not answer: every verdict would
-// then say temperror, and the log says why before the metrics do. It asks
-// with the client's timeout and retries, and gives up with ctx.
+// nobody), and warns when the servers do not answer, or answer it with an
+// error (REFUSED from a server whose access list leaves this host out,
+// SERVFAIL or REFUSED from one that is not a recursive resolver): every
+// verdict would then say temperror, and the log says why before the
+// metrics do. It asks with the client's timeout and retries, and gives up
+// with ctx.
 func probeDNS(ctx context.Context, r resolvercache.Resolver, servers []string, log *slog.Logger) {
 	_, err := r.Lookup(ctx, "authpipe-start-probe.invalid", dns.TypeTXT)
 	var re *resolvercache.Error
-	if errors.As(err, &re) && (re.Kind == resolvercache.KindTimeout || re.Kind == resolvercache.KindNetwork) && ctx.Err() == nil {
+	if !errors.As(err, &re) || ctx.Err() != nil {
+		return
+	}
+	switch re.Kind {
+	case resolvercache.KindTimeout, resolvercache.KindNetwork:
 		log.Warn("DNS servers not answering: verdicts will say temperror until they do (see --resolver)", "servers", servers, "err", err)
+	case resolvercache.KindServFail:
+		log.Warn("DNS servers answer with an error a recursive resolver does not give for this name: is it a recursive resolver that serves this host (access list)? Verdicts will say temperror (see --resolver)",
+			"servers", servers, "rcode", dns.RcodeToString[re.Rcode], "err", err)
 	}
 }

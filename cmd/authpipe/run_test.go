@@ -19,11 +19,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/authpipe/authpipe/internal/schematest"
 	"github.com/authpipe/authpipe/pipeline"
+	"github.com/authpipe/authpipe/resolvercache/dnstest"
 	"github.com/authpipe/authpipe/stages"
 	"github.com/authpipe/authpipe/stages/verdict"
 )
@@ -530,6 +532,29 @@ func TestRunWarnsWhenDNSDoesNotAnswer(t *testing.T) {
 	}
 	if m := metricsText(t, httpAddr); !strings.Contains(m, `authpipe_dns_upstream_up{server="`+deadDNS+`"} 0`) {
 		t.Errorf("metrics do not show %s down", deadDNS)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("run exit %d:\n%s", code, logs)
+	}
+}
+
+// TestRunWarnsWhenDNSRefuses: a server that refuses recursion to this
+// host (its access list) answers every query REFUSED; run says so at
+// start, naming the rcode, instead of leaving every verdict's temperror
+// to explain it.
+func TestRunWarnsWhenDNSRefuses(t *testing.T) {
+	s, err := dnstest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	s.SetRcode("authpipe-start-probe.invalid.", dns.TypeTXT, dns.RcodeRefused)
+	addrs := freeAddrs(t, 2)
+	stop, logs := startRun(t, addrs[1], "--listen", addrs[0], "--data-dir", t.TempDir(), "--resolver", s.Addr)
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), `"rcode":"REFUSED"`); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning about the refusing server:\n%s", logs)
+		}
 	}
 	if code := stop(); code != 0 {
 		t.Fatalf("run exit %d:\n%s", code, logs)
