@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"net/mail"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/authpipe/authpipe/pipeline"
 	"github.com/authpipe/authpipe/stages"
+	"github.com/authpipe/authpipe/stages/message"
 )
 
 // envelopeLine is one line of a --envelopes JSON-lines file.
@@ -52,6 +54,11 @@ type produceFlags struct {
 	rcptTo     []string
 	receivedAt string
 	maxBytes   int
+	// envelope: "flags", or "message" for each message's own, from its
+	// trace fields (messageEnvelope); internalNets: the provider's own
+	// addresses, whose hops it skips.
+	envelope     string
+	internalNets []string
 }
 
 func newProduceCmd() *cobra.Command {
@@ -66,7 +73,25 @@ smtp.received-at, mta.queue-id), as an MTA integration would.
 Each PATH is a message file, a directory (read recursively; dot files are
 skipped, and so is a Maildir's tmp, which holds deliveries in progress) or an
 mbox file (recognised by its first line, "From "; mboxrd quoting is undone).
-All of them get the envelope given by the flags. With --envelopes, a JSON-lines file gives one message per line with its
+All of them get the envelope given by the flags, or, with --envelope message,
+each its own, as the trace fields of an archived message record it:
+
+  client IP, HELO  from the topmost Received field written for a client
+                   outside the provider: the first, from the top, whose
+                   client address is neither loopback, private nor
+                   link-local (RFC 1918, RFC 4193) nor in an --internal-net
+                   prefix (the provider's own public hops: MX to store)
+  RCPT TO          that field's "for" clause
+  arrival time     that field's date (unless --received-at gives one)
+  MAIL FROM        the topmost Return-Path field (written at delivery,
+                   RFC 5321 4.4), else Exim's "(envelope-from <...>)" there
+
+A value the message does not give is the flag's; a message that names no
+outside client is not sent but named on standard error (exit 1), and produce
+says how many messages had no Return-Path (their MAIL FROM is --mail-from's,
+the null sender by default).
+
+With --envelopes, a JSON-lines file gives one message per line with its
 own envelope:
 
   {"path": "msg1.eml", "client_ip": "192.0.2.10", "helo": "mail.example.com",
@@ -89,7 +114,8 @@ embedded broker, its listen address), TLS and SASL settings, input-topic and
 max-message-bytes apply; its other keys are skipped.`,
 		Example: `  authpipe produce --ip 192.0.2.10 --helo mail.example.com \
       --mail-from alice@example.com examples/message.eml
-  authpipe produce --envelopes corpus/envelopes.jsonl`,
+  authpipe produce --envelopes corpus/envelopes.jsonl
+  authpipe produce --envelope message --internal-net 198.51.100.0/24 archive/Maildir`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := applyProduceConfig(cmd.Flags(), os.Environ()); err != nil {
 				return err
@@ -110,6 +136,8 @@ max-message-bytes apply; its other keys are skipped.`,
 	f.StringVar(&pf.mailFrom, "mail-from", "", "MAIL FROM `address` for PATH messages (empty: null sender)")
 	f.StringSliceVar(&pf.rcptTo, "rcpt-to", nil, "RCPT TO `address`es for PATH messages")
 	f.StringVar(&pf.receivedAt, "received-at", "", "arrival `time` of PATH messages, RFC 3339, or message: each message's own (its topmost Received field's date, else its mbox From line's, else now), for re-scoring an archive (default: now)")
+	f.StringVar(&pf.envelope, "envelope", "flags", "envelope of PATH messages: flags (--ip, --helo, --mail-from, --rcpt-to, --received-at), or message: each message's own, from its Received and Return-Path fields, for re-scoring an archive (see above)")
+	f.StringSliceVar(&pf.internalNets, "internal-net", nil, "with --envelope message: an `address` or prefix of the provider's own hosts, whose Received fields are passed over in looking for the outside client (repeatable; loopback, private and link-local addresses always are)")
 	f.IntVar(&pf.maxBytes, "max-message-bytes", 64<<20, "largest message sent, in `bytes`; larger ones are named on stderr and skipped (exit 1)")
 	return cmd
 }
@@ -129,6 +157,14 @@ type producer struct {
 	skipped  int
 	// arrivalFromMessage: --received-at message (see messageArrival).
 	arrivalFromMessage bool
+	// envelopeFromMessage: --envelope message (see messageEnvelope),
+	// passing over the hops of internal; arrivalGiven: --received-at
+	// gave a time, which wins over the message's. noReturnPath counts
+	// the messages without a Return-Path field.
+	envelopeFromMessage bool
+	internal            []netip.Prefix
+	arrivalGiven        bool
+	noReturnPath        int
 }
 
 // progressInterval is how often produce says how far it is, on a terminal.
@@ -166,6 +202,14 @@ func (p *producer) startProgress(w io.Writer, interval time.Duration) (stop func
 func (p *producer) skip(key string, size string) {
 	p.skipped++
 	fmt.Fprintf(p.stderr, "produce: %s: %s, over --max-message-bytes (%d): not sent\n", key, size, p.maxBytes)
+}
+
+// describeMailFrom says which MAIL FROM the flag gives.
+func describeMailFrom(flag string) string {
+	if flag == "" {
+		return "the null sender (no --mail-from)"
+	}
+	return fmt.Sprintf("%s (--mail-from)", flag)
 }
 
 func (p *producer) send(ctx context.Context, key string, raw []byte, env stages.Envelope, queueID string) {
@@ -209,6 +253,16 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 		}
 		env.ClientIP = ip
 	}
+	if pf.envelope != "flags" && pf.envelope != "message" {
+		return usagef("--envelope: want flags or message, got %q", pf.envelope)
+	}
+	if len(pf.internalNets) > 0 && pf.envelope != "message" {
+		return usagef("--internal-net needs --envelope message")
+	}
+	internal, err := prefixList("internal-net", pf.internalNets)
+	if err != nil {
+		return err
+	}
 	fromMessage := pf.receivedAt == "message"
 	if pf.receivedAt != "" && !fromMessage {
 		t, err := time.Parse(time.RFC3339, pf.receivedAt)
@@ -245,7 +299,8 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 	if err := pf.kafka.check(ctx, cl, brokers); err != nil {
 		return err
 	}
-	p := &producer{cl: cl, topic: pf.topic, stderr: stderr, maxBytes: pf.maxBytes, arrivalFromMessage: fromMessage}
+	p := &producer{cl: cl, topic: pf.topic, stderr: stderr, maxBytes: pf.maxBytes, arrivalFromMessage: fromMessage,
+		envelopeFromMessage: pf.envelope == "message", internal: internal, arrivalGiven: pf.receivedAt != "" && !fromMessage}
 	// A large archive takes a while: who watches on a terminal sees it move.
 	stopProgress := p.startProgress(progressWriter(stderr), progressInterval)
 	defer stopProgress()
@@ -283,8 +338,11 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 		return err
 	}
 	fmt.Fprintf(stderr, "produced %s to %s on %s\n", countMessages(p.n.Load()), pf.topic, strings.Join(brokers, ","))
+	if p.noReturnPath > 0 {
+		fmt.Fprintf(stderr, "produce: %s without a Return-Path field: MAIL FROM %s\n", countMessages(int64(p.noReturnPath)), describeMailFrom(pf.mailFrom))
+	}
 	if p.skipped > 0 {
-		return fmt.Errorf("produce: %s over --max-message-bytes not sent (named above); all others sent", countMessages(int64(p.skipped)))
+		return fmt.Errorf("produce: %s not sent (named above); all others sent", countMessages(int64(p.skipped)))
 	}
 	return nil
 }
@@ -350,7 +408,10 @@ func produceFile(ctx context.Context, p *producer, name, key string, env stages.
 			case err != nil:
 				return fmt.Errorf("%s: %w", name, err)
 			}
-			p.send(ctx, key+"#"+strconv.Itoa(i), msg, p.arrival(env, msg, sep), "")
+			k := key + "#" + strconv.Itoa(i)
+			if e, ok := p.envelope(k, env, msg, sep); ok {
+				p.send(ctx, k, msg, e, "")
+			}
 		}
 	}
 	raw, err := io.ReadAll(io.LimitReader(br, int64(maxBytes)+1))
@@ -361,19 +422,132 @@ func produceFile(ctx context.Context, p *producer, name, key string, env stages.
 		p.skip(key, "the file")
 		return nil
 	}
-	p.send(ctx, key, raw, p.arrival(env, raw, ""), "")
+	if e, ok := p.envelope(key, env, raw, ""); ok {
+		p.send(ctx, key, raw, e, "")
+	}
 	return nil
 }
 
-// arrival is env with, under --received-at message, the message's own
-// arrival time (messageArrival).
-func (p *producer) arrival(env stages.Envelope, raw []byte, mboxFrom string) stages.Envelope {
-	if p.arrivalFromMessage {
+// envelope is the envelope of the message raw (under key): env, the flags',
+// with, under --received-at message, the message's own arrival time
+// (messageArrival), and under --envelope message what its trace fields say
+// (messageEnvelope). It reports false, having named the message on stderr,
+// for a message whose trace fields name no outside client.
+func (p *producer) envelope(key string, env stages.Envelope, raw []byte, mboxFrom string) (stages.Envelope, bool) {
+	if p.arrivalFromMessage || (p.envelopeFromMessage && !p.arrivalGiven) {
 		if t, ok := messageArrival(raw, mboxFrom); ok {
 			env.ReceivedAt = t
 		}
 	}
-	return env
+	if !p.envelopeFromMessage {
+		return env, true
+	}
+	got, hasReturnPath, err := messageEnvelope(raw, env, p.internal)
+	if err != nil {
+		p.skipped++
+		fmt.Fprintf(p.stderr, "produce: %s: %v: not sent\n", key, err)
+		return env, false
+	}
+	if p.arrivalGiven {
+		got.ReceivedAt = env.ReceivedAt
+	}
+	if !hasReturnPath {
+		p.noReturnPath++
+	}
+	return got, true
+}
+
+// errNoOutsideClient is messageEnvelope's error for a message none of
+// whose Received fields records a client outside the provider.
+var errNoOutsideClient = errors.New("no Received field names a client outside the provider (see --internal-net)")
+
+// messageEnvelope reads the SMTP envelope an archived message was received
+// with from its trace fields (RFC 5321 4.4), over fallback, which gives
+// what they do not: the client IP, HELO, RCPT TO and arrival time of the
+// topmost Received field whose client address is not internal (loopback,
+// private, link-local, unspecified, or in one of internal: the hops the
+// provider's own hosts wrote, MX to store, come first from the top), and
+// the MAIL FROM of the topmost Return-Path field (hasReturnPath), else of
+// that Received field's Exim "(envelope-from <...>)" comment.
+func messageEnvelope(raw []byte, fallback stages.Envelope, internal []netip.Prefix) (env stages.Envelope, hasReturnPath bool, err error) {
+	m, err := message.Parse(raw, message.Limits{MaxSize: len(raw) + 2})
+	if err != nil {
+		return fallback, false, err
+	}
+	env = fallback
+	tr := m.Trace()
+	found := false
+	var hop message.Received
+	for _, f := range tr.Received {
+		r, err := message.ParseReceived(f.Value)
+		if err != nil || !r.ClientIP.IsValid() || internalAddr(r.ClientIP, internal) {
+			continue
+		}
+		hop, found = r, true
+		break
+	}
+	if !found {
+		return fallback, false, errNoOutsideClient
+	}
+	env.ClientIP = hop.ClientIP
+	if hop.HELO != "" {
+		env.HELO = hop.HELO
+	}
+	if rcpt, ok := envelopeAddress(hop.For); ok && rcpt != "" {
+		env.RcptTo = []string{rcpt}
+	}
+	if !hop.Date.IsZero() {
+		env.ReceivedAt = hop.Date
+	}
+	if len(tr.ReturnPath) > 0 {
+		env.MailFrom, hasReturnPath = envelopeAddress(string(tr.ReturnPath[0].Value))
+	} else if hop.HasEnvelopeFrom {
+		env.MailFrom, hasReturnPath = envelopeAddress(hop.EnvelopeFrom)
+	}
+	if !hasReturnPath {
+		env.MailFrom = fallback.MailFrom
+	}
+	return env, hasReturnPath, nil
+}
+
+// envelopeAddress reads a path as a trace field writes it ("<a@b>", "<>"
+// for the null sender, or bare) as the envelope carries it: without the
+// angle brackets. It reports false for one that is not an address: angle
+// brackets, space or control characters left inside.
+func envelopeAddress(s string) (string, bool) {
+	s = strings.TrimSpace(s)
+	if inner, ok := strings.CutPrefix(s, "<"); ok {
+		end := strings.IndexByte(inner, '>')
+		if end < 0 || strings.TrimSpace(inner[end+1:]) != "" {
+			return "", false
+		}
+		s = inner[:end]
+	}
+	for _, c := range s {
+		if c <= ' ' || c == 0x7f || c == '<' || c == '>' {
+			return "", false
+		}
+	}
+	return s, true
+}
+
+// internalAddr reports whether a Received field's client address is one of
+// the provider's own: loopback, private (RFC 1918, RFC 4193), link-local,
+// unspecified, or in one of prefixes (an IPv4-mapped prefix read as the
+// IPv4 one it maps).
+func internalAddr(ip netip.Addr, prefixes []netip.Prefix) bool {
+	if !ip.IsGlobalUnicast() || ip.IsPrivate() {
+		return true // loopback, link-local, unspecified, multicast, broadcast; RFC 1918, RFC 4193
+	}
+	for _, p := range prefixes {
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
 }
 
 // messageArrival is when an archived message arrived: the date of its

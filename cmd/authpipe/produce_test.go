@@ -3,8 +3,10 @@ package main
 import (
 	"context"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/authpipe/authpipe/pipeline"
+	"github.com/authpipe/authpipe/stages"
 )
 
 // produceTarget starts an embedded broker with a one-partition mail.raw
@@ -148,7 +151,7 @@ func TestProduceSkipsTooLarge(t *testing.T) {
 	writeTree(t, dir, files)
 	code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", broker, "--max-message-bytes", "1000",
 		"--envelopes", filepath.Join(dir, "env.jsonl"), filepath.Join(dir, "in"))
-	if code != 1 || !strings.Contains(stderr, "produced 4 messages") || !strings.Contains(stderr, "4 messages over --max-message-bytes not sent") {
+	if code != 1 || !strings.Contains(stderr, "produced 4 messages") || !strings.Contains(stderr, "4 messages not sent (named above)") {
 		t.Fatalf("produce: exit %d, %s", code, stderr)
 	}
 	for _, skipped := range []string{"in/b.eml: the file", `in/c.mbox#2: the message after "From two"`, "env.jsonl:1: the message", "env.jsonl:3: the message"} {
@@ -346,4 +349,122 @@ func TestBrokerWaitIsSaid(t *testing.T) {
 	if got := said.String(); strings.Count(got, "\n") != 1 || !strings.HasPrefix(got, "waiting up to ") || !strings.Contains(got, dead) {
 		t.Errorf("said %q", got)
 	}
+}
+
+// TestProduceEnvelopeMessage: re-scoring an archive needs each message's
+// own envelope, which the flags cannot give a folder of mixed mail. With
+// --envelope message, produce reads it from the trace fields: the client
+// and HELO of the topmost Received field written for an outside client
+// (the provider's own hops, private or --internal-net, passed over), its
+// "for" recipient and date, and the Return-Path. A message naming no
+// outside client is named and not sent (exit 1); one without a
+// Return-Path is sent with --mail-from's sender and counted.
+func TestProduceEnvelopeMessage(t *testing.T) {
+	broker, cl, ctx := produceTarget(t)
+	dir := t.TempDir()
+	const (
+		lmtp = "Received: from mx1.example.net by store.example.net with LMTP id x1 for <bob@example.net>; Tue, 24 Nov 2026 10:15:02 +0000\n"
+		// The provider's MX handed it to a filter on a public address.
+		filter  = "Received: from mx1.example.net (mx1.example.net [198.51.100.25]) by filter.example.net with ESMTP id f1; Tue, 24 Nov 2026 10:15:01 +0000\n"
+		postfix = "Received: from mail.sender.example (mail.sender.example [192.0.2.1]) by mx1.example.net (Postfix) with ESMTPS id 4Xyz for <bob@example.net>; Tue, 24 Nov 2026 10:15:00 +0000\n"
+		outside = "Received: from relay.elsewhere.example (relay.elsewhere.example [203.0.113.50]) by mail.sender.example; Tue, 24 Nov 2026 10:14:00 +0000\n"
+		exim    = "Received: from [203.0.113.9] (helo=list.example.org) by mx1.example.net with esmtp (Exim 4.96) (envelope-from <bounces@list.example.org>) id 1pQ for carol@example.net; Wed, 25 Nov 2026 08:00:00 +0000\n"
+	)
+	writeTree(t, dir, map[string]string{
+		"Maildir/cur/1.eml:2,S": "Return-Path: <alice@sender.example>\n" + "Delivered-To: bob@example.net\n" + lmtp + filter + postfix + outside + "From: alice@sender.example\nSubject: a\n\nbody\n",
+		"Maildir/new/2.eml":     lmtp + exim + "From: x@list.example.org\nSubject: b\n\nbody\n",
+		"Maildir/new/3.eml":     lmtp + "From: local@example.net\nSubject: internal only\n\nbody\n",
+		"Maildir/tmp/4.eml":     "Subject: being delivered\n\n",
+	})
+	code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", broker, "--envelope", "message", "--internal-net", "198.51.100.0/24", filepath.Join(dir, "Maildir"))
+	if code != exitFailure || !strings.Contains(stderr, "produced 2 messages") ||
+		!strings.Contains(stderr, "Maildir/new/3.eml: no Received field names a client outside the provider (see --internal-net): not sent") ||
+		!strings.Contains(stderr, "1 message not sent") {
+		t.Fatalf("produce: exit %d, %s", code, stderr)
+	}
+	got := map[string]stages.Envelope{}
+	for len(got) < 2 && ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			in, err := pipeline.Decode(r, 0)
+			if err != nil {
+				t.Fatalf("record %s: %v", r.Key, err)
+			}
+			got[string(r.Key)] = in.Envelope
+		})
+	}
+	want := map[string]stages.Envelope{
+		"Maildir/cur/1.eml:2,S": {ClientIP: netip.MustParseAddr("192.0.2.1"), HELO: "mail.sender.example", MailFrom: "alice@sender.example",
+			RcptTo: []string{"bob@example.net"}, ReceivedAt: time.Date(2026, 11, 24, 10, 15, 0, 0, time.UTC)},
+		"Maildir/new/2.eml": {ClientIP: netip.MustParseAddr("203.0.113.9"), HELO: "list.example.org", MailFrom: "bounces@list.example.org",
+			RcptTo: []string{"carol@example.net"}, ReceivedAt: time.Date(2026, 11, 25, 8, 0, 0, 0, time.UTC)},
+	}
+	for key, w := range want {
+		if g := got[key]; !reflect.DeepEqual(g, w) {
+			t.Errorf("%s:\n got %+v\nwant %+v", key, g, w)
+		}
+	}
+
+	// Without --internal-net the filter's hop, on a public address, is
+	// taken for the client; without a Return-Path the sender is
+	// --mail-from's, and produce says how many that was.
+	writeTree(t, dir, map[string]string{"one/m.eml": filter + postfix + "Subject: c\n\nbody\n"})
+	code, _, stderr = cli(t, 20*time.Second, "produce", "--brokers", broker, "--envelope", "message", "--mail-from", "fallback@example.org", filepath.Join(dir, "one"))
+	if code != 0 || !strings.Contains(stderr, "1 message without a Return-Path field: MAIL FROM fallback@example.org (--mail-from)") {
+		t.Fatalf("produce: exit %d, %s", code, stderr)
+	}
+	for ctx.Err() == nil {
+		var env *stages.Envelope
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			if in, err := pipeline.Decode(r, 0); err == nil && string(r.Key) == "one/m.eml" {
+				env = &in.Envelope
+			}
+		})
+		if env != nil {
+			if env.ClientIP != netip.MustParseAddr("198.51.100.25") || env.MailFrom != "fallback@example.org" {
+				t.Errorf("one/m.eml: %+v", env)
+			}
+			break
+		}
+	}
+	for _, args := range [][]string{{"--envelope", "headers"}, {"--internal-net", "10.0.0.0/8"}, {"--envelope", "message", "--internal-net", "nonsense"}} {
+		if code, _, stderr := cli(t, 5*time.Second, append([]string{"produce", "--brokers", broker}, append(args, filepath.Join(dir, "one"))...)...); code != exitUsage {
+			t.Errorf("%q: exit %d, %s", args, code, stderr)
+		}
+	}
+}
+
+// FuzzMessageEnvelope: produce --envelope message reads an envelope out of
+// an archived message's Received and Return-Path fields. Whatever they
+// hold, it either names no outside client, or gives one that is not
+// internal, and an envelope the pipeline decodes from the record headers
+// produce writes (no bad-envelope DLQ record), back to the same values.
+func FuzzMessageEnvelope(f *testing.F) {
+	for _, tc := range []string{
+		"Return-Path: <a@sender.example>\r\nReceived: from m.sender.example (m.sender.example [192.0.2.1]) by mx.example.net with ESMTP id 1 for <b@example.net>; Tue, 24 Nov 2026 10:15:00 +0000\r\nSubject: x\r\n\r\nbody\r\n",
+		"Received: from [203.0.113.9] (helo=h\x01.example) by mx with esmtp (envelope-from <x y@z>) for <\"q\"@d>; junk\n\nb\n",
+		"Received: from a (b [10.0.0.1]) by c\nReceived: from d (e [::ffff:198.51.100.2]) by f for ,;\nReturn-Path: <\r\n\r\n",
+		"Subject: no trace\n\n",
+	} {
+		f.Add([]byte(tc))
+	}
+	internal := []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}
+	fallback := stages.Envelope{MailFrom: "fallback@example.org", ReceivedAt: time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC)}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		env, _, err := messageEnvelope(raw, fallback, internal)
+		if err != nil {
+			return
+		}
+		if !env.ClientIP.IsValid() || internalAddr(env.ClientIP, internal) || env.ClientIP.Is4In6() {
+			t.Fatalf("client %v", env.ClientIP)
+		}
+		in, err := pipeline.Decode(&kgo.Record{Value: []byte("Subject: x\r\n\r\n"), Headers: pipeline.EnvelopeHeaders(env, "")}, 0)
+		if err != nil {
+			t.Fatalf("the pipeline rejects the record produce writes for %+v: %v", env, err)
+		}
+		got := in.Envelope
+		if got.ClientIP != env.ClientIP || got.HELO != env.HELO || got.MailFrom != env.MailFrom ||
+			!slices.Equal(got.RcptTo, env.RcptTo) || !got.ReceivedAt.Equal(env.ReceivedAt) {
+			t.Fatalf("envelope %+v came back as %+v", env, got)
+		}
+	})
 }
