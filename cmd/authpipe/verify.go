@@ -22,7 +22,8 @@ const maxInputBytes = 256 << 20
 func newVerifyCmd() *cobra.Command {
 	var (
 		ip, helo, mailFrom, at string
-		rcptTo                 []string
+		envelope               string
+		rcptTo, internalNets   []string
 		dns                    dnsFlags
 		eng                    engineFlags
 	)
@@ -35,7 +36,13 @@ by the flags, and prints one JSON verdict on standard output (schema:
 docs/verdict.schema.json). A message saved with an mbox "From " line before
 it (an mbox of one message) is read without that line.
 
-DNS goes to the system resolvers (/etc/resolv.conf), to the one server named by
+With --envelope message the envelope is the message's own, as its trace
+fields record it (the client, HELO, recipient and date of the topmost
+Received field written for an outside client, MAIL FROM from Return-Path;
+see 'authpipe produce --help'); the flags give what it does not. Add --at
+with its arrival time to judge an archived message as it was then.
+
+DNS goes to the system resolvers (/etc/resolv.conf), to the servers named by
 --resolver, or, with --zone, to a zone file and no network at all.
 
 --config (or AUTHPIPE_CONFIG) reads run's YAML file, and AUTHPIPE_* variables
@@ -74,6 +81,16 @@ message cannot be read; 2 on a usage error.`,
 				now = func() time.Time { return t }
 				env.ReceivedAt = t
 			}
+			if envelope != "flags" && envelope != "message" {
+				return usagef("--envelope: want flags or message, got %q", envelope)
+			}
+			if len(internalNets) > 0 && envelope != "message" {
+				return usagef("--internal-net needs --envelope message")
+			}
+			internal, err := prefixList("internal-net", internalNets)
+			if err != nil {
+				return err
+			}
 			opts, err := eng.options()
 			if err != nil {
 				return err
@@ -85,6 +102,14 @@ message cannot be read; 2 on a usage error.`,
 			raw, err := readMessage(cmd.InOrStdin(), args[0])
 			if err != nil {
 				return err
+			}
+			if envelope == "message" {
+				if env, _, err = messageEnvelope(raw, env, internal); err != nil {
+					return fmt.Errorf("--envelope message: %w", err)
+				}
+				if at != "" {
+					env.ReceivedAt = now()
+				}
 			}
 			engine := stages.New(res, append(opts, stages.WithClock(now), stages.WithDNSBudget(dns.budget))...)
 			v := engine.Verify(cmd.Context(), raw, env)
@@ -103,6 +128,8 @@ message cannot be read; 2 on a usage error.`,
 	f.StringVar(&mailFrom, "mail-from", "", "SMTP MAIL FROM `address`; empty means the null sender <>")
 	f.StringSliceVar(&rcptTo, "rcpt-to", nil, "SMTP RCPT TO `address`es (repeatable)")
 	f.StringVar(&at, "at", "", "judge the message as of this RFC 3339 `time` (signature expiry, SPF %{t}); default now")
+	f.StringVar(&envelope, "envelope", "flags", "the SMTP envelope: flags (--ip, --helo, --mail-from, --rcpt-to), or message: the message's own, from its Received and Return-Path fields")
+	f.StringSliceVar(&internalNets, "internal-net", nil, "with --envelope message: an `address` or prefix of the provider's own hosts, whose Received fields are passed over (repeatable)")
 	eng.register(f)
 	f.String("config", "", "YAML configuration `file` of 'authpipe run': its DNS and verification keys apply (resolver or zone, DNS timeouts, dmarc-mode, the trusted ARC sealers and other overrides, authserv-id), so a message is judged as the pipeline judges it; the others are skipped (default: $AUTHPIPE_CONFIG)")
 	dns.register(f)

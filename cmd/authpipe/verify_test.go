@@ -335,3 +335,33 @@ func TestPrefixList(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyEnvelopeMessage: verify --envelope message judges a saved
+// message with the envelope its trace fields record (here the bundled
+// example as the provider's store would keep it: a Return-Path, the
+// store's LMTP hop from a private address, then the MX's), as produce
+// does for an archive; a message that names no outside client is an
+// error, not a verdict with an empty envelope.
+func TestVerifyEnvelopeMessage(t *testing.T) {
+	msg, err := os.ReadFile("../../examples/message.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	trace := "Return-Path: <alice@example.com>\r\n" +
+		"Received: from mx1.example.net (mx1.example.net [10.1.2.3]) by store.example.net with LMTP; Tue, 24 Nov 2026 10:15:01 +0000\r\n" +
+		"Received: from mail.example.com (mail.example.com [192.0.2.10]) by mx1.example.net with ESMTPS id 4X for <bob@example.net>; Tue, 24 Nov 2026 10:15:00 +0000\r\n"
+	dir := t.TempDir()
+	saved := writeTestFile(t, dir, "saved.eml", trace+string(msg))
+	code, out, errs := authpipe(t, "", "verify", "--zone", "../../examples/example.zone", "--envelope", "message", saved)
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	v := decodeVerdict(t, out)
+	if v.SPF == nil || v.SPF.Result != "pass" || v.Envelope.ClientIP != "192.0.2.10" || v.Envelope.MailFrom != "alice@example.com" || v.Envelope.HELO != "mail.example.com" {
+		t.Errorf("spf %+v, envelope %+v: want pass with the MX hop's client and the Return-Path", v.SPF, v.Envelope)
+	}
+	internalOnly := writeTestFile(t, dir, "internal.eml", "Received: from a (a [10.0.0.1]) by b; Tue, 24 Nov 2026 10:15:00 +0000\r\n"+string(msg))
+	if code, out, errs := authpipe(t, "", "verify", "--zone", "../../examples/example.zone", "--envelope", "message", internalOnly); code != exitFailure || out != "" || !strings.Contains(errs, "no Received field names a client outside the provider") {
+		t.Errorf("no outside client: exit %d, stdout %q, stderr %s", code, out, errs)
+	}
+}
