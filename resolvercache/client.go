@@ -757,7 +757,13 @@ func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *w
 			r = <-w.ch // the reply came after all
 		}
 	}
+	// A lookup's query that failed counts against its server here, on
+	// the lookup's goroutine, before the lookup goes on to the next
+	// server: the next lookup sees the server's health with it.
 	if r.err != errExpired {
+		if e := (*Error)(nil); errors.As(r.err, &e) && e.Kind == KindNetwork && !errors.Is(r.err, net.ErrClosed) {
+			u.failed(r.err)
+		}
 		return r.m, r.err
 	}
 	switch {
@@ -768,6 +774,7 @@ func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *w
 	case w.mismatch != nil:
 		return replyView{}, w.mismatch
 	}
+	u.failed(nil)
 	return replyView{}, c.timeoutError(u, q)
 }
 
@@ -1013,7 +1020,6 @@ func (uc *udpConn) endLocked(id uint16) {
 // before now, and returns the deadline of the next query waiting, if any.
 func (uc *udpConn) expire(now int64) (next int64, pending bool) {
 	var orphans []*waiter // their outcome goes to the Cache once uc.mu is free
-	expired := 0          // counted against the server's health once uc.mu is free
 	uc.mu.Lock()
 	for uc.swept < len(uc.expiries) {
 		e := uc.expiries[uc.swept]
@@ -1027,7 +1033,6 @@ func (uc *udpConn) expire(now int64) (next int64, pending bool) {
 			break
 		}
 		uc.swept++
-		expired++
 		w.mismatch = uc.mismatchLocked(w)
 		uc.endLocked(e.id)
 		if w.orphan {
@@ -1038,10 +1043,8 @@ func (uc *udpConn) expire(now int64) (next int64, pending bool) {
 	}
 	drained := uc.drainedLocked()
 	uc.mu.Unlock()
-	for range expired {
-		uc.u.failed(nil)
-	}
 	for _, w := range orphans {
+		uc.u.failed(nil) // a lookup's own counts in exchangeUDP
 		err := w.mismatch
 		if err == nil {
 			err = uc.u.c.timeoutError(uc.u, &w.q)
@@ -1288,12 +1291,13 @@ func (uc *udpConn) shutdown(cause error) {
 			w.ch <- reply{err: w.q.fail(KindNetwork, cause)}
 		}
 	}
-	failedAny := uc.pending > 0
 	uc.u.waiting.Add(int64(-uc.pending))
 	uc.waiters, uc.pending, uc.expiries = nil, 0, nil
 	uc.mu.Unlock()
-	if failedAny && !errors.Is(cause, net.ErrClosed) {
-		uc.u.failed(cause) // refused (ICMP), unreachable: not our own Close
+	if len(orphans) > 0 && !errors.Is(cause, net.ErrClosed) {
+		// Refused (ICMP), unreachable: not our own Close. A lookup's
+		// own query counts in exchangeUDP.
+		uc.u.failed(cause)
 	}
 	for _, w := range orphans {
 		uc.u.c.settleLate(w, reply{err: w.q.fail(KindNetwork, cause)})
