@@ -193,15 +193,10 @@ func TestProduceReceivedAtMessage(t *testing.T) {
 	if code != 0 || !strings.Contains(stderr, "produced 4 messages") {
 		t.Fatalf("produce: exit %d, %s", code, stderr)
 	}
+	envs := consumeEnvelopes(t, ctx, cl, 4)
 	got := map[string]time.Time{}
-	for len(got) < 4 && ctx.Err() == nil {
-		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
-			in, err := pipeline.Decode(r, 0)
-			if err != nil {
-				t.Fatalf("record %s: %v", r.Key, err)
-			}
-			got[string(r.Key)] = in.Envelope.ReceivedAt
-		})
+	for k, env := range envs {
+		got[k] = env.ReceivedAt
 	}
 	topmost := time.Date(2026, 3, 3, 9, 0, 0, 0, time.UTC) // the first Received field's, in UTC
 	for key, want := range map[string]time.Time{"in/a.eml": topmost, "in/b.mbox#1": time.Date(2026, 2, 1, 12, 0, 0, 0, time.UTC), "in/b.mbox#2": topmost} {
@@ -382,16 +377,7 @@ func TestProduceEnvelopeMessage(t *testing.T) {
 		!strings.Contains(stderr, "1 message not sent") {
 		t.Fatalf("produce: exit %d, %s", code, stderr)
 	}
-	got := map[string]stages.Envelope{}
-	for len(got) < 2 && ctx.Err() == nil {
-		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
-			in, err := pipeline.Decode(r, 0)
-			if err != nil {
-				t.Fatalf("record %s: %v", r.Key, err)
-			}
-			got[string(r.Key)] = in.Envelope
-		})
-	}
+	got := consumeEnvelopes(t, ctx, cl, 2)
 	want := map[string]stages.Envelope{
 		"Maildir/cur/1.eml:2,S": {ClientIP: netip.MustParseAddr("192.0.2.1"), HELO: "mail.sender.example", MailFrom: "alice@sender.example",
 			RcptTo: []string{"bob@example.net"}, ReceivedAt: time.Date(2026, 11, 24, 10, 15, 0, 0, time.UTC)},
@@ -412,19 +398,8 @@ func TestProduceEnvelopeMessage(t *testing.T) {
 	if code != 0 || !strings.Contains(stderr, "1 message without a Return-Path field: MAIL FROM fallback@example.org (--mail-from)") {
 		t.Fatalf("produce: exit %d, %s", code, stderr)
 	}
-	for ctx.Err() == nil {
-		var env *stages.Envelope
-		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
-			if in, err := pipeline.Decode(r, 0); err == nil && string(r.Key) == "one/m.eml" {
-				env = &in.Envelope
-			}
-		})
-		if env != nil {
-			if env.ClientIP != netip.MustParseAddr("198.51.100.25") || env.MailFrom != "fallback@example.org" {
-				t.Errorf("one/m.eml: %+v", env)
-			}
-			break
-		}
+	if env := consumeEnvelopes(t, ctx, cl, 1)["one/m.eml"]; env.ClientIP != netip.MustParseAddr("198.51.100.25") || env.MailFrom != "fallback@example.org" {
+		t.Errorf("one/m.eml: %+v", env)
 	}
 	for _, args := range [][]string{{"--envelope", "headers"}, {"--internal-net", "10.0.0.0/8"}, {"--envelope", "message", "--internal-net", "nonsense"}} {
 		if code, _, stderr := cli(t, 5*time.Second, append([]string{"produce", "--brokers", broker}, append(args, filepath.Join(dir, "one"))...)...); code != exitUsage {
@@ -467,4 +442,23 @@ func FuzzMessageEnvelope(f *testing.F) {
 			t.Fatalf("envelope %+v came back as %+v", env, got)
 		}
 	})
+}
+
+// consumeEnvelopes reads n records more from cl (produceTarget's consumer
+// of mail.raw) and returns their envelopes by record key, as the pipeline
+// decodes them.
+func consumeEnvelopes(t *testing.T, ctx context.Context, cl *kgo.Client, n int) map[string]stages.Envelope {
+	t.Helper()
+	got := map[string]stages.Envelope{}
+	for read := 0; read < n && ctx.Err() == nil; {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			in, err := pipeline.Decode(r, 0)
+			if err != nil {
+				t.Fatalf("record %s: %v", r.Key, err)
+			}
+			got[string(r.Key)] = in.Envelope
+			read++
+		})
+	}
+	return got
 }
