@@ -147,10 +147,8 @@ type Client struct {
 	late atomic.Pointer[Cache]
 
 	// health is told when an upstream stops or starts answering (see
-	// upstream.down); holdDown is how long a server that stopped is asked
-	// nothing but a probe.
-	health   func(server string, answering bool, err error)
-	holdDown time.Duration
+	// upstream.down).
+	health func(server string, answering bool, err error)
 }
 
 // upstream is one server with its shared UDP sockets.
@@ -476,9 +474,7 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 		newID:   func() uint16 { return uint16(rand.Uint32()) },
 		maxAge:  udpSocketMaxAge,
 		epoch:   time.Now(),
-
-		health:   cfg.health,
-		holdDown: upstreamHoldDown,
+		health:  cfg.health,
 	}
 	for _, a := range addrs {
 		if _, _, err := net.SplitHostPort(a); err != nil {
@@ -532,7 +528,7 @@ func (c *Client) firstUpstream() int {
 		if now < 0 {
 			now = int64(time.Since(c.epoch))
 		}
-		if now >= d && u.down.CompareAndSwap(d, now+int64(c.holdDown)) {
+		if now >= d && u.down.CompareAndSwap(d, now+int64(upstreamHoldDown)) {
 			return i
 		}
 	}
@@ -558,7 +554,7 @@ func (u *upstream) failed(err error) {
 	if u.fails.Add(1) < upstreamDownAfter || u.down.Load() != 0 {
 		return
 	}
-	if u.down.CompareAndSwap(0, int64(time.Since(u.c.epoch))+int64(u.c.holdDown)) {
+	if u.down.CompareAndSwap(0, int64(time.Since(u.c.epoch))+int64(upstreamHoldDown)) {
 		if err == nil {
 			err = fmt.Errorf("no reply to %d queries in a row within %v", upstreamDownAfter, u.c.timeout)
 		}
@@ -741,7 +737,9 @@ func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *w
 	if _, err := uc.conn.Write(q.pack(w.wbuf[:0])); err != nil {
 		uc.drop(w)
 		uc.retire()
-		u.failed(err)
+		if !errors.Is(err, net.ErrClosed) {
+			u.failed(err)
+		}
 		return replyView{}, ioError(ctx, q, err, ctxBound, deadline)
 	}
 	var r reply
@@ -1217,7 +1215,9 @@ func (c *Client) sendOrphan(q question, attempt int, u *upstream) bool {
 	}
 	uc.boundWrite(rel)
 	if _, err := uc.conn.Write(o.q.pack(o.wbuf[:0])); err != nil {
-		u.failed(err)
+		if !errors.Is(err, net.ErrClosed) {
+			u.failed(err)
+		}
 		if !uc.abandon(o) { // out, and its slot given back (endLocked)
 			return true // the socket failed meanwhile: shutdown settles o
 		}
