@@ -808,11 +808,11 @@ func (c *Client) exchangeTCP(ctx context.Context, u *upstream, q *question) (_ r
 	deadline, ctxBound := c.deadline(ctx, start)
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	// A failure here does not count against the server's health: it has
+	// just answered over UDP (truncated), and TCP blocked on the way (a
+	// firewall) would otherwise hold a working server down.
 	conn, err := c.dialer.DialContext(dctx, "tcp", u.addr)
 	if err != nil {
-		if ctx.Err() == nil {
-			u.failed(err)
-		}
 		return replyView{}, ioError(ctx, q, err, ctxBound, deadline)
 	}
 	defer conn.Close()
@@ -831,7 +831,6 @@ func (c *Client) exchangeTCP(ctx context.Context, u *upstream, q *question) (_ r
 	if _, err := io.ReadFull(conn, lenBuf[:]); err != nil {
 		return replyView{}, ioError(ctx, q, fmt.Errorf("read TCP length: %w", err), ctxBound, deadline)
 	}
-	u.answered()
 	n := int(binary.BigEndian.Uint16(lenBuf[:]))
 	body := make([]byte, n) // at most 65535 octets by construction
 	if _, err := io.ReadFull(conn, body); err != nil {
