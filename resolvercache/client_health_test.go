@@ -161,3 +161,50 @@ func TestSingleUpstreamHealth(t *testing.T) {
 		t.Errorf("health events %q, want %q", h.get(), want)
 	}
 }
+
+// TestTCPBlockedIsNoOutage: a server that answers over UDP with the TC bit
+// and whose TCP port is closed (a firewall that lets DNS over TCP through
+// nowhere) fails those lookups, but it has answered: it is not held down.
+func TestTCPBlockedIsNoOutage(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var q dns.Msg
+			if q.Unpack(buf[:n]) != nil {
+				continue
+			}
+			r := new(dns.Msg)
+			r.SetReply(&q)
+			r.Truncated = true
+			if b, err := r.Pack(); err == nil {
+				_, _ = pc.WriteTo(b, from)
+			}
+		}
+	}()
+	var h healthLog
+	c := newClient(t, resolvercache.WithUpstreams(pc.LocalAddr().String()), resolvercache.WithTimeout(time.Second),
+		resolvercache.WithRetries(0), h.option())
+	// At once, as traffic asks: the UDP answers come before the TCP
+	// failures, which would otherwise be that many in a row.
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			if _, err := c.Lookup(context.Background(), fmt.Sprintf("big%d.example", i), dns.TypeTXT); err == nil {
+				t.Error("a lookup over blocked TCP succeeded")
+			}
+		})
+	}
+	wg.Wait()
+	if got := h.get(); len(got) != 0 {
+		t.Errorf("health events %q, want none: the server answered every query over UDP", got)
+	}
+}
