@@ -159,13 +159,17 @@ type upstream struct {
 	udp  *net.UDPAddr
 	sem  chan struct{} // one token per wire query in flight; capacity MaxInFlight
 
-	// Health. fails counts the wire queries in a row that timed out or
-	// failed on the network (any datagram from the server resets it);
-	// after upstreamDownAfter of them the server is down: down holds the
-	// time (nanoseconds since the client's epoch) from which one query
-	// may probe it, and lookups ask the servers that answer first. 0: up.
+	// Health. fails counts the wire queries in a row that failed on the
+	// network, or timed out with nothing at all heard from the server
+	// while they waited (heard counts its datagrams: a resolver still
+	// answering others is alive, only slow for that name, as for a
+	// domain whose own servers are dead); any datagram resets it. After
+	// upstreamDownAfter of them the server is down: down holds the time
+	// (nanoseconds since the client's epoch) from which one query may
+	// probe it, and lookups ask the servers that answer first. 0: up.
 	fails atomic.Int32
 	down  atomic.Int64
+	heard atomic.Uint64
 
 	mu     sync.Mutex
 	slots  []*udpConn            // the sockets taking new queries; nil: dial at next use
@@ -242,8 +246,10 @@ type waiter struct {
 	// lookup's own.
 	sent time.Time
 	// up: the upstream of its current query (register), so that an
-	// orphan's next attempt goes to the server after it (continueOrphan).
-	up *upstream
+	// orphan's next attempt goes to the server after it (continueOrphan);
+	// heard: up.heard when it was registered (see upstream.fails).
+	up    *upstream
+	heard uint64
 
 	wbuf [maxQueryOctets]byte // the packed query
 	// rbuf holds the reply: the reader copies it here under udpConn.mu,
@@ -537,6 +543,7 @@ func (c *Client) firstUpstream() int {
 
 // answered records that a datagram came from u: it is up.
 func (u *upstream) answered() {
+	u.heard.Add(1)
 	if u.fails.Load() != 0 {
 		u.fails.Store(0)
 	}
@@ -548,15 +555,24 @@ func (u *upstream) answered() {
 	}
 }
 
+// timedOut records that the query w to u timed out: a failure if nothing
+// came from u while it waited.
+func (u *upstream) timedOut(w *waiter) {
+	if u.heard.Load() == w.heard {
+		u.failed(nil)
+	}
+}
+
 // failed records a wire query to u that failed on the network (err) or
-// timed out (nil); the upstreamDownAfter-th in a row makes it down.
+// timed out with u silent (nil); the upstreamDownAfter-th in a row makes
+// it down.
 func (u *upstream) failed(err error) {
 	if u.fails.Add(1) < upstreamDownAfter || u.down.Load() != 0 {
 		return
 	}
 	if u.down.CompareAndSwap(0, int64(time.Since(u.c.epoch))+int64(upstreamHoldDown)) {
 		if err == nil {
-			err = fmt.Errorf("no reply to %d queries in a row within %v", upstreamDownAfter, u.c.timeout)
+			err = fmt.Errorf("%d queries in a row had no reply within %v, and nothing else came from the server meanwhile", upstreamDownAfter, u.c.timeout)
 		}
 		u.c.metrics.upstreamUp(u.addr, false)
 		if f := u.c.health; f != nil {
@@ -772,7 +788,7 @@ func (c *Client) exchangeUDP(ctx context.Context, u *upstream, q *question, w *w
 	case w.mismatch != nil:
 		return replyView{}, w.mismatch
 	}
-	u.failed(nil)
+	u.timedOut(w)
 	return replyView{}, c.timeoutError(u, q)
 }
 
@@ -864,7 +880,7 @@ func (u *upstream) register(w *waiter, now time.Time, at int64) (*udpConn, error
 		if err != nil {
 			return nil, err
 		}
-		w.up = u
+		w.up, w.heard = u, u.heard.Load()
 		if uc.register(w, last, at) {
 			// u.waiting counts w before this reads armed: sweep, which
 			// clears armed before it reads u.waiting, either sees w or
@@ -1041,7 +1057,7 @@ func (uc *udpConn) expire(now int64) (next int64, pending bool) {
 	drained := uc.drainedLocked()
 	uc.mu.Unlock()
 	for _, w := range orphans {
-		uc.u.failed(nil) // a lookup's own counts in exchangeUDP
+		uc.u.timedOut(w) // a lookup's own counts in exchangeUDP
 		err := w.mismatch
 		if err == nil {
 			err = uc.u.c.timeoutError(uc.u, &w.q)
@@ -1108,7 +1124,7 @@ func (uc *udpConn) leave(w *waiter) bool {
 	// Before the orphan is in waiters, so before its outcome can come.
 	cache.leftRunning(w.q.orig, w.q.otype)
 	o := uc.u.c.orphan(w.q, w.attempt)
-	o.mismatch, o.strays, o.up = w.mismatch, w.strays, uc.u
+	o.mismatch, o.strays, o.up, o.heard = w.mismatch, w.strays, uc.u, w.heard
 	uc.waiters[w.q.id] = o
 	w.handed = true
 	return true

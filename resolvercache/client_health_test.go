@@ -208,3 +208,43 @@ func TestTCPBlockedIsNoOutage(t *testing.T) {
 		t.Errorf("health events %q, want none: the server answered every query over UDP", got)
 	}
 }
+
+// TestSlowNameIsNoOutage: a resolver asked about a domain whose own
+// servers are dead takes longer than the client's timeout for that name,
+// while it answers the rest: those timeouts, however many in a row, do not
+// hold it down, since it was heard from while they waited.
+func TestSlowNameIsNoOutage(t *testing.T) {
+	s := startServer(t)
+	s.AddRR(dnstest.TXT("a.example.", "v=ok", 300))
+	for i := range 3 * resolvercache.UpstreamDownAfter {
+		s.AddTimeout(fmt.Sprintf("x%d.dead.example.", i))
+	}
+	var h healthLog
+	c := newClient(t, resolvercache.WithUpstreams(s.Addr), resolvercache.WithTimeout(300*time.Millisecond),
+		resolvercache.WithRetries(0), h.option())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() { // the rest of the traffic, answered
+		for ctx.Err() == nil {
+			if _, err := c.Lookup(ctx, "a.example", dns.TypeTXT); err != nil && ctx.Err() == nil {
+				t.Error(err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+	var slow sync.WaitGroup
+	for i := range 3 * resolvercache.UpstreamDownAfter {
+		slow.Go(func() {
+			if _, err := c.Lookup(context.Background(), fmt.Sprintf("x%d.dead.example", i), dns.TypeTXT); err == nil {
+				t.Error("a lookup of a name the server never answers succeeded")
+			}
+		})
+	}
+	slow.Wait()
+	cancel()
+	wg.Wait()
+	if got := h.get(); len(got) != 0 {
+		t.Errorf("health events %q, want none: the server answered other names meanwhile", got)
+	}
+}
