@@ -8,13 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/mail"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -348,84 +346,16 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 }
 
 func producePath(ctx context.Context, p *producer, path string, env stages.Envelope, maxBytes int) error {
-	return filepath.WalkDir(path, func(name string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return fmt.Errorf("read %s: %w", name, err)
-		}
-		if name != path && strings.HasPrefix(d.Name(), ".") {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
+	return walkArchive(path, maxBytes, func(m archiveMessage) error {
+		if m.raw == nil {
+			p.skip(m.key, m.tooLarge)
 			return nil
 		}
-		if d.IsDir() && d.Name() == "tmp" && isMaildir(filepath.Dir(name)) {
-			return filepath.SkipDir // messages still being written
+		if e, ok := p.envelope(m.key, env, m.raw, m.mboxFrom); ok {
+			p.send(ctx, m.key, m.raw, e, "")
 		}
-		if d.IsDir() || !d.Type().IsRegular() {
-			return nil
-		}
-		// The key names the file from PATH's own name down, so files
-		// of the same name in different folders stay apart.
-		key, err := filepath.Rel(filepath.Dir(path), name)
-		if err != nil {
-			key = filepath.Base(name)
-		}
-		return produceFile(ctx, p, name, filepath.ToSlash(key), env, maxBytes)
-	})
-}
-
-// isMaildir reports whether dir has the cur and new subdirectories of a
-// Maildir (besides tmp).
-func isMaildir(dir string) bool {
-	for _, sub := range []string{"cur", "new"} {
-		if fi, err := os.Stat(filepath.Join(dir, sub)); err != nil || !fi.IsDir() {
-			return false
-		}
-	}
-	return true
-}
-
-// produceFile sends the message in file name, or each message of an mbox,
-// under key (key#n for the n-th of an mbox).
-func produceFile(ctx context.Context, p *producer, name, key string, env stages.Envelope, maxBytes int) error {
-	f, err := os.Open(name)
-	if err != nil {
-		return fmt.Errorf("read message: %w", err)
-	}
-	defer f.Close()
-	br := bufio.NewReader(f)
-	head, _ := br.Peek(64)
-	if pipeline.LooksLikeMbox(head) {
-		mr := pipeline.NewMboxReader(br, maxBytes)
-		for i := 1; ; i++ {
-			msg, sep, err := mr.Next()
-			switch {
-			case errors.Is(err, io.EOF):
-				return nil
-			case errors.Is(err, pipeline.ErrMessageTooLarge):
-				p.skip(key+"#"+strconv.Itoa(i), fmt.Sprintf("the message after %.80q", sep))
-				continue
-			case err != nil:
-				return fmt.Errorf("%s: %w", name, err)
-			}
-			k := key + "#" + strconv.Itoa(i)
-			if e, ok := p.envelope(k, env, msg, sep); ok {
-				p.send(ctx, k, msg, e, "")
-			}
-		}
-	}
-	raw, err := io.ReadAll(io.LimitReader(br, int64(maxBytes)+1))
-	if err != nil {
-		return fmt.Errorf("read %s: %w", name, err)
-	}
-	if len(raw) > maxBytes {
-		p.skip(key, "the file")
 		return nil
-	}
-	if e, ok := p.envelope(key, env, raw, ""); ok {
-		p.send(ctx, key, raw, e, "")
-	}
-	return nil
+	})
 }
 
 // envelope is the envelope of the message raw (under key): env, the flags',
