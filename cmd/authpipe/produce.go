@@ -172,10 +172,18 @@ const progressInterval = 2 * time.Second
 // sent so far (when that changed), until the returned function is called;
 // that function waits for the last line, so nothing follows produce's own.
 func (p *producer) startProgress(w io.Writer, interval time.Duration) (stop func()) {
+	return startProgress(w, interval, &p.n, "produce", "sent")
+}
+
+// startProgress writes "CMD: N messages DONE so far, R a second" to w every
+// interval while n changes, until the returned function is called, which
+// waits for the last line. With w io.Discard (not a terminal: see
+// progressWriter) it starts nothing.
+func startProgress(w io.Writer, interval time.Duration, n *atomic.Int64, cmd, done string) (stop func()) {
 	if w == io.Discard {
 		return func() {}
 	}
-	done, ended := make(chan struct{}), make(chan struct{})
+	quit, ended := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(ended)
 		t := time.NewTicker(interval)
@@ -183,17 +191,17 @@ func (p *producer) startProgress(w io.Writer, interval time.Duration) (stop func
 		start, last := time.Now(), int64(0)
 		for {
 			select {
-			case <-done:
+			case <-quit:
 				return
 			case <-t.C:
 			}
-			if n := p.n.Load(); n != last {
-				last = n
-				fmt.Fprintf(w, "produce: %s sent so far, %.0f a second\n", countMessages(n), float64(n)/time.Since(start).Seconds())
+			if c := n.Load(); c != last {
+				last = c
+				fmt.Fprintf(w, "%s: %s %s so far, %.0f a second\n", cmd, countMessages(c), done, float64(c)/time.Since(start).Seconds())
 			}
 		}
 	}()
-	return sync.OnceFunc(func() { close(done); <-ended })
+	return sync.OnceFunc(func() { close(quit); <-ended })
 }
 
 // skip reports a message over the size bound, named by key.

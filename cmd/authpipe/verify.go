@@ -2,17 +2,21 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/authpipe/authpipe/pipeline"
 	"github.com/authpipe/authpipe/stages"
+	"github.com/authpipe/authpipe/stages/verdict"
 )
 
 // maxInputBytes bounds what verify reads; the engine's own message-size
@@ -24,23 +28,37 @@ func newVerifyCmd() *cobra.Command {
 		ip, helo, mailFrom, at string
 		envelope               string
 		rcptTo, internalNets   []string
+		concurrency, maxBytes  int
 		dns                    dnsFlags
 		eng                    engineFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "verify [flags] FILE|-",
-		Short: "Verify one message and print its JSON verdict",
+		Use:   "verify [flags] FILE|-  or  verify [flags] PATH...",
+		Short: "Verify a message (or an archive) and print its JSON verdict (one a line)",
 		Long: `verify reads one RFC 5322 message (CRLF or LF line endings) from FILE, or
 from standard input when FILE is "-", checks it against the SMTP envelope given
 by the flags, and prints one JSON verdict on standard output (schema:
 docs/verdict.schema.json). A message saved with an mbox "From " line before
 it (an mbox of one message) is read without that line.
 
+Given more than one PATH, a directory (read recursively; dot files and a
+Maildir's tmp skipped) or an mbox of several messages, verify re-scores them
+all, without Kafka: one verdict a line (JSON lines), in input order, each
+with its "key" (the file's path from PATH's own name down, FILE#n in an
+mbox), --concurrency of them verified at once so that DNS waits overlap (at
+most twice that many messages held). A message over --max-message-bytes, or
+one --envelope message finds no outside client in, is named on standard
+error and not verified; verify then exits 1 once the rest are printed. An
+input that cannot be read stops it there (exit 1). When standard error is a
+terminal, it says every 2 s how many it has verified.
+
 With --envelope message the envelope is the message's own, as its trace
 fields record it (the client, HELO, recipient and date of the topmost
 Received field written for an outside client, MAIL FROM from Return-Path;
-see 'authpipe produce --help'); the flags give what it does not. Add --at
-with its arrival time to judge an archived message as it was then.
+see 'authpipe produce --help'); the flags give what it does not. --at arrival
+judges each message as of its own arrival (that Received field's date with
+--envelope message, else the topmost Received field's, else the mbox From
+line's, else now): signature expiry and SPF's %{t} as they were then.
 
 DNS goes to the system resolvers (/etc/resolv.conf), to the servers named by
 --resolver, or, with --zone, to a zone file and no network at all.
@@ -50,13 +68,17 @@ apply as for run: its DNS and verification settings (dmarc-mode, the trusted
 ARC sealers and the other local policy overrides, authserv-id) judge the
 message as the pipeline would; run's other keys are skipped.
 
-Exit status: 0 whenever a verdict is printed, whatever it says; 1 when the
-message cannot be read; 2 on a usage error.`,
+Exit status: 0 whenever every message got its verdict, whatever they say; 1
+when a message cannot be read or was not verified; 2 on a usage error.`,
 		Example: `  authpipe verify --zone examples/example.zone --ip 192.0.2.10 \
-      --helo mail.example.com --mail-from alice@example.com examples/message.eml`,
+      --helo mail.example.com --mail-from alice@example.com examples/message.eml
+  authpipe verify --envelope message --at arrival archive.mbox Maildir/ > verdicts.jsonl`,
 		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return usagef("verify takes exactly one FILE (or - for standard input), got %d", len(args))
+			if len(args) == 0 {
+				return usagef("verify needs a FILE (or - for standard input)")
+			}
+			if len(args) > 1 && slices.Contains(args, "-") {
+				return usagef("verify reads standard input (-) only as its one FILE")
 			}
 			return nil
 		},
@@ -73,13 +95,17 @@ message cannot be read; 2 on a usage error.`,
 				env.ClientIP = addr
 			}
 			now := time.Now
-			if at != "" {
+			atArrival := at == "arrival"
+			if at != "" && !atArrival {
 				t, err := time.Parse(time.RFC3339, at)
 				if err != nil {
-					return usagef("--at: want RFC 3339 time such as 2026-05-01T12:00:00Z: %v", err)
+					return usagef("--at: want arrival or an RFC 3339 time such as 2026-05-01T12:00:00Z: %v", err)
 				}
 				now = func() time.Time { return t }
 				env.ReceivedAt = t
+			}
+			if concurrency < 1 {
+				return usagef("--concurrency must be at least 1, got %d", concurrency)
 			}
 			if envelope != "flags" && envelope != "message" {
 				return usagef("--envelope: want flags or message, got %q", envelope)
@@ -99,20 +125,63 @@ message cannot be read; 2 on a usage error.`,
 			if err != nil {
 				return err
 			}
-			raw, err := readMessage(cmd.InOrStdin(), args[0])
+			engine := stages.New(res, append(opts, stages.WithClock(now), stages.WithDNSBudget(dns.budget), stages.WithJudgeAtArrival(atArrival))...)
+			// envelopeOf is the envelope of one message: the flags', with
+			// its own arrival time (--at arrival) and trace fields
+			// (--envelope message); an explicit --at time wins.
+			envelopeOf := func(raw []byte, mboxFrom string) (stages.Envelope, error) {
+				e := env
+				if atArrival {
+					e.ReceivedAt = time.Now().UTC()
+					if t, ok := messageArrival(raw, mboxFrom); ok {
+						e.ReceivedAt = t
+					}
+				}
+				if envelope != "message" {
+					return e, nil
+				}
+				got, _, err := messageEnvelope(raw, e, internal)
+				if err != nil {
+					return e, fmt.Errorf("--envelope message: %w", err)
+				}
+				if at != "" && !atArrival {
+					got.ReceivedAt = e.ReceivedAt
+				}
+				return got, nil
+			}
+			batch := len(args) > 1
+			if !batch && args[0] != "-" {
+				fi, err := os.Stat(args[0])
+				if err != nil {
+					return fmt.Errorf("read message: %w", err)
+				}
+				batch = fi.IsDir()
+			}
+			var raw []byte
+			var mboxFrom string
+			if !batch {
+				raw, mboxFrom, err = readMessage(cmd.InOrStdin(), args[0])
+				batch = errors.Is(err, errSeveralMessages) && args[0] != "-"
+				if err != nil && !batch {
+					return err
+				}
+			}
+			if batch {
+				// Inputs that are not there fail at once, before any
+				// verdict is printed; one that goes away later stops
+				// verify where it is.
+				for _, path := range args {
+					if _, err := os.Stat(path); err != nil {
+						return fmt.Errorf("verify: %w (nothing verified)", err)
+					}
+				}
+				return verifyArchive(cmd.Context(), engine, args, envelopeOf, concurrency, maxBytes, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}
+			e, err := envelopeOf(raw, mboxFrom)
 			if err != nil {
 				return err
 			}
-			if envelope == "message" {
-				if env, _, err = messageEnvelope(raw, env, internal); err != nil {
-					return fmt.Errorf("--envelope message: %w", err)
-				}
-				if at != "" {
-					env.ReceivedAt = now()
-				}
-			}
-			engine := stages.New(res, append(opts, stages.WithClock(now), stages.WithDNSBudget(dns.budget))...)
-			v := engine.Verify(cmd.Context(), raw, env)
+			v := engine.Verify(cmd.Context(), raw, e)
 			enc := json.NewEncoder(cmd.OutOrStdout())
 			enc.SetIndent("", "  ")
 			enc.SetEscapeHTML(false) // Message-IDs and addresses keep their < and >
@@ -127,7 +196,9 @@ message cannot be read; 2 on a usage error.`,
 	f.StringVar(&helo, "helo", "", "HELO/EHLO `name` the client gave")
 	f.StringVar(&mailFrom, "mail-from", "", "SMTP MAIL FROM `address`; empty means the null sender <>")
 	f.StringSliceVar(&rcptTo, "rcpt-to", nil, "SMTP RCPT TO `address`es (repeatable)")
-	f.StringVar(&at, "at", "", "judge the message as of this RFC 3339 `time` (signature expiry, SPF %{t}); default now")
+	f.StringVar(&at, "at", "", "judge messages as of this RFC 3339 `time` (signature expiry, SPF %{t}), or arrival: each as of its own arrival (see above); default now")
+	f.IntVar(&concurrency, "concurrency", 64, "messages of an archive verified at once (DNS waits overlap); verdicts are printed in input order")
+	f.IntVar(&maxBytes, "max-message-bytes", 64<<20, "largest message of an archive verified, in `bytes`; larger ones are named on stderr and skipped (exit 1)")
 	f.StringVar(&envelope, "envelope", "flags", "the SMTP envelope: flags (--ip, --helo, --mail-from, --rcpt-to), or message: the message's own, from its Received and Return-Path fields")
 	f.StringSliceVar(&internalNets, "internal-net", nil, "with --envelope message: an `address` or prefix of the provider's own hosts, whose Received fields are passed over (repeatable)")
 	eng.register(f)
@@ -136,35 +207,126 @@ message cannot be read; 2 on a usage error.`,
 	return cmd
 }
 
-func readMessage(stdin io.Reader, name string) ([]byte, error) {
+// errSeveralMessages is readMessage's error for an mbox of more than one
+// message, which verify then reads as an archive.
+var errSeveralMessages = errors.New("an mbox of more than one message")
+
+// readMessage reads the one message of file name (or stdin for "-"),
+// without the mbox "From " line it may be saved with (returned as
+// mboxFrom).
+func readMessage(stdin io.Reader, name string) (raw []byte, mboxFrom string, err error) {
 	var r io.Reader = stdin
 	if name != "-" {
 		f, err := os.Open(name)
 		if err != nil {
-			return nil, fmt.Errorf("read message: %w", err)
+			return nil, "", fmt.Errorf("read message: %w", err)
 		}
 		defer f.Close()
 		r = f
 	}
-	raw, err := io.ReadAll(io.LimitReader(r, maxInputBytes+1))
+	raw, err = io.ReadAll(io.LimitReader(r, maxInputBytes+1))
 	if err != nil {
-		return nil, fmt.Errorf("read message %s: %w", name, err)
+		return nil, "", fmt.Errorf("read message %s: %w", name, err)
 	}
 	if len(raw) > maxInputBytes {
-		return nil, fmt.Errorf("read message %s: larger than %d bytes", name, maxInputBytes)
+		return nil, "", fmt.Errorf("read message %s: larger than %d bytes", name, maxInputBytes)
 	}
 	if pipeline.LooksLikeMbox(raw[:min(len(raw), 64)]) {
 		// A message saved with its mbox "From " line, as mail clients and
 		// archives keep it: the message is what follows the line.
 		mr := pipeline.NewMboxReader(bytes.NewReader(raw), 0)
-		msg, _, err := mr.Next()
+		msg, sep, err := mr.Next()
 		if err != nil {
-			return nil, fmt.Errorf("read message %s: %w", name, err)
+			return nil, "", fmt.Errorf("read message %s: %w", name, err)
 		}
 		if _, _, err := mr.Next(); !errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("read message %s: an mbox of more than one message; verify takes one ('authpipe produce' feeds a whole mbox to the pipeline)", name)
+			if name == "-" {
+				return nil, "", fmt.Errorf("read message from standard input: %w; give the file's name to verify each", errSeveralMessages)
+			}
+			return nil, "", errSeveralMessages
 		}
-		return msg, nil
+		return msg, sep, nil
 	}
-	return raw, nil
+	return raw, "", nil
+}
+
+// verifyArchive verifies every message under paths (walkArchive) and
+// writes their verdicts to stdout, one JSON object a line, in input order,
+// each with its key; conc of them are verified at once, and at most 2×conc
+// held (verified or not, waiting to be printed). A message over maxBytes,
+// or one whose envelope cannot be had (envelopeOf), is named on stderr and
+// skipped: verifyArchive then returns an error once all the rest are
+// printed. An input it cannot read stops it there.
+func verifyArchive(ctx context.Context, engine *stages.Engine, paths []string,
+	envelopeOf func(raw []byte, mboxFrom string) (stages.Envelope, error),
+	conc, maxBytes int, stdout, stderr io.Writer) error {
+	type job struct {
+		key string
+		v   chan *verdict.Verdict
+	}
+	queue := make(chan *job, conc)
+	slots := make(chan struct{}, conc)
+	var printed atomic.Int64
+	var writeErr error
+	printerDone := make(chan struct{})
+	go func() {
+		defer close(printerDone)
+		enc := json.NewEncoder(stdout)
+		enc.SetEscapeHTML(false)
+		for j := range queue {
+			v := <-j.v
+			if writeErr == nil {
+				if writeErr = enc.Encode(v); writeErr == nil {
+					printed.Add(1)
+				}
+			}
+		}
+	}()
+	stopProgress := startProgress(progressWriter(stderr), progressInterval, &printed, "verify", "verified")
+	skipped := 0
+	var walkErr error
+	for _, path := range paths {
+		walkErr = walkArchive(path, maxBytes, func(m archiveMessage) error {
+			if m.raw == nil {
+				skipped++
+				fmt.Fprintf(stderr, "verify: %s: %s, over --max-message-bytes (%d): not verified\n", m.key, m.tooLarge, maxBytes)
+				return nil
+			}
+			env, err := envelopeOf(m.raw, m.mboxFrom)
+			if err != nil {
+				skipped++
+				fmt.Fprintf(stderr, "verify: %s: %v: not verified\n", m.key, err)
+				return nil
+			}
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			j := &job{key: m.key, v: make(chan *verdict.Verdict, 1)}
+			queue <- j
+			go func() {
+				defer func() { <-slots }()
+				v := engine.Verify(ctx, m.raw, env)
+				v.Key = j.key
+				j.v <- v
+			}()
+			return nil
+		})
+		if walkErr != nil {
+			break
+		}
+	}
+	close(queue)
+	<-printerDone
+	stopProgress()
+	switch {
+	case writeErr != nil:
+		return fmt.Errorf("write verdicts: %w", writeErr)
+	case walkErr != nil:
+		return fmt.Errorf("%w (verified %s before it, none after)", walkErr, countMessages(printed.Load()))
+	case skipped > 0:
+		return fmt.Errorf("verify: %s not verified (named above); %s verified", countMessages(int64(skipped)), countMessages(printed.Load()))
+	}
+	return nil
 }

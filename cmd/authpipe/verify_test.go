@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -178,7 +180,9 @@ func TestVerifyExitCodes(t *testing.T) {
 		want int
 	}{
 		{"no file", []string{"verify"}, exitUsage},
-		{"two files", []string{"verify", "a", "b"}, exitUsage},
+		{"stdin among files", []string{"verify", "-", "b"}, exitUsage},
+		{"bad concurrency", []string{"verify", "--concurrency", "0", "-"}, exitUsage},
+		{"missing file of an archive", []string{"verify", "--zone", "../../examples/example.zone", "../../examples/message.eml", "/nonexistent/b.eml"}, exitFailure},
 		{"bad ip", []string{"verify", "--ip", "300.1.1.1", "-"}, exitUsage},
 		{"bad at", []string{"verify", "--at", "yesterday", "-"}, exitUsage},
 		{"unknown flag", []string{"verify", "--nope", "-"}, exitUsage},
@@ -364,4 +368,60 @@ func TestVerifyEnvelopeMessage(t *testing.T) {
 	if code, out, errs := authpipe(t, "", "verify", "--zone", "../../examples/example.zone", "--envelope", "message", internalOnly); code != exitFailure || out != "" || !strings.Contains(errs, "no Received field names a client outside the provider") {
 		t.Errorf("no outside client: exit %d, stdout %q, stderr %s", code, out, errs)
 	}
+}
+
+// TestVerifyArchive: verify given several PATHs, a directory or an mbox of
+// several messages re-scores them all without Kafka: one compact verdict a
+// line, in input order whatever the concurrency, each with its key; with
+// --at arrival each judged as of its own arrival. A message over the size
+// bound is named on stderr, the rest are printed, and verify exits 1.
+func TestVerifyArchive(t *testing.T) {
+	msg, err := os.ReadFile("../../examples/message.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{
+		"a/Maildir/cur/1.eml": string(msg),
+		"a/Maildir/new/2.eml": "Received: from x (x [192.0.2.99]) by mx; Mon, 23 Nov 2026 08:00:00 +0000\nFrom: b@example.org\nSubject: 2\n\nbody\n",
+		"a/Maildir/tmp/3.eml": "Subject: being delivered\n\n",
+		"a/big.eml":           "Subject: big\n\n" + strings.Repeat("x", 5000),
+		"b.mbox":              "From alice@example.com Sun Feb  1 12:00:00 2026\n" + string(msg) + "\nFrom bob@example.com Mon Feb  2 13:30:00 2026\nSubject: b2\n\nbody\n",
+	})
+	base := []string{"verify", "--zone", "../../examples/example.zone", "--ip", "192.0.2.10", "--mail-from", "alice@example.com", "--max-message-bytes", "4000", "--at", "arrival"}
+	var first string
+	for _, conc := range []string{"1", "64"} {
+		code, out, errs := authpipe(t, "", append(base, "--concurrency", conc, filepath.Join(dir, "a"), filepath.Join(dir, "b.mbox"))...)
+		if code != exitFailure || !strings.Contains(errs, "a/big.eml: the file, over --max-message-bytes (4000): not verified") || !strings.Contains(errs, "1 message not verified") {
+			t.Fatalf("--concurrency %s: exit %d, stderr %s", conc, code, errs)
+		}
+		lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+		var keys []string
+		for _, l := range lines {
+			var v struct {
+				Key         string    `json:"key"`
+				EvaluatedAt time.Time `json:"evaluated_at"`
+				SPF         struct{ Result string }
+			}
+			if err := json.Unmarshal([]byte(l), &v); err != nil {
+				t.Fatalf("line %q: %v", l, err)
+			}
+			keys = append(keys, v.Key+" "+v.EvaluatedAt.Format(time.RFC3339))
+		}
+		want := []string{"a/Maildir/cur/1.eml", "a/Maildir/new/2.eml 2026-11-23T08:00:00Z", "b.mbox#1 2026-02-01T12:00:00Z", "b.mbox#2 2026-02-02T13:30:00Z"}
+		if len(keys) != len(want) || !strings.HasPrefix(keys[0], want[0]+" ") || !slices.Equal(keys[1:], want[1:]) {
+			t.Errorf("--concurrency %s: verdicts %q, want %q (the first as of now: it has no date)", conc, keys, want)
+		}
+		if first == "" {
+			first = out
+		} else if stripTimes(out) != stripTimes(first) {
+			t.Errorf("--concurrency %s printed other verdicts than --concurrency 1:\n%s\n%s", conc, out, first)
+		}
+	}
+}
+
+// stripTimes removes the times of verdicts (a message without a date of
+// its own is judged as of now), so two runs' outputs compare.
+func stripTimes(out string) string {
+	return regexp.MustCompile(`"(evaluated_at|received_at)":"[^"]*"`).ReplaceAllString(out, "")
 }
