@@ -67,7 +67,8 @@ func ParseReceived(v []byte) (Received, error) {
 	var (
 		clause   string   // the keyword whose clause is being read
 		haveWord bool     // the clause has its word
-		from     []string // the From clause's word and comments
+		comments bool     // the clause has had a comment
+		from     []string // the From clause's word, then its comments and other words
 		sawFrom  bool
 	)
 	for n, rest := 0, s; n < maxReceivedTokens; n++ {
@@ -83,16 +84,26 @@ func ParseReceived(v []byte) (Received, error) {
 			if clause == "from" {
 				from = append(from, "("+tok)
 			}
+			comments = true
 			continue
 		}
-		if kw := strings.ToLower(tok); isReceivedKeyword(kw) && (clause == "" || haveWord) {
-			clause, haveWord = kw, false
+		// A keyword starts a clause unless it stands where the clause's
+		// word should ("from by"); a clause with a comment and no word
+		// ("from (localhost[127.0.0.1]) by") has none to wait for.
+		if kw := strings.ToLower(tok); isReceivedKeyword(kw) && (clause == "" || haveWord || comments) {
+			clause, haveWord, comments = kw, false, false
 			if kw == "from" {
 				sawFrom = true
 			}
 			continue
 		}
-		if clause == "" || haveWord {
+		if clause == "from" && haveWord {
+			// RFC 4409's "from name [192.0.2.1]": TCP-info outside a
+			// comment, read as one.
+			from = append(from, "("+tok)
+			continue
+		}
+		if clause == "" || haveWord || comments {
 			continue // words beyond a clause's one (Additional-Registered-Clauses' values, junk)
 		}
 		haveWord = true
@@ -169,8 +180,8 @@ func fromClause(parts []string) (helo string, ip netip.Addr) {
 					helo = strings.TrimRight(w[len("helo="):], ")")
 				case lw == "helo" || lw == "ehlo":
 					// qmail: "(HELO name)": the next word is the name.
-				case strings.HasPrefix(w, "["):
-					if a, ok := addressLiteral(w); ok && !ip.IsValid() {
+				case strings.Contains(w, "["): // "[192.0.2.1]", "localhost[127.0.0.1]"
+					if a, ok := addressLiteral(w[strings.IndexByte(w, '['):]); ok && !ip.IsValid() {
 						ip = a
 					}
 				default:

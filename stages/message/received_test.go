@@ -46,6 +46,12 @@ var receivedCases = []struct {
 			Date: time.Date(2026, 11, 24, 10, 15, 1, 0, time.UTC)}},
 	{"no date, keywords in capitals", "FROM a.example ([192.0.2.3]) BY b.example WITH SMTP",
 		Received{HELO: "a.example", ClientIP: netip.MustParseAddr("192.0.2.3"), By: "b.example", With: "SMTP"}},
+	{"no HELO, address glued to the name (AT&T voicemail)", "from  (localhost[127.0.0.1]) by voicemail.cis.att.net (vm2) with SMTP id <2006030121275918800sp93le>; Wed, 1 Mar 2006 21:27:59 +0000",
+		Received{ClientIP: netip.MustParseAddr("127.0.0.1"), By: "voicemail.cis.att.net", With: "SMTP", ID: "<2006030121275918800sp93le>",
+			Date: time.Date(2006, 3, 1, 21, 27, 59, 0, time.UTC)}},
+	{"TCP-info outside a comment (RFC 4409 example)", "from client1.football.example.com  [192.0.2.1] by submitserver.example.com with SUBMISSION; Sat, 12 Jul 2003 04:01:00 +0000",
+		Received{HELO: "client1.football.example.com", ClientIP: netip.MustParseAddr("192.0.2.1"), By: "submitserver.example.com", With: "SUBMISSION",
+			Date: time.Date(2003, 7, 12, 4, 1, 0, 0, time.UTC)}},
 	{"nested comment, quoted-pair, unterminated comment", `from a.example (x (y) \) [192.0.2.5]) by b.example (z`,
 		Received{HELO: "a.example", ClientIP: netip.MustParseAddr("192.0.2.5"), By: "b.example"}},
 }
