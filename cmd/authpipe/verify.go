@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -268,7 +270,9 @@ func verifyArchive(ctx context.Context, engine *stages.Engine, paths []string,
 	slots := make(chan struct{}, conc)
 	var printed atomic.Int64
 	var writeErr error
+	results := map[string]int{} // DMARC result: verdicts; the printer's
 	printerDone := make(chan struct{})
+	start := time.Now()
 	go func() {
 		defer close(printerDone)
 		enc := json.NewEncoder(stdout)
@@ -278,6 +282,11 @@ func verifyArchive(ctx context.Context, engine *stages.Engine, paths []string,
 			if writeErr == nil {
 				if writeErr = enc.Encode(v); writeErr == nil {
 					printed.Add(1)
+					if v.DMARC != nil {
+						results[v.DMARC.Result]++
+					} else {
+						results["none"]++
+					}
 				}
 			}
 		}
@@ -320,6 +329,14 @@ func verifyArchive(ctx context.Context, engine *stages.Engine, paths []string,
 	close(queue)
 	<-printerDone
 	stopProgress()
+	if n := printed.Load(); n > 0 {
+		// What re-scoring came to, beside the verdicts on stdout.
+		var parts []string
+		for _, r := range slices.Sorted(maps.Keys(results)) {
+			parts = append(parts, fmt.Sprintf("%s %d", r, results[r]))
+		}
+		fmt.Fprintf(stderr, "verified %s in %.1fs; DMARC: %s\n", countMessages(n), time.Since(start).Seconds(), strings.Join(parts, ", "))
+	}
 	switch {
 	case writeErr != nil:
 		return fmt.Errorf("write verdicts: %w", writeErr)

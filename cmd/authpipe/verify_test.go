@@ -392,7 +392,8 @@ func TestVerifyArchive(t *testing.T) {
 	var first string
 	for _, conc := range []string{"1", "64"} {
 		code, out, errs := authpipe(t, "", append(base, "--concurrency", conc, filepath.Join(dir, "a"), filepath.Join(dir, "b.mbox"))...)
-		if code != exitFailure || !strings.Contains(errs, "a/big.eml: the file, over --max-message-bytes (4000): not verified") || !strings.Contains(errs, "1 message not verified") {
+		if code != exitFailure || !strings.Contains(errs, "a/big.eml: the file, over --max-message-bytes (4000): not verified") || !strings.Contains(errs, "1 message not verified") ||
+			!regexp.MustCompile(`verified 4 messages in [0-9.]+s; DMARC: `).MatchString(errs) {
 			t.Fatalf("--concurrency %s: exit %d, stderr %s", conc, code, errs)
 		}
 		lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
