@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -30,36 +29,61 @@ type archiveMessage struct {
 
 // walkArchive calls visit with each message under path, in order: path is
 // a message file, an mbox file (its first line "From "; mboxrd quoting
-// undone), or a directory read recursively (dot files and folders skipped,
-// and a Maildir's tmp, which holds deliveries in progress). A message over
-// maxBytes is visited with no raw. It holds one message at a time (an mbox
-// reader holds at most one of maxBytes, whatever its lines). An input that
-// cannot be read, or an error of visit, stops the walk with that error.
+// undone), or a directory read recursively in name order (dot files and
+// folders skipped, and a Maildir's tmp, which holds deliveries in
+// progress). Symbolic links are followed, to files and to folders (a
+// folder already walked, as a link back up the tree makes one, is not
+// walked again). A message over maxBytes is visited with no raw. It holds
+// one message at a time (an mbox reader holds at most one of maxBytes,
+// whatever its lines). An input that cannot be read (a link to nothing
+// among them), or an error of visit, stops the walk with that error.
 func walkArchive(path string, maxBytes int, visit func(archiveMessage) error) error {
-	return filepath.WalkDir(path, func(name string, d fs.DirEntry, err error) error {
+	base := filepath.Dir(path)
+	walked := map[string]bool{} // folders, by their path with links resolved
+	var walk func(name string) error
+	walk = func(name string) error {
+		if name != path && strings.HasPrefix(filepath.Base(name), ".") {
+			return nil
+		}
+		fi, err := os.Stat(name) // through a link
 		if err != nil {
 			return fmt.Errorf("read %s: %w", name, err)
 		}
-		if name != path && strings.HasPrefix(d.Name(), ".") {
-			if d.IsDir() {
-				return filepath.SkipDir
+		switch {
+		case fi.IsDir():
+			if filepath.Base(name) == "tmp" && isMaildir(filepath.Dir(name)) {
+				return nil // messages still being written
+			}
+			real, err := filepath.EvalSymlinks(name)
+			if err != nil {
+				return fmt.Errorf("read %s: %w", name, err)
+			}
+			if walked[real] {
+				return nil
+			}
+			walked[real] = true
+			entries, err := os.ReadDir(name)
+			if err != nil {
+				return fmt.Errorf("read %s: %w", name, err)
+			}
+			for _, e := range entries {
+				if err := walk(filepath.Join(name, e.Name())); err != nil {
+					return err
+				}
 			}
 			return nil
+		case fi.Mode().IsRegular():
+			// The key names the file from PATH's own name down, so files
+			// of the same name in different folders stay apart.
+			key, err := filepath.Rel(base, name)
+			if err != nil {
+				key = filepath.Base(name)
+			}
+			return walkFile(name, filepath.ToSlash(key), maxBytes, visit)
 		}
-		if d.IsDir() && d.Name() == "tmp" && isMaildir(filepath.Dir(name)) {
-			return filepath.SkipDir // messages still being written
-		}
-		if d.IsDir() || !d.Type().IsRegular() {
-			return nil
-		}
-		// The key names the file from PATH's own name down, so files
-		// of the same name in different folders stay apart.
-		key, err := filepath.Rel(filepath.Dir(path), name)
-		if err != nil {
-			key = filepath.Base(name)
-		}
-		return walkFile(name, filepath.ToSlash(key), maxBytes, visit)
-	})
+		return nil // a device, socket or pipe: no message
+	}
+	return walk(path)
 }
 
 // isMaildir reports whether dir has the cur and new subdirectories of a

@@ -68,9 +68,10 @@ func newProduceCmd() *cobra.Command {
 record headers (smtp.client-ip, smtp.helo, smtp.mail-from, smtp.rcpt-to,
 smtp.received-at, mta.queue-id), as an MTA integration would.
 
-Each PATH is a message file, a directory (read recursively; dot files are
-skipped, and so is a Maildir's tmp, which holds deliveries in progress) or an
-mbox file (recognised by its first line, "From "; mboxrd quoting is undone).
+Each PATH is a message file, a directory (read recursively, in name order,
+through symbolic links; dot files are skipped, and so is a Maildir's tmp,
+which holds deliveries in progress) or an mbox file (recognised by its first
+line, "From "; mboxrd quoting is undone).
 All of them get the envelope given by the flags, or, with --envelope message,
 each its own, as the trace fields of an archived message record it:
 

@@ -1,0 +1,57 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// TestWalkArchiveFollowsLinks: a PATH, or an entry under one, that is a
+// symbolic link to a message or a folder is read through the link (until
+// session 24 the walker skipped links without a word: `produce link.eml`
+// sent nothing and exited 0); a link back up the tree is not walked twice,
+// and a link to nothing stops the walk as any unreadable input does.
+func TestWalkArchiveFollowsLinks(t *testing.T) {
+	dir := t.TempDir()
+	writeTree(t, dir, map[string]string{
+		"store/Maildir/cur/1.eml": "Subject: 1\n\nbody\n",
+		"store/Maildir/new/2.eml": "Subject: 2\n\nbody\n",
+		"store/Maildir/tmp/3.eml": "Subject: being delivered\n\n",
+		"store/.hidden.eml":       "Subject: dot file\n\n",
+		"other/4.eml":             "Subject: 4\n\nbody\n",
+	})
+	for link, target := range map[string]string{
+		"store/linked-folder": "../other",       // a folder elsewhere
+		"store/linked.eml":    "../other/4.eml", // a message elsewhere
+		"store/Maildir/up":    "..",             // back up the tree: walked once
+		"single.eml":          "other/4.eml",    // a PATH that is a link
+	} {
+		if err := os.Symlink(target, filepath.Join(dir, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	walk := func(path string) ([]string, error) {
+		var keys []string
+		err := walkArchive(path, 1<<20, func(m archiveMessage) error {
+			keys = append(keys, m.key)
+			return nil
+		})
+		return keys, err
+	}
+	keys, err := walk(filepath.Join(dir, "store"))
+	want := []string{"store/Maildir/cur/1.eml", "store/Maildir/new/2.eml", "store/linked-folder/4.eml", "store/linked.eml"}
+	if err != nil || !slices.Equal(keys, want) {
+		t.Errorf("store: %q, %v; want %q", keys, err, want)
+	}
+	if keys, err := walk(filepath.Join(dir, "single.eml")); err != nil || !slices.Equal(keys, []string{"single.eml"}) {
+		t.Errorf("a PATH that is a link: %q, %v", keys, err)
+	}
+	if err := os.Symlink("nothing-there", filepath.Join(dir, "store/Maildir/cur/0-dangling.eml")); err != nil {
+		t.Fatal(err)
+	}
+	if keys, err := walk(filepath.Join(dir, "store")); err == nil || !strings.Contains(err.Error(), "0-dangling.eml") || len(keys) != 0 {
+		t.Errorf("a link to nothing: %q, %v; want the walk stopped there", keys, err)
+	}
+}
