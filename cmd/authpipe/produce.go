@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/mail"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -25,7 +23,6 @@ import (
 
 	"github.com/authpipe/authpipe/pipeline"
 	"github.com/authpipe/authpipe/stages"
-	"github.com/authpipe/authpipe/stages/message"
 )
 
 // envelopeLine is one line of a --envelopes JSON-lines file.
@@ -154,16 +151,10 @@ type producer struct {
 	stderr   io.Writer
 	maxBytes int
 	skipped  int
-	// arrivalFromMessage: --received-at message (see messageArrival).
-	arrivalFromMessage bool
-	// envelopeFromMessage: --envelope message (see messageEnvelope),
-	// passing over the hops of internal; arrivalGiven: --received-at
-	// gave a time, which wins over the message's. noReturnPath counts
-	// the messages without a Return-Path field.
-	envelopeFromMessage bool
-	internal            []netip.Prefix
-	arrivalGiven        bool
-	noReturnPath        int
+	// rule gives PATH messages their envelopes; noReturnPath counts
+	// those that, under --envelope message, had no Return-Path.
+	rule         envelopeRule
+	noReturnPath int
 }
 
 // progressInterval is how often produce says how far it is, on a terminal.
@@ -260,16 +251,6 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 		}
 		env.ClientIP = ip
 	}
-	if pf.envelope != "flags" && pf.envelope != "message" {
-		return usagef("--envelope: want flags or message, got %q", pf.envelope)
-	}
-	if len(pf.internalNets) > 0 && pf.envelope != "message" {
-		return usagef("--internal-net needs --envelope message")
-	}
-	internal, err := prefixList("internal-net", pf.internalNets)
-	if err != nil {
-		return err
-	}
 	fromMessage := pf.receivedAt == "message"
 	if pf.receivedAt != "" && !fromMessage {
 		t, err := time.Parse(time.RFC3339, pf.receivedAt)
@@ -277,6 +258,10 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 			return usagef("--received-at: want RFC 3339 or message: %v", err)
 		}
 		env.ReceivedAt = t
+	}
+	rule, err := newEnvelopeRule(env, pf.envelope, pf.internalNets, fromMessage, pf.receivedAt != "" && !fromMessage)
+	if err != nil {
+		return err
 	}
 	// Inputs that are not there fail at once, not after the broker check
 	// (up to 15 s when the broker is down too); one that goes away or is
@@ -306,8 +291,7 @@ func produce(ctx context.Context, pf *produceFlags, paths []string, stderr io.Wr
 	if err := pf.kafka.check(ctx, cl, brokers); err != nil {
 		return err
 	}
-	p := &producer{cl: cl, topic: pf.topic, stderr: stderr, maxBytes: pf.maxBytes, arrivalFromMessage: fromMessage,
-		envelopeFromMessage: pf.envelope == "message", internal: internal, arrivalGiven: pf.receivedAt != "" && !fromMessage}
+	p := &producer{cl: cl, topic: pf.topic, stderr: stderr, maxBytes: pf.maxBytes, rule: rule}
 	// A large archive takes a while: who watches on a terminal sees it move.
 	stopProgress := p.startProgress(progressWriter(stderr), progressInterval)
 	defer stopProgress()
@@ -360,160 +344,27 @@ func producePath(ctx context.Context, p *producer, path string, env stages.Envel
 			p.skip(m.key, m.tooLarge)
 			return nil
 		}
-		if e, ok := p.envelope(m.key, env, m.raw, m.mboxFrom); ok {
+		if e, ok := p.envelope(m.key, m.raw, m.mboxFrom); ok {
 			p.send(ctx, m.key, m.raw, e, "")
 		}
 		return nil
 	})
 }
 
-// envelope is the envelope of the message raw (under key): env, the flags',
-// with, under --received-at message, the message's own arrival time
-// (messageArrival), and under --envelope message what its trace fields say
-// (messageEnvelope). It reports false, having named the message on stderr,
-// for a message whose trace fields name no outside client.
-func (p *producer) envelope(key string, env stages.Envelope, raw []byte, mboxFrom string) (stages.Envelope, bool) {
-	if p.arrivalFromMessage || (p.envelopeFromMessage && !p.arrivalGiven) {
-		if t, ok := messageArrival(raw, mboxFrom); ok {
-			env.ReceivedAt = t
-		}
-	}
-	if !p.envelopeFromMessage {
-		return env, true
-	}
-	got, hasReturnPath, err := messageEnvelope(raw, env, p.internal)
+// envelope is the envelope of the message raw (under key), as p.rule
+// has it (envelopeRule.of). It reports false, having named the message on
+// stderr, for a message whose trace fields name no outside client.
+func (p *producer) envelope(key string, raw []byte, mboxFrom string) (stages.Envelope, bool) {
+	env, hasReturnPath, err := p.rule.of(raw, mboxFrom)
 	if err != nil {
 		p.skipped++
 		fmt.Fprintf(p.stderr, "produce: %s: %v: not sent\n", key, err)
 		return env, false
 	}
-	if p.arrivalGiven {
-		got.ReceivedAt = env.ReceivedAt
-	}
 	if !hasReturnPath {
 		p.noReturnPath++
 	}
-	return got, true
-}
-
-// errNoOutsideClient is messageEnvelope's error for a message none of
-// whose Received fields records a client outside the provider.
-var errNoOutsideClient = errors.New("no Received field names a client outside the provider (see --internal-net)")
-
-// messageEnvelope reads the SMTP envelope an archived message was received
-// with from its trace fields (RFC 5321 4.4), over fallback, which gives
-// what they do not: the client IP, HELO, RCPT TO and arrival time of the
-// topmost Received field whose client address is not internal (loopback,
-// private, link-local, unspecified, or in one of internal: the hops the
-// provider's own hosts wrote, MX to store, come first from the top), and
-// the MAIL FROM of the topmost Return-Path field (hasReturnPath), else of
-// that Received field's Exim "(envelope-from <...>)" comment.
-func messageEnvelope(raw []byte, fallback stages.Envelope, internal []netip.Prefix) (env stages.Envelope, hasReturnPath bool, err error) {
-	m, err := message.Parse(raw, message.Limits{MaxSize: len(raw) + 2})
-	if err != nil {
-		return fallback, false, err
-	}
-	env = fallback
-	tr := m.Trace()
-	found := false
-	var hop message.Received
-	for _, f := range tr.Received {
-		r, err := message.ParseReceived(f.Value)
-		if err != nil || !r.ClientIP.IsValid() || internalAddr(r.ClientIP, internal) {
-			continue
-		}
-		hop, found = r, true
-		break
-	}
-	if !found {
-		return fallback, false, errNoOutsideClient
-	}
-	env.ClientIP = hop.ClientIP
-	if hop.HELO != "" {
-		env.HELO = hop.HELO
-	}
-	if rcpt, ok := envelopeAddress(hop.For); ok && rcpt != "" {
-		env.RcptTo = []string{rcpt}
-	}
-	if !hop.Date.IsZero() {
-		env.ReceivedAt = hop.Date
-	}
-	if len(tr.ReturnPath) > 0 {
-		env.MailFrom, hasReturnPath = envelopeAddress(string(tr.ReturnPath[0].Value))
-	} else if hop.HasEnvelopeFrom {
-		env.MailFrom, hasReturnPath = envelopeAddress(hop.EnvelopeFrom)
-	}
-	if !hasReturnPath {
-		env.MailFrom = fallback.MailFrom
-	}
-	return env, hasReturnPath, nil
-}
-
-// envelopeAddress reads a path as a trace field writes it ("<a@b>", "<>"
-// for the null sender, or bare) as the envelope carries it: without the
-// angle brackets. It reports false for one that is not an address: angle
-// brackets, space or control characters left inside.
-func envelopeAddress(s string) (string, bool) {
-	s = strings.TrimSpace(s)
-	if inner, ok := strings.CutPrefix(s, "<"); ok {
-		end := strings.IndexByte(inner, '>')
-		if end < 0 || strings.TrimSpace(inner[end+1:]) != "" {
-			return "", false
-		}
-		s = inner[:end]
-	}
-	for _, c := range s {
-		if c <= ' ' || c == 0x7f || c == '<' || c == '>' {
-			return "", false
-		}
-	}
-	return s, true
-}
-
-// internalAddr reports whether a Received field's client address is one of
-// the provider's own: loopback, private (RFC 1918, RFC 4193), link-local,
-// unspecified, or in one of prefixes (an IPv4-mapped prefix read as the
-// IPv4 one it maps).
-func internalAddr(ip netip.Addr, prefixes []netip.Prefix) bool {
-	if !ip.IsGlobalUnicast() || ip.IsPrivate() {
-		return true // loopback, link-local, unspecified, multicast, broadcast; RFC 1918, RFC 4193
-	}
-	for _, p := range prefixes {
-		if p.Addr().Is4In6() && p.Bits() >= 96 {
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-		}
-		if p.Contains(ip) {
-			return true
-		}
-	}
-	return false
-}
-
-// messageArrival is when an archived message arrived: the date of its
-// topmost Received field (RFC 5321 4.4, the last hop's, after the last
-// ";"), else the date of its mbox "From " line (RFC 4155: asctime, taken as
-// UTC). ok is false when neither gives one.
-func messageArrival(raw []byte, mboxFrom string) (time.Time, bool) {
-	if m, err := mail.ReadMessage(bytes.NewReader(raw)); err == nil {
-		if rcvd := m.Header["Received"]; len(rcvd) > 0 {
-			if i := strings.LastIndexByte(rcvd[0], ';'); i >= 0 {
-				if t, err := mail.ParseDate(strings.TrimSpace(rcvd[0][i+1:])); err == nil {
-					return t.UTC(), true
-				}
-			}
-		}
-	}
-	// "From sender Mon Nov 23 09:15:00 2026": the date follows the sender.
-	f := strings.Fields(strings.TrimPrefix(mboxFrom, "From "))
-	if len(f) >= 6 {
-		date := strings.Join(f[1:], " ")
-		for _, layout := range []string{time.ANSIC, "Mon Jan 2 15:04:05 2006 -0700", "Mon Jan 2 15:04:05 -0700 2006", "Mon Jan 2 15:04:05 MST 2006"} {
-			if t, err := time.Parse(layout, date); err == nil {
-				return t.UTC(), true
-			}
-		}
-	}
-	return time.Time{}, false
+	return env, true
 }
 
 // readBounded reads file name, or reports that it holds more than

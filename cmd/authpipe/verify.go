@@ -109,13 +109,10 @@ when a message cannot be read or was not verified; 2 on a usage error.`,
 			if concurrency < 1 {
 				return usagef("--concurrency must be at least 1, got %d", concurrency)
 			}
-			if envelope != "flags" && envelope != "message" {
-				return usagef("--envelope: want flags or message, got %q", envelope)
+			if atArrival {
+				env.ReceivedAt = time.Now().UTC() // for a message that says nothing of its arrival
 			}
-			if len(internalNets) > 0 && envelope != "message" {
-				return usagef("--internal-net needs --envelope message")
-			}
-			internal, err := prefixList("internal-net", internalNets)
+			rule, err := newEnvelopeRule(env, envelope, internalNets, atArrival, at != "" && !atArrival)
 			if err != nil {
 				return err
 			}
@@ -128,28 +125,12 @@ when a message cannot be read or was not verified; 2 on a usage error.`,
 				return err
 			}
 			engine := stages.New(res, append(opts, stages.WithClock(now), stages.WithDNSBudget(dns.budget), stages.WithJudgeAtArrival(atArrival))...)
-			// envelopeOf is the envelope of one message: the flags', with
-			// its own arrival time (--at arrival) and trace fields
-			// (--envelope message); an explicit --at time wins.
 			envelopeOf := func(raw []byte, mboxFrom string) (stages.Envelope, error) {
-				e := env
-				if atArrival {
-					e.ReceivedAt = time.Now().UTC()
-					if t, ok := messageArrival(raw, mboxFrom); ok {
-						e.ReceivedAt = t
-					}
-				}
-				if envelope != "message" {
-					return e, nil
-				}
-				got, _, err := messageEnvelope(raw, e, internal)
+				e, _, err := rule.of(raw, mboxFrom)
 				if err != nil {
 					return e, fmt.Errorf("--envelope message: %w", err)
 				}
-				if at != "" && !atArrival {
-					got.ReceivedAt = e.ReceivedAt
-				}
-				return got, nil
+				return e, nil
 			}
 			batch := len(args) > 1
 			if !batch && args[0] != "-" {
