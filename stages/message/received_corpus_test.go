@@ -19,12 +19,12 @@ const confDir = "../../../shared/conformance"
 // the first "[address]" after "from" and before " by ".
 var receivedLiteral = regexp.MustCompile(`(?i)^\s*from\s.*?\[(?:ipv6:)?([0-9a-f:.]+)\].*?\sby\s`)
 
-// TestParseReceivedCorpora reads every Received field of the messages in
+// TestParseReceivedConformance reads every Received field of the messages in
 // the conformance corpora (DKIM, ARC, DMARC report and rspamd messages,
 // as real MTAs wrote them) and checks that ParseReceived finds the client
 // address wherever the field's From clause has an address literal, and
 // reports how many fields it read a client from.
-func TestParseReceivedCorpora(t *testing.T) {
+func TestParseReceivedConformance(t *testing.T) {
 	if _, err := os.Stat(confDir); err != nil {
 		t.Skipf("conformance corpora not present: %v", err)
 	}
