@@ -1,11 +1,19 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/authpipe/authpipe/stages"
+	"github.com/authpipe/authpipe/stages/verdict"
 )
 
 // TestWalkArchiveFollowsLinks: a PATH, or an entry under one, that is a
@@ -53,5 +61,50 @@ func TestWalkArchiveFollowsLinks(t *testing.T) {
 	}
 	if keys, err := walk(filepath.Join(dir, "store")); err == nil || !strings.Contains(err.Error(), "0-dangling.eml") || len(keys) != 0 {
 		t.Errorf("a link to nothing: %q, %v; want the walk stopped there", keys, err)
+	}
+}
+
+// TestVerifyArchiveBounded: verify's archive mode holds at most its byte
+// budget of messages in verification at once (the budget being at least
+// the largest message allowed), and --concurrency of them, whatever the
+// archive; every message still gets its verdict.
+func TestVerifyArchiveBounded(t *testing.T) {
+	dir := t.TempDir()
+	files := map[string]string{}
+	for i := range 40 {
+		files[fmt.Sprintf("a/%02d.eml", i)] = "Subject: x\n\n" + strings.Repeat("y", 1000*(1+i%5))
+	}
+	writeTree(t, dir, files)
+	for _, tc := range []struct {
+		conc   int
+		budget int64
+	}{{conc: 64, budget: 12000}, {conc: 3, budget: 1 << 20}, {conc: 64, budget: 1}} {
+		var mu sync.Mutex
+		var bytesNow, bytesPeak, nNow, nPeak int64
+		verify := func(_ context.Context, raw []byte, _ stages.Envelope) *verdict.Verdict {
+			mu.Lock()
+			bytesNow += int64(len(raw))
+			nNow++
+			bytesPeak, nPeak = max(bytesPeak, bytesNow), max(nPeak, nNow)
+			mu.Unlock()
+			time.Sleep(time.Millisecond) // let others pile up if they may
+			mu.Lock()
+			bytesNow -= int64(len(raw))
+			nNow--
+			mu.Unlock()
+			return &verdict.Verdict{}
+		}
+		env := func([]byte, string) (stages.Envelope, error) { return stages.Envelope{}, nil }
+		var out, errs bytes.Buffer
+		const maxBytes = 6000 // the budget is at least this: the largest message allowed
+		if err := verifyArchive(context.Background(), verify, []string{filepath.Join(dir, "a")}, env, tc.conc, maxBytes, tc.budget, &out, &errs); err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(out.String(), "\n"); n != 40 {
+			t.Errorf("%+v: %d verdicts, want 40", tc, n)
+		}
+		if limit := max(tc.budget, maxBytes); bytesPeak > limit || nPeak > int64(tc.conc) {
+			t.Errorf("%+v: peak %d bytes in %d messages, want at most %d bytes and %d messages", tc, bytesPeak, nPeak, limit, tc.conc)
+		}
 	}
 }

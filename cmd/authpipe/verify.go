@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/authpipe/authpipe/pipeline"
 	"github.com/authpipe/authpipe/stages"
@@ -47,8 +48,9 @@ Given more than one PATH, a directory (read recursively; dot files and a
 Maildir's tmp skipped) or an mbox of several messages, verify re-scores them
 all, without Kafka: one verdict a line (JSON lines), in input order, each
 with its "key" (the file's path from PATH's own name down, FILE#n in an
-mbox), --concurrency of them verified at once so that DNS waits overlap (at
-most twice that many messages held). A message over --max-message-bytes, or
+mbox), --concurrency of them verified at once so that DNS waits overlap,
+holding at most 256 MiB of messages (or one of --max-message-bytes, if
+larger) at a time. A message over --max-message-bytes, or
 one --envelope message finds no outside client in, is named on standard
 error and not verified; verify then exits 1 once the rest are printed. An
 input that cannot be read stops it there (exit 1). When standard error is a
@@ -158,7 +160,7 @@ when a message cannot be read or was not verified; 2 on a usage error.`,
 						return fmt.Errorf("verify: %w (nothing verified)", err)
 					}
 				}
-				return verifyArchive(cmd.Context(), engine, args, envelopeOf, concurrency, maxBytes, cmd.OutOrStdout(), cmd.ErrOrStderr())
+				return verifyArchive(cmd.Context(), engine.Verify, args, envelopeOf, concurrency, maxBytes, archiveInFlightBytes, cmd.OutOrStdout(), cmd.ErrOrStderr())
 			}
 			e, err := envelopeOf(raw, mboxFrom)
 			if err != nil {
@@ -233,22 +235,31 @@ func readMessage(stdin io.Reader, name string) (raw []byte, mboxFrom string, err
 	return raw, "", nil
 }
 
+// archiveInFlightBytes bounds the bytes of the messages verifyArchive
+// verifies at once (or maxBytes, when that is larger), as run's
+// max-in-flight-bytes does: with --concurrency 64 and messages of up to
+// 64 MiB, a count alone would allow 4 GiB.
+const archiveInFlightBytes = 256 << 20
+
 // verifyArchive verifies every message under paths (walkArchive) and
 // writes their verdicts to stdout, one JSON object a line, in input order,
-// each with its key; conc of them are verified at once, and at most 2×conc
-// held (verified or not, waiting to be printed). A message over maxBytes,
+// each with its key; conc of them are verified at once, holding at most
+// archiveInFlightBytes of messages (or one of maxBytes) and conc verdicts
+// waiting to be printed. A message over maxBytes,
 // or one whose envelope cannot be had (envelopeOf), is named on stderr and
 // skipped: verifyArchive then returns an error once all the rest are
 // printed. An input it cannot read stops it there.
-func verifyArchive(ctx context.Context, engine *stages.Engine, paths []string,
+func verifyArchive(ctx context.Context, verify func(context.Context, []byte, stages.Envelope) *verdict.Verdict, paths []string,
 	envelopeOf func(raw []byte, mboxFrom string) (stages.Envelope, error),
-	conc, maxBytes int, stdout, stderr io.Writer) error {
+	conc, maxBytes int, inFlightBytes int64, stdout, stderr io.Writer) error {
 	type job struct {
 		key string
 		v   chan *verdict.Verdict
 	}
 	queue := make(chan *job, conc)
 	slots := make(chan struct{}, conc)
+	budget := max(inFlightBytes, int64(maxBytes))
+	held := semaphore.NewWeighted(budget)
 	var printed atomic.Int64
 	var writeErr error
 	results := map[string]int{} // DMARC result: verdicts; the printer's
@@ -293,11 +304,16 @@ func verifyArchive(ctx context.Context, engine *stages.Engine, paths []string,
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+			size := min(int64(len(m.raw)), budget)
+			if err := held.Acquire(ctx, size); err != nil {
+				<-slots
+				return err
+			}
 			j := &job{key: m.key, v: make(chan *verdict.Verdict, 1)}
 			queue <- j
 			go func() {
-				defer func() { <-slots }()
-				v := engine.Verify(ctx, m.raw, env)
+				defer func() { held.Release(size); <-slots }()
+				v := verify(ctx, m.raw, env)
 				v.Key = j.key
 				j.v <- v
 			}()
