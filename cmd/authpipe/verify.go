@@ -36,7 +36,7 @@ func newVerifyCmd() *cobra.Command {
 		eng                    engineFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "verify [flags] FILE|-  or  verify [flags] PATH...",
+		Use:   "verify [flags] FILE|-|PATH...",
 		Short: "Verify a message (or an archive) and print its JSON verdict (one a line)",
 		Long: `verify reads one RFC 5322 message (CRLF or LF line endings) from FILE, or
 from standard input when FILE is "-", checks it against the SMTP envelope given
@@ -44,17 +44,19 @@ by the flags, and prints one JSON verdict on standard output (schema:
 docs/verdict.schema.json). A message saved with an mbox "From " line before
 it (an mbox of one message) is read without that line.
 
-Given more than one PATH, a directory (read recursively; dot files and a
-Maildir's tmp skipped) or an mbox of several messages, verify re-scores them
-all, without Kafka: one verdict a line (JSON lines), in input order, each
-with its "key" (the file's path from PATH's own name down, FILE#n in an
-mbox), --concurrency of them verified at once so that DNS waits overlap,
-holding at most 256 MiB of messages (or one of --max-message-bytes, if
-larger) at a time. A message over --max-message-bytes, or
-one --envelope message finds no outside client in, is named on standard
-error and not verified; verify then exits 1 once the rest are printed. An
-input that cannot be read stops it there (exit 1). When standard error is a
-terminal, it says every 2 s how many it has verified.
+Given more than one PATH, a directory (read recursively, through symbolic
+links; dot files and a Maildir's tmp skipped) or an mbox of several
+messages, verify re-scores them all, without Kafka: one verdict a line (JSON
+lines), in input order, each with its "key" (the file's path from PATH's own
+name down, FILE#n in an mbox), --concurrency of them verified at once so
+that DNS waits overlap, holding at most 256 MiB of messages (or one of
+--max-message-bytes, if larger) at a time. A message over
+--max-message-bytes, or one in which --envelope message finds no outside
+client, is named on standard error and not verified; verify then exits 1
+once the rest are printed. An input that cannot be read stops it there
+(exit 1). It ends with a summary on standard error (messages, time, DMARC
+results) and, when standard error is a terminal, says every 2 s how many it
+has verified.
 
 With --envelope message the envelope is the message's own, as its trace
 fields record it (the client, HELO, recipient and date of the topmost
