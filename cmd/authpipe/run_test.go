@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -532,6 +533,67 @@ func TestRunWarnsWhenDNSDoesNotAnswer(t *testing.T) {
 	}
 	if m := metricsText(t, httpAddr); !strings.Contains(m, `authpipe_dns_upstream_up{server="`+deadDNS+`"} 0`) {
 		t.Errorf("metrics do not show %s down", deadDNS)
+	}
+	if code := stop(); code != 0 {
+		t.Fatalf("run exit %d:\n%s", code, logs)
+	}
+}
+
+// TestRunFirstResolverDead: with two resolvers and the first silent (a
+// partial outage: one of resolv.conf's servers down), the stream's verdicts
+// are the normal ones, not temperror, and the log names the dead server;
+// after it is held down lookups no longer wait out its timeout first (see
+// resolvercache's TestDeadUpstreamAskedLast, which counts the queries).
+func TestRunFirstResolverDead(t *testing.T) {
+	zone, err := os.ReadFile("../../examples/example.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := dnstest.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(good.Close)
+	if err := good.AddZone(string(zone)); err != nil {
+		t.Fatal(err)
+	}
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0") // reads nothing, answers nothing
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { silent.Close() })
+	addrs := freeAddrs(t, 2)
+	stop, logs := startRun(t, addrs[1], "--listen", addrs[0], "--data-dir", t.TempDir(), "--batch-interval", "50ms",
+		"--resolver", silent.LocalAddr().String(), "--resolver", good.Addr, "--dns-timeout", "300ms")
+	dir := t.TempDir()
+	files := map[string]string{}
+	eml, err := os.ReadFile("../../examples/message.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 20
+	for i := range n {
+		files[fmt.Sprintf("in/%02d.eml", i)] = string(eml)
+	}
+	writeTree(t, dir, files)
+	if code, _, stderr := cli(t, 20*time.Second, "produce", "--brokers", addrs[0], "--ip", "192.0.2.10", "--mail-from", "alice@example.com", filepath.Join(dir, "in")); code != 0 {
+		t.Fatalf("produce: %s", stderr)
+	}
+	code, out, stderr := cli(t, 60*time.Second, "tail", "--brokers", addrs[0], "--from-beginning", "--count", strconv.Itoa(n), "--format", "json")
+	if code != 0 {
+		t.Fatalf("tail: %d %s", code, stderr)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var v verdict.Verdict
+		if err := json.Unmarshal([]byte(line), &v); err != nil {
+			t.Fatal(err)
+		}
+		if v.SPF == nil || v.SPF.Result != "pass" || v.DMARC == nil || v.DMARC.Result != "pass" {
+			t.Errorf("%s: spf %+v dmarc %+v, want pass with one resolver answering", v.Key, v.SPF, v.DMARC)
+		}
+	}
+	if !strings.Contains(logs.String(), `"msg":"DNS server not answering`) || !strings.Contains(logs.String(), `"server":"`+silent.LocalAddr().String()+`"`) {
+		t.Errorf("no warning naming the silent server:\n%s", logs)
 	}
 	if code := stop(); code != 0 {
 		t.Fatalf("run exit %d:\n%s", code, logs)
