@@ -567,8 +567,8 @@ func (u *upstream) timedOut(w *waiter) {
 // timed out with u silent (nil); the upstreamDownAfter-th in a row makes
 // it down.
 func (u *upstream) failed(err error) {
-	if u.fails.Add(1) < upstreamDownAfter || u.down.Load() != 0 {
-		return
+	if u.down.Load() != 0 || u.fails.Add(1) < upstreamDownAfter {
+		return // down already (nothing to count), or not yet
 	}
 	if u.down.CompareAndSwap(0, int64(time.Since(u.c.epoch))+int64(upstreamHoldDown)) {
 		if err == nil {
