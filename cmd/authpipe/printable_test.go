@@ -47,6 +47,22 @@ func TestTailPrettyIsTerminalSafe(t *testing.T) {
 	}
 }
 
+// TestTailPrettyTime: a pretty line gives the time the verdict's checks
+// were judged as of, so that re-scored mail (run --judge-at arrival) shows
+// its arrival, not when the verdict was written; a verdict without one
+// shows the record's time.
+func TestTailPrettyTime(t *testing.T) {
+	written := time.Date(2026, 11, 25, 4, 0, 0, 0, time.UTC)
+	for _, tc := range []struct{ value, want string }{
+		{`{"version":1,"evaluated_at":"2026-02-01T12:00:00Z","envelope":{"mail_from":""}}`, "2026-02-01T12:00:00Z k "},
+		{`{"version":1,"envelope":{"mail_from":""}}`, "2026-11-25T04:00:00Z k "},
+	} {
+		if line := prettyVerdict(&kgo.Record{Key: []byte("k"), Value: []byte(tc.value), Timestamp: written}); !strings.HasPrefix(line, tc.want) {
+			t.Errorf("%s: line %q, want it to start %q", tc.value, line, tc.want)
+		}
+	}
+}
+
 // TestErrorsAreTerminalSafe: an error's text reaches standard error with
 // its control characters escaped, line by line.
 func TestErrorsAreTerminalSafe(t *testing.T) {

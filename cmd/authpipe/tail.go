@@ -33,7 +33,8 @@ func newTailCmd() *cobra.Command {
 		Short: "Follow mail.verdicts and print verdicts as they commit",
 		Long: `tail follows the verdict topic (read_committed: only verdicts of committed
 transactions) and prints each verdict: one summary line per message (--format
-pretty) or the JSON verdict as published (--format json, one per line).
+pretty: the time its checks were judged as of, key, client, From domain and
+results) or the JSON verdict as published (--format json, one per line).
 Pointed at the dead-letter topic (--topic mail.raw.dlq), it prints each
 record's key, error, size and envelope instead (as {"dlq": {...}} in JSON).
 It reads new verdicts only, unless --from-beginning; it stops after --count
@@ -133,15 +134,22 @@ func tail(ctx context.Context, tf *tailFlags, out, stderr io.Writer) error {
 	}
 }
 
-// prettyVerdict renders one line: time, key, client IP, From domain and the
-// result of every check.
+// prettyVerdict renders one line: the time the checks were judged as of
+// (evaluated_at: when the verdict was made, or the message's arrival under
+// run --judge-at arrival, which the record's own time would hide for
+// re-scored mail), key, client IP, From domain and the result of every
+// check.
 func prettyVerdict(r *kgo.Record) string {
 	var v verdict.Verdict
 	if err := json.Unmarshal(r.Value, &v); err != nil {
 		return fmt.Sprintf("%s key=%q undecodable verdict: %v", r.Timestamp.UTC().Format("15:04:05"), r.Key, err)
 	}
+	at := v.EvaluatedAt
+	if at.IsZero() {
+		at = r.Timestamp
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %-16s ip=%-15s from=%s", r.Timestamp.UTC().Format("2006-01-02T15:04:05Z"), string(r.Key),
+	fmt.Fprintf(&b, "%s %-16s ip=%-15s from=%s", at.UTC().Format("2006-01-02T15:04:05Z"), string(r.Key),
 		orDash(v.Envelope.ClientIP), orDash(strings.Join(v.HeaderFrom, ",")))
 	if v.SPF != nil {
 		fmt.Fprintf(&b, " spf=%s", v.SPF.Result)
