@@ -170,6 +170,7 @@ type upstream struct {
 	fails atomic.Int32
 	down  atomic.Int64
 	heard atomic.Uint64
+	count upstreamCounters // its metrics
 
 	mu     sync.Mutex
 	slots  []*udpConn            // the sockets taking new queries; nil: dial at next use
@@ -502,6 +503,7 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 		}
 		u.sweeper = time.AfterFunc(time.Hour, u.sweep)
 		u.sweeper.Stop()
+		u.count = c.metrics.forUpstream(u.addr)
 		c.upstreams = append(c.upstreams, u)
 		c.metrics.upstreamUp(u.addr, true)
 	}
@@ -544,6 +546,9 @@ func (c *Client) firstUpstream() int {
 // answered records that a datagram came from u: it is up.
 func (u *upstream) answered() {
 	u.heard.Add(1)
+	if u.count.replies != nil {
+		u.count.replies.Inc()
+	}
 	if u.fails.Load() != 0 {
 		u.fails.Store(0)
 	}
@@ -558,6 +563,9 @@ func (u *upstream) answered() {
 // timedOut records that the query w to u timed out: a failure if nothing
 // came from u while it waited.
 func (u *upstream) timedOut(w *waiter) {
+	if u.count.timeouts != nil {
+		u.count.timeouts.Inc()
+	}
 	if u.heard.Load() == w.heard {
 		u.failed(nil)
 	}
@@ -567,6 +575,9 @@ func (u *upstream) timedOut(w *waiter) {
 // timed out with u silent (nil); the upstreamDownAfter-th in a row makes
 // it down.
 func (u *upstream) failed(err error) {
+	if err != nil && u.count.network != nil {
+		u.count.network.Inc()
+	}
 	if u.down.Load() != 0 || u.fails.Add(1) < upstreamDownAfter {
 		return // down already (nothing to count), or not yet
 	}

@@ -53,8 +53,9 @@ func TestDeadUpstreamAskedLast(t *testing.T) {
 	}
 	dead.SetDown(true)
 	var h healthLog
+	m, reg := newMetrics(t)
 	c := newClient(t, resolvercache.WithUpstreams(dead.Addr, good.Addr), resolvercache.WithTimeout(100*time.Millisecond),
-		resolvercache.WithRetries(1), h.option())
+		resolvercache.WithRetries(1), h.option(), resolvercache.WithMetrics(m))
 	lookup := func() {
 		t.Helper()
 		if _, err := c.Lookup(context.Background(), "a.example", dns.TypeTXT); err != nil {
@@ -73,6 +74,23 @@ func TestDeadUpstreamAskedLast(t *testing.T) {
 	if want := []string{dead.Addr + " false"}; !slices.Equal(h.get(), want) {
 		t.Errorf("health events %q, want %q", h.get(), want)
 	}
+	// The metrics say the same, per server.
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"authpipe_dns_upstream_up", []string{dead.Addr}, 0},
+		{"authpipe_dns_upstream_up", []string{good.Addr}, 1},
+		{"authpipe_dns_upstream_failures_total", []string{"timeout", dead.Addr}, resolvercache.UpstreamDownAfter},
+		{"authpipe_dns_upstream_failures_total", []string{"timeout", good.Addr}, 0},
+		{"authpipe_dns_upstream_replies_total", []string{dead.Addr}, 0},
+		{"authpipe_dns_upstream_replies_total", []string{good.Addr}, 20},
+	} {
+		if got := metricValue(t, reg, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%q = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
 
 	// Hold-down over: the next lookup probes the first server, which
 	// answers now; it is up and asked first again.
@@ -88,6 +106,9 @@ func TestDeadUpstreamAskedLast(t *testing.T) {
 	}
 	if want := []string{dead.Addr + " false", dead.Addr + " true"}; !slices.Equal(h.get(), want) {
 		t.Errorf("health events %q, want %q", h.get(), want)
+	}
+	if up := metricValue(t, reg, "authpipe_dns_upstream_up", dead.Addr); up != 1 {
+		t.Errorf("upstream_up of the recovered server = %v, want 1", up)
 	}
 
 	// A probe that fails leaves it down, and the lookup goes on to the

@@ -25,6 +25,8 @@ import (
 //	cache_cost_bytes                 approximate bytes held by the cache (read when scraped)
 //	cache_evictions_total            entries evicted or expired by the cache
 //	upstream_up{server}              1 while a Client's upstream server answers, 0 while it is held down (WithHealthFunc)
+//	upstream_replies_total{server}   datagrams received from each upstream server
+//	upstream_failures_total{server,kind} wire queries to each upstream server that timed out (kind timeout) or failed on the network (network: refused, unreachable)
 type Metrics struct {
 	lookupsClient, lookupsCache, lookupsZone prometheus.Counter
 	errors                                   *prometheus.CounterVec
@@ -33,6 +35,7 @@ type Metrics struct {
 	hits, misses, shared, late               prometheus.Counter
 	evictions                                prometheus.Counter
 	upstreams                                *prometheus.GaugeVec
+	replies, failures                        *prometheus.CounterVec
 	// cost reads the bytes held by the cache counting into these
 	// metrics (the last one made with them), for cache_cost_bytes when
 	// it is scraped: summing ristretto's cost counters on every insert
@@ -95,8 +98,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		Namespace: "authpipe", Subsystem: "dns", Name: "upstream_up",
 		Help: "1 while the upstream DNS server answers, 0 while it is held down after queries in a row timed out or failed (asked after the others, probed every few seconds).",
 	}, []string{"server"})
+	replies := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "authpipe", Subsystem: "dns", Name: "upstream_replies_total",
+		Help: "Datagrams received from each upstream DNS server.",
+	}, []string{"server"})
+	failures := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "authpipe", Subsystem: "dns", Name: "upstream_failures_total",
+		Help: "Wire queries to each upstream DNS server that timed out (kind timeout) or failed on the network (kind network: refused, unreachable).",
+	}, []string{"server", "kind"})
 	if reg != nil {
-		for _, c := range []prometheus.Collector{lookups, errs, queries, dur, hits, misses, shared, late, cost, evictions, upstreams} {
+		for _, c := range []prometheus.Collector{lookups, errs, queries, dur, hits, misses, shared, late, cost, evictions, upstreams, replies, failures} {
 			if err := reg.Register(c); err != nil {
 				var are prometheus.AlreadyRegisteredError
 				if errors.As(err, &are) {
@@ -117,7 +128,28 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m.hits, m.misses, m.shared, m.late = hits, misses, shared, late
 	m.evictions = evictions
 	m.upstreams = upstreams
+	m.replies, m.failures = replies, failures
 	return m, nil
+}
+
+// upstreamCounters are one upstream server's series of upstream_replies_total
+// and upstream_failures_total, bound once so that a datagram costs an
+// atomic add, not a label lookup; all nil without metrics.
+type upstreamCounters struct {
+	replies, timeouts, network prometheus.Counter
+}
+
+// forUpstream binds server's counters (created at 0, so that a server that
+// never answers shows as such).
+func (m *Metrics) forUpstream(server string) upstreamCounters {
+	if m == nil {
+		return upstreamCounters{}
+	}
+	return upstreamCounters{
+		replies:  m.replies.WithLabelValues(server),
+		timeouts: m.failures.WithLabelValues(server, "timeout"),
+		network:  m.failures.WithLabelValues(server, "network"),
+	}
 }
 
 // upstreamUp sets upstream_up for server.
