@@ -316,3 +316,66 @@ func messageArrival(raw []byte, mboxFrom string) (time.Time, bool) {
 	}
 	return time.Time{}, false
 }
+
+// walkEnvelopes calls visit with each message of the --envelopes file name
+// (JSON lines: parseEnvelopeLine; blank lines and lines starting with #
+// skipped), its envelope and queue id, in order. A message's key is its
+// queue id, else its "key", else its file's name, else FILE:LINE; one over
+// maxBytes is visited with no raw, keyed FILE:LINE. A line that does not
+// parse, a message file that cannot be read, or an error of visit stops
+// the walk with that error, naming the line.
+func walkEnvelopes(name string, maxBytes int, visit func(m archiveMessage, env stages.Envelope, queueID string) error) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return fmt.Errorf("--envelopes: %w", err)
+	}
+	defer f.Close()
+	dir := filepath.Dir(name)
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), maxBytes*2+1<<20)
+	for ln := 1; sc.Scan(); ln++ {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 || line[0] == '#' {
+			continue
+		}
+		e, env, err := parseEnvelopeLine(line, time.Now().UTC())
+		if err != nil {
+			return fmt.Errorf("%s:%d: %w", name, ln, err)
+		}
+		raw := []byte(e.Raw)
+		key := e.Key
+		tooLarge := len(raw) > maxBytes
+		if e.Path != "" {
+			p := e.Path
+			if !filepath.IsAbs(p) {
+				p = filepath.Join(dir, p)
+			}
+			raw, tooLarge, err = readBounded(p, maxBytes)
+			if err != nil {
+				return fmt.Errorf("%s:%d: %w", name, ln, err)
+			}
+			if key == "" {
+				key = filepath.Base(p)
+			}
+		}
+		if tooLarge {
+			if err := visit(archiveMessage{key: fmt.Sprintf("%s:%d", name, ln), tooLarge: "the message"}, env, e.QueueID); err != nil {
+				return err
+			}
+			continue
+		}
+		if e.QueueID != "" {
+			key = e.QueueID
+		}
+		if key == "" {
+			key = fmt.Sprintf("%s:%d", filepath.Base(name), ln)
+		}
+		if err := visit(archiveMessage{key: key, raw: raw}, env, e.QueueID); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	return nil
+}

@@ -94,10 +94,12 @@ func TestVerifyArchiveBounded(t *testing.T) {
 			mu.Unlock()
 			return &verdict.Verdict{}
 		}
-		env := func([]byte, string) (stages.Envelope, error) { return stages.Envelope{}, nil }
-		var out, errs bytes.Buffer
 		const maxBytes = 6000 // the budget is at least this: the largest message allowed
-		if err := verifyArchive(context.Background(), verify, []string{filepath.Join(dir, "a")}, env, tc.conc, maxBytes, tc.budget, &out, &errs); err != nil {
+		source := func(yield func(archiveMessage, stages.Envelope, error) error) error {
+			return walkArchive(filepath.Join(dir, "a"), maxBytes, func(m archiveMessage) error { return yield(m, stages.Envelope{}, nil) })
+		}
+		var out, errs bytes.Buffer
+		if err := verifyArchive(context.Background(), verify, source, tc.conc, maxBytes, tc.budget, &out, &errs); err != nil {
 			t.Fatal(err)
 		}
 		if n := strings.Count(out.String(), "\n"); n != 40 {

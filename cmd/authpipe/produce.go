@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -9,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -421,55 +419,14 @@ func parseEnvelopeLine(line []byte, now time.Time) (envelopeLine, stages.Envelop
 }
 
 func produceEnvelopes(ctx context.Context, p *producer, name string, maxBytes int) error {
-	f, err := os.Open(name)
-	if err != nil {
-		return fmt.Errorf("--envelopes: %w", err)
-	}
-	defer f.Close()
-	dir := filepath.Dir(name)
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), maxBytes*2+1<<20)
-	for ln := 1; sc.Scan(); ln++ {
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 || line[0] == '#' {
-			continue
+	return walkEnvelopes(name, maxBytes, func(m archiveMessage, env stages.Envelope, queueID string) error {
+		if m.raw == nil {
+			p.skip(m.key, m.tooLarge)
+			return nil
 		}
-		e, env, err := parseEnvelopeLine(line, time.Now().UTC())
-		if err != nil {
-			return fmt.Errorf("%s:%d: %w", name, ln, err)
-		}
-		raw := []byte(e.Raw)
-		key := e.Key
-		tooLarge := len(raw) > maxBytes
-		if e.Path != "" {
-			p := e.Path
-			if !filepath.IsAbs(p) {
-				p = filepath.Join(dir, p)
-			}
-			raw, tooLarge, err = readBounded(p, maxBytes)
-			if err != nil {
-				return fmt.Errorf("%s:%d: %w", name, ln, err)
-			}
-			if key == "" {
-				key = filepath.Base(p)
-			}
-		}
-		if tooLarge {
-			p.skip(fmt.Sprintf("%s:%d", name, ln), "the message")
-			continue
-		}
-		if e.QueueID != "" {
-			key = e.QueueID
-		}
-		if key == "" {
-			key = fmt.Sprintf("%s:%d", filepath.Base(name), ln)
-		}
-		p.send(ctx, key, raw, env, e.QueueID)
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("%s: %w", name, err)
-	}
-	return nil
+		p.send(ctx, m.key, m.raw, env, queueID)
+		return nil
+	})
 }
 
 // countMessages is "1 message" or "N messages".

@@ -29,14 +29,14 @@ const maxInputBytes = 256 << 20
 func newVerifyCmd() *cobra.Command {
 	var (
 		ip, helo, mailFrom, at string
-		envelope               string
+		envelope, envelopes    string
 		rcptTo, internalNets   []string
 		concurrency, maxBytes  int
 		dns                    dnsFlags
 		eng                    engineFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "verify [flags] FILE|-|PATH...",
+		Use:   "verify [flags] FILE|-|PATH... [--envelopes FILE]",
 		Short: "Verify a message (or an archive) and print its JSON verdict (one a line)",
 		Long: `verify reads one RFC 5322 message (CRLF or LF line endings) from FILE, or
 from standard input when FILE is "-", checks it against the SMTP envelope given
@@ -45,11 +45,13 @@ docs/verdict.schema.json). A message saved with an mbox "From " line before
 it (an mbox of one message) is read without that line.
 
 Given more than one PATH, a directory (read recursively, through symbolic
-links; dot files and a Maildir's tmp skipped) or an mbox of several
-messages, verify re-scores them all, without Kafka: one verdict a line (JSON
-lines), in input order, each with its "key" (the file's path from PATH's own
-name down, FILE#n in an mbox), --concurrency of them verified at once so
-that DNS waits overlap, holding at most 256 MiB of messages (or one of
+links; dot files and a Maildir's tmp skipped), an mbox of several messages,
+or a JSON-lines file of messages with their own envelopes (--envelopes, as
+produce reads it; after the PATHs), verify re-scores them all, without
+Kafka: one verdict a line (JSON lines), in input order, each with its "key"
+(the file's path from PATH's own name down, FILE#n in an mbox; an
+--envelopes line's queue id or key), --concurrency of them verified at once
+so that DNS waits overlap, holding at most 256 MiB of messages (or one of
 --max-message-bytes, if larger) at a time. A message over
 --max-message-bytes, or one in which --envelope message finds no outside
 client, is named on standard error and not verified; verify then exits 1
@@ -79,9 +81,9 @@ when a message cannot be read or was not verified; 2 on a usage error.`,
 		Example: `  authpipe verify --zone examples/example.zone --ip 192.0.2.10 \
       --helo mail.example.com --mail-from alice@example.com examples/message.eml
   authpipe verify --envelope message --at arrival archive.mbox Maildir/ > verdicts.jsonl`,
-		Args: func(_ *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return usagef("verify needs a FILE (or - for standard input)")
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 && cmd.Flags().Lookup("envelopes").Value.String() == "" {
+				return usagef("verify needs a FILE (or - for standard input), PATHs or --envelopes")
 			}
 			if len(args) > 1 && slices.Contains(args, "-") {
 				return usagef("verify reads standard input (-) only as its one FILE")
@@ -136,7 +138,7 @@ when a message cannot be read or was not verified; 2 on a usage error.`,
 				}
 				return e, nil
 			}
-			batch := len(args) > 1
+			batch := len(args) != 1 || envelopes != ""
 			if !batch && args[0] != "-" {
 				fi, err := os.Stat(args[0])
 				if err != nil {
@@ -157,12 +159,37 @@ when a message cannot be read or was not verified; 2 on a usage error.`,
 				// Inputs that are not there fail at once, before any
 				// verdict is printed; one that goes away later stops
 				// verify where it is.
-				for _, path := range args {
+				for _, path := range append(slices.Clone(args), envelopes) {
+					if path == "" {
+						continue
+					}
 					if _, err := os.Stat(path); err != nil {
 						return fmt.Errorf("verify: %w (nothing verified)", err)
 					}
 				}
-				return verifyArchive(cmd.Context(), engine.Verify, args, envelopeOf, concurrency, maxBytes, archiveInFlightBytes, cmd.OutOrStdout(), cmd.ErrOrStderr())
+				// The PATHs' messages with the envelopes the flags (or their
+				// trace fields) give, then --envelopes' with their own.
+				source := func(yield func(archiveMessage, stages.Envelope, error) error) error {
+					for _, path := range args {
+						err := walkArchive(path, maxBytes, func(m archiveMessage) error {
+							if m.raw == nil {
+								return yield(m, stages.Envelope{}, nil)
+							}
+							env, err := envelopeOf(m.raw, m.mboxFrom)
+							return yield(m, env, err)
+						})
+						if err != nil {
+							return err
+						}
+					}
+					if envelopes == "" {
+						return nil
+					}
+					return walkEnvelopes(envelopes, maxBytes, func(m archiveMessage, env stages.Envelope, _ string) error {
+						return yield(m, env, nil)
+					})
+				}
+				return verifyArchive(cmd.Context(), engine.Verify, source, concurrency, maxBytes, archiveInFlightBytes, cmd.OutOrStdout(), cmd.ErrOrStderr())
 			}
 			e, err := envelopeOf(raw, mboxFrom)
 			if err != nil {
@@ -184,6 +211,7 @@ when a message cannot be read or was not verified; 2 on a usage error.`,
 	f.StringVar(&mailFrom, "mail-from", "", "SMTP MAIL FROM `address`; empty means the null sender <>")
 	f.StringSliceVar(&rcptTo, "rcpt-to", nil, "SMTP RCPT TO `address`es (repeatable)")
 	f.StringVar(&at, "at", "", "judge messages as of this RFC 3339 `time` (signature expiry, SPF %{t}), or arrival: each as of its own arrival (see above); default now")
+	f.StringVar(&envelopes, "envelopes", "", "JSON-lines `file` of messages with their own envelopes, as produce reads it (see 'authpipe produce --help'), verified after the PATHs")
 	f.IntVar(&concurrency, "concurrency", 64, "messages of an archive verified at once (DNS waits overlap); verdicts are printed in input order")
 	f.IntVar(&maxBytes, "max-message-bytes", 64<<20, "largest message of an archive verified, in `bytes`; larger ones are named on stderr and skipped (exit 1)")
 	f.StringVar(&envelope, "envelope", "flags", "the SMTP envelope: flags (--ip, --helo, --mail-from, --rcpt-to), or message: the message's own, from its Received and Return-Path fields")
@@ -243,7 +271,8 @@ func readMessage(stdin io.Reader, name string) (raw []byte, mboxFrom string, err
 // 64 MiB, a count alone would allow 4 GiB.
 const archiveInFlightBytes = 256 << 20
 
-// verifyArchive verifies every message under paths (walkArchive) and
+// verifyArchive verifies every message source yields (the PATHs' and
+// --envelopes' messages, with their envelopes or why there is none) and
 // writes their verdicts to stdout, one JSON object a line, in input order,
 // each with its key; conc of them are verified at once, holding at most
 // archiveInFlightBytes of messages (or one of maxBytes) and conc verdicts
@@ -251,8 +280,8 @@ const archiveInFlightBytes = 256 << 20
 // or one whose envelope cannot be had (envelopeOf), is named on stderr and
 // skipped: verifyArchive then returns an error once all the rest are
 // printed. An input it cannot read stops it there.
-func verifyArchive(ctx context.Context, verify func(context.Context, []byte, stages.Envelope) *verdict.Verdict, paths []string,
-	envelopeOf func(raw []byte, mboxFrom string) (stages.Envelope, error),
+func verifyArchive(ctx context.Context, verify func(context.Context, []byte, stages.Envelope) *verdict.Verdict,
+	source func(yield func(m archiveMessage, env stages.Envelope, envErr error) error) error,
 	conc, maxBytes int, inFlightBytes int64, stdout, stderr io.Writer) error {
 	type job struct {
 		key string
@@ -287,44 +316,37 @@ func verifyArchive(ctx context.Context, verify func(context.Context, []byte, sta
 	}()
 	stopProgress := startProgress(progressWriter(stderr), progressInterval, &printed, "verify", "verified")
 	skipped := 0
-	var walkErr error
-	for _, path := range paths {
-		walkErr = walkArchive(path, maxBytes, func(m archiveMessage) error {
-			if m.raw == nil {
-				skipped++
-				fmt.Fprintf(stderr, "verify: %s: %s, over --max-message-bytes (%d): not verified\n", m.key, m.tooLarge, maxBytes)
-				return nil
-			}
-			env, err := envelopeOf(m.raw, m.mboxFrom)
-			if err != nil {
-				skipped++
-				fmt.Fprintf(stderr, "verify: %s: %v: not verified\n", m.key, err)
-				return nil
-			}
-			select {
-			case slots <- struct{}{}:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			size := min(int64(len(m.raw)), budget)
-			if err := held.Acquire(ctx, size); err != nil {
-				<-slots
-				return err
-			}
-			j := &job{key: m.key, v: make(chan *verdict.Verdict, 1)}
-			queue <- j
-			go func() {
-				defer func() { held.Release(size); <-slots }()
-				v := verify(ctx, m.raw, env)
-				v.Key = j.key
-				j.v <- v
-			}()
+	walkErr := source(func(m archiveMessage, env stages.Envelope, err error) error {
+		if m.raw == nil {
+			skipped++
+			fmt.Fprintf(stderr, "verify: %s: %s, over --max-message-bytes (%d): not verified\n", m.key, m.tooLarge, maxBytes)
 			return nil
-		})
-		if walkErr != nil {
-			break
 		}
-	}
+		if err != nil {
+			skipped++
+			fmt.Fprintf(stderr, "verify: %s: %v: not verified\n", m.key, err)
+			return nil
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		size := min(int64(len(m.raw)), budget)
+		if err := held.Acquire(ctx, size); err != nil {
+			<-slots
+			return err
+		}
+		j := &job{key: m.key, v: make(chan *verdict.Verdict, 1)}
+		queue <- j
+		go func() {
+			defer func() { held.Release(size); <-slots }()
+			v := verify(ctx, m.raw, env)
+			v.Key = j.key
+			j.v <- v
+		}()
+		return nil
+	})
 	close(queue)
 	<-printerDone
 	stopProgress()

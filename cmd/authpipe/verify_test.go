@@ -426,3 +426,44 @@ func TestVerifyArchive(t *testing.T) {
 func stripTimes(out string) string {
 	return regexp.MustCompile(`"(evaluated_at|received_at)":"[^"]*"`).ReplaceAllString(out, "")
 }
+
+// TestVerifyEnvelopesFile: verify --envelopes re-scores the messages of a
+// JSON-lines envelope file (as produce reads it), each with its own
+// envelope and key, after the PATHs; a line that does not parse stops it
+// there, naming the line.
+func TestVerifyEnvelopesFile(t *testing.T) {
+	msg, err := os.ReadFile("../../examples/message.eml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	raw, _ := json.Marshal(string(msg))
+	writeTree(t, dir, map[string]string{
+		"m.eml": string(msg),
+		"env.jsonl": `{"path": "m.eml", "client_ip": "192.0.2.10", "mail_from": "alice@example.com", "queue_id": "Q1"}` + "\n" +
+			"# a comment\n" +
+			`{"raw": ` + string(raw) + `, "client_ip": "198.51.100.1", "mail_from": "alice@example.com", "key": "K2"}` + "\n",
+		"bad.jsonl": `{"raw": "Subject: x\n\n", "client_ip": "192.0.2.10"}` + "\n" + `{"raw": 1}` + "\n",
+	})
+	code, out, errs := authpipe(t, "", "verify", "--zone", "../../examples/example.zone", "--ip", "203.0.113.1",
+		filepath.Join(dir, "m.eml"), "--envelopes", filepath.Join(dir, "env.jsonl"))
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		var v verdict.Verdict
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, v.Key+" "+v.Envelope.ClientIP+" "+v.SPF.Result)
+	}
+	want := []string{"m.eml 203.0.113.1 none", "Q1 192.0.2.10 pass", "K2 198.51.100.1 fail"}
+	if !slices.Equal(got, want) {
+		t.Errorf("verdicts %q, want %q", got, want)
+	}
+	code, out, errs = authpipe(t, "", "verify", "--zone", "../../examples/example.zone", "--envelopes", filepath.Join(dir, "bad.jsonl"))
+	if code != exitFailure || strings.Count(out, "\n") != 1 || !strings.Contains(errs, "bad.jsonl:2") {
+		t.Errorf("a bad line: exit %d, stdout %q, stderr %s", code, out, errs)
+	}
+}
