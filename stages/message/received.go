@@ -172,35 +172,33 @@ func receivedToken(s string) (tok string, comment bool, rest string, ok bool) {
 func fromClause(parts []string) (helo string, ip netip.Addr) {
 	var loose netip.Addr // an unbracketed address in a comment
 	for i, p := range parts {
-		if text, ok := strings.CutPrefix(p, "("); ok {
-			for _, w := range strings.Fields(text) {
-				lw := strings.ToLower(w)
-				switch {
-				case strings.HasPrefix(lw, "helo="):
-					helo = strings.TrimRight(w[len("helo="):], ")")
-				case lw == "helo" || lw == "ehlo":
-					// qmail: "(HELO name)": the next word is the name.
-				case strings.Contains(w, "["): // "[192.0.2.1]", "localhost[127.0.0.1]"
-					if a, ok := addressLiteral(w[strings.IndexByte(w, '['):]); ok && !ip.IsValid() {
-						ip = a
-					}
-				default:
-					if a, err := netip.ParseAddr(strings.TrimRight(w, ".,;)")); err == nil && a.Zone() == "" && !loose.IsValid() {
-						loose = a.Unmap()
-					}
+		text, comment := strings.CutPrefix(p, "(")
+		if !comment {
+			if i == 0 { // the From-domain itself
+				helo = p
+				if a, ok := addressLiteral(p); ok {
+					ip = a
 				}
-			}
-			if f := strings.Fields(text); len(f) == 2 && strings.EqualFold(f[0], "helo") {
-				helo = f[1]
 			}
 			continue
 		}
-		if i == 0 {
-			if helo == "" {
-				helo = p
-			}
-			if a, ok := addressLiteral(p); ok && !ip.IsValid() {
-				ip = a
+		words := strings.Fields(text)
+		if len(words) == 2 && (strings.EqualFold(words[0], "helo") || strings.EqualFold(words[0], "ehlo")) {
+			helo = words[1] // qmail: "(HELO name)"
+			continue
+		}
+		for _, w := range words {
+			switch {
+			case len(w) > 5 && strings.EqualFold(w[:5], "helo="):
+				helo = strings.TrimRight(w[5:], ")")
+			case strings.Contains(w, "["): // "[192.0.2.1]", "localhost[127.0.0.1]"
+				if a, ok := addressLiteral(w[strings.IndexByte(w, '['):]); ok && !ip.IsValid() {
+					ip = a
+				}
+			default:
+				if a, err := netip.ParseAddr(strings.TrimRight(w, ".,;)")); err == nil && a.Zone() == "" && !loose.IsValid() {
+					loose = a.Unmap()
+				}
 			}
 		}
 	}
