@@ -283,11 +283,7 @@ const archiveInFlightBytes = 256 << 20
 func verifyArchive(ctx context.Context, verify func(context.Context, []byte, stages.Envelope) *verdict.Verdict,
 	source func(yield func(m archiveMessage, env stages.Envelope, envErr error) error) error,
 	conc, maxBytes int, inFlightBytes int64, stdout, stderr io.Writer) error {
-	type job struct {
-		key string
-		v   chan *verdict.Verdict
-	}
-	queue := make(chan *job, conc)
+	queue := make(chan chan *verdict.Verdict, conc) // each message's verdict to come, in input order
 	slots := make(chan struct{}, conc)
 	budget := max(inFlightBytes, int64(maxBytes))
 	held := semaphore.NewWeighted(budget)
@@ -300,8 +296,8 @@ func verifyArchive(ctx context.Context, verify func(context.Context, []byte, sta
 		defer close(printerDone)
 		enc := json.NewEncoder(stdout)
 		enc.SetEscapeHTML(false)
-		for j := range queue {
-			v := <-j.v
+		for next := range queue {
+			v := <-next
 			if writeErr == nil {
 				if writeErr = enc.Encode(v); writeErr == nil {
 					printed.Add(1)
@@ -337,13 +333,13 @@ func verifyArchive(ctx context.Context, verify func(context.Context, []byte, sta
 			<-slots
 			return err
 		}
-		j := &job{key: m.key, v: make(chan *verdict.Verdict, 1)}
-		queue <- j
+		done := make(chan *verdict.Verdict, 1)
+		queue <- done
 		go func() {
 			defer func() { held.Release(size); <-slots }()
 			v := verify(ctx, m.raw, env)
-			v.Key = j.key
-			j.v <- v
+			v.Key = m.key
+			done <- v
 		}()
 		return nil
 	})
