@@ -316,7 +316,7 @@ func WithUpstreams(addrs ...string) ClientOption {
 // on the network) and when it answers again (true, nil). f runs on the
 // goroutine that saw the change and must not block. While a server is
 // down, with more than one upstream, lookups ask the others first and it
-// gets one probe query every upstreamHoldDown (5 s), so a dead first
+// gets one probe query every UpstreamHoldDown (5 s), so a dead first
 // server in resolv.conf does not cost every lookup its timeout. The
 // client keeps that state with or without f.
 func WithHealthFunc(f func(server string, answering bool, err error)) ClientOption {
@@ -512,11 +512,13 @@ func NewClient(opts ...ClientOption) (*Client, error) {
 
 // Upstream health: a server whose last upstreamDownAfter wire queries all
 // timed out or failed on the network is down, asked after the others for
-// upstreamHoldDown, then probed by one query; any datagram from it makes
+// UpstreamHoldDown, then probed by one query; any datagram from it makes
 // it up again.
 const (
 	upstreamDownAfter = 3
-	upstreamHoldDown  = 5 * time.Second
+	// UpstreamHoldDown is how long a server that stopped answering is
+	// asked only after the others, until one query probes it.
+	UpstreamHoldDown = 5 * time.Second
 )
 
 // firstUpstream returns the index of the server a lookup asks first: the
@@ -536,7 +538,7 @@ func (c *Client) firstUpstream() int {
 		if now < 0 {
 			now = int64(time.Since(c.epoch))
 		}
-		if now >= d && u.down.CompareAndSwap(d, now+int64(upstreamHoldDown)) {
+		if now >= d && u.down.CompareAndSwap(d, now+int64(UpstreamHoldDown)) {
 			return i
 		}
 	}
@@ -581,7 +583,7 @@ func (u *upstream) failed(err error) {
 	if u.down.Load() != 0 || u.fails.Add(1) < upstreamDownAfter {
 		return // down already (nothing to count), or not yet
 	}
-	if u.down.CompareAndSwap(0, int64(time.Since(u.c.epoch))+int64(upstreamHoldDown)) {
+	if u.down.CompareAndSwap(0, int64(time.Since(u.c.epoch))+int64(UpstreamHoldDown)) {
 		if err == nil {
 			err = fmt.Errorf("%d queries in a row had no reply within %v, and nothing else came from the server meanwhile", upstreamDownAfter, u.c.timeout)
 		}

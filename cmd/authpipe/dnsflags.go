@@ -91,7 +91,7 @@ func (d *dnsFlags) resolverClient(m *resolvercache.Metrics, inFlight int) (resol
 				log.Info("DNS server answering again", "server", server)
 				return
 			}
-			log.Warn("DNS server not answering: the other servers are asked first, and it gets a probe every 5s; with none answering, verdicts say temperror",
+			log.Warn("DNS server not answering: the other servers are asked first, and it gets a probe every "+resolvercache.UpstreamHoldDown.String()+"; with none answering, verdicts say temperror",
 				"server", server, "err", err)
 		}))
 	}
