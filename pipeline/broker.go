@@ -80,6 +80,9 @@ type Broker struct {
 // directory, and StartBroker refuses to start.
 const runningFile = "authpipe-broker.running"
 
+// errLocked is lockFile's error for a file locked already.
+var errLocked = errors.New("locked by another open file")
+
 // errDataDirInUse is lockDataDir's error for a data directory in use.
 var errDataDirInUse = errors.New("in use by another process (a running 'authpipe run'?); one broker at a time can use a data directory")
 
@@ -103,6 +106,9 @@ func lockDataDir(dir string) (f *os.File, unclean bool, err error) {
 	}
 	if err := lockFile(f); err != nil {
 		_ = f.Close()
+		if errors.Is(err, errLocked) {
+			err = errDataDirInUse
+		}
 		return nil, false, fmt.Errorf("data directory %s: %w", dir, err)
 	}
 	if err = f.Truncate(0); err == nil {

@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"fmt"
+	"os"
 	"runtime"
 	"time"
 
@@ -60,11 +61,17 @@ type Config struct {
 	// It must be stable across restarts of one instance (so a restart fences
 	// and aborts the crashed instance's open transaction at once) and
 	// distinct between instances: a producer that starts with the ID of a
-	// running one fences it, and the older one stops. Default Group + "-" +
-	// hostname ("authpipe-verify-HOST" with the default group), so that
-	// pipelines of different groups on one host do not fence each other;
-	// two instances of one group on one host must set it.
+	// running one fences it, and the older one stops. Empty (the default):
+	// Run claims Group + "-" + hostname ("authpipe-verify-HOST" with the
+	// default group), or with other instances of the group on this host
+	// running, the first free of Group + "-" + hostname + "-2", "-3", …
+	// (claimTransactionalID, in InstanceLockDir), so that neither pipelines
+	// of different groups nor instances of one group on one host fence each
+	// other.
 	TransactionalID string
+	// InstanceLockDir holds the files through which instances on this host
+	// claim their default transactional IDs (default os.TempDir()).
+	InstanceLockDir string
 
 	// MaxInFlight bounds messages being verified at once (default 256 per
 	// CPU). DNS latency, not CPU, dominates verification, so many messages
@@ -133,7 +140,8 @@ type Config struct {
 
 // RetryStage returns the configuration of the pipeline that reads c's
 // RetryTopic: the same topics and bounds otherwise, its own group
-// (c.Group + "-retry") and transactional ID (+ "-retry"), a quarter of the
+// (c.Group + "-retry") and transactional ID (c.TransactionalID + "-retry",
+// or its group's default), a quarter of the
 // in-flight bounds (deferred messages are few, and slow on DNS rather than
 // CPU), and no deferral of its own: it waits for every message, bounded by
 // the engine's DNS budget.
@@ -141,7 +149,9 @@ func RetryStage(c Config) Config {
 	r := c
 	r.InputTopic = c.RetryTopic
 	r.Group = c.Group + "-retry"
-	r.TransactionalID = c.TransactionalID + "-retry"
+	if c.TransactionalID != "" {
+		r.TransactionalID = c.TransactionalID + "-retry"
+	}
 	r.MaxInFlight = max(c.MaxInFlight/4, 16)
 	r.MaxInFlightBytes = max(c.MaxInFlightBytes/4, int64(c.MaxMessageBytes))
 	r.BatchMaxRecords = 16 * r.MaxInFlight
@@ -201,7 +211,7 @@ func Defaults() Config {
 }
 
 // withDefaults fills zero fields from Defaults and checks the rest.
-func (c Config) withDefaults(hostname string) (Config, error) {
+func (c Config) withDefaults() (Config, error) {
 	d := Defaults()
 	if len(c.Brokers) == 0 {
 		c.Brokers = d.Brokers
@@ -217,7 +227,7 @@ func (c Config) withDefaults(hostname string) (Config, error) {
 	str(&c.AggregateTopic, d.AggregateTopic)
 	str(&c.Group, d.Group)
 	str((*string)(&c.Delivery), string(d.Delivery))
-	str(&c.TransactionalID, c.Group+"-"+hostname)
+	str(&c.InstanceLockDir, os.TempDir())
 	if c.Partitions == 0 {
 		c.Partitions = d.Partitions
 	}

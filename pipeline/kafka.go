@@ -167,7 +167,7 @@ func (p *Pipeline) kafkaOpts() []kgo.Opt {
 	}
 	if p.cfg.Delivery == ExactlyOnce {
 		opts = append(opts,
-			kgo.TransactionalID(c.TransactionalID),
+			kgo.TransactionalID(p.txnID),
 			kgo.TransactionTimeout(c.TransactionTimeout),
 		)
 	} else {

@@ -30,6 +30,7 @@ func startFloor(tb testing.TB, cfg Config, values map[string][]byte, opts ...Opt
 	if err != nil {
 		tb.Fatal(err)
 	}
+	p.txnID = cfg.TransactionalID // as Run sets it
 	cl, err := kgo.NewClient(kgo.SeedBrokers(cfg.Brokers...))
 	if err != nil {
 		tb.Fatal(err)

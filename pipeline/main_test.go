@@ -27,6 +27,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("AUTHPIPE_PIPELINE_CHILD") == "1" {
 		os.Exit(childMain())
 	}
+	if dir := os.Getenv("AUTHPIPE_TEST_CLAIM"); dir != "" {
+		os.Exit(claimChildMain(dir))
+	}
 	os.Exit(m.Run())
 }
 
@@ -38,6 +41,7 @@ func childMain() int {
 	e := testEngineNoT(os.Getenv("AUTHPIPE_TEST_DNS"))
 	cfg := testConfig(brokers, os.Getenv("AUTHPIPE_TEST_TXNID"))
 	cfg.MaxInFlight = 8
+	cfg.InstanceLockDir = os.Getenv("AUTHPIPE_TEST_LOCKDIR")
 	cfg.Delivery = Delivery(envOr("AUTHPIPE_TEST_DELIVERY", string(ExactlyOnce)))
 	var v Verifier = &slowVerifier{Verifier: e, delay: delay}
 	if wait, err := time.ParseDuration(os.Getenv("AUTHPIPE_TEST_STRAGGLER")); err == nil {

@@ -93,7 +93,11 @@ type Verifier interface {
 // Pipeline is one verify-worker instance. Create it with New and run it
 // with Run; several instances with the same Group share the partitions.
 type Pipeline struct {
-	cfg      Config
+	cfg  Config
+	host string // for the default transactional ID
+	// txnID is the transactional ID Run uses: cfg's, or the one it claims
+	// (claimTransactionalID); "" at least once. Set and read only by Run.
+	txnID    string
 	verifier Verifier
 	log      *slog.Logger
 	metrics  *Metrics
@@ -131,12 +135,12 @@ func WithKafkaOpts(opts ...kgo.Opt) Option {
 // New checks cfg (filling defaults) and returns a Pipeline that verifies
 // with v.
 func New(cfg Config, v Verifier, opts ...Option) (*Pipeline, error) {
-	host, _ := os.Hostname()
-	cfg, err := cfg.withDefaults(host)
+	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	p := &Pipeline{cfg: cfg, verifier: v, decompress: newDecompressPool(decompressPoolBytes)}
+	host, _ := os.Hostname()
+	p := &Pipeline{cfg: cfg, host: host, verifier: v, decompress: newDecompressPool(decompressPoolBytes)}
 	p.jsonBufs.New = func() any { b := make([]byte, 0, 2048); return &b }
 	for _, o := range opts {
 		o(p)
@@ -180,6 +184,21 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	if p.cfg.Delivery == ExactlyOnce {
+		p.txnID = p.cfg.TransactionalID
+		if p.txnID == "" {
+			id, release, err := claimTransactionalID(p.cfg.InstanceLockDir, p.cfg.Group, p.host, p.cfg.Brokers)
+			if id == "" {
+				return err
+			}
+			if err != nil {
+				p.log.Warn("transactional id not claimed: another instance of this group on this host would fence this one; give each a --transactional-id",
+					"transactional_id", id, "err", err)
+			}
+			defer release()
+			p.txnID = id
+		}
+	}
 	st, err := p.openStream()
 	if err != nil {
 		return err
@@ -188,7 +207,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	p.ready.Store(true)
 	p.log.Info("pipeline running", "brokers", p.cfg.Brokers, "input", p.cfg.InputTopic,
 		"verdicts", p.cfg.VerdictTopic, "dlq", p.cfg.DLQTopic, "group", p.cfg.Group,
-		"delivery", p.cfg.Delivery, "max_in_flight", p.cfg.MaxInFlight)
+		"delivery", p.cfg.Delivery, "transactional_id", p.txnID, "max_in_flight", p.cfg.MaxInFlight)
 
 	// hard ends ShutdownGrace after ctx: in-flight work is abandoned then.
 	hard, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -363,7 +382,7 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 	committed, err = st.end(endCtx, commit)
 	p.metrics.commitObs.Observe(time.Since(start).Seconds())
 	if err != nil {
-		return false, n, &endError{records: n, err: err, txnID: p.cfg.TransactionalID}
+		return false, n, &endError{records: n, err: err, txnID: p.txnID}
 	}
 	if committed {
 		p.metrics.batches.WithLabelValues("committed").Inc()

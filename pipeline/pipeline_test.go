@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -250,14 +251,8 @@ func TestTwoInstancesOneKilledReplaced(t *testing.T) {
 			t.Fatalf("instance b never had uncommitted verdicts in the log (%d verdicts committed)", out.count())
 		}
 		time.Sleep(2 * time.Millisecond)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		d, err := adm.DescribeTransactions(ctx, "replace-b")
-		cancel()
-		if err != nil {
-			continue
-		}
-		txn, ok := d["replace-b"]
-		if !ok || txn.Err != nil || txn.State != "Ongoing" {
+		txn, ok := describeTxn(adm, "replace-b")
+		if !ok || txn.State != "Ongoing" {
 			continue
 		}
 		if out.count() >= 300 && byProducer(logged, txn.ProducerID) > byProducer(out, txn.ProducerID) {
@@ -278,6 +273,103 @@ func TestTwoInstancesOneKilledReplaced(t *testing.T) {
 	recs := out.waitCount(t, len(msgs), 90*time.Second)
 	t.Logf("all %d verdicts committed %v after the kill; %d records in the log", len(recs), time.Since(killed).Round(time.Millisecond), logged.count())
 	checkVerdicts(t, e, msgs, recs)
+}
+
+// TestDefaultTransactionalIDs: two pipeline processes of one group on one
+// host, neither given a transactional ID, claim distinct ones
+// (claimTransactionalID), so that neither fences the other. The second is
+// SIGKILLed while its transaction has verdicts in the log and restarted
+// without an ID either: it takes the killed process's ID back, and with it
+// fences the dead producer and ends its open transaction, instead of
+// leaving it to the broker's transaction timeout. A read_committed consumer
+// sees exactly one verdict per message, equal to the engine's.
+func TestDefaultTransactionalIDs(t *testing.T) {
+	_, dns, e, brokers := startTestStack(t)
+	msgs := corpus(3000, "d")
+	out := collect(t, brokers, "mail.verdicts")
+	logged := collectIsolated(t, brokers, "mail.verdicts", kgo.ReadUncommitted())
+	adm := kadm.NewClient(mustClient(t, brokers))
+	host, _ := os.Hostname()
+	first, second := "authpipe-verify-"+host, "authpipe-verify-"+host+"-2"
+
+	// claimed waits until the processes started hold n slots.
+	lockDir := t.TempDir()
+	claimed := func(n int) {
+		t.Helper()
+		want := first
+		if n > 0 {
+			want += "-" + strconv.Itoa(n+1)
+		}
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			id, release, err := claimTransactionalID(lockDir, "authpipe-verify", host, brokers)
+			if err != nil {
+				t.Fatal(err)
+			}
+			release()
+			if id == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the next free transactional id is %q, want %q", id, want)
+			}
+		}
+	}
+	slow, dir := "AUTHPIPE_TEST_DELAY=10ms", "AUTHPIPE_TEST_LOCKDIR="+lockDir
+	startChild(t, brokers, dns.Addr, "", slow, dir)
+	claimed(1)
+	victim := startChild(t, brokers, dns.Addr, "", slow, dir)
+	claimed(2)
+	time.Sleep(time.Second) // let both join
+	produceCorpus(t, brokers, "mail.raw", msgs)
+
+	// Kill the second once its open transaction has verdicts in the log.
+	var before kadm.DescribedTransaction
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s never had uncommitted verdicts in the log (%d verdicts committed)", second, out.count())
+		}
+		d, ok := describeTxn(adm, second)
+		if ok && d.State == "Ongoing" && out.count() >= 300 && logged.count() > out.count() {
+			before = d
+			break
+		}
+	}
+	if err := victim.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = victim.Wait()
+	killed := time.Now()
+	if out.count() >= len(msgs) {
+		t.Fatalf("the stream finished before the kill (%d verdicts); slow it down", out.count())
+	}
+	claimed(1) // the kill gave up the second slot
+	startChild(t, brokers, dns.Addr, "", slow, dir)
+	recs := out.waitCount(t, len(msgs), 90*time.Second)
+	t.Logf("all %d verdicts committed %v after the kill", len(recs), time.Since(killed).Round(time.Millisecond))
+	checkVerdicts(t, e, msgs, recs)
+
+	// The restart produced as the killed process's ID, fencing it: the
+	// same producer, a later epoch.
+	after, ok := describeTxn(adm, second)
+	if !ok || after.ProducerID != before.ProducerID || after.ProducerEpoch <= before.ProducerEpoch {
+		t.Errorf("%s after the restart: %+v (ok %v); before the kill %+v: want the same producer, a later epoch", second, after, ok, before)
+	}
+	if _, ok := describeTxn(adm, first); !ok {
+		t.Errorf("no transactions as %s", first)
+	}
+}
+
+// describeTxn describes the transactional ID id; ok is false if the broker
+// does not know it (yet) or did not answer.
+func describeTxn(adm *kadm.Client, id string) (kadm.DescribedTransaction, bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	d, err := adm.DescribeTransactions(ctx, id)
+	if err != nil {
+		return kadm.DescribedTransaction{}, false
+	}
+	txn, ok := d[id]
+	return txn, ok && txn.Err == nil
 }
 
 // TestChurnKills: one pipeline process stays while another is SIGKILLed

@@ -195,8 +195,12 @@ func TestStragglerConfig(t *testing.T) {
 		t.Errorf("bound with a retry stage %+v, without %+v", with, without)
 	}
 	r := RetryStage(p.Config())
-	if r.InputTopic != "mail.raw.retry" || r.RetryTopic != "" || r.StragglerWait != 0 || r.Group == p.Config().Group || r.TransactionalID == p.Config().TransactionalID {
+	// Without an ID of its own, each stage claims its group's default.
+	if r.InputTopic != "mail.raw.retry" || r.RetryTopic != "" || r.StragglerWait != 0 || r.Group == p.Config().Group || r.TransactionalID != "" {
 		t.Errorf("retry stage config %+v", r)
+	}
+	if r := RetryStage(Config{TransactionalID: "mx1"}); r.TransactionalID != "mx1-retry" {
+		t.Errorf("retry stage of mx1: transactional id %q, want mx1-retry", r.TransactionalID)
 	}
 }
 

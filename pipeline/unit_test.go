@@ -236,21 +236,16 @@ func TestPoolGoCancelled(t *testing.T) {
 }
 
 func TestConfigDefaults(t *testing.T) {
-	c, err := Config{}.withDefaults("h1")
+	c, err := Config{}.withDefaults()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.InputTopic != "mail.raw" || c.VerdictTopic != "mail.verdicts" || c.DLQTopic != "mail.raw.dlq" || c.Group != "authpipe-verify" ||
-		c.Delivery != ExactlyOnce || c.TransactionalID != "authpipe-verify-h1" || c.BatchMaxRecords != 16*c.MaxInFlight || c.MaxMessageBytes != 64<<20 || c.FetchMaxWait != 500*time.Millisecond {
+		c.Delivery != ExactlyOnce || c.TransactionalID != "" || c.BatchMaxRecords != 16*c.MaxInFlight || c.MaxMessageBytes != 64<<20 || c.FetchMaxWait != 500*time.Millisecond {
 		t.Fatalf("defaults: %+v", c)
 	}
-	// Another group on the same host gets an ID of its own: with the
-	// same one, the pipeline started second fenced the first.
-	if c, err := (Config{Group: "rescore"}).withDefaults("h1"); err != nil || c.TransactionalID != "rescore-h1" {
-		t.Errorf("group rescore: transactional ID %q (%v), want rescore-h1", c.TransactionalID, err)
-	}
 	for _, bad := range []Config{{Delivery: "maybe"}, {MaxInFlight: -1}, {InputTopic: "x", VerdictTopic: "x"}, {RetryTemperror: -1}} {
-		if _, err := bad.withDefaults("h"); err == nil {
+		if _, err := bad.withDefaults(); err == nil {
 			t.Errorf("%+v accepted", bad)
 		}
 	}

@@ -169,7 +169,7 @@ SIGTERM or SIGINT stops fetching, lets in-flight messages finish (up to
 	f.Int16Var(&rf.cfg.ReplicationFactor, "replication-factor", d.ReplicationFactor, "replication `factor` for created topics (-1: broker default)")
 	f.BoolVar(&rf.createTopics, "create-topics", true, "create missing topics at start")
 	f.StringVar(&rf.delivery, "delivery", string(d.Delivery), "`guarantee`: exactly-once (transactions) or at-least-once (faster, may duplicate after a crash)")
-	f.StringVar(&rf.cfg.TransactionalID, "transactional-id", "", "transactional `id`, stable per instance and unique among instances (default GROUP-HOSTNAME: two instances of one group on one host must set it)")
+	f.StringVar(&rf.cfg.TransactionalID, "transactional-id", "", "transactional `id`, stable per instance and unique among instances (default GROUP-HOSTNAME, or GROUP-HOSTNAME-2, -3, … beside other instances of the group on this host)")
 	f.IntVar(&rf.perCore, "max-in-flight-per-core", 256, "messages verified at once per CPU (DNS latency, not CPU, dominates)")
 	f.IntVar(&rf.cfg.MaxInFlight, "max-in-flight", 0, "messages verified at once; overrides --max-in-flight-per-core when > 0")
 	f.Int64Var(&rf.cfg.MaxInFlightBytes, "max-in-flight-bytes", d.MaxInFlightBytes, "`bytes` of messages verified at once")
@@ -506,6 +506,11 @@ func startReportRole(ctx context.Context, g *errgroup.Group, rr reportRole) (fun
 	}
 	rr.cfg.Metrics = m
 	st, err := reportgen.OpenStore(rr.dir, rr.cfg.Clock)
+	if errors.Is(err, reportgen.ErrStoreLocked) {
+		// Most likely a second instance started in the first one's
+		// directory, as a newcomer scaling out on one host would.
+		return nil, fmt.Errorf("%w; each instance needs a --data-dir of its own", err)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -748,5 +749,76 @@ func TestRunVerificationOptions(t *testing.T) {
 	}
 	if code := stop(); code != 0 {
 		t.Fatalf("run exit %d:\n%s", code, logs)
+	}
+}
+
+// TestRunTwoInstancesOneHost: a second `authpipe run` of the same group on
+// the same host, joining the first one's embedded broker, given no
+// --transactional-id, takes an ID of its own (GROUP-HOSTNAME-2) instead of
+// fencing the first: both verify, both stop with status 0, and each
+// message has one verdict. The retry stages do the same. Until session 25 the second took the first's ID,
+// and the first exited 1 at its next commit.
+func TestRunTwoInstancesOneHost(t *testing.T) {
+	const n = 600
+	addrs := freeAddrs(t, 3)
+	common := []string{"--zone", "../../examples/example.zone", "--batch-interval", "50ms"}
+	dirA := t.TempDir()
+	stopA, logsA := startRun(t, addrs[1], append([]string{"--listen", addrs[0], "--data-dir", dirA}, common...)...)
+	// A third started in the first one's data directory (the default
+	// ./authpipe-data of the same working directory) cannot have its
+	// report store and says what to do; it waits for the store's lock
+	// meanwhile.
+	third := make(chan string, 1)
+	go func() {
+		code, _, stderr := cli(t, 30*time.Second, append([]string{"run", "--brokers", addrs[0], "--data-dir", dirA, "--http-addr", ""}, common...)...)
+		third <- fmt.Sprintf("exit %d: %s", code, stderr)
+	}()
+	stopB, logsB := startRun(t, addrs[2], append([]string{"--brokers", addrs[0], "--data-dir", t.TempDir()}, common...)...)
+	// Both members must have partitions, so that both write verdicts in
+	// transactions of their own. (A batch may still be aborted by the
+	// second round of the cooperative rebalance and redone: the counts
+	// below can add up to more than n.)
+	cl, err := kgo.NewClient(kgo.SeedBrokers(addrs[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		g, err := kadm.NewClient(cl).DescribeGroups(context.Background(), "authpipe-verify")
+		if err == nil && g["authpipe-verify"].State == "Stable" && len(g["authpipe-verify"].Members) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the group did not settle with two members: %+v (%v)", g, err)
+		}
+	}
+	if code, _, stderr := cli(t, 30*time.Second, "produce", "--brokers", addrs[0], "--ip", "192.0.2.10", "--mail-from", "alice@example.com", streamMbox(t, n)); code != 0 {
+		t.Fatalf("produce: %s", stderr)
+	}
+	checkVerdictsOnce(t, addrs[0], n)
+	a, b := messagesVerified(t, addrs[1]), messagesVerified(t, addrs[2])
+	// (The first must still hold its store: the third waits 5 s for it.)
+	if got := <-third; !strings.HasPrefix(got, fmt.Sprintf("exit %d:", exitFailure)) || !strings.Contains(got, "each instance needs a --data-dir of its own") {
+		t.Errorf("an instance in another's data directory: %s; want exit %d saying each needs its own --data-dir", got, exitFailure)
+	}
+	if a == 0 || b == 0 {
+		t.Errorf("an instance verified nothing: first %d, second %d", a, b)
+	}
+	if code := stopB(); code != 0 {
+		t.Errorf("second instance exit %d:\n%s", code, logsB)
+	}
+	if code := stopA(); code != 0 {
+		t.Errorf("first instance exit %d:\n%s", code, logsA)
+	}
+	t.Logf("verified: first instance %d, second %d", a, b)
+	host, _ := os.Hostname()
+	for _, c := range []struct {
+		logs *syncBuffer
+		id   string
+	}{{logsA, "authpipe-verify-" + host}, {logsA, "authpipe-verify-retry-" + host},
+		{logsB, "authpipe-verify-" + host + "-2"}, {logsB, "authpipe-verify-retry-" + host + "-2"}} {
+		if !strings.Contains(c.logs.String(), `"transactional_id":"`+c.id+`"`) {
+			t.Errorf("no %q in the log:\n%s", c.id, c.logs)
+		}
 	}
 }
