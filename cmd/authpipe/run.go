@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -344,6 +345,10 @@ func runPipeline(ctx context.Context, rf *runFlags, stderr io.Writer) (err error
 			Addr: rf.listen, DataDir: rf.dataDir, MaxMessageBytes: cfg.MaxMessageBytes + 1<<20,
 			Retention: rf.retention, RetentionBytes: rf.retentionB, SegmentBytes: rf.segmentB,
 		})
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("%w (another 'authpipe run'? to add an instance, join its broker with --brokers %s, "+
+				"with a --data-dir and an --http-addr of its own)", err, rf.listen)
+		}
 		if err != nil {
 			return err
 		}
@@ -567,6 +572,9 @@ func loopbackAddr(addr string) bool {
 // below it with reports on addr.
 func serveHTTP(addr string, reg *prometheus.Registry, ready func() bool, reports http.Handler) (*http.Server, error) {
 	l, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("--http-addr: %w (another instance? each needs an --http-addr of its own, or \"\" for none)", err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("--http-addr: %w", err)
 	}

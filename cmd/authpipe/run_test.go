@@ -756,7 +756,9 @@ func TestRunVerificationOptions(t *testing.T) {
 // the same host, joining the first one's embedded broker, given no
 // --transactional-id, takes an ID of its own (GROUP-HOSTNAME-2) instead of
 // fencing the first: both verify, both stop with status 0, and each
-// message has one verdict. The retry stages do the same. Until session 25 the second took the first's ID,
+// message has one verdict. The retry stages do the same. A third
+// instance in the first one's data directory, or on its ports, is refused
+// with what to do instead. Until session 25 the second took the first's ID,
 // and the first exited 1 at its next commit.
 func TestRunTwoInstancesOneHost(t *testing.T) {
 	const n = 600
@@ -797,6 +799,19 @@ func TestRunTwoInstancesOneHost(t *testing.T) {
 	}
 	checkVerdictsOnce(t, addrs[0], n)
 	a, b := messagesVerified(t, addrs[1]), messagesVerified(t, addrs[2])
+	// Instances started as the first was, on its ports, say how to add one.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--listen", addrs[0], "--http-addr", ""}, "join its broker with --brokers " + addrs[0]},
+		{[]string{"--brokers", addrs[0], "--http-addr", addrs[1]}, "each needs an --http-addr of its own"},
+	} {
+		code, _, stderr := cli(t, 30*time.Second, append(append([]string{"run", "--data-dir", t.TempDir()}, c.args...), common...)...)
+		if code != exitFailure || !strings.Contains(stderr, c.want) {
+			t.Errorf("run %s: exit %d, want %d saying %q:\n%s", c.args, code, exitFailure, c.want, stderr)
+		}
+	}
 	// (The first must still hold its store: the third waits 5 s for it.)
 	if got := <-third; !strings.HasPrefix(got, fmt.Sprintf("exit %d:", exitFailure)) || !strings.Contains(got, "each instance needs a --data-dir of its own") {
 		t.Errorf("an instance in another's data directory: %s; want exit %d saying each needs its own --data-dir", got, exitFailure)
