@@ -69,8 +69,9 @@ type Config struct {
 	// of different groups nor instances of one group on one host fence each
 	// other.
 	TransactionalID string
-	// InstanceLockDir holds the files through which instances on this host
-	// claim their default transactional IDs (default os.TempDir()).
+	// InstanceLockDir holds the files through which exactly-once
+	// instances on this host claim their default transactional IDs
+	// (default os.TempDir()).
 	InstanceLockDir string
 
 	// MaxInFlight bounds messages being verified at once (default 256 per
@@ -141,10 +142,10 @@ type Config struct {
 // RetryStage returns the configuration of the pipeline that reads c's
 // RetryTopic: the same topics and bounds otherwise, its own group
 // (c.Group + "-retry") and transactional ID (c.TransactionalID + "-retry",
-// or its group's default), a quarter of the
-// in-flight bounds (deferred messages are few, and slow on DNS rather than
-// CPU), and no deferral of its own: it waits for every message, bounded by
-// the engine's DNS budget.
+// or without one its group's default), a quarter of the in-flight bounds
+// (deferred messages are few, and slow on DNS rather than CPU), and no
+// deferral of its own: it waits for every message, bounded by the engine's
+// DNS budget.
 func RetryStage(c Config) Config {
 	r := c
 	r.InputTopic = c.RetryTopic
