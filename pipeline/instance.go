@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -41,8 +42,11 @@ const MaxInstancesPerHost = 64
 // (a service with a private /tmp), and the first one then stops saying so.
 // Where flock(2) does not exist every instance gets GROUP-HOST.
 //
-// The slot files are never removed: removing one while another process
-// opens it would let two processes hold "the" lock.
+// A slot's file is removed when its instance gives the slot up (release);
+// one that ends otherwise leaves it for the next to take. Removing a lock
+// file can let two processes think they hold it (one opened the file just
+// before it was removed and locks it after, while another creates and locks
+// a new one), so lockSlot checks that the file it locked still has the name.
 //
 // If dir cannot be used (a read-only file system, say), it returns the
 // first slot's ID unclaimed with an error saying why, for the caller to log
@@ -55,23 +59,60 @@ func claimTransactionalID(dir, group, host string, brokers []string) (id string,
 	prefix := filepath.Join(dir, "authpipe-instance-"+hex.EncodeToString(sum[:8])+"-")
 	first := group + "-" + host
 	for slot := range MaxInstancesPerHost {
-		f, err := os.OpenFile(prefix+strconv.Itoa(slot)+".lock", os.O_RDONLY|os.O_CREATE, 0o644)
-		if err != nil {
-			return first, func() {}, fmt.Errorf("pipeline: claim a transactional id: %w", err)
-		}
-		switch err := lockFile(f); {
+		path := prefix + strconv.Itoa(slot) + ".lock"
+		f, err := lockSlot(path)
+		switch {
 		case err == nil:
 			id := first
 			if slot > 0 {
 				id += "-" + strconv.Itoa(slot+1)
 			}
-			return id, func() { _ = f.Close() }, nil
-		case errors.Is(err, errLocked):
-			_ = f.Close()
-		default:
-			_ = f.Close()
-			return first, func() {}, fmt.Errorf("pipeline: claim a transactional id: lock %s: %w", f.Name(), err)
+			return id, func() { _ = os.Remove(path); _ = f.Close() }, nil
+		case !errors.Is(err, errLocked):
+			return first, func() {}, fmt.Errorf("pipeline: claim a transactional id: %w", err)
 		}
 	}
 	return "", nil, fmt.Errorf("pipeline: %d instances of group %q run on this host already; give this one a --transactional-id", MaxInstancesPerHost, group)
+}
+
+// lockSlot opens path (creating it) and locks it; errLocked if another open
+// file holds the lock. If the file it locked no longer has the name (its
+// holder removed it in between), it tries again, a few times, and then
+// counts the slot as taken.
+func lockSlot(path string) (*os.File, error) {
+	for range 8 {
+		f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o644)
+		if err != nil {
+			return nil, err
+		}
+		if err := lockFile(f); err != nil {
+			_ = f.Close()
+			if !errors.Is(err, errLocked) {
+				err = fmt.Errorf("lock %s: %w", path, err)
+			}
+			return nil, err
+		}
+		named, err := stillNamed(f, path)
+		if named {
+			return f, nil
+		}
+		_ = f.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return nil, errLocked
+}
+
+// stillNamed reports whether path names the file f has open.
+func stillNamed(f *os.File, path string) (bool, error) {
+	open, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	named, err := os.Stat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return err == nil && os.SameFile(open, named), err
 }

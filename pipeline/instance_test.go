@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -33,7 +34,6 @@ func TestClaimTransactionalID(t *testing.T) {
 	}
 	a, releaseA := claim("authpipe-verify", brokers...)
 	b, releaseB := claim("authpipe-verify", "k1:9092", "k2:9092", "k1:9092") // order and repeats do not matter
-	defer releaseB()
 	if a != "authpipe-verify-mx1" || b != "authpipe-verify-mx1-2" {
 		t.Fatalf("two instances: %q and %q, want authpipe-verify-mx1 and authpipe-verify-mx1-2", a, b)
 	}
@@ -84,6 +84,49 @@ func TestClaimTransactionalID(t *testing.T) {
 		t.Errorf("after the child was killed: %q, want authpipe-verify-mx1", id)
 	} else {
 		release()
+	}
+	releaseB()
+	// Slots given up leave no files behind (the killed child's was taken
+	// and given up again above).
+	if left, _ := filepath.Glob(filepath.Join(dir, "*")); len(left) != 0 {
+		t.Errorf("files left: %q", left)
+	}
+}
+
+// TestClaimRemovedSlot: a slot's holder removes its file when it gives
+// the slot up, so another instance may lock a file that no longer has the
+// name (opened before the removal, locked after): that lock is not the
+// slot, stillNamed tells, and it does not keep the slot from the next
+// instance either.
+func TestClaimRemovedSlot(t *testing.T) {
+	if runtime.GOOS == "windows" || runtime.GOOS == "plan9" {
+		t.Skip("no flock(2)")
+	}
+	path := filepath.Join(t.TempDir(), "slot.lock")
+	stale, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE, 0o644) // opened before the holder's release
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stale.Close()
+	if err := os.Remove(path); err != nil { // the holder's release
+		t.Fatal(err)
+	}
+	if err := lockFile(stale); err != nil { // the lock on the removed file succeeds
+		t.Fatal(err)
+	}
+	if named, err := stillNamed(stale, path); named || err != nil {
+		t.Errorf("stillNamed of a removed file: %v, %v", named, err)
+	}
+	f, err := lockSlot(path)
+	if err != nil {
+		t.Fatalf("lockSlot after a removal: %v", err)
+	}
+	defer f.Close()
+	if named, err := stillNamed(f, path); !named || err != nil {
+		t.Errorf("stillNamed of the slot: %v, %v", named, err)
+	}
+	if _, err := lockSlot(path); !errors.Is(err, errLocked) {
+		t.Errorf("a second lockSlot: %v, want errLocked", err)
 	}
 }
 
