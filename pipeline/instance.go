@@ -85,6 +85,10 @@ func lockSlot(path string) (*os.File, error) {
 		if err != nil {
 			return nil, err
 		}
+		// Readable by all whatever the umask, so that instances run by
+		// other users can open, and so lock, the file (a no-op, failing,
+		// on a file another user created).
+		_ = f.Chmod(0o644)
 		if err := lockFile(f); err != nil {
 			_ = f.Close()
 			if !errors.Is(err, errLocked) {
