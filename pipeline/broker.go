@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -277,7 +278,10 @@ func StartBroker(cfg BrokerConfig) (*Broker, error) {
 			"log.retention.bytes": strconv.FormatInt(cfg.RetentionBytes, 10),
 			"log.segment.bytes":   strconv.FormatInt(cfg.SegmentBytes, 10),
 		}),
-		kfake.ClusterID("authpipe-embedded"),
+		// An ID of its own, kept in the data directory (kfake reads it
+		// back from there, over this option), so that instances can tell
+		// clusters apart by it (claimTransactionalID).
+		kfake.ClusterID("authpipe-" + rand.Text()),
 	}
 	if cfg.DataDir != "" {
 		opts = append(opts, kfake.DataDir(cfg.DataDir))

@@ -19,7 +19,8 @@ import (
 const MaxInstancesPerHost = 64
 
 // claimTransactionalID picks the default transactional ID of an
-// instance of group on host that talks to brokers, and holds it until
+// instance of group on host that talks to the cluster with ID cluster
+// (from its metadata; "" if unknown) through brokers, and holds it until
 // release is called or the process ends.
 //
 // The ID must be stable across an instance's restarts, so that a restart
@@ -35,12 +36,15 @@ const MaxInstancesPerHost = 64
 // the crashed instance's own unless another instance took it meanwhile
 // (and then that one has fenced the crashed one's transaction).
 //
-// The brokers are part of the slot files' names (sorted: their order does
-// not matter) so that instances of different clusters do not take each
-// other's slots; instances naming one cluster by different brokers take
-// the same slot and fence each other, as do instances that do not share dir
-// (a service with a private /tmp), and the first one then stops saying so.
-// Where flock(2) does not exist every instance gets GROUP-HOST.
+// The cluster is part of the slot files' names, so that instances of
+// different clusters do not take each other's slots (a slot freed by a
+// crash must go to an instance that fences on the crashed one's cluster).
+// Without its ID (a broker that does not tell it), the sorted seed brokers
+// stand for it: instances naming one such cluster by different brokers
+// then take the same slot and fence each other, as do instances that do
+// not share dir (a service with a private /tmp), and the first one then
+// stops saying so. Where flock(2) does not exist every instance gets
+// GROUP-HOST.
 //
 // A slot's file is removed when its instance gives the slot up (release);
 // one that ends otherwise leaves it for the next to take. Removing a lock
@@ -52,10 +56,14 @@ const MaxInstancesPerHost = 64
 // first slot's ID unclaimed with an error saying why, for the caller to log
 // (a container with one instance loses nothing); with every slot taken it
 // returns "" and an error.
-func claimTransactionalID(dir, group, host string, brokers []string) (id string, release func(), err error) {
-	seeds := slices.Clone(brokers)
-	slices.Sort(seeds)
-	sum := sha256.Sum256([]byte(group + "\x00" + strings.Join(slices.Compact(seeds), ",")))
+func claimTransactionalID(dir, group, host, cluster string, brokers []string) (id string, release func(), err error) {
+	key := "cluster " + cluster
+	if cluster == "" {
+		seeds := slices.Clone(brokers)
+		slices.Sort(seeds)
+		key = "brokers " + strings.Join(slices.Compact(seeds), ",")
+	}
+	sum := sha256.Sum256([]byte(group + "\x00" + key))
 	prefix := filepath.Join(dir, "authpipe-instance-"+hex.EncodeToString(sum[:8])+"-")
 	first := group + "-" + host
 	for slot := range MaxInstancesPerHost {

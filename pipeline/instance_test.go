@@ -26,7 +26,7 @@ func TestClaimTransactionalID(t *testing.T) {
 	brokers := []string{"k2:9092", "k1:9092"}
 	claim := func(group string, brokers ...string) (string, func()) {
 		t.Helper()
-		id, release, err := claimTransactionalID(dir, group, "mx1", brokers)
+		id, release, err := claimTransactionalID(dir, group, "mx1", "", brokers)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -130,10 +130,36 @@ func TestClaimRemovedSlot(t *testing.T) {
 	}
 }
 
+// TestClaimByClusterID: with the cluster's ID known, instances that name
+// its brokers differently (an address and a host name, other seeds) still
+// take distinct slots, and instances of different clusters each take the
+// first.
+func TestClaimByClusterID(t *testing.T) {
+	if runtime.GOOS == "windows" || runtime.GOOS == "plan9" {
+		t.Skip("no flock(2)")
+	}
+	dir := t.TempDir()
+	claim := func(cluster string, brokers ...string) string {
+		t.Helper()
+		id, release, err := claimTransactionalID(dir, "g", "h", cluster, brokers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(release)
+		return id
+	}
+	if a, b := claim("c1", "127.0.0.1:9092"), claim("c1", "localhost:9092"); a != "g-h" || b != "g-h-2" {
+		t.Errorf("one cluster named two ways: %q and %q, want g-h and g-h-2", a, b)
+	}
+	if c := claim("c2", "127.0.0.1:9092"); c != "g-h" {
+		t.Errorf("another cluster at the same address: %q, want g-h", c)
+	}
+}
+
 // claimChildMain is the child process of TestClaimTransactionalID: it
 // claims an ID in dir, prints it and waits to be killed.
 func claimChildMain(dir string) int {
-	id, _, err := claimTransactionalID(dir, "authpipe-verify", "mx1", []string{"k1:9092", "k2:9092"})
+	id, _, err := claimTransactionalID(dir, "authpipe-verify", "mx1", "", []string{"k1:9092", "k2:9092"})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -151,7 +177,7 @@ func TestClaimTransactionalIDBounded(t *testing.T) {
 	}
 	dir := t.TempDir()
 	for i := range MaxInstancesPerHost {
-		id, release, err := claimTransactionalID(dir, "g", "h", nil)
+		id, release, err := claimTransactionalID(dir, "g", "h", "", nil)
 		if err != nil {
 			t.Fatalf("instance %d: %v", i+1, err)
 		}
@@ -160,12 +186,12 @@ func TestClaimTransactionalIDBounded(t *testing.T) {
 			t.Fatalf("instance %d: %q, want %q", i+1, id, want)
 		}
 	}
-	if _, _, err := claimTransactionalID(dir, "g", "h", nil); err == nil || !strings.Contains(err.Error(), "--transactional-id") {
+	if _, _, err := claimTransactionalID(dir, "g", "h", "", nil); err == nil || !strings.Contains(err.Error(), "--transactional-id") {
 		t.Errorf("instance %d: %v, want an error naming --transactional-id", MaxInstancesPerHost+1, err)
 	}
 	// A directory that cannot be used leaves the first slot's ID,
 	// unclaimed, and says why.
-	if id, release, err := claimTransactionalID(dir+"/missing", "g", "h", nil); id != "g-h" || err == nil || !errors.Is(err, fs.ErrNotExist) {
+	if id, release, err := claimTransactionalID(dir+"/missing", "g", "h", "", nil); id != "g-h" || err == nil || !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("no lock directory: %q, %v; want g-h and the directory's error", id, err)
 	} else {
 		release()

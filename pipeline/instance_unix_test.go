@@ -16,7 +16,7 @@ import (
 func TestClaimSlotFileReadable(t *testing.T) {
 	defer syscall.Umask(syscall.Umask(0o077))
 	dir := t.TempDir()
-	_, release, err := claimTransactionalID(dir, "g", "h", nil)
+	_, release, err := claimTransactionalID(dir, "g", "h", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -218,6 +218,25 @@ func (p *Pipeline) adminClient() (*kgo.Client, error) {
 	return cl, nil
 }
 
+// clusterID returns the ID the brokers give their cluster in a metadata
+// response, or "" if they give none or do not answer within 10 s (the
+// caller falls back on the broker addresses).
+func (p *Pipeline) clusterID(ctx context.Context) string {
+	cl, err := p.adminClient()
+	if err != nil {
+		return ""
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	m, err := kadm.NewClient(cl).BrokerMetadata(ctx)
+	if err != nil {
+		p.log.Debug("no cluster id: the transactional id slot is keyed by the brokers' addresses", "err", err)
+		return ""
+	}
+	return m.Cluster
+}
+
 // topics are those the pipeline reads and writes.
 func (p *Pipeline) topics() []string {
 	topics := []string{p.cfg.InputTopic, p.cfg.VerdictTopic, p.cfg.DLQTopic, p.cfg.AggregateTopic}

@@ -187,7 +187,7 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	if p.cfg.Delivery == ExactlyOnce {
 		p.txnID = p.cfg.TransactionalID
 		if p.txnID == "" {
-			id, release, err := claimTransactionalID(p.cfg.InstanceLockDir, p.cfg.Group, p.host, p.cfg.Brokers)
+			id, release, err := claimTransactionalID(p.cfg.InstanceLockDir, p.cfg.Group, p.host, p.clusterID(ctx), p.cfg.Brokers)
 			if id == "" {
 				return err
 			}

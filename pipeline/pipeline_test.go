@@ -294,6 +294,10 @@ func TestDefaultTransactionalIDs(t *testing.T) {
 
 	// claimed waits until the processes started hold n slots.
 	lockDir := t.TempDir()
+	meta, err := adm.BrokerMetadata(context.Background())
+	if err != nil || meta.Cluster == "" {
+		t.Fatalf("cluster id %q (%v)", meta.Cluster, err)
+	}
 	claimed := func(n int) {
 		t.Helper()
 		want := first
@@ -301,7 +305,7 @@ func TestDefaultTransactionalIDs(t *testing.T) {
 			want += "-" + strconv.Itoa(n+1)
 		}
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			id, release, err := claimTransactionalID(lockDir, "authpipe-verify", host, brokers)
+			id, release, err := claimTransactionalID(lockDir, "authpipe-verify", host, meta.Cluster, brokers)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -775,7 +775,10 @@ func TestRunTwoInstancesOneHost(t *testing.T) {
 		code, _, stderr := cli(t, 30*time.Second, append([]string{"run", "--brokers", addrs[0], "--data-dir", dirA, "--http-addr", ""}, common...)...)
 		third <- fmt.Sprintf("exit %d: %s", code, stderr)
 	}()
-	stopB, logsB := startRun(t, addrs[2], append([]string{"--brokers", addrs[0], "--data-dir", t.TempDir()}, common...)...)
+	// The second names the broker by another name: the cluster's ID, not
+	// the address, tells them apart.
+	_, port, _ := net.SplitHostPort(addrs[0])
+	stopB, logsB := startRun(t, addrs[2], append([]string{"--brokers", "localhost:" + port, "--data-dir", t.TempDir()}, common...)...)
 	// Both members must have partitions, so that both write verdicts in
 	// transactions of their own. (A batch may still be aborted by the
 	// second round of the cooperative rebalance and redone: the counts
