@@ -54,17 +54,11 @@ const MaxInstancesPerHost = 64
 //
 // If dir cannot be used (a read-only file system, say), it returns the
 // first slot's ID unclaimed with an error saying why, for the caller to log
-// (a container with one instance loses nothing); with every slot taken it
-// returns "" and an error.
+// (a container with one instance loses nothing); if that happens past a
+// slot held by another instance, or every slot is taken, it returns "" and
+// an error.
 func claimTransactionalID(dir, group, host, cluster string, brokers []string) (id string, release func(), err error) {
-	key := "cluster " + cluster
-	if cluster == "" {
-		seeds := slices.Clone(brokers)
-		slices.Sort(seeds)
-		key = "brokers " + strings.Join(slices.Compact(seeds), ",")
-	}
-	sum := sha256.Sum256([]byte(group + "\x00" + key))
-	prefix := filepath.Join(dir, "authpipe-instance-"+hex.EncodeToString(sum[:8])+"-")
+	prefix := slotPrefix(dir, group, cluster, brokers)
 	first := group + "-" + host
 	for slot := range MaxInstancesPerHost {
 		path := prefix + strconv.Itoa(slot) + ".lock"
@@ -76,11 +70,28 @@ func claimTransactionalID(dir, group, host, cluster string, brokers []string) (i
 				id += "-" + strconv.Itoa(slot+1)
 			}
 			return id, func() { _ = os.Remove(path); _ = f.Close() }, nil
-		case !errors.Is(err, errLocked):
+		case errors.Is(err, errLocked):
+		case slot == 0:
 			return first, func() {}, fmt.Errorf("pipeline: claim a transactional id: %w", err)
+		default:
+			// The first slot is held: its ID would fence the holder.
+			return "", nil, fmt.Errorf("pipeline: claim a transactional id: %w; give this instance a --transactional-id", err)
 		}
 	}
 	return "", nil, fmt.Errorf("pipeline: %d instances of group %q run on this host already; give this one a --transactional-id", MaxInstancesPerHost, group)
+}
+
+// slotPrefix is the path of the slot files of group's instances on the
+// cluster, but for the slot number and ".lock".
+func slotPrefix(dir, group, cluster string, brokers []string) string {
+	key := "cluster " + cluster
+	if cluster == "" {
+		seeds := slices.Clone(brokers)
+		slices.Sort(seeds)
+		key = "brokers " + strings.Join(slices.Compact(seeds), ",")
+	}
+	sum := sha256.Sum256([]byte(group + "\x00" + key))
+	return filepath.Join(dir, "authpipe-instance-"+hex.EncodeToString(sum[:8])+"-")
 }
 
 // lockSlot opens path (creating it) and locks it; errLocked if another open

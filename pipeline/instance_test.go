@@ -189,6 +189,20 @@ func TestClaimTransactionalIDBounded(t *testing.T) {
 	if _, _, err := claimTransactionalID(dir, "g", "h", "", nil); err == nil || !strings.Contains(err.Error(), "--transactional-id") {
 		t.Errorf("instance %d: %v, want an error naming --transactional-id", MaxInstancesPerHost+1, err)
 	}
+	// Past a slot held by another instance, a slot that cannot be used
+	// is an error: the first slot's ID would fence its holder.
+	_, releaseHeld, err := claimTransactionalID(dir, "g2", "h", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer releaseHeld()
+	// A directory where the second slot's file goes cannot be opened as one.
+	if err := os.Mkdir(slotPrefix(dir, "g2", "", nil)+"1.lock", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if id, _, err := claimTransactionalID(dir, "g2", "h", "", nil); id != "" || err == nil || !strings.Contains(err.Error(), "--transactional-id") {
+		t.Errorf("second slot unusable: %q, %v; want no id and an error naming --transactional-id", id, err)
+	}
 	// A directory that cannot be used leaves the first slot's ID,
 	// unclaimed, and says why.
 	if id, release, err := claimTransactionalID(dir+"/missing", "g", "h", "", nil); id != "g-h" || err == nil || !errors.Is(err, fs.ErrNotExist) {
