@@ -244,6 +244,14 @@ func TestConfigDefaults(t *testing.T) {
 		c.Delivery != ExactlyOnce || c.TransactionalID != "" || c.BatchMaxRecords != 16*c.MaxInFlight || c.MaxMessageBytes != 64<<20 || c.FetchMaxWait != 500*time.Millisecond {
 		t.Fatalf("defaults: %+v", c)
 	}
+	// The slot files' directory follows TMPDIR, which is how instances
+	// with private /tmp directories share one (docs/configuration.md).
+	if runtime.GOOS != "windows" && runtime.GOOS != "plan9" {
+		t.Setenv("TMPDIR", "/run/authpipe")
+		if c, _ := (Config{}).withDefaults(); c.InstanceLockDir != "/run/authpipe" {
+			t.Errorf("with TMPDIR=/run/authpipe: InstanceLockDir %q", c.InstanceLockDir)
+		}
+	}
 	for _, bad := range []Config{{Delivery: "maybe"}, {MaxInFlight: -1}, {InputTopic: "x", VerdictTopic: "x"}, {RetryTemperror: -1}} {
 		if _, err := bad.withDefaults(); err == nil {
 			t.Errorf("%+v accepted", bad)
