@@ -184,21 +184,12 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	if p.cfg.Delivery == ExactlyOnce {
-		p.txnID = p.cfg.TransactionalID
-		if p.txnID == "" {
-			id, release, err := claimTransactionalID(p.cfg.InstanceLockDir, p.cfg.Group, p.host, p.clusterID(ctx), p.cfg.Brokers)
-			if id == "" {
-				return err
-			}
-			if err != nil {
-				p.log.Warn("transactional id not claimed: another instance of this group on this host would fence this one; give each a --transactional-id",
-					"transactional_id", id, "err", err)
-			}
-			defer release()
-			p.txnID = id
-		}
+	txnID, release, err := p.transactionalID(ctx)
+	if err != nil {
+		return err
 	}
+	defer release()
+	p.txnID = txnID
 	st, err := p.openStream()
 	if err != nil {
 		return err
@@ -393,6 +384,27 @@ func (p *Pipeline) batch(ctx, hard context.Context, st stream, pool *Pool) (comm
 		}
 	}
 	return committed, n, nil
+}
+
+// transactionalID returns the transactional ID for Run: "" at least
+// once, the configured one, or one claimed for this instance
+// (claimTransactionalID), held until release.
+func (p *Pipeline) transactionalID(ctx context.Context) (id string, release func(), err error) {
+	switch {
+	case p.cfg.Delivery != ExactlyOnce:
+		return "", func() {}, nil
+	case p.cfg.TransactionalID != "":
+		return p.cfg.TransactionalID, func() {}, nil
+	}
+	id, release, err = claimTransactionalID(p.cfg.InstanceLockDir, p.cfg.Group, p.host, p.clusterID(ctx), p.cfg.Brokers)
+	if id == "" {
+		return "", nil, err
+	}
+	if err != nil {
+		p.log.Warn("transactional id not claimed: another instance of this group on this host would fence this one; give each a --transactional-id",
+			"transactional_id", id, "err", err)
+	}
+	return id, release, nil
 }
 
 // endTimeout bounds the end of a batch: flushing its outputs, committing
